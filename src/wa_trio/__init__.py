@@ -1,0 +1,15 @@
+"""wa-trio: a WhatsApp send worker for Trio (RabbitMQ in, WhatsApp out, through neonize)."""
+
+from wa_trio.config import ConfigError, Settings
+from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "ValidationError",
+    "WhatsAppEnvelope",
+    "__version__",
+    "parse_envelope",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from wa_trio.cli import main
+
+raise SystemExit(main())

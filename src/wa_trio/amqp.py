@@ -1,0 +1,310 @@
+"""The only module that imports the AMQP client (serena): connect, topology, consume, publish.
+
+Why serena and how it is used: docs/decisions.md. Things the rest of wa-trio relies on:
+
+- ``connect()`` is an async context manager; any connection-level failure (broker gone, socket
+  closed, heartbeat timeout, channel error that serena escalates) leaves it as ``BrokerError``,
+  never as a bare ExceptionGroup, so callers can reconnect with one ``except``.
+- serena fixes a channel's prefetch to ``channel_buffer_size // 3`` when it opens the channel. We
+  keep serena's buffer large (so a multi-frame message can never wedge the connection's reader)
+  and send our own ``basic.qos`` with WHATSAPP_PREFETCH_COUNT right after opening the consume
+  channel; ``rabbitmqctl list_channels prefetch_count`` shows it (tested).
+- Publishes use publisher confirms (serena enables confirm mode on every channel) and
+  ``mandatory``: a message the broker cannot route raises instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import attrs
+import trio
+from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connection
+from serena.exc import MessageReturnedError, UnexpectedCloseError
+from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
+
+from wa_trio.config import Settings
+from wa_trio.errors import TopologyError, WaTrioError
+
+__all__ = [
+    "BrokerAddress",
+    "BrokerError",
+    "Delivery",
+    "Properties",
+    "connect",
+    "consume",
+    "declare_topology",
+    "publish",
+    "queue_message_count",
+]
+
+_BUFFER_FRAMES = 3 * 256  # serena's per-channel frame buffer; see module docstring
+
+
+class BrokerError(WaTrioError):
+    """The broker connection failed or was closed; reconnecting may help."""
+
+    code = "broker_unavailable"
+
+
+@attrs.frozen
+class BrokerAddress:
+    host: str
+    port: int
+    user: str
+    password: str = attrs.field(repr=False)
+    vhost: str
+    tls: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerAddress:
+        return cls(
+            host=settings.rabbitmq_host,
+            port=settings.rabbitmq_port,
+            user=settings.rabbitmq_user,
+            password=settings.rabbitmq_password,
+            vhost=settings.rabbitmq_vhost,
+            tls=settings.rabbitmq_url.startswith("amqps://"),
+        )
+
+
+Connection = AMQPConnection
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: BrokerAddress, *, heartbeat: int = 30, name: str = "wa-trio"
+) -> AsyncIterator[Connection]:
+    """Open a connection; failures come out as ``BrokerError`` (or TopologyError)."""
+    ssl_context = ssl.create_default_context() if address.tls else None
+    try:
+        async with open_connection(
+            address.host,
+            port=address.port,
+            username=address.user,
+            password=address.password,
+            virtual_host=address.vhost,
+            ssl_context=ssl_context,
+            heartbeat_interval=heartbeat,
+            channel_buffer_size=_BUFFER_FRAMES,
+        ) as connection:
+            yield connection
+    except BaseException as error:
+        _translate(error)
+        raise
+
+
+_BROKER_FAILURES = (
+    AMQPError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    TimeoutError,
+    EOFError,
+    BrokerError,
+)
+
+
+def _translate(error: BaseException) -> None:
+    """Raise our error for a group made only of broker failures; return to re-raise otherwise."""
+    leaves = _leaves(error)
+    if any(isinstance(leaf, trio.Cancelled | KeyboardInterrupt | SystemExit) for leaf in leaves):
+        return
+    topology = [leaf for leaf in leaves if isinstance(leaf, TopologyError)]
+    if topology:
+        raise topology[0] from None
+    if leaves and all(isinstance(leaf, _BROKER_FAILURES) for leaf in leaves):
+        raise BrokerError("; ".join(_describe(leaf) for leaf in leaves)) from error
+
+
+async def set_prefetch(channel: Channel, count: int) -> None:
+    """Send basic.qos(prefetch_count=count) on ``channel`` (overrides serena's default)."""
+    qos = BasicQOSPayload(prefetch_size=0, prefetch_count=count, global_=False)
+    await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
+
+
+# ------------------------------------------------------------------------------------ topology
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) "
+    r"'(?P<name>[^']*)'.*?: (?P<detail>received .*)$"
+)
+
+
+def _topology_error(error: UnexpectedCloseError, kind: str, name: str, fix: str) -> TopologyError:
+    match = _INEQUIVALENT.search(error.reply_message)
+    differs = (
+        f"argument {match['arg']!r} differs ({match['detail']})" if match else error.reply_message
+    )
+    return TopologyError(
+        f"the broker refused {kind} {name!r}: it already exists with other settings: {differs}. "
+        f"Fix: {fix}"
+    )
+
+
+async def declare_topology(connection: Connection, settings: Settings) -> None:
+    """Declare exchange, queue, binding, DLX and DLQ (idempotent).
+
+    Raises:
+        TopologyError: an existing object has other arguments; the message says which and how to
+            fix it (one line).
+    """
+    plan: list[tuple[str, str, str, Any]] = [
+        (
+            "exchange",
+            settings.exchange,
+            "WHATSAPP_EXCHANGE",
+            dict(type=settings.exchange_type, durable=True),
+        ),
+        ("exchange", settings.dlx, "WHATSAPP_DLX", dict(type="fanout", durable=True)),
+        ("queue", settings.queue_name, "WHATSAPP_QUEUE_NAME", dict(durable=True)),
+        ("queue", settings.dlq_name, "WHATSAPP_DLQ_NAME", dict(durable=True)),
+    ]
+    async with connection.open_channel() as channel:
+        for kind, name, variable, options in plan:
+            fix = (
+                f"delete it (rabbitmqctl delete_{kind} {name}) so wa-trio can declare it, or set "
+                f"{variable} to another name"
+            )
+            try:
+                if kind == "exchange":
+                    await channel.exchange_declare(name, options["type"], durable=True)
+                else:
+                    await channel.queue_declare(name, durable=True)
+            except UnexpectedCloseError as error:
+                if error.reply_code == 406:
+                    raise _topology_error(error, kind, name, fix) from None
+                raise
+        await channel.queue_bind(settings.queue_name, settings.exchange, settings.routing_key)
+        await channel.queue_bind(settings.dlq_name, settings.dlx, "")
+
+
+async def queue_message_count(channel: Channel, queue: str) -> int:
+    """Messages ready in ``queue`` (passive declare; a missing queue closes the channel)."""
+    result = await channel.queue_declare(queue, passive=True)
+    return int(result.message_count)
+
+
+# ---------------------------------------------------------------------------------- messages
+
+
+@attrs.frozen
+class Properties:
+    """The AMQP basic properties we read and write (a subset of serena's BasicHeader)."""
+
+    headers: Mapping[str, Any] = attrs.field(factory=dict)
+    message_id: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
+    timestamp: int | None = None
+    type_name: str | None = None
+    app_id: str | None = None
+    expiration: str | None = None
+
+    def to_header(self) -> BasicHeader:
+        return BasicHeader(
+            headers=dict(self.headers),
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            content_type=self.content_type,
+            timestamp=self.timestamp,
+            type_name=self.type_name,
+            application_id=self.app_id,
+            expiration=self.expiration,
+            delivery_mode=2,
+        )
+
+    @classmethod
+    def of(cls, header: BasicHeader) -> Properties:
+        return cls(
+            headers={key: _text(value) for key, value in (header.headers or {}).items()},
+            message_id=header.message_id,
+            correlation_id=header.correlation_id,
+            content_type=header.content_type,
+            timestamp=header.timestamp,
+            type_name=header.type_name,
+            app_id=header.application_id,
+        )
+
+
+def _text(value: Any) -> Any:
+    """AMQP long strings arrive as bytes; give them back as str when they are UTF-8."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+@attrs.frozen
+class Delivery:
+    """One delivered message. Ack/nack go to the channel it came from."""
+
+    body: bytes
+    properties: Properties
+    delivery_tag: int
+    redelivered: bool
+    routing_key: str
+    _channel: Channel = attrs.field(alias="channel", repr=False)
+
+    async def ack(self) -> None:
+        await self._channel.basic_ack(self.delivery_tag)
+
+    async def nack(self, *, requeue: bool) -> None:
+        await self._channel.basic_nack(self.delivery_tag, requeue=requeue)
+
+
+@contextlib.asynccontextmanager
+async def consume(
+    connection: Connection, queue: str, *, prefetch: int
+) -> AsyncIterator[AsyncIterator[Delivery]]:
+    """Consume ``queue`` with manual acks and ``prefetch`` unacked messages at most."""
+    async with connection.open_channel() as channel:
+        await set_prefetch(channel, prefetch)
+        async with channel.basic_consume(queue, auto_ack=False) as messages:
+
+            async def deliveries() -> AsyncIterator[Delivery]:
+                async for message in messages:
+                    yield Delivery(
+                        body=message.body,
+                        properties=Properties.of(message.header),
+                        delivery_tag=message.envelope.delivery_tag,
+                        redelivered=message.envelope.redelivered,
+                        routing_key=message.envelope.routing_key,
+                        channel=channel,
+                    )
+
+            yield deliveries()
+
+
+async def publish(
+    channel: Channel, exchange: str, routing_key: str, body: bytes, properties: Properties
+) -> None:
+    """Publish with confirms. Raises BrokerError if the broker returns or nacks the message."""
+    try:
+        await channel.basic_publish(
+            exchange, routing_key, body, header=properties.to_header(), mandatory=True
+        )
+    except MessageReturnedError as error:
+        raise BrokerError(f"message returned by the broker (unroutable): {error}") from None
+    except AMQPError as error:
+        raise BrokerError(_describe(error)) from None

@@ -1,0 +1,161 @@
+"""The root nursery: every long-running task of the worker, started in dependency order.
+
+    transport.run  -> the WhatsApp side (dry-run: nothing; neonize: connect + watchdog)
+    monitor.run    -> broker probe + queue sampler (own connection)
+    run_http       -> /healthz /readyz /metrics /login
+    pipeline.run   -> consume -> validate -> send -> ack (reconnects on broker loss)
+    signals        -> SIGTERM/SIGINT start a graceful stop
+
+Stopping (signal or ``Worker.stop()``): the pipeline drains (no new jobs; the send in hand
+finishes), the HTTP server stops, then everything else is cancelled. A hard deadline of
+WHATSAPP_SHUTDOWN_GRACE bounds the whole stop: a send still running then is abandoned unacked
+(the broker redelivers it).
+"""
+
+from __future__ import annotations
+
+import signal
+
+import attrs
+import eliot
+import trio
+from quart_trio import QuartTrio
+
+from wa_trio.config import Settings
+from wa_trio.errors import TopologyError
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.monitor import BrokerMonitor
+from wa_trio.pipeline import Pipeline
+from wa_trio.transport import Transport
+from wa_trio.web import create_app, run_http
+
+
+def build_transport(settings: Settings) -> Transport:
+    """The transport WHATSAPP_TRANSPORT names."""
+    redactor = Redactor(settings.production)
+    if settings.transport == "dry-run":
+        from wa_trio.transport.dry_run import DryRunTransport, FailurePlan
+
+        fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
+        return DryRunTransport(settings.dry_run_file, redactor, fail=fail)
+    from wa_trio.transport.neonize import NeonizeTransport
+
+    return NeonizeTransport(settings, redactor)
+
+
+@attrs.define
+class Worker:
+    """Handle on a running worker (what ``run_worker`` hands to ``task_status.started``)."""
+
+    settings: Settings
+    transport: Transport
+    metrics: Metrics
+    pipeline: Pipeline
+    monitor: BrokerMonitor
+    http_urls: list[str]
+    _stop: trio.Event = attrs.field(alias="stop_event")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def http_url(self) -> str:
+        url = self.http_urls[0]
+        return url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the worker until stopped; returns normally after a graceful stop."""
+    metrics = Metrics(settings.queue_name, settings.dlq_name)
+    transport = transport if transport is not None else build_transport(settings)
+    pipeline = Pipeline(settings, transport, metrics)
+    monitor = BrokerMonitor(settings, metrics, topology_ready=pipeline.topology_ready)
+    stop = trio.Event()
+    http_shutdown = trio.Event()
+    login_view = getattr(transport, "login_view", None)
+    app = create_app(
+        consumer=pipeline,
+        monitor=monitor,
+        transport=transport,
+        metrics=metrics,
+        login_view=login_view,
+    )
+    eliot.log_message(
+        message_type="wa_trio:start",
+        transport=transport.name,
+        broker=settings.redacted_url,
+        queue=settings.queue_name,
+        prefetch=settings.prefetch_count,
+    )
+    try:
+        await _supervise(
+            settings,
+            transport,
+            pipeline,
+            monitor,
+            metrics,
+            app,
+            stop,
+            http_shutdown,
+            handle_signals,
+            task_status,
+        )
+    except* TopologyError as group:
+        # start-up cannot go on: give the CLI the one error to print, not a group
+        raise group.exceptions[0] from None
+    eliot.log_message(message_type="wa_trio:stopped")
+
+
+async def _supervise(
+    settings: Settings,
+    transport: Transport,
+    pipeline: Pipeline,
+    monitor: BrokerMonitor,
+    metrics: Metrics,
+    app: QuartTrio,
+    stop: trio.Event,
+    http_shutdown: trio.Event,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[Worker],
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        nursery.start_soon(monitor.run)
+        urls = await nursery.start(
+            run_http, app, settings.http_host, settings.http_port, http_shutdown
+        )
+        pipeline_done = trio.Event()
+
+        async def pipeline_task() -> None:
+            try:
+                await pipeline.run()
+            finally:
+                pipeline_done.set()
+
+        nursery.start_soon(pipeline_task)
+        if handle_signals:
+            nursery.start_soon(_watch_signals, stop)
+        worker = Worker(settings, transport, metrics, pipeline, monitor, urls, stop_event=stop)
+        task_status.started(worker)
+
+        await stop.wait()
+        eliot.log_message(message_type="wa_trio:stopping", grace=settings.shutdown_grace)
+        nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+        pipeline.stop()
+        await pipeline_done.wait()
+        http_shutdown.set()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            eliot.log_message(message_type="wa_trio:signal", signal=signal.Signals(signum).name)
+            stop.set()

@@ -1,0 +1,154 @@
+"""``wa-trio``: argument parsing and subcommands; the work is done elsewhere.
+
+Exit codes: 0 ok; 1 a job or command failed (``validate`` of an invalid job, ``send`` refused);
+2 bad configuration or a broker topology that conflicts with ours (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from wa_trio import __version__
+from wa_trio.config import ConfigError, Settings
+from wa_trio.envelope import ValidationError, parse_envelope
+from wa_trio.errors import TopologyError, WaTrioError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wa-trio",
+        description="WhatsApp send worker: consumes send jobs from RabbitMQ and delivers them "
+        "from one linked WhatsApp account. Configured by environment variables "
+        "(see `wa-trio check` and README.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"wa-trio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the worker until SIGTERM/SIGINT")
+    sub.add_parser("check", help="print the effective configuration (secrets redacted)")
+    validate = sub.add_parser("validate", help="validate one job JSON (file or - for stdin)")
+    validate.add_argument("file", help="path to a JSON file, or - to read stdin")
+    send = sub.add_parser("send", help="publish one job to the configured exchange")
+    send.add_argument("--destination", required=True, help="e.g. +5511999999999")
+    send.add_argument("--text", required=True, help="message text")
+    send.add_argument("--user-id", default=None, help="UUID (default: a random one)")
+    send.add_argument("--message-id", default=None, help="AMQP message_id (the job key)")
+    send.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="publish even if the job would be rejected (to try the DLQ)",
+    )
+    login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
+    login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        return _validate(args.file)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as error:
+        print(f"wa-trio: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "check":
+            return _check(settings)
+        if args.command == "run":
+            return _run(settings)
+        if args.command == "send":
+            return _send(settings, args)
+        if args.command == "login":
+            return _login(settings, args.timeout)
+    except TopologyError as error:
+        print(f"wa-trio: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except WaTrioError as error:
+        print(f"wa-trio: {error.code}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _check(settings: Settings) -> int:
+    for name, value in settings.as_redacted_dict().items():
+        print(f"{name}={value}")
+    return EXIT_OK
+
+
+def _validate(file: str) -> int:
+    body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    content_filter = os.environ.get("WHATSAPP_CONTENT_FILTER", "on").lower() != "off"
+    try:
+        envelope = parse_envelope(body, content_filter=content_filter)
+    except ValidationError as error:
+        print(json.dumps({"ok": False, "code": error.code, "message": error.message}))
+        return EXIT_FAILED
+    print(
+        json.dumps(
+            {"ok": True, "user_id": str(envelope.user_id), "destination": envelope.destination}
+        )
+    )
+    return EXIT_OK
+
+
+def _run(settings: Settings) -> int:
+    from wa_trio.app import run_worker
+    from wa_trio.log import configure_logging
+
+    handle = configure_logging(settings)
+    try:
+        trio.run(run_worker, settings)
+    finally:
+        handle.close()
+    return EXIT_OK
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.publisher import publish_job
+
+    user_id = args.user_id or str(uuid.uuid4())
+    body = json.dumps(
+        {"user_id": user_id, "text_message": args.text, "destination": args.destination},
+        ensure_ascii=False,
+    ).encode()
+    if not args.no_validate:
+        try:
+            parse_envelope(body, content_filter=settings.content_filter)
+        except ValidationError as error:
+            print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
+            return EXIT_FAILED
+    message_id = args.message_id or str(uuid.uuid4())
+    trio.run(publish_job, settings, body, message_id)
+    print(
+        json.dumps(
+            {
+                "published": True,
+                "message_id": message_id,
+                "exchange": settings.exchange,
+                "routing_key": settings.routing_key,
+            }
+        )
+    )
+    return EXIT_OK
+
+
+def _login(settings: Settings, timeout: float) -> int:
+    from wa_trio.log import configure_logging
+    from wa_trio.transport.neonize import run_login
+
+    handle = configure_logging(settings)
+    try:
+        linked = trio.run(run_login, settings, timeout)
+    finally:
+        handle.close()
+    return EXIT_OK if linked else EXIT_FAILED

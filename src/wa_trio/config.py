@@ -1,0 +1,491 @@
+"""Settings from the environment (pure: reads a mapping, never the process by itself).
+
+Every variable is declared once in ``FIELDS`` (name, default, what it expects, parser); the
+README's configuration table is checked against this list by a test, so the two cannot drift.
+A bad value raises ``ConfigError`` whose message is one line naming the variable, the value
+(redacted when it is a secret) and what was expected; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import attrs
+
+SECRET_VARS = frozenset({"RABBITMQ_PASSWORD", "RABBITMQ_URL", "WHATSAPP_PROXY"})
+
+
+class ConfigError(Exception):
+    """A configuration value is unusable. ``str(error)`` is the one line to show."""
+
+    def __init__(self, variable: str, value: str, expected: str) -> None:
+        shown = redact_value(variable, value)
+        super().__init__(f"invalid configuration: {variable}={shown!r}: expected {expected}")
+        self.variable = variable
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def redact_value(variable: str, value: str) -> str:
+    if variable == "RABBITMQ_PASSWORD":
+        return "***" if value else ""
+    if variable in SECRET_VARS:
+        return redact_url(value)
+    return value
+
+
+# ---------------------------------------------------------------- parsers (value -> typed)
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError
+    return value
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError
+    return port
+
+
+def _http_port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port < 65536:  # 0 = any free port (tests)
+        raise ValueError
+    return port
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError
+    return number
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError
+
+
+def _on_off(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in {"on", "off"}:
+        raise ValueError
+    return lowered == "on"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: str) -> float:
+    """``"5s"``, ``"2m"``, ``"1.5"`` (seconds), ``"250ms"``, ``"7d"`` -> seconds."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(value)
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _duration(value: str) -> float:
+    return parse_duration(value)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _amqp_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
+        raise ValueError
+    _ = parts.port  # raises ValueError on a bad port
+    return value
+
+
+def _proxy_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https", "socks5"} or not parts.hostname:
+        raise ValueError
+    _ = parts.port
+    return value
+
+
+def _optional_phone(value: str) -> str | None:
+    if not value:
+        return None
+    cleaned = re.sub(r"[\s\-.()]", "", value)
+    if not re.fullmatch(r"\+\d{8,15}", cleaned):
+        raise ValueError
+    return cleaned
+
+
+@attrs.frozen
+class Field:
+    """One environment variable: where it goes, its default and what it expects."""
+
+    env: str
+    attr: str
+    default: str | None
+    expected: str
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _f(
+    env: str, attr: str, default: str | None, expected: str, parse: Callable[[str], Any], doc: str
+) -> Field:
+    return Field(env, attr, default, expected, parse, doc)
+
+
+# default None means "computed from other variables" (see Settings.from_env)
+FIELDS: tuple[Field, ...] = (
+    _f(
+        "RABBITMQ_URL",
+        "rabbitmq_url",
+        None,
+        "an amqp:// or amqps:// URL",
+        _amqp_url,
+        "Broker URL; overrides the five RABBITMQ_* parts below.",
+    ),
+    _f("RABBITMQ_USER", "rabbitmq_user", "woragis", "a user name", _nonempty, "Broker user."),
+    _f(
+        "RABBITMQ_PASSWORD",
+        "rabbitmq_password",
+        "woragis",
+        "a password",
+        _str,
+        "Broker password (never logged).",
+    ),
+    _f("RABBITMQ_HOST", "rabbitmq_host", "rabbitmq", "a host name", _nonempty, "Broker host."),
+    _f("RABBITMQ_PORT", "rabbitmq_port", "5672", "a TCP port 1-65535", _port, "Broker port."),
+    _f(
+        "RABBITMQ_VHOST",
+        "rabbitmq_vhost",
+        "woragis",
+        "a virtual host name",
+        _str,
+        "Broker virtual host.",
+    ),
+    _f(
+        "WHATSAPP_QUEUE_NAME",
+        "queue_name",
+        "whatsapp.queue",
+        "a queue name",
+        _nonempty,
+        "Queue the jobs are consumed from.",
+    ),
+    _f(
+        "WHATSAPP_EXCHANGE",
+        "exchange",
+        "woragis.notifications",
+        "an exchange name",
+        _nonempty,
+        "Exchange the queue is bound to (jobs and status events are published here).",
+    ),
+    _f(
+        "WHATSAPP_ROUTING_KEY",
+        "routing_key",
+        "whatsapp.send",
+        "a routing key",
+        _nonempty,
+        "Routing key binding the queue to the exchange.",
+    ),
+    _f(
+        "WHATSAPP_EXCHANGE_TYPE",
+        "exchange_type",
+        "topic",
+        "direct, topic, fanout or headers",
+        _choice("direct", "topic", "fanout", "headers"),
+        "Type of WHATSAPP_EXCHANGE.",
+    ),
+    _f(
+        "WHATSAPP_PREFETCH_COUNT",
+        "prefetch_count",
+        "1",
+        "an integer >= 1",
+        _positive_int,
+        "Unacknowledged jobs the broker may hand the worker at once.",
+    ),
+    _f(
+        "WHATSAPP_DLX",
+        "dlx",
+        None,
+        "an exchange name",
+        _nonempty,
+        "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).",
+    ),
+    _f(
+        "WHATSAPP_DLQ_NAME",
+        "dlq_name",
+        None,
+        "a queue name",
+        _nonempty,
+        "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).",
+    ),
+    _f(
+        "WHATSAPP_SESSION_PATH",
+        "session_path",
+        "/app/session",
+        "a directory path",
+        Path,
+        "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).",
+    ),
+    _f(
+        "WHATSAPP_TRANSPORT",
+        "transport",
+        "neonize",
+        "neonize or dry-run",
+        _choice("neonize", "dry-run"),
+        "neonize sends for real; dry-run never touches WhatsApp.",
+    ),
+    _f(
+        "WHATSAPP_DRY_RUN_FILE",
+        "dry_run_file",
+        "",
+        "a file path (or empty)",
+        _optional_path,
+        "dry-run only: append one JSON line per would-be send to this file.",
+    ),
+    _f(
+        "WHATSAPP_DRY_RUN_FAIL_RATE",
+        "dry_run_fail_rate",
+        "0",
+        "a number from 0 to 1",
+        _fraction,
+        "dry-run only: fail this fraction of sends (transient), to rehearse retries.",
+    ),
+    _f(
+        "WHATSAPP_CONTENT_FILTER",
+        "content_filter",
+        "on",
+        "on or off",
+        _on_off,
+        "Reject text that looks like SQL injection or XSS (the original's policy).",
+    ),
+    _f(
+        "WHATSAPP_PROXY",
+        "proxy",
+        "",
+        "an http://, https:// or socks5:// URL (or empty)",
+        _proxy_url,
+        "Proxy for the WhatsApp connection (credentials never logged).",
+    ),
+    _f(
+        "WHATSAPP_PAIR_PHONE",
+        "pair_phone",
+        "",
+        "+ then 8-15 digits (or empty)",
+        _optional_phone,
+        "Log in by phone pairing code for this number instead of a QR code.",
+    ),
+    _f(
+        "WHATSAPP_SHUTDOWN_GRACE",
+        "shutdown_grace",
+        "10s",
+        "a duration like 10s",
+        _duration,
+        "On SIGTERM, how long in-flight sends may take before the worker exits.",
+    ),
+    _f(
+        "WHATSAPP_QUEUE_SAMPLE_INTERVAL",
+        "sample_interval",
+        "15s",
+        "a duration like 15s",
+        _duration,
+        "How often queue_depth and queue_dlq_size are sampled.",
+    ),
+    _f(
+        "ENV",
+        "env",
+        "development",
+        "development or production",
+        _choice("development", "production"),
+        "production: JSON logs, masked phone numbers.",
+    ),
+    _f(
+        "LOG_TO_FILE",
+        "log_to_file",
+        "false",
+        "true or false",
+        _bool,
+        "Also write JSON log lines to LOG_DIR/wa-trio.log.",
+    ),
+    _f("LOG_DIR", "log_dir", "logs", "a directory path", Path, "Folder of the log file."),
+    _f(
+        "HTTP_HOST",
+        "http_host",
+        "0.0.0.0",  # noqa: S104 - a container's health port must be reachable
+        "an address to bind",
+        _nonempty,
+        "Address of the HTTP server (health, metrics, login).",
+    ),
+    _f(
+        "HTTP_PORT",
+        "http_port",
+        "8080",
+        "a TCP port 0-65535",
+        _http_port,
+        "Port of the HTTP server.",
+    ),
+)
+
+FIELDS_BY_ENV = {field.env: field for field in FIELDS}
+
+
+@attrs.frozen
+class Settings:
+    """The effective configuration. Build it with ``Settings.from_env(os.environ)``."""
+
+    rabbitmq_url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
+    rabbitmq_user: str
+    rabbitmq_password: str = attrs.field(repr=False)
+    rabbitmq_host: str
+    rabbitmq_port: int
+    rabbitmq_vhost: str
+    queue_name: str
+    exchange: str
+    routing_key: str
+    exchange_type: str
+    prefetch_count: int
+    dlx: str
+    dlq_name: str
+    session_path: Path
+    transport: str
+    dry_run_file: Path | None
+    dry_run_fail_rate: float
+    content_filter: bool
+    proxy: str | None = attrs.field(repr=lambda url: repr(url and redact_url(url)))
+    pair_phone: str | None
+    shutdown_grace: float
+    sample_interval: float
+    env: str
+    log_to_file: bool
+    log_dir: Path
+    http_host: str
+    http_port: int
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def session_db(self) -> Path:
+        return self.session_path / "whatsapp.db"
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.session_path / "ledger.db"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse ``environ``; raise ConfigError (one line) on the first bad value."""
+        values: dict[str, Any] = {}
+        for field in FIELDS:
+            raw = environ.get(field.env)
+            if raw is None:
+                if field.default is None:
+                    continue
+                raw = field.default
+            try:
+                values[field.attr] = field.parse(raw)
+            except ValueError:
+                raise ConfigError(field.env, raw, field.expected) from None
+        values.setdefault("dlx", f"{values['exchange']}.dlx")
+        values.setdefault("dlq_name", f"{values['queue_name']}.dlq")
+        if "rabbitmq_url" in values:
+            _apply_url(values)
+        else:
+            values["rabbitmq_url"] = build_url(
+                values["rabbitmq_user"],
+                values["rabbitmq_password"],
+                values["rabbitmq_host"],
+                values["rabbitmq_port"],
+                values["rabbitmq_vhost"],
+            )
+        return cls(**values)
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.rabbitmq_url)
+
+    def as_redacted_dict(self) -> dict[str, str]:
+        """Every setting as ``{ENV_NAME: shown value}``, secrets redacted (``wa-trio check``)."""
+        shown: dict[str, str] = {}
+        for field in FIELDS:
+            value = getattr(self, field.attr)
+            text = "" if value is None else str(value)
+            if isinstance(value, bool):
+                text = ("on" if value else "off") if field.parse is _on_off else str(value).lower()
+            shown[field.env] = redact_value(field.env, text)
+        return shown
+
+
+def build_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
+    return (
+        f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+        f"{quote(vhost, safe='')}"
+    )
+
+
+def _apply_url(values: dict[str, Any]) -> None:
+    parts = urlsplit(values["rabbitmq_url"])
+    values["rabbitmq_user"] = unquote(parts.username or "guest")
+    values["rabbitmq_password"] = unquote(parts.password or "guest")
+    values["rabbitmq_host"] = parts.hostname or "localhost"
+    values["rabbitmq_port"] = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    values["rabbitmq_vhost"] = unquote(path) if path else "/"
+
+
+def markdown_table() -> str:
+    """The README's configuration table (README.md must contain it verbatim; a test checks)."""
+    lines = ["| Variable | Default | Expects | Meaning |", "|---|---|---|---|"]
+    for field in FIELDS:
+        default = "(derived)" if field.default is None else f"`{field.default}`"
+        if field.default == "":
+            default = "(unset)"
+        lines.append(f"| `{field.env}` | {default} | {field.expected} | {field.doc} |")
+    return "\n".join(lines)

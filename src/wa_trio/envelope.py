@@ -1,0 +1,190 @@
+"""The job model and its validation (pure: bytes in, envelope or ValidationError out).
+
+The wire format is the original worker's: a JSON object with ``user_id`` (UUID),
+``text_message`` (1-4096 characters) and ``destination`` (international number). Unknown fields
+are ignored. cattrs structures the object (one converter, built here); our rules then check
+content. Every rejection is a ``ValidationError`` with a stable ``code`` (see ``CODES``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+import attrs
+import cattrs
+import phonenumbers
+from cattrs.preconf.json import make_converter
+
+from wa_trio.errors import WaTrioError
+from wa_trio.policy import check_content
+
+MAX_TEXT_CHARS = 4096
+
+CODES: dict[str, str] = {
+    "invalid_encoding": "the body is not valid UTF-8",
+    "invalid_json": "the body is not valid JSON",
+    "wrong_type": "the JSON is not an object, or a field has the wrong type",
+    "missing_field": "a required field is missing",
+    "invalid_user_id": "user_id is not a UUID",
+    "invalid_destination": "destination is not an international phone number",
+    "empty_text": "text_message is empty",
+    "text_too_long": f"text_message is longer than {MAX_TEXT_CHARS} characters",
+    "content_rejected": "text_message matches the SQL-injection / XSS content policy",
+}
+
+
+class ValidationError(WaTrioError):
+    """The job can never be sent as it is. ``code`` is one of ``CODES``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in CODES, code
+        super().__init__(message, code=code)
+
+
+@attrs.frozen
+class WhatsAppEnvelope:
+    """A validated job: ``destination`` is in E.164 form (``+`` and digits)."""
+
+    user_id: uuid.UUID
+    text_message: str
+    destination: str
+
+
+@attrs.frozen
+class _WireEnvelope:
+    """What the JSON must hold, before our content rules (types only)."""
+
+    user_id: str
+    text_message: str
+    destination: str
+
+
+def _strict_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+_converter = make_converter(forbid_extra_keys=False)
+_converter.register_structure_hook(str, _strict_str)
+
+_STRIP = re.compile(r"[\s\-.()]")
+_E164 = re.compile(r"\+\d{8,15}")
+
+
+def clean_destination(raw: str) -> str:
+    """Strip spaces, dashes, dots and parentheses; check the E.164 shape and phonenumbers.
+
+    Raises:
+        ValidationError: ``invalid_destination``.
+    """
+    cleaned = _STRIP.sub("", raw)
+    if not _E164.fullmatch(cleaned):
+        raise ValidationError(
+            "invalid_destination", "destination must be '+' then 8-15 digits (e.g. +5511999999999)"
+        )
+    try:
+        number = phonenumbers.parse(cleaned, None)
+    except phonenumbers.NumberParseException:
+        raise ValidationError(
+            "invalid_destination", "destination has no valid country calling code"
+        ) from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValidationError(
+            "invalid_destination", "destination is not a possible number for its country"
+        )
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvelope:
+    """Decode and validate one job body.
+
+    Raises:
+        ValidationError: with one of ``CODES``; never any other exception.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("invalid_encoding", CODES["invalid_encoding"]) from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValidationError("invalid_json", CODES["invalid_json"]) from None
+    if not isinstance(data, dict):
+        raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
+    wire = _structure(data)
+    for value in (wire.user_id, wire.text_message, wire.destination):
+        if not _encodable(value):
+            raise ValidationError("invalid_encoding", "a field holds an unpaired surrogate")
+    try:
+        user_id = uuid.UUID(wire.user_id)
+    except ValueError:
+        raise ValidationError("invalid_user_id", CODES["invalid_user_id"]) from None
+    destination = clean_destination(wire.destination)
+    validate_text(wire.text_message, content_filter=content_filter)
+    return WhatsAppEnvelope(
+        user_id=user_id, text_message=wire.text_message, destination=destination
+    )
+
+
+def validate_text(text: str, *, content_filter: bool) -> None:
+    if not text.strip():
+        raise ValidationError("empty_text", CODES["empty_text"])
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValidationError(
+            "text_too_long", f"text_message has {len(text)} characters, at most {MAX_TEXT_CHARS}"
+        )
+    if content_filter:
+        verdict = check_content(text)
+        if not verdict.allowed:
+            raise ValidationError(
+                "content_rejected", f"text_message rejected by content policy rule {verdict.rule}"
+            )
+
+
+def envelope_to_json(envelope: WhatsAppEnvelope) -> bytes:
+    """The wire form of a valid envelope (used by ``wa-trio send`` and tests)."""
+    return json.dumps(
+        {
+            "user_id": str(envelope.user_id),
+            "text_message": envelope.text_message,
+            "destination": envelope.destination,
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+def _structure(data: dict[str, Any]) -> _WireEnvelope:
+    try:
+        return _converter.structure(data, _WireEnvelope)
+    except cattrs.ClassValidationError as group:
+        with_notes, _ = group.group_exceptions()
+        missing = [note.name for exc, note in with_notes if isinstance(exc, KeyError)]
+        details = "; ".join(cattrs.transform_error(group))
+        if missing:
+            raise ValidationError(
+                "missing_field", f"missing field(s) {', '.join(missing)}: {details}"
+            ) from None
+        raise ValidationError("wrong_type", details) from None
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

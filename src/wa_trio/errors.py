@@ -1,0 +1,46 @@
+"""Our exception hierarchy. Every error that can end a job carries a stable, machine-readable
+``code``: it goes to dead-letter headers (``x-error-code``), to metric labels (``error_type``)
+and to logs, so the set of codes is closed and documented (README, docs/health-and-metrics.md)."""
+
+from __future__ import annotations
+
+
+class WaTrioError(Exception):
+    """Base class of every error wa-trio raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SendError(WaTrioError):
+    """Sending through the transport failed.
+
+    ``transient`` tells the pipeline whether retrying can help (network, not connected, WhatsApp
+    busy) or not (the number is not on WhatsApp, the message is refused for good).
+    """
+
+    code = "send_failed"
+
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.transient = transient
+
+
+class NotConnectedError(SendError):
+    """The transport is not connected to WhatsApp; the job must wait, not burn a retry."""
+
+    code = "not_connected"
+
+
+class TopologyError(WaTrioError):
+    """The broker refused our queue/exchange declarations (usually: other arguments exist)."""
+
+    code = "topology_mismatch"

@@ -1,0 +1,98 @@
+"""eliot destinations and redaction helpers.
+
+- ENV=production: one JSON object a line on stdout (what log shippers and eliot-tree read).
+- ENV=development: eliot's compact one-line text on stdout, for humans.
+- LOG_TO_FILE=true: JSON lines also go to LOG_DIR/wa-trio.log (eliot-tree reads it as is).
+
+Phone numbers reach logs only through ``mask_phone`` (masked in production); message text is never
+logged; URLs only through ``config.redact_url``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import eliot
+from eliot.prettyprint import compact_format
+
+from wa_trio.config import Settings
+
+
+def mask_phone(number: str, *, production: bool = True) -> str:
+    """``+5511999999999`` -> ``+55******9999`` in production; unchanged otherwise.
+
+    Keeps the country prefix (two digits) and the last four; everything else is starred, so an
+    operator can tell numbers apart in an incident without the log holding the number.
+    """
+    if not production:
+        return number
+    digits = number[1:] if number.startswith("+") else number
+    if len(digits) <= 6:
+        return "+" + "*" * len(digits)
+    return f"+{digits[:2]}{'*' * (len(digits) - 6)}{digits[-4:]}"
+
+
+@attrs.frozen
+class Redactor:
+    """What the rest of the code uses to put a destination into a log field."""
+
+    production: bool
+
+    def phone(self, number: str) -> str:
+        return mask_phone(number, production=self.production)
+
+
+@attrs.define
+class _TextDestination:
+    stream: IO[str]
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        self.stream.write(compact_format(message) + "\n")
+        self.stream.flush()
+
+
+@attrs.define
+class LoggingHandle:
+    """Returned by ``configure_logging``; ``close()`` removes our destinations and closes files."""
+
+    destinations: list[Callable[[dict[str, Any]], None]]
+    files: list[IO[str]]
+
+    def close(self) -> None:
+        for destination in self.destinations:
+            eliot.remove_destination(destination)
+        for file in self.files:
+            file.close()
+        self.destinations.clear()
+        self.files.clear()
+
+
+def log_file_path(settings: Settings) -> Path:
+    return settings.log_dir / "wa-trio.log"
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> LoggingHandle:
+    """Install the destinations ``settings`` asks for (see module docstring)."""
+    out = stream if stream is not None else sys.stdout
+    destinations: list[Callable[[dict[str, Any]], None]] = []
+    files: list[IO[str]] = []
+    if settings.production:
+        destinations.append(eliot.FileDestination(file=out))
+    else:
+        destinations.append(_TextDestination(out))
+    if settings.log_to_file:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        file = log_file_path(settings).open("a", encoding="utf-8")
+        files.append(file)
+        destinations.append(eliot.FileDestination(file=file))
+    eliot.add_destinations(*destinations)
+    # serena logs every connection teardown (even a cancellation) at ERROR through stdlib
+    # logging; our eliot messages already say what happened, so keep only its CRITICAL lines
+    # (its channel-deadlock warning) on stderr.
+    logging.getLogger("serena").setLevel(logging.CRITICAL)
+    return LoggingHandle(destinations, files)

@@ -1,0 +1,99 @@
+"""Every Prometheus metric in one place (no I/O). Names and labels of the original worker first.
+
+Label values are closed sets (documented in docs/health-and-metrics.md): ``status`` is one of
+``STATUSES``; ``error_type`` is a validation code or a send-failure class. No label ever carries a
+phone number, a user id or free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from wa_trio import __version__
+
+WORKER = "whatsapp"
+
+#: worker_jobs_processed_total{status}: how each job ended.
+STATUSES = ("success", "invalid", "failed", "retried", "duplicate")
+
+
+class Metrics:
+    """One registry per worker (tests build their own and read it back)."""
+
+    def __init__(self, queue_name: str, dlq_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.queue_name = queue_name
+        self.dlq_name = dlq_name
+        self.jobs_processed = Counter(
+            "worker_jobs_processed_total",
+            "Jobs finished, by outcome.",
+            ["worker", "status"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "worker_job_duration_seconds",
+            "Time from receiving a job to acking it.",
+            ["worker"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.jobs_failed = Counter(
+            "worker_jobs_failed_total",
+            "Jobs that failed, by error type.",
+            ["worker", "error_type"],
+            registry=r,
+        )
+        self.jobs_retried = Counter(
+            "worker_jobs_retried_total",
+            "Jobs handed back for a later retry.",
+            ["worker"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth", "Messages ready in the job queue (sampled).", ["queue_name"], registry=r
+        )
+        self.dlq_size = Gauge(
+            "queue_dlq_size",
+            "Messages in the dead-letter queue (sampled).",
+            ["queue_name"],
+            registry=r,
+        )
+        self.whatsapp_connected = Gauge(
+            "whatsapp_connected", "1 when the WhatsApp transport can send.", registry=r
+        )
+        self.amqp_connected = Gauge(
+            "amqp_connected", "1 when the consuming broker connection is up.", registry=r
+        )
+        self.send_duration = Histogram(
+            "whatsapp_send_duration_seconds",
+            "Time WhatsApp took to accept a message.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
+        self.build.info({"version": __version__, "worker": WORKER})
+        # make the series exist from the start (a scrape before the first job sees zeros)
+        for status in STATUSES:
+            self.jobs_processed.labels(WORKER, status)
+        self.jobs_retried.labels(WORKER)
+        self.job_duration.labels(WORKER)
+        self.queue_depth.labels(queue_name)
+        self.dlq_size.labels(dlq_name)
+
+    def processed(self, status: str) -> None:
+        assert status in STATUSES, status
+        self.jobs_processed.labels(WORKER, status).inc()
+
+    def failed(self, error_type: str) -> None:
+        self.jobs_failed.labels(WORKER, error_type).inc()
+
+    def retried(self) -> None:
+        self.jobs_retried.labels(WORKER).inc()
+
+    def observe_job(self, seconds: float) -> None:
+        self.job_duration.labels(WORKER).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,305 @@
+"""consumer -> bounded memory channel -> sender; ack / retry / dead-letter.
+
+Shape (one broker connection, owned by ``Pipeline.run``):
+
+    consumer task --(trio memory channel, size = prefetch)--> sender task --> Transport
+         |                                                        |
+    consume channel (basic.qos = prefetch, manual acks) <-- acks -+-- publish channel (confirms)
+
+- A job is acked only after WhatsApp accepted it, or after its dead-letter copy was confirmed.
+- While the transport is not connected the sender takes no job: at most ``prefetch`` jobs wait
+  unacked in the channel, nothing is requeued in a loop.
+- Broker loss surfaces at once as ``BrokerError`` from the connection; ``run`` reconnects with
+  capped exponential backoff and jitter. Unacked jobs are redelivered by the broker.
+- ``stop()`` drains: the consumer stops, the sender finishes the job in hand and takes no other;
+  jobs still in the channel stay unacked and go back to the queue when the connection closes.
+
+eliot: each job is one action (``wa_trio:job``) started by the consumer and carried through the
+memory channel with the job; the sender re-enters it with ``Action.context()`` so validate, send,
+dead-letter and ack are its children and one job is one tree in eliot-tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import eliot
+import trio
+
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress, BrokerError, Delivery
+from wa_trio.config import Settings
+from wa_trio.envelope import ValidationError, parse_envelope
+from wa_trio.errors import NotConnectedError, SendError
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.policy import Backoff
+from wa_trio.transport import OutgoingMessage, Transport
+
+
+@attrs.define
+class Job:
+    delivery: Delivery
+    action: eliot.Action
+    received_at: float
+    key: str
+
+
+def job_key(delivery: Delivery) -> str:
+    """The job's identity: the publisher's message_id, else a hash of the body."""
+    if delivery.properties.message_id:
+        return delivery.properties.message_id
+    return "sha256:" + hashlib.sha256(delivery.body).hexdigest()
+
+
+def trace_id_of(delivery: Delivery) -> str | None:
+    trace = delivery.properties.headers.get("trace_id") or delivery.properties.correlation_id
+    if isinstance(trace, bytes):
+        trace = trace.decode("utf-8", "replace")
+    return None if trace is None else str(trace)[:128]
+
+
+def dead_letter_headers(
+    original: dict[str, Any], code: str, message: str, delivery: Delivery, exchange: str
+) -> dict[str, Any]:
+    headers = dict(original)
+    headers.update(
+        {
+            "x-error-code": code,
+            "x-error-message": message[:1024],
+            "x-original-exchange": exchange,
+            "x-original-routing-key": delivery.routing_key,
+            "x-failed-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+    )
+    return headers
+
+
+class Pipeline:
+    """Owns the consuming connection for the worker's life (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        metrics: Metrics,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.metrics = metrics
+        self.redactor = Redactor(settings.production)
+        self.address = BrokerAddress.from_settings(settings)
+        self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
+        self._clock = clock
+        self._stopping = trio.Event()
+        self._consume_scope: trio.CancelScope | None = None
+        self.connected = False
+        self.connected_event = trio.Event()
+        self.topology_ready = trio.Event()  # set once the first declaration succeeded
+        self.connections = 0  # successful (re)connections, for tests and logs
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Begin a graceful drain (idempotent; safe from a signal-handling task)."""
+        self._stopping.set()
+        if self._consume_scope is not None:
+            self._consume_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, declare, consume; reconnect on broker loss until ``stop()``.
+
+        ``task_status.started()`` fires after the first successful topology declaration.
+
+        Raises:
+            TopologyError: the broker refused a declaration (start-up cannot go on).
+        """
+        started = False
+        while not self.stopping:
+            try:
+                async with amqp.connect(self.address) as connection:
+                    await amqp.declare_topology(connection, self.settings)
+                    self.topology_ready.set()
+                    async with connection.open_channel() as publish_channel:
+                        self._set_connected(True)
+                        self.backoff.reset()
+                        self.connections += 1
+                        eliot.log_message(
+                            message_type="wa_trio:amqp:connected",
+                            broker=self.settings.redacted_url,
+                            connections=self.connections,
+                        )
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await self._serve(connection, publish_channel)
+            except BrokerError as error:
+                self._set_connected(False)
+                if self.stopping:
+                    break
+                delay = self.backoff.next_delay()
+                eliot.log_message(
+                    message_type="wa_trio:amqp:disconnected",
+                    reason=str(error)[:300],
+                    retry_in=round(delay, 3),
+                )
+                with trio.move_on_after(delay):
+                    await self._stopping.wait()
+            finally:
+                self._set_connected(False)
+        if not started:
+            task_status.started()
+
+    def _set_connected(self, value: bool) -> None:
+        self.connected = value
+        self.metrics.amqp_connected.set(1 if value else 0)
+        if value:
+            self.connected_event.set()
+        elif self.connected_event.is_set():
+            self.connected_event = trio.Event()
+
+    async def _serve(self, connection: amqp.Connection, publish_channel: Any) -> None:
+        send_jobs, receive_jobs = trio.open_memory_channel[Job](self.settings.prefetch_count)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender, receive_jobs, publish_channel)
+            with trio.CancelScope() as scope:
+                self._consume_scope = scope
+                if self.stopping:
+                    scope.cancel()
+                await self._consumer(connection, send_jobs)
+            self._consume_scope = None
+
+    # ------------------------------------------------------------------------------ consumer
+
+    async def _consumer(self, connection: amqp.Connection, send_jobs: Any) -> None:
+        async with (
+            send_jobs,
+            amqp.consume(
+                connection, self.settings.queue_name, prefetch=self.settings.prefetch_count
+            ) as deliveries,
+        ):
+            async for delivery in deliveries:
+                key = job_key(delivery)
+                action = eliot.start_action(
+                    action_type="wa_trio:job",
+                    job_key=key,
+                    message_id=delivery.properties.message_id,
+                    delivery_tag=delivery.delivery_tag,
+                    redelivered=delivery.redelivered,
+                    trace_id=trace_id_of(delivery),
+                )
+                await send_jobs.send(Job(delivery, action, self._clock(), key))
+
+    # -------------------------------------------------------------------------------- sender
+
+    async def _sender(self, receive_jobs: Any, publish_channel: Any) -> None:
+        async with receive_jobs:
+            while not self.stopping:
+                await self.transport.wait_connected()
+                try:
+                    job = await receive_jobs.receive()
+                except trio.EndOfChannel:
+                    return
+                if self.stopping:
+                    # drained: leave it unacked, the broker requeues it on close
+                    job.action.finish()
+                    return
+                await self.handle(job, publish_channel)
+
+    async def handle(self, job: Job, publish_channel: Any) -> None:
+        """Take one job to its end: sent+acked, dead-lettered+acked, or nacked for retry.
+
+        ``stop()`` never cancels this (only the consumer); the shutdown grace deadline does, and
+        a broker failure inside propagates (as BrokerError) to reconnect. Either way the job stays
+        unacked and is redelivered.
+        """
+        with job.action.context():
+            try:
+                status = await self._handle(job, publish_channel)
+            except BaseException as error:
+                job.action.finish(error)
+                raise
+            job.action.addSuccessFields(outcome=status)
+        job.action.finish()
+        self.metrics.observe_job(self._clock() - job.received_at)
+
+    async def _handle(self, job: Job, publish_channel: Any) -> str:
+        delivery = job.delivery
+        try:
+            with eliot.start_action(action_type="wa_trio:job:validate"):
+                envelope = parse_envelope(
+                    delivery.body, content_filter=self.settings.content_filter
+                )
+        except ValidationError as error:
+            await self._dead_letter(job, publish_channel, error.code, error.message)
+            self.metrics.processed("invalid")
+            self.metrics.failed(error.code)
+            return "invalid"
+
+        message = OutgoingMessage(
+            destination=envelope.destination,
+            text=envelope.text_message,
+            user_id=str(envelope.user_id),
+            job_key=job.key,
+        )
+        try:
+            with eliot.start_action(
+                action_type="wa_trio:job:send",
+                destination=self.redactor.phone(envelope.destination),
+                user_id=str(envelope.user_id),
+                transport=self.transport.name,
+            ) as send_action:
+                started = time.perf_counter()
+                result = await self.transport.send(message)
+                self.metrics.send_duration.observe(time.perf_counter() - started)
+                send_action.addSuccessFields(whatsapp_message_id=result.message_id)
+        except SendError as error:
+            self.metrics.failed(error.code)
+            if not error.transient:
+                await self._dead_letter(job, publish_channel, error.code, error.message)
+                self.metrics.processed("failed")
+                return "failed"
+            await delivery.nack(requeue=True)
+            eliot.log_message(
+                message_type="wa_trio:job:requeued",
+                code=error.code,
+                waited=isinstance(error, NotConnectedError),
+            )
+            self.metrics.retried()
+            self.metrics.processed("retried")
+            return "retried"
+        await delivery.ack()
+        eliot.log_message(message_type="wa_trio:job:acked")
+        self.metrics.processed("success")
+        return "success"
+
+    async def _dead_letter(self, job: Job, publish_channel: Any, code: str, message: str) -> None:
+        delivery = job.delivery
+        props = delivery.properties
+        headers = dead_letter_headers(
+            dict(props.headers), code, message, delivery, self.settings.exchange
+        )
+        with eliot.start_action(action_type="wa_trio:job:dead_letter", code=code, reason=message):
+            await amqp.publish(
+                publish_channel,
+                self.settings.dlx,
+                delivery.routing_key,
+                delivery.body,
+                attrs.evolve(props, headers=headers),
+            )
+            await delivery.ack()
+
+
+__all__ = ["Job", "Pipeline", "dead_letter_headers", "job_key", "trace_id_of"]

@@ -1,0 +1,98 @@
+"""A transport that never touches WhatsApp (staging, demos, load tests, CI).
+
+Each would-be send is logged (destination masked in production, text never) and, when
+WHATSAPP_DRY_RUN_FILE is set, appended to that file as one JSON line with ``message_id``,
+``destination``, ``text_message``, ``user_id``, ``job_key`` and ``sent_at``. The file is the
+record the fault tests count: a line is flushed to the OS before the send returns, so it survives
+``kill -9`` of the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+import trio
+from eliot import log_message
+
+from wa_trio.errors import SendError
+from wa_trio.log import Redactor
+from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
+
+
+class DryRunTransport:
+    name = "dry-run"
+
+    def __init__(
+        self,
+        record_file: Path | None,
+        redactor: Redactor,
+        *,
+        fail: FailurePlan | None = None,
+    ) -> None:
+        self._path = record_file
+        self._file: IO[str] | None = None
+        self._redactor = redactor
+        self._fail = fail
+        self.sent = 0
+
+    @property
+    def state(self) -> ConnectionState:
+        return ConnectionState.CONNECTED
+
+    async def wait_connected(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        await trio.lowlevel.checkpoint()
+        if self._fail is not None and self._fail.should_fail():
+            raise SendError("dry-run: simulated transient failure", code="simulated_failure")
+        message_id = "DRY" + uuid.uuid4().hex[:17].upper()
+        now = time.time()
+        if self._path is not None:
+            if self._file is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self._path.open("a", encoding="utf-8")
+            record = {
+                "message_id": message_id,
+                "destination": message.destination,
+                "text_message": message.text,
+                "user_id": message.user_id,
+                "job_key": message.job_key,
+                "sent_at": now,
+            }
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        self.sent += 1
+        log_message(
+            message_type="wa_trio:dry_run:send",
+            destination=self._redactor.phone(message.destination),
+            message_id=message_id,
+            job_key=message.job_key,
+            chars=len(message.text),
+        )
+        return SendResult(message_id=message_id, timestamp=now)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class FailurePlan:
+    """Fail a fraction of sends, seeded so runs repeat (WHATSAPP_DRY_RUN_FAIL_RATE; fault tests)."""
+
+    def __init__(self, rate: float, seed: int = 1) -> None:
+        self._rate = rate
+        self._random = random.Random(seed)
+
+    def should_fail(self) -> bool:
+        return self._random.random() < self._rate

@@ -1,0 +1,142 @@
+"""Helpers for integration tests: broker admin, publishing, waiting with deadlines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.config import Settings
+
+UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
+
+
+def job_body(n: int = 0, **fields: Any) -> bytes:
+    job: dict[str, Any] = {
+        "user_id": UID,
+        "text_message": f"job {n}",
+        "destination": "+5511999999999",
+    }
+    job.update(fields)
+    return json.dumps(job).encode()
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> None:
+    with trio.move_on_after(timeout) as scope:
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await trio.sleep(interval)
+    if scope.cancelled_caught:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def publish_many(
+    settings: Settings,
+    bodies: Iterable[bytes],
+    message_ids: Iterable[str | None] | None = None,
+    headers: dict[str, Any] | None = None,
+) -> int:
+    count = 0
+    ids = iter(message_ids) if message_ids is not None else None
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
+        await amqp.declare_topology(connection, settings)
+        async with connection.open_channel() as channel:
+            for body in bodies:
+                message_id = next(ids) if ids is not None else str(uuid.uuid4())
+                await amqp.publish(
+                    channel,
+                    settings.exchange,
+                    settings.routing_key,
+                    body,
+                    Properties(message_id=message_id, headers=dict(headers or {})),
+                )
+                count += 1
+    return count
+
+
+async def drain_queue(settings: Settings, queue: str) -> list[Any]:
+    """basic.get every message of ``queue`` (acked: removed)."""
+    messages = []
+    async with (
+        amqp.connect(BrokerAddress.from_settings(settings)) as connection,
+        connection.open_channel() as channel,
+    ):
+        while True:
+            message = await channel.basic_get(queue, no_ack=True)
+            if message is None:
+                return messages
+            messages.append(message)
+
+
+async def queue_count(settings: Settings, queue: str) -> int:
+    async with (
+        amqp.connect(BrokerAddress.from_settings(settings)) as connection,
+        connection.open_channel() as channel,
+    ):
+        return await amqp.queue_message_count(channel, queue)
+
+
+async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(10):
+        async with (
+            amqp.connect(BrokerAddress.from_settings(settings)) as connection,
+            connection.open_channel() as channel,
+        ):
+            for queue in (settings.queue_name, settings.dlq_name, *extra_queues):
+                await channel.queue_delete(queue)
+            for exchange in (settings.exchange, settings.dlx):
+                await channel.exchange_delete(exchange)
+
+
+def sent_records(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=timeout, check=True
+    ).stdout
+
+
+def ensure_broker_running(timeout: float = 120) -> None:
+    """Start the local RabbitMQ if it is down (as CI must), then wait until it accepts."""
+    import socket
+
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    if accepting():
+        return
+    exe = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
+    subprocess.run([exe, "-detached"], check=False, timeout=60)
+    rabbitmqctl("await_startup", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not accepting():
+        if time.monotonic() > deadline:
+            raise RuntimeError("RabbitMQ did not start")
+        time.sleep(0.5)

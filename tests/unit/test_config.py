@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wa_trio.config import (
+    FIELDS,
+    ConfigError,
+    Settings,
+    markdown_table,
+    parse_duration,
+    redact_url,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_original_workers() -> None:
+    s = Settings.from_env({})
+    assert s.rabbitmq_url == "amqp://woragis:woragis@rabbitmq:5672/woragis"
+    assert (s.queue_name, s.exchange, s.routing_key) == (
+        "whatsapp.queue",
+        "woragis.notifications",
+        "whatsapp.send",
+    )
+    assert s.prefetch_count == 1
+    assert s.session_db == Path("/app/session/whatsapp.db")
+    assert s.env == "development" and not s.production
+    assert s.log_to_file is False and s.log_dir == Path("logs")
+    assert s.http_port == 8080
+    assert s.transport == "neonize"
+    assert s.dry_run_file is None
+    assert s.dlx == "woragis.notifications.dlx"
+    assert s.dlq_name == "whatsapp.queue.dlq"
+    assert s.exchange_type == "topic"
+    assert s.content_filter is True
+    assert s.shutdown_grace == 10.0
+
+
+def test_url_overrides_parts() -> None:
+    s = Settings.from_env(
+        {
+            "RABBITMQ_URL": "amqps://bob:s%40cret@mq.example:5671/prod%2Fa",
+            "RABBITMQ_HOST": "ignored",
+        }
+    )
+    assert (s.rabbitmq_user, s.rabbitmq_password, s.rabbitmq_host) == (
+        "bob",
+        "s@cret",
+        "mq.example",
+    )
+    assert (s.rabbitmq_port, s.rabbitmq_vhost) == (5671, "prod/a")
+
+
+def test_url_without_vhost_means_default_vhost() -> None:
+    assert Settings.from_env({"RABBITMQ_URL": "amqp://localhost"}).rabbitmq_vhost == "/"
+
+
+def test_derived_dlx_and_dlq_follow_names() -> None:
+    s = Settings.from_env({"WHATSAPP_QUEUE_NAME": "q1", "WHATSAPP_EXCHANGE": "x1"})
+    assert (s.dlx, s.dlq_name) == ("x1.dlx", "q1.dlq")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HTTP_PORT", "abc", "a TCP port"),
+        ("RABBITMQ_PORT", "70000", "a TCP port"),
+        ("WHATSAPP_PREFETCH_COUNT", "0", "an integer >= 1"),
+        ("WHATSAPP_TRANSPORT", "carrier-pigeon", "neonize or dry-run"),
+        ("RABBITMQ_URL", "http://user:pw@host/", "an amqp:// or amqps:// URL"),
+        ("WHATSAPP_CONTENT_FILTER", "maybe", "on or off"),
+        ("ENV", "staging", "development or production"),
+        ("WHATSAPP_SHUTDOWN_GRACE", "soon", "a duration"),
+        ("WHATSAPP_PROXY", "ftp://x", "an http://"),
+        ("LOG_TO_FILE", "perhaps", "true or false"),
+    ],
+)
+def test_bad_value_is_one_line_naming_variable_and_expectation(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    message = str(info.value)
+    assert "\n" not in message
+    assert variable in message
+    assert expected in message
+    assert info.value.variable == variable
+
+
+def test_password_never_in_error_or_repr() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"RABBITMQ_URL": "http://user:hunter2@host/"})
+    assert "hunter2" not in str(info.value)
+    s = Settings.from_env(
+        {
+            "RABBITMQ_URL": "amqp://user:hunter2@host/",
+            "WHATSAPP_PROXY": "socks5://p:hunter3@127.0.0.1:1",
+        }
+    )
+    assert "hunter2" not in repr(s) and "hunter3" not in repr(s)
+    shown = s.as_redacted_dict()
+    assert shown["RABBITMQ_URL"] == "amqp://user:***@host/"
+    assert "hunter3" not in shown["WHATSAPP_PROXY"]
+    assert s.redacted_url == "amqp://user:***@host/"
+
+
+def test_password_part_is_redacted_in_check_output() -> None:
+    shown = Settings.from_env({"RABBITMQ_PASSWORD": "hunter2"}).as_redacted_dict()
+    assert "hunter2" not in str(shown)
+    assert shown["RABBITMQ_PASSWORD"] == "***"
+
+
+def test_redact_url_leaves_passwordless_urls() -> None:
+    assert redact_url("amqp://host:5672/") == "amqp://host:5672/"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5s", 5), ("2m", 120), ("1.5", 1.5), ("250ms", 0.25), ("7d", 604800)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_readme_configuration_table_matches_fields() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, (
+        "regenerate with: python -c 'from wa_trio.config import "
+        "markdown_table; print(markdown_table())'"
+    )
+    assert len(markdown_table().splitlines()) == len(FIELDS) + 2
