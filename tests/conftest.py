@@ -9,15 +9,27 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import subprocess
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from wa_trio.config import Settings
+
+# neonize's import runs os.popen("uname -a") without closing it; take that ResourceWarning here,
+# once, so the suite's "warnings are errors" rule keeps catching our own leaks.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ResourceWarning)
+    import neonize.client  # noqa: F401
+
+    subprocess._cleanup()  # type: ignore[attr-defined]  # reap the popen child
+    gc.collect()
 
 BROKER_URL = os.environ.get("WA_TRIO_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 

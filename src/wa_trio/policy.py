@@ -92,3 +92,28 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+_TRANSIENT = re.compile(
+    r"not connected|websocket|timed? ?out|deadline|connection|EOF|broken pipe|reset by peer|"
+    r"server returned error 5\d\d|\b5\d\d\b|429|rate.?limit|try again|unavailable",
+    re.IGNORECASE,
+)
+_PERMANENT = re.compile(
+    r"not on whatsapp|no such user|invalid jid|item-not-found|\b40[0346]\b|forbidden|"
+    r"not-authorized|blocked|too long|not-acceptable",
+    re.IGNORECASE,
+)
+
+
+def classify_send_error(text: str) -> tuple[str, bool]:
+    """(error code, transient?) for a WhatsApp send error text.
+
+    Unknown errors are transient: a retry costs little and the retry limit dead-letters them in
+    the end, while wrongly calling an error permanent would drop a message that could have gone.
+    """
+    if _TRANSIENT.search(text):
+        return "whatsapp_unavailable", True
+    if _PERMANENT.search(text):
+        return "send_rejected", False
+    return "send_failed", True

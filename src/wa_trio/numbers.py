@@ -1,0 +1,63 @@
+"""Number -> WhatsApp JID cache (sqlite3, blocking: call it from a worker thread).
+
+``is_on_whatsapp`` is a round trip to WhatsApp and a signal of automation when repeated; the
+answer rarely changes, so it is kept for WHATSAPP_NUMBER_CACHE_TTL. The JID WhatsApp returns is
+the one used for sending (Brazilian numbers with or without the extra 9 resolve to the real one).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class Resolution:
+    number: str  # E.164
+    on_whatsapp: bool
+    jid_user: str  # the user part of the JID WhatsApp returned ("" when not on WhatsApp)
+    checked_at: float
+
+
+class NumberCache:
+    def __init__(self, path: Path, ttl: float) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        path.chmod(0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS numbers (number TEXT PRIMARY KEY, on_whatsapp INTEGER "
+            "NOT NULL, jid_user TEXT NOT NULL, checked_at REAL NOT NULL)"
+        )
+
+    def get(self, number: str, now: float | None = None) -> Resolution | None:
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "SELECT on_whatsapp, jid_user, checked_at FROM numbers WHERE number = ?", (number,)
+            ).fetchone()
+        if row is None or now - row[2] > self.ttl:
+            return None
+        return Resolution(number, bool(row[0]), row[1], row[2])
+
+    def put(self, resolution: Resolution) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO numbers VALUES (?, ?, ?, ?)",
+                (
+                    resolution.number,
+                    int(resolution.on_whatsapp),
+                    resolution.jid_user,
+                    resolution.checked_at,
+                ),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

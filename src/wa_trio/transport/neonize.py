@@ -1,0 +1,572 @@
+"""The real WhatsApp transport: neonize (whatsmeow) in worker threads, driven from trio.
+
+Threads and trio:
+- every blocking neonize call runs in ``trio.to_thread.run_sync``; sends and look-ups share a
+  ``CapacityLimiter(1)`` and are not abandoned on cancel (they have side effects);
+- ``client.connect()`` blocks for the whole session (whatsmeow returns only after ``stop()``), so
+  it runs in a thread abandoned on cancel; shutdown calls ``stop()`` with a bound, because
+  ``stop()`` does not cancel a dial in progress;
+- neonize calls our handlers on Go-owned threads. They touch no trio object: they turn the event
+  into a ``Signal`` and hand it to trio with ``TrioToken.run_sync_soon``; state changes happen on
+  the trio thread only.
+
+This is the only module that imports neonize. ``neonize._binder`` downloads a library at import
+time when the bundled one is missing; ``check_bundled_library`` refuses to let that happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import importlib.util
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import eliot
+import segno
+import trio
+from quart import Response
+
+from wa_trio.config import Settings, redact_url
+from wa_trio.errors import NotConnectedError, SendError, WaTrioError
+from wa_trio.log import Redactor
+from wa_trio.numbers import NumberCache, Resolution
+from wa_trio.policy import Backoff, classify_send_error
+from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
+from wa_trio.transport.states import Signal, next_state
+
+NUMBER_CACHE_TTL = 7 * 86400.0
+STOP_TIMEOUT = 5.0
+_STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
+
+
+class TransportError(WaTrioError):
+    code = "transport_unavailable"
+
+
+def bundled_library() -> Path:
+    """Path of the whatsmeow library inside the installed neonize wheel (not imported)."""
+    spec = importlib.util.find_spec("neonize")
+    if spec is None or spec.origin is None:
+        raise TransportError("neonize is not installed")
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    system = platform.system().lower()
+    ext = {"windows": "dll", "darwin": "dylib"}.get(system, "so")
+    return Path(spec.origin).parent / f"neonize-{system}-{arch}.{ext}"
+
+
+def check_bundled_library() -> None:
+    """Refuse to import neonize when it would download its library at run time."""
+    library = bundled_library()
+    if not library.exists():
+        raise TransportError(
+            f"neonize's bundled whatsmeow library {library.name} is missing; wa-trio will not "
+            "let neonize download one at run time. Reinstall a neonize wheel for this platform."
+        )
+
+
+def _default_client_factory(database: str) -> Any:
+    check_bundled_library()
+    from neonize.client import NewClient
+
+    _route_neonize_logs()
+    return NewClient(database)
+
+
+_PHONE_DIGITS = re.compile(r"\d{8,15}")
+
+
+class _EliotBridge(logging.Handler):
+    """whatsmeow/neonize log records -> eliot messages, with long digit runs (JIDs) masked."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = _PHONE_DIGITS.sub(
+                lambda m: m.group()[:2] + "*" * (len(m.group()) - 6) + m.group()[-4:],
+                record.getMessage(),
+            )
+            eliot.log_message(
+                message_type="wa_trio:whatsmeow",
+                logger=record.name,
+                level=record.levelname.lower(),
+                text=text[:500],
+            )
+        except Exception:  # noqa: BLE001 - logging must never break the Go callback thread
+            self.handleError(record)
+
+
+def _route_neonize_logs() -> None:
+    bridge = _EliotBridge(level=logging.WARNING)
+    for name in ("whatsmeow", "Whatsmeow", "neonize"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [bridge]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def _signal_of(event: Any) -> Signal:
+    """Turn a neonize event object into a state-machine Signal (runs on a Go thread)."""
+    kind = type(event).__name__
+    if kind == "Connected":
+        return Signal("connected")
+    if kind == "Disconnected":
+        return Signal("disconnected")
+    if kind == "KeepAliveTimeout":
+        return Signal("keepalive_timeout", detail=f"errors={event.ErrorCount}")
+    if kind == "KeepAliveRestored":
+        return Signal("keepalive_restored")
+    if kind == "LoggedOut":
+        return Signal("logged_out", int(event.Reason), "on_connect" if event.OnConnect else "")
+    if kind == "StreamReplaced":
+        return Signal("stream_replaced")
+    if kind == "TemporaryBan":
+        try:
+            reason = type(event).TempBanReason.Name(event.Code)
+        except ValueError:
+            reason = "unknown reason"
+        return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {event.Expire}s")
+    if kind == "ConnectFailure":
+        return Signal("connect_failure", int(event.Reason), str(event.Message)[:200])
+    if kind == "ClientOutdated":
+        return Signal("client_outdated")
+    if kind == "PairStatus":
+        if event.Error:
+            return Signal("pair_error", detail=str(event.Error)[:200])
+        return Signal("pair_success", detail=str(event.ID.User))
+    return Signal(kind.lower())
+
+
+EVENT_NAMES = (
+    "ConnectedEv",
+    "DisconnectedEv",
+    "KeepAliveTimeoutEv",
+    "KeepAliveRestoredEv",
+    "LoggedOutEv",
+    "StreamReplacedEv",
+    "TemporaryBanEv",
+    "ConnectFailureEv",
+    "ClientOutdatedEv",
+    "PairStatusEv",
+)
+
+
+@attrs.frozen
+class ReceiptInfo:
+    """A delivery/read receipt for messages we sent (for status events)."""
+
+    message_ids: tuple[str, ...]
+    kind: str  # delivered | read | played | other
+    timestamp: float
+
+
+_RECEIPT_KINDS = {1: "delivered", 4: "read", 6: "played"}
+
+
+def receipt_of(event: Any) -> ReceiptInfo:
+    return ReceiptInfo(
+        message_ids=tuple(str(i) for i in event.MessageIDs),
+        kind=_RECEIPT_KINDS.get(int(event.Type), "other"),
+        timestamp=float(event.Timestamp),
+    )
+
+
+@attrs.define
+class LoginInfo:
+    qr: str | None = None
+    qr_count: int = 0
+    pair_code: str | None = None
+    linked_as: str | None = None  # the account's number (E.164), once linked
+
+
+def prepare_session_dir(path: Path) -> None:
+    """Create the session folder 0700 and the session database 0600 (before neonize opens it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    database = path / "whatsapp.db"
+    fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    tighten_session_files(path)
+
+
+def tighten_session_files(path: Path) -> None:
+    for file in path.glob("*.db*"):
+        file.chmod(0o600)
+
+
+class NeonizeTransport:
+    """Transport over one linked WhatsApp account (see module docstring)."""
+
+    name = "neonize"
+
+    def __init__(
+        self,
+        settings: Settings,
+        redactor: Redactor,
+        *,
+        client_factory: Callable[[str], Any] = _default_client_factory,
+        backoff: Backoff | None = None,
+        qr_out: TextIO | None = None,
+        on_receipt: Callable[[ReceiptInfo], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = redactor
+        self.client_factory = client_factory
+        self.backoff = backoff or Backoff(initial=1.0, cap=120.0)
+        self.qr_out = qr_out if qr_out is not None else sys.stderr
+        self.on_receipt = on_receipt
+        self.login = LoginInfo()
+        self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
+        self.connect_attempts = 0
+        self._state = ConnectionState.CONNECTING
+        self._connected = trio.Event()
+        self._state_changed = trio.Event()
+        self._may_reconnect = True
+        self._relogin = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._client: Any = None
+        self._numbers: NumberCache | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._nursery: trio.Nursery | None = None
+        self._pair_requested = False
+
+    # ------------------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    async def wait_connected(self) -> None:
+        while self._state is not ConnectionState.CONNECTED:
+            await self._connected.wait()
+
+    async def wait_state(self, *states: ConnectionState) -> None:
+        while self._state not in states:
+            await self._state_changed.wait()
+
+    def apply(self, signal: Signal) -> None:
+        """Apply one signal (trio thread only)."""
+        transition = next_state(self._state, signal)
+        old = self._state
+        self._state = transition.state
+        if signal.kind in {"connected", "pair_success", "connecting"}:
+            self._may_reconnect = True
+        self._may_reconnect = self._may_reconnect and transition.may_reconnect
+        if signal.kind == "pair_success" and signal.detail:
+            self.login.linked_as = "+" + signal.detail
+        if self._state is ConnectionState.CONNECTED:
+            self.login.qr = None
+            self.login.pair_code = None
+            self._read_linked_number()
+            self._connected.set()
+        elif self._connected.is_set():
+            self._connected = trio.Event()
+        if old is not self._state:
+            self.transitions.append((old, self._state, signal.kind))
+            eliot.log_message(
+                message_type="wa_trio:whatsapp:state",
+                old=old.value,
+                new=self._state.value,
+                signal=signal.kind,
+                reason=signal.reason or None,
+                detail=signal.detail[:200] or None,
+            )
+        if transition.loud:
+            eliot.log_message(
+                message_type="wa_trio:whatsapp:attention",
+                level="error",
+                state=self._state.value,
+                message=transition.loud,
+            )
+            print(
+                f"wa-trio: WHATSAPP {self._state.value.upper()}: {transition.loud}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    def _read_linked_number(self) -> None:
+        me = getattr(self._client, "me", None)
+        user = getattr(getattr(me, "JID", None), "User", "")
+        if user:
+            self.login.linked_as = "+" + str(user)
+
+    def on_qr(self, payload: str) -> None:
+        """A new QR code (trio thread): terminal block, log, /login."""
+        self.login.qr = payload
+        self.login.qr_count += 1
+        self.apply(Signal("qr"))
+        if self.settings.pair_phone:
+            if not self._pair_requested and self._nursery is not None:
+                self._pair_requested = True
+                self._nursery.start_soon(self._request_pair_code)
+            return
+        print(
+            "wa-trio: scan this QR code with WhatsApp (Linked devices -> Link a device); "
+            "it is also at /login",
+            file=self.qr_out,
+        )
+        segno.make_qr(payload).terminal(out=self.qr_out, compact=True)
+        self.qr_out.flush()
+        fields: dict[str, Any] = {"count": self.login.qr_count, "login_page": "/login"}
+        if not self.settings.production:
+            fields["qr_code"] = payload  # development only: production logs go to shared sinks
+        eliot.log_message(message_type="wa_trio:login:qr", **fields)
+
+    async def _request_pair_code(self) -> None:
+        phone = self.settings.pair_phone or ""
+        client = self._client
+        try:
+            code = await trio.to_thread.run_sync(
+                partial(client.PairPhone, phone.lstrip("+"), True), limiter=self._limiter
+            )
+        except Exception as error:  # noqa: BLE001 - neonize raises its own PairPhoneError
+            self._pair_requested = False
+            eliot.log_message(message_type="wa_trio:login:pair_code_failed", error=str(error)[:200])
+            return
+        self.login.pair_code = str(code)
+        print(
+            f"wa-trio: on the phone {self.redactor.phone(phone)}: WhatsApp -> Linked devices -> "
+            f"Link with phone number, enter code {code}",
+            file=self.qr_out,
+            flush=True,
+        )
+        eliot.log_message(
+            message_type="wa_trio:login:pair_code",
+            phone=self.redactor.phone(phone),
+            login_page="/login",
+        )
+
+    # ------------------------------------------------------------------- Go-thread handlers
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        token = self._token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):  # the worker is shutting down
+            token.run_sync_soon(fn, *args)
+
+    def register_handlers(self, client: Any) -> None:
+        """Register every handler on ``client`` (all before ``connect()``, one per type)."""
+        from neonize import events
+
+        def on_event(_client: Any, event: Any) -> None:
+            self._post(self.apply, _signal_of(event))
+
+        def on_qr(_client: Any, data: bytes) -> None:
+            self._post(self.on_qr, data.decode("utf-8", "replace"))
+
+        def on_receipt(_client: Any, event: Any) -> None:
+            if self.on_receipt is not None:
+                self._post(self.on_receipt, receipt_of(event))
+
+        for name in EVENT_NAMES:
+            client.event(getattr(events, name))(on_event)
+        client.event(events.ReceiptEv)(on_receipt)
+        client.event.qr(on_qr)
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    def request_relogin(self) -> None:
+        """After a logout: start a fresh login (from /login or the CLI)."""
+        self._relogin.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        session = self.settings.session_path
+        await trio.to_thread.run_sync(prepare_session_dir, session)
+        self._numbers = await trio.to_thread.run_sync(
+            NumberCache, session / "numbers.db", NUMBER_CACHE_TTL
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._watchdog()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_client()
+                if self._numbers is not None:
+                    self._numbers.close()
+
+    def _proxy(self) -> Any:
+        if not self.settings.proxy:
+            return None
+        from neonize._binder import ProxySettings
+
+        return ProxySettings(proxy_address=self.settings.proxy)
+
+    async def _watchdog(self) -> None:
+        database = str(self.settings.session_db)
+        while True:
+            if not self._may_reconnect:
+                eliot.log_message(
+                    message_type="wa_trio:whatsapp:waiting_for_operator", state=self._state.value
+                )
+                await self._relogin.wait()
+                self._relogin = trio.Event()
+                await self._stop_client()
+                self._client = None
+                self._may_reconnect = True
+            if self._client is None:
+                self._client = await trio.to_thread.run_sync(self.client_factory, database)
+                self.register_handlers(self._client)
+            self.apply(Signal("connecting"))
+            self.connect_attempts += 1
+            started = trio.current_time()
+            with eliot.start_action(
+                action_type="wa_trio:whatsapp:connect",
+                attempt=self.connect_attempts,
+                proxy=redact_url(self.settings.proxy or "") or None,
+            ):
+                try:
+                    await trio.to_thread.run_sync(
+                        partial(self._client.connect, self._proxy()), abandon_on_cancel=True
+                    )
+                    self.apply(Signal("disconnected"))
+                except Exception as error:  # noqa: BLE001 - NeonizeError and friends
+                    self.apply(Signal("dial_failed", detail=str(error)[:200]))
+            await trio.to_thread.run_sync(tighten_session_files, self.settings.session_path)
+            if trio.current_time() - started > _STABLE_AFTER:
+                self.backoff.reset()
+            if not self._may_reconnect:
+                continue
+            delay = self.backoff.next_delay()
+            eliot.log_message(message_type="wa_trio:whatsapp:reconnect_in", seconds=round(delay, 3))
+            with trio.move_on_after(delay):
+                await self._relogin.wait()
+
+    async def _stop_client(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        with trio.move_on_after(STOP_TIMEOUT) as scope:
+            try:
+                await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
+            except Exception as error:  # noqa: BLE001
+                eliot.log_message(
+                    message_type="wa_trio:whatsapp:stop_failed", error=str(error)[:200]
+                )
+        if scope.cancelled_caught:
+            eliot.log_message(message_type="wa_trio:whatsapp:stop_timed_out", seconds=STOP_TIMEOUT)
+        if self._state is ConnectionState.CONNECTED:
+            self.apply(Signal("disconnected"))
+
+    # ------------------------------------------------------------------------------ sending
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        client = self._client
+        if self._state is not ConnectionState.CONNECTED or client is None:
+            raise NotConnectedError(f"WhatsApp is {self._state.value}")
+        jid_user = await self.resolve(message.destination)
+        try:
+            response = await trio.to_thread.run_sync(
+                self._send_blocking, client, jid_user, message.text, limiter=self._limiter
+            )
+        except Exception as error:  # noqa: BLE001 - SendMessageError and transport failures
+            code, transient = classify_send_error(str(error))
+            raise SendError(
+                f"WhatsApp refused the send: {str(error)[:300]}", code=code, transient=transient
+            ) from None
+        return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
+
+    @staticmethod
+    def _send_blocking(client: Any, jid_user: str, text: str) -> Any:
+        from neonize.utils.jid import build_jid
+
+        return client.send_message(build_jid(jid_user), text)
+
+    async def resolve(self, number: str) -> str:
+        """The JID user WhatsApp knows ``number`` by (cached); SendError if not on WhatsApp."""
+        cache = self._numbers
+        cached = await trio.to_thread.run_sync(cache.get, number) if cache else None
+        if cached is None:
+            client = self._client
+            try:
+                answers = await trio.to_thread.run_sync(
+                    client.is_on_whatsapp, number, limiter=self._limiter
+                )
+            except Exception as error:  # noqa: BLE001 - IsOnWhatsAppError
+                raise SendError(
+                    f"number look-up failed: {str(error)[:200]}", code="lookup_failed"
+                ) from None
+            answer = answers[0] if answers else None
+            on = bool(answer is not None and answer.IsIn)
+            user = str(answer.JID.User) if on and answer is not None else ""
+            cached = Resolution(number, on, user, time.time())
+            if cache is not None:
+                await trio.to_thread.run_sync(cache.put, cached)
+        if not cached.on_whatsapp:
+            raise SendError(
+                "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
+            )
+        return cached.jid_user
+
+    # ---------------------------------------------------------------------------- /login
+
+    async def login_view(self) -> Response:
+        """GET /login: the QR (SVG) or pair code while linking; who is linked once done."""
+        state = self._state
+        refresh = '<meta http-equiv="refresh" content="5">'
+        if state is ConnectionState.CONNECTED:
+            who = self.redactor.phone(self.login.linked_as) if self.login.linked_as else "unknown"
+            body = f"<h1>WhatsApp linked</h1><p>linked as {html.escape(who)}</p>"
+            refresh = ""
+        elif state is ConnectionState.LOGGED_OUT:
+            self.request_relogin()
+            body = "<h1>Logged out</h1><p>Starting a new login; this page refreshes.</p>"
+        elif state is ConnectionState.BANNED:
+            body = "<h1>Account banned</h1><p>See the worker's log; no login is possible now.</p>"
+            refresh = ""
+        elif self.login.pair_code:
+            body = (
+                f"<h1>Link with phone number</h1><p>On the phone: WhatsApp &rarr; Linked devices"
+                f" &rarr; Link with phone number, then enter</p>"
+                f"<p style='font-size:3em'><code>{html.escape(self.login.pair_code)}</code></p>"
+            )
+        elif self.login.qr:
+            svg = segno.make_qr(self.login.qr).svg_inline(scale=6)
+            body = (
+                "<h1>Scan to link WhatsApp</h1><p>On the phone: WhatsApp &rarr; Linked devices"
+                f" &rarr; Link a device.</p>{svg}"
+            )
+        else:
+            body = f"<h1>WhatsApp: {html.escape(state.value)}</h1><p>Waiting for WhatsApp.</p>"
+        page = (
+            f"<!doctype html><html><head><meta charset='utf-8'>{refresh}"
+            f"<title>wa-trio login</title></head><body>{body}</body></html>"
+        )
+        return Response(
+            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
+        )
+
+
+async def run_login(settings: Settings, wait_seconds: float) -> bool:
+    """``wa-trio login``: run only the login flow; True once linked."""
+    transport = NeonizeTransport(settings, Redactor(settings.production))
+    linked = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        with trio.move_on_after(wait_seconds):
+            await transport.wait_connected()
+            linked = True
+        nursery.cancel_scope.cancel()
+    if linked:
+        who = transport.login.linked_as or "the account"
+        print(
+            f"wa-trio: linked as {transport.redactor.phone(who)}; session in {settings.session_db}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"wa-trio: not linked within {wait_seconds:g}s", file=sys.stderr)
+    return linked

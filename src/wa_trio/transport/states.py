@@ -1,0 +1,84 @@
+"""WhatsApp connection states (pure: no neonize, no trio).
+
+The neonize adapter turns each neonize event object into a ``Signal`` (its kind and the few
+fields that matter); ``next_state`` decides the new state and whether the watchdog may reconnect.
+Kept apart so every transition is tested without the Go library or an event loop.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from wa_trio.transport import ConnectionState
+
+# ConnectFailure.Reason values (neonize's ConnectFailureReason enum)
+_LOGGED_OUT_REASONS = {2, 4, 5}  # LOGGED_OUT, MAIN_DEVICE_GONE, UNKNOWN_LOGOUT
+_BANNED_REASONS = {3}  # TEMP_BANNED
+
+
+@attrs.frozen
+class Signal:
+    """What happened, as the state machine needs it."""
+
+    kind: str  # qr, pair_success, pair_error, connected, disconnected, keepalive_timeout,
+    #            keepalive_restored, logged_out, stream_replaced, temporary_ban,
+    #            connect_failure, client_outdated, dial_failed, connecting
+    reason: int = 0
+    detail: str = ""
+
+
+@attrs.frozen
+class Transition:
+    state: ConnectionState
+    may_reconnect: bool  # False: stop reconnecting until an operator acts
+    loud: str | None = None  # an operator-facing message to log at error level
+
+
+def next_state(current: ConnectionState, signal: Signal) -> Transition:
+    """The state after ``signal``; unknown kinds leave the state unchanged."""
+    kind = signal.kind
+    if kind == "connecting":
+        return Transition(ConnectionState.CONNECTING, True)
+    if kind in {"qr", "pair_error"}:
+        return Transition(ConnectionState.WAITING_FOR_LOGIN, True)
+    if kind in {"connected", "keepalive_restored", "pair_success"}:
+        return Transition(ConnectionState.CONNECTED, True)
+    if kind in {"disconnected", "keepalive_timeout", "dial_failed"}:
+        if current in {ConnectionState.LOGGED_OUT, ConnectionState.BANNED}:
+            return Transition(current, False)
+        return Transition(ConnectionState.DISCONNECTED, True)
+    if kind == "logged_out":
+        return Transition(
+            ConnectionState.LOGGED_OUT,
+            False,
+            "WhatsApp logged this device out (unlinked from the phone). Jobs stay queued. "
+            "Link again: open /login or run `wa-trio login`.",
+        )
+    if kind == "temporary_ban":
+        return Transition(
+            ConnectionState.BANNED,
+            False,
+            f"WhatsApp temporarily banned this account (code {signal.reason}: "
+            f"{signal.detail or 'no detail'}). Jobs stay queued. Stop sending, review "
+            "pacing (docs/account-safety.md), restart the worker after the ban ends.",
+        )
+    if kind == "stream_replaced":
+        return Transition(
+            ConnectionState.DISCONNECTED,
+            False,
+            "another client connected with this same session (two workers on one account?). "
+            "Not reconnecting, to avoid a fight; stop the other one and restart this worker.",
+        )
+    if kind == "client_outdated":
+        return Transition(
+            ConnectionState.DISCONNECTED,
+            False,
+            "WhatsApp says this client version is outdated: upgrade neonize / wa-trio.",
+        )
+    if kind == "connect_failure":
+        if signal.reason in _LOGGED_OUT_REASONS:
+            return next_state(current, Signal("logged_out"))
+        if signal.reason in _BANNED_REASONS:
+            return next_state(current, Signal("temporary_ban", signal.reason, signal.detail))
+        return Transition(ConnectionState.DISCONNECTED, True)
+    return Transition(current, True)

@@ -1,0 +1,90 @@
+"""A stand-in for neonize's NewClient at the client boundary only.
+
+Everything above it (NeonizeTransport, its threads, its trio bridge, the state machine) is the
+real code; the events it fires are real neonize protobuf event objects, delivered from a
+foreign (non-trio) thread as whatsmeow's Go threads do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from neonize.proto.Neonize_pb2 import JID, IsOnWhatsAppResponse, SendResponse
+
+
+class _EventRegistry:
+    def __init__(self) -> None:
+        self.handlers: dict[type, Callable[[Any, Any], None]] = {}
+        self.qr_handler: Callable[[Any, bytes], None] | None = None
+
+    def __call__(self, event_type: type) -> Callable[[Callable[[Any, Any], None]], None]:
+        def register(fn: Callable[[Any, Any], None]) -> None:
+            self.handlers[event_type] = fn
+
+        return register
+
+    def qr(self, fn: Callable[[Any, bytes], None]) -> None:
+        self.qr_handler = fn
+
+
+class FakeClient:
+    def __init__(
+        self,
+        database: str,
+        *,
+        not_on_whatsapp: set[str] | None = None,
+        send_error: str | None = None,
+    ) -> None:
+        self.database = database
+        self.event = _EventRegistry()
+        self.sent: list[tuple[str, str]] = []
+        self.lookups: list[str] = []
+        self.not_on_whatsapp = not_on_whatsapp or set()
+        self.send_error = send_error
+        self.stopped = threading.Event()
+        self.connects = 0
+        self.me: Any = None
+
+    # blocking calls (run in worker threads by the transport)
+    def connect(self, proxy: Any = None) -> None:
+        self.connects += 1
+        self.stopped.clear()
+        self.stopped.wait(30)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def is_on_whatsapp(self, *numbers: str) -> list[IsOnWhatsAppResponse]:
+        self.lookups.extend(numbers)
+        return [
+            IsOnWhatsAppResponse(
+                Query=n,
+                IsIn=n not in self.not_on_whatsapp,
+                JID=JID(User=n.lstrip("+"), Server="s.whatsapp.net"),
+            )
+            for n in numbers
+        ]
+
+    def send_message(self, to: JID, text: str) -> SendResponse:
+        if self.send_error:
+            raise RuntimeError(self.send_error)
+        self.sent.append((to.User, text))
+        return SendResponse(ID=f"3EB0{len(self.sent):016X}", Timestamp=1_700_000_000)
+
+    def PairPhone(self, phone: str, push: bool) -> str:
+        return "ABCD-EFGH"
+
+    # test driver: deliver an event from a foreign thread, like whatsmeow does
+    def fire(self, event: Any) -> None:
+        handler = self.event.handlers[type(event)]
+        thread = threading.Thread(target=handler, args=(self, event))
+        thread.start()
+        thread.join()
+
+    def fire_qr(self, payload: str) -> None:
+        assert self.event.qr_handler is not None
+        thread = threading.Thread(target=self.event.qr_handler, args=(self, payload.encode()))
+        thread.start()
+        thread.join()

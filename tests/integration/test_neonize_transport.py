@@ -1,0 +1,274 @@
+"""The neonize transport: the real library offline, and real neonize events through a client
+double at the client boundary. WHATSAPP_PROXY always points at a closed loopback port."""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import trio
+from neonize.events import (
+    ConnectedEv,
+    ConnectFailureEv,
+    DisconnectedEv,
+    KeepAliveRestoredEv,
+    KeepAliveTimeoutEv,
+    LoggedOutEv,
+    PairStatusEv,
+    ReceiptEv,
+    StreamReplacedEv,
+    TemporaryBanEv,
+)
+from neonize.proto.Neonize_pb2 import JID
+
+from tests.fakes import FakeClient
+from tests.helpers import (
+    delete_topology,
+    drain_queue,
+    job_body,
+    publish_many,
+    queue_count,
+    wait_for,
+)
+from tests.integration.conftest import StartWorker
+from wa_trio.config import Settings
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.monitor import BrokerMonitor
+from wa_trio.policy import Backoff
+from wa_trio.transport import ConnectionState as S
+from wa_trio.transport.neonize import NeonizeTransport, ReceiptInfo, bundled_library
+from wa_trio.web import create_app, run_http
+
+
+def test_bundled_library_is_present() -> None:
+    assert bundled_library().exists()
+
+
+async def test_real_client_offline_backs_off_without_blocking_trio(
+    make_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    assert settings.proxy and settings.proxy.startswith("http://127.0.0.1:")
+    transport = NeonizeTransport(
+        settings, Redactor(True), backoff=Backoff(initial=0.2, cap=0.4), qr_out=io.StringIO()
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await nursery.start(transport.run)
+        started = trio.current_time()
+        await wait_for(lambda: transport.connect_attempts >= 3, timeout=20, what="3 attempts")
+        elapsed = trio.current_time() - started
+        assert (S.CONNECTING, S.DISCONNECTED, "dial_failed") in transport.transitions
+        # two back-off sleeps of at least 0.1 s each happened between the three attempts
+        assert elapsed >= 0.2
+        # the loop kept running meanwhile (a blocked loop would not tick)
+        assert ticks >= int(elapsed / 0.01) // 3
+        nursery.cancel_scope.cancel()
+    database = settings.session_db
+    assert database.exists()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.session_path.stat().st_mode) == 0o700
+    kinds = [kind for _, _, kind in transport.transitions]
+    assert "dial_failed" in kinds
+
+
+async def test_second_run_reuses_the_session_file(make_env: Callable[..., dict[str, str]]) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    inodes = []
+    for _ in range(2):
+        transport = NeonizeTransport(settings, Redactor(True), qr_out=io.StringIO())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run)
+            await wait_for(lambda t=transport: t.connect_attempts >= 1, what="one attempt")
+            nursery.cancel_scope.cancel()
+        inodes.append(settings.session_db.stat().st_ino)
+    assert inodes[0] == inodes[1]
+
+
+def _fake_transport(
+    settings: Settings, clients: list[FakeClient], **kwargs: object
+) -> NeonizeTransport:
+    def factory(database: str) -> FakeClient:
+        client = FakeClient(database, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    return NeonizeTransport(
+        settings,
+        Redactor(True),
+        client_factory=factory,
+        backoff=Backoff(initial=0.05, cap=0.1),
+        qr_out=io.StringIO(),
+    )
+
+
+async def test_real_neonize_events_drive_every_state(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    clients: list[FakeClient] = []
+    receipts: list[ReceiptInfo] = []
+    transport = _fake_transport(settings, clients)
+    transport.on_receipt = receipts.append
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        client = clients[0]
+        assert transport.state is S.CONNECTING
+
+        async def fire(event: object, expected: S) -> None:
+            await trio.to_thread.run_sync(client.fire, event)
+            await wait_for(lambda: transport.state is expected, timeout=5, what=str(expected))
+
+        await trio.to_thread.run_sync(client.fire_qr, "2@abc,def,ghi")
+        await wait_for(lambda: transport.state is S.WAITING_FOR_LOGIN, what="waiting")
+        await fire(PairStatusEv(ID=JID(User="5511988887777", Server="s.whatsapp.net")), S.CONNECTED)
+        assert transport.login.linked_as == "+5511988887777"
+        await fire(KeepAliveTimeoutEv(ErrorCount=2), S.DISCONNECTED)
+        await fire(KeepAliveRestoredEv(), S.CONNECTED)
+        await fire(DisconnectedEv(), S.DISCONNECTED)
+        await fire(ConnectedEv(), S.CONNECTED)
+        await trio.to_thread.run_sync(
+            client.fire,
+            ReceiptEv(
+                MessageIDs=["3EB0X"], Type=ReceiptEv.ReceiptType.READ, Timestamp=1_700_000_100
+            ),
+        )
+        await wait_for(lambda: bool(receipts), what="receipt")
+        assert receipts[0] == ReceiptInfo(("3EB0X",), "read", 1_700_000_100.0)
+        await fire(StreamReplacedEv(), S.DISCONNECTED)
+        await fire(ConnectedEv(), S.CONNECTED)
+        await fire(ConnectFailureEv(Reason=3, Message="banned"), S.BANNED)
+        await fire(ConnectedEv(), S.CONNECTED)
+        await fire(TemporaryBanEv(Code=TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600), S.BANNED)
+        await fire(ConnectedEv(), S.CONNECTED)
+        await fire(LoggedOutEv(OnConnect=False, Reason=2), S.LOGGED_OUT)
+        # logged out: the watchdog stops reconnecting until someone asks for a new login
+        client.stop()
+        await trio.sleep(0.3)
+        assert client.connects == 1 and len(clients) == 1
+        transport.request_relogin()
+        await wait_for(
+            lambda: len(clients) == 2 and clients[1].connects == 1,
+            what="fresh client after relogin",
+        )
+        nursery.cancel_scope.cancel()
+    assert clients[1].stopped.is_set()  # shutdown stopped the client cleanly
+
+
+async def test_qr_renders_to_terminal_and_login_page(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    clients: list[FakeClient] = []
+    transport = _fake_transport(settings, clients)
+    terminal = io.StringIO()
+    transport.qr_out = terminal
+    metrics = Metrics(settings.queue_name, settings.dlq_name)
+
+    class Down:
+        connected = False
+
+    app = create_app(
+        consumer=Down(),
+        monitor=BrokerMonitor(settings, metrics),
+        transport=transport,
+        metrics=metrics,
+        login_view=transport.login_view,
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        urls = await nursery.start(run_http, app, "127.0.0.1", 0, shutdown)
+        await wait_for(lambda: bool(clients), what="client")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@QRPAYLOAD,xyz")
+        await wait_for(lambda: transport.login.qr is not None, what="qr")
+        assert "▀" in terminal.getvalue() or "█" in terminal.getvalue()
+        async with httpx.AsyncClient(base_url=urls[0]) as http:
+            page = (await http.get("/login")).text
+            assert 'http-equiv="refresh"' in page
+            svg = re.search(r"<svg.*</svg>", page, re.DOTALL)
+            assert svg is not None
+            root = ET.fromstring(svg.group())
+            assert root.tag.endswith("svg")
+            health = await http.get("/healthz")
+            assert health.status_code == 503
+            assert health.json()["whatsapp"] == "waiting_for_login"
+            await trio.to_thread.run_sync(
+                clients[0].fire, PairStatusEv(ID=JID(User="5511988887777"))
+            )
+            await wait_for(lambda: transport.state is S.CONNECTED, what="linked")
+            page = (await http.get("/login")).text
+            assert "linked as +55*******7777" in page
+        shutdown.set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PAIR_PHONE="+55 11 98888-7777")
+    )
+    clients: list[FakeClient] = []
+    transport = _fake_transport(settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients), what="client")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@QR")
+        await wait_for(lambda: transport.login.pair_code == "ABCD-EFGH", what="pair code")
+        response = await transport.login_view()
+        assert "ABCD-EFGH" in (await response.get_data(as_text=True))
+        nursery.cancel_scope.cancel()
+
+
+async def test_sender_holds_jobs_while_disconnected_then_sends(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    clients: list[FakeClient] = []
+    transport = _fake_transport(topology, clients, not_on_whatsapp={"+5511900000000"})
+    worker = await start_worker(topology, transport=transport)
+    await publish_many(
+        topology, [job_body(i) for i in range(5)] + [job_body(9, destination="+5511900000000")]
+    )
+    await trio.sleep(1.0)
+    assert clients and clients[0].sent == []
+    assert await queue_count(topology, topology.queue_name) == 6 - topology.prefetch_count
+    assert (
+        worker.metrics.registry.get_sample_value(
+            "worker_jobs_retried_total", {"worker": "whatsapp"}
+        )
+        == 0
+    )
+    await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+    await wait_for(lambda: len(clients[0].sent) == 5, what="5 sends")
+    assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(5)]
+    assert {user for user, _ in clients[0].sent} == {"5511999999999"}
+    assert clients[0].lookups.count("+5511999999999") == 1  # cached after the first look-up
+    await wait_for(
+        lambda: (
+            worker.metrics.registry.get_sample_value(
+                "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": "not_on_whatsapp"}
+            )
+            == 1
+        ),
+        what="not_on_whatsapp counted",
+    )
+    dead = await drain_queue(topology, topology.dlq_name)
+    assert [m.header.headers["x-error-code"] for m in dead] in (
+        [b"not_on_whatsapp"],
+        ["not_on_whatsapp"],
+    )
+    await delete_topology(topology)
