@@ -128,9 +128,21 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         nursery.start_soon(monitor.run)
-        urls = await nursery.start(
-            run_http, app, settings.http_host, settings.http_port, http_shutdown
-        )
+        http_done = trio.Event()
+
+        async def http_task(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await run_http(
+                    app,
+                    settings.http_host,
+                    settings.http_port,
+                    http_shutdown,
+                    task_status=task_status,
+                )
+            finally:
+                http_done.set()
+
+        urls = await nursery.start(http_task)
         pipeline_done = trio.Event()
 
         async def pipeline_task() -> None:
@@ -151,6 +163,8 @@ async def _supervise(
         pipeline.stop()
         await pipeline_done.wait()
         http_shutdown.set()
+        with trio.move_on_after(3):  # let hypercorn close its listeners and connections
+            await http_done.wait()
         nursery.cancel_scope.cancel()
 
 

@@ -194,7 +194,7 @@ async def test_qr_renders_to_terminal_and_login_page(
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         urls = await nursery.start(run_http, app, "127.0.0.1", 0, shutdown)
-        await wait_for(lambda: bool(clients), what="client")
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await trio.to_thread.run_sync(clients[0].fire_qr, "2@QRPAYLOAD,xyz")
         await wait_for(lambda: transport.login.qr is not None, what="qr")
         assert "▀" in terminal.getvalue() or "█" in terminal.getvalue()
@@ -226,7 +226,7 @@ async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
     transport = _fake_transport(settings, clients)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
-        await wait_for(lambda: bool(clients), what="client")
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await trio.to_thread.run_sync(clients[0].fire_qr, "2@QR")
         await wait_for(lambda: transport.login.pair_code == "ABCD-EFGH", what="pair code")
         response = await transport.login_view()
