@@ -28,8 +28,10 @@ from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connect
 from serena.exc import MessageReturnedError, UnexpectedCloseError
 from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
+from wa_trio import amqp_fixes
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, WaTrioError
+from wa_trio.policy import delay_label
 
 __all__ = [
     "BrokerAddress",
@@ -42,6 +44,8 @@ __all__ = [
     "publish",
     "queue_message_count",
 ]
+
+amqp_fixes.apply()
 
 _BUFFER_FRAMES = 3 * 256  # serena's per-channel frame buffer; see module docstring
 
@@ -195,6 +199,33 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
                 raise
         await channel.queue_bind(settings.queue_name, settings.exchange, settings.routing_key)
         await channel.queue_bind(settings.dlq_name, settings.dlx, "")
+        for delay in sorted(set(settings.retry_delays)):
+            name = retry_queue_name(settings, delay)
+            try:
+                await channel.queue_declare(
+                    name,
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": round(delay * 1000),
+                        "x-dead-letter-exchange": settings.exchange,
+                        "x-dead-letter-routing-key": settings.routing_key,
+                    },
+                )
+            except UnexpectedCloseError as error:
+                if error.reply_code == 406:
+                    raise _topology_error(
+                        error,
+                        "queue",
+                        name,
+                        f"delete it (rabbitmqctl delete_queue {name}); "
+                        "it holds only jobs waiting for a retry, publish them again first",
+                    ) from None
+                raise
+
+
+def retry_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue for ``delay``: per-queue TTL, dead-letters back to the job exchange."""
+    return f"{settings.queue_name}.retry.{delay_label(delay)}"
 
 
 async def queue_message_count(channel: Channel, queue: str) -> int:
@@ -221,7 +252,7 @@ class Properties:
 
     def to_header(self) -> BasicHeader:
         return BasicHeader(
-            headers=dict(self.headers),
+            headers=amqp_fixes.sanitize_headers(dict(self.headers)),
             message_id=self.message_id,
             correlation_id=self.correlation_id,
             content_type=self.content_type,

@@ -23,6 +23,7 @@ from quart_trio import QuartTrio
 
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError
+from wa_trio.ledger import AsyncLedger
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
@@ -75,7 +76,9 @@ async def run_worker(
     """Run the worker until stopped; returns normally after a graceful stop."""
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     transport = transport if transport is not None else build_transport(settings)
-    pipeline = Pipeline(settings, transport, metrics)
+    await trio.to_thread.run_sync(_prepare_session_path, settings)
+    ledger = await AsyncLedger.open(settings.ledger_db)
+    pipeline = Pipeline(settings, transport, metrics, ledger=ledger)
     monitor = BrokerMonitor(settings, metrics, topology_ready=pipeline.topology_ready)
     stop = trio.Event()
     http_shutdown = trio.Event()
@@ -110,6 +113,9 @@ async def run_worker(
     except* TopologyError as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
         raise group.exceptions[0] from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await ledger.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
@@ -152,6 +158,7 @@ async def _supervise(
                 pipeline_done.set()
 
         nursery.start_soon(pipeline_task)
+        nursery.start_soon(_prune_ledger, pipeline, settings.dedup_window)
         if handle_signals:
             nursery.start_soon(_watch_signals, stop)
         worker = Worker(settings, transport, metrics, pipeline, monitor, urls, stop_event=stop)
@@ -166,6 +173,20 @@ async def _supervise(
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+def _prepare_session_path(settings: Settings) -> None:
+    settings.session_path.mkdir(parents=True, exist_ok=True)
+    settings.session_path.chmod(0o700)
+
+
+async def _prune_ledger(pipeline: Pipeline, window: float, every: float = 3600.0) -> None:
+    """Forget ledger entries older than WHATSAPP_DEDUP_WINDOW, at start and then hourly."""
+    while pipeline.ledger is not None:
+        removed = await pipeline.ledger.prune(window)
+        if removed:
+            eliot.log_message(message_type="wa_trio:ledger:pruned", removed=removed)
+        await trio.sleep(every)
 
 
 async def _watch_signals(stop: trio.Event) -> None:

@@ -122,6 +122,13 @@ def _duration(value: str) -> float:
     return parse_duration(value)
 
 
+def _durations(value: str) -> tuple[float, ...]:
+    delays = tuple(parse_duration(part) for part in value.split(",") if part.strip())
+    if not delays or any(d <= 0 for d in delays):
+        raise ValueError(value)
+    return delays
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -338,6 +345,30 @@ FIELDS: tuple[Field, ...] = (
         "How often queue_depth and queue_dlq_size are sampled.",
     ),
     _f(
+        "WHATSAPP_RETRY_DELAYS",
+        "retry_delays",
+        "5s,30s,2m,10m,30m",
+        "comma-separated durations like 5s,30s,2m",
+        _durations,
+        "Delays before each retry of a failed send; after the last: dead-letter.",
+    ),
+    _f(
+        "WHATSAPP_AMBIGUOUS",
+        "ambiguous",
+        "resend",
+        "resend or skip",
+        _choice("resend", "skip"),
+        "A job that may have been sent before a crash: send again, or ack without sending.",
+    ),
+    _f(
+        "WHATSAPP_DEDUP_WINDOW",
+        "dedup_window",
+        "7d",
+        "a duration like 7d",
+        _duration,
+        "How long the send ledger remembers a job key.",
+    ),
+    _f(
         "ENV",
         "env",
         "development",
@@ -400,6 +431,9 @@ class Settings:
     proxy: str | None = attrs.field(repr=lambda url: repr(url and redact_url(url)))
     pair_phone: str | None
     shutdown_grace: float
+    retry_delays: tuple[float, ...]
+    ambiguous: str
+    dedup_window: float
     sample_interval: float
     env: str
     log_to_file: bool
@@ -457,6 +491,8 @@ class Settings:
         for field in FIELDS:
             value = getattr(self, field.attr)
             text = "" if value is None else str(value)
+            if isinstance(value, tuple):
+                text = ",".join(f"{item:g}s" for item in value)
             if isinstance(value, bool):
                 text = ("on" if value else "off") if field.parse is _on_off else str(value).lower()
             shown[field.env] = redact_value(field.env, text)

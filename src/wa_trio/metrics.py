@@ -60,6 +60,12 @@ class Metrics:
             ["queue_name"],
             registry=r,
         )
+        self.ambiguous = Counter(
+            "worker_jobs_ambiguous_total",
+            "Jobs found half-sent after a crash (sent again or skipped, per WHATSAPP_AMBIGUOUS).",
+            ["worker", "action"],
+            registry=r,
+        )
         self.whatsapp_connected = Gauge(
             "whatsapp_connected", "1 when the WhatsApp transport can send.", registry=r
         )

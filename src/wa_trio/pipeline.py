@@ -36,10 +36,11 @@ from wa_trio.amqp import BrokerAddress, BrokerError, Delivery
 from wa_trio.config import Settings
 from wa_trio.envelope import ValidationError, parse_envelope
 from wa_trio.errors import NotConnectedError, SendError
+from wa_trio.ledger import AsyncLedger, Decision, decide
 from wa_trio.log import Redactor
-from wa_trio.metrics import Metrics
-from wa_trio.policy import Backoff
-from wa_trio.transport import OutgoingMessage, Transport
+from wa_trio.metrics import WORKER, Metrics
+from wa_trio.policy import Backoff, retry_delay
+from wa_trio.transport import OutgoingMessage, SendResult, Transport
 
 
 @attrs.define
@@ -62,6 +63,14 @@ def trace_id_of(delivery: Delivery) -> str | None:
     if isinstance(trace, bytes):
         trace = trace.decode("utf-8", "replace")
     return None if trace is None else str(trace)[:128]
+
+
+def retry_count(properties: amqp.Properties) -> int:
+    value = properties.headers.get("x-retry-count", 0)
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def dead_letter_headers(
@@ -91,6 +100,7 @@ class Pipeline:
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ledger: AsyncLedger | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -99,6 +109,7 @@ class Pipeline:
         self.address = BrokerAddress.from_settings(settings)
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._clock = clock
+        self.ledger = ledger
         self._stopping = trio.Event()
         self._consume_scope: trio.CancelScope | None = None
         self.connected = False
@@ -254,36 +265,109 @@ class Pipeline:
             user_id=str(envelope.user_id),
             job_key=job.key,
         )
+        ledger = self.ledger
+        if ledger is not None:
+            props = delivery.properties
+            check = bool(props.message_id) or delivery.redelivered or retry_count(props) > 0
+            found = await ledger.begin(job.key, check=check)
+            decision = decide(found, ambiguous=self.settings.ambiguous)
+            if decision is Decision.DUPLICATE:
+                await delivery.ack()
+                eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
+                self.metrics.processed("duplicate")
+                return "duplicate"
+            if decision is not Decision.SEND:
+                action = "skip" if decision is Decision.AMBIGUOUS_SKIP else "resend"
+                self.metrics.ambiguous.labels(WORKER, action).inc()
+                eliot.log_message(
+                    message_type="wa_trio:job:ambiguous",
+                    job_key=job.key,
+                    action=action,
+                    note="a previous run may have sent this job and died before recording it",
+                )
+                if decision is Decision.AMBIGUOUS_SKIP:
+                    await delivery.ack()
+                    self.metrics.processed("duplicate")
+                    return "duplicate"
         try:
-            with eliot.start_action(
-                action_type="wa_trio:job:send",
-                destination=self.redactor.phone(envelope.destination),
-                user_id=str(envelope.user_id),
-                transport=self.transport.name,
-            ) as send_action:
-                started = time.perf_counter()
-                result = await self.transport.send(message)
-                self.metrics.send_duration.observe(time.perf_counter() - started)
-                send_action.addSuccessFields(whatsapp_message_id=result.message_id)
+            result = await self._send(message, envelope.destination, str(envelope.user_id))
         except SendError as error:
+            if ledger is not None:
+                await ledger.mark(job.key, "failed")
             self.metrics.failed(error.code)
             if not error.transient:
                 await self._dead_letter(job, publish_channel, error.code, error.message)
                 self.metrics.processed("failed")
                 return "failed"
-            await delivery.nack(requeue=True)
-            eliot.log_message(
-                message_type="wa_trio:job:requeued",
-                code=error.code,
-                waited=isinstance(error, NotConnectedError),
-            )
-            self.metrics.retried()
-            self.metrics.processed("retried")
-            return "retried"
+            return await self._retry_later(job, publish_channel, error)
+        if ledger is not None:
+            await ledger.mark(job.key, "sent", result.message_id)
         await delivery.ack()
         eliot.log_message(message_type="wa_trio:job:acked")
         self.metrics.processed("success")
         return "success"
+
+    async def _send(self, message: OutgoingMessage, destination: str, user_id: str) -> SendResult:
+        """Send, holding the job (no retry spent) while WhatsApp is not connected."""
+        while True:
+            await self.transport.wait_connected()
+            try:
+                with eliot.start_action(
+                    action_type="wa_trio:job:send",
+                    destination=self.redactor.phone(destination),
+                    user_id=user_id,
+                    transport=self.transport.name,
+                ) as send_action:
+                    started = time.perf_counter()
+                    result = await self.transport.send(message)
+                    self.metrics.send_duration.observe(time.perf_counter() - started)
+                    send_action.addSuccessFields(whatsapp_message_id=result.message_id)
+                    return result
+            except NotConnectedError:
+                eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")
+
+    async def _retry_later(self, job: Job, publish_channel: Any, error: SendError) -> str:
+        """Republish to the delay queue for the next retry (confirmed), then ack; or give up."""
+        delivery = job.delivery
+        done = retry_count(delivery.properties)
+        delay = retry_delay(self.settings.retry_delays, done)
+        if delay is None:
+            await self._dead_letter(
+                job,
+                publish_channel,
+                "retries_exhausted",
+                f"gave up after {done} retries; last error {error.code}: {error.message}",
+            )
+            self.metrics.failed("retries_exhausted")
+            self.metrics.processed("failed")
+            return "failed"
+        headers = dict(delivery.properties.headers)
+        headers.update(
+            {
+                "x-retry-count": done + 1,
+                "x-last-error-code": error.code,
+                "x-last-error": error.message[:512],
+            }
+        )
+        queue = amqp.retry_queue_name(self.settings, delay)
+        with eliot.start_action(
+            action_type="wa_trio:job:retry_later",
+            code=error.code,
+            retry=done + 1,
+            delay=delay,
+            queue=queue,
+        ):
+            await amqp.publish(
+                publish_channel,
+                "",
+                queue,
+                delivery.body,
+                attrs.evolve(delivery.properties, headers=headers),
+            )
+            await delivery.ack()
+        self.metrics.retried()
+        self.metrics.processed("retried")
+        return "retried"
 
     async def _dead_letter(self, job: Job, publish_channel: Any, code: str, message: str) -> None:
         delivery = job.delivery

@@ -117,3 +117,18 @@ def classify_send_error(text: str) -> tuple[str, bool]:
     if _PERMANENT.search(text):
         return "send_rejected", False
     return "send_failed", True
+
+
+def retry_delay(schedule: tuple[float, ...], retries_done: int) -> float | None:
+    """Delay before retry number ``retries_done + 1``, or None when the schedule is spent."""
+    if retries_done < 0:
+        retries_done = 0
+    if retries_done >= len(schedule):
+        return None
+    return schedule[retries_done]
+
+
+def delay_label(seconds: float) -> str:
+    """A stable queue-name suffix for a delay: 5 -> '5s', 0.25 -> '250ms'."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
