@@ -40,6 +40,7 @@ __all__ = [
     "Properties",
     "connect",
     "consume",
+    "consume_channel",
     "declare_topology",
     "publish",
     "queue_message_count",
@@ -305,26 +306,34 @@ class Delivery:
 
 
 @contextlib.asynccontextmanager
-async def consume(
-    connection: Connection, queue: str, *, prefetch: int
-) -> AsyncIterator[AsyncIterator[Delivery]]:
-    """Consume ``queue`` with manual acks and ``prefetch`` unacked messages at most."""
+async def consume_channel(connection: Connection, *, prefetch: int) -> AsyncIterator[Channel]:
+    """A channel for consuming, with basic.qos = ``prefetch``.
+
+    Kept apart from ``consume`` on purpose: closing a channel requeues its unacked messages, so
+    the channel must outlive the consumer until the sender has acked the job in hand.
+    """
     async with connection.open_channel() as channel:
         await set_prefetch(channel, prefetch)
-        async with channel.basic_consume(queue, auto_ack=False) as messages:
+        yield channel
 
-            async def deliveries() -> AsyncIterator[Delivery]:
-                async for message in messages:
-                    yield Delivery(
-                        body=message.body,
-                        properties=Properties.of(message.header),
-                        delivery_tag=message.envelope.delivery_tag,
-                        redelivered=message.envelope.redelivered,
-                        routing_key=message.envelope.routing_key,
-                        channel=channel,
-                    )
 
-            yield deliveries()
+@contextlib.asynccontextmanager
+async def consume(channel: Channel, queue: str) -> AsyncIterator[AsyncIterator[Delivery]]:
+    """Consume ``queue`` with manual acks; leaving the block cancels the consumer only."""
+    async with channel.basic_consume(queue, auto_ack=False) as messages:
+
+        async def deliveries() -> AsyncIterator[Delivery]:
+            async for message in messages:
+                yield Delivery(
+                    body=message.body,
+                    properties=Properties.of(message.header),
+                    delivery_tag=message.envelope.delivery_tag,
+                    redelivered=message.envelope.redelivered,
+                    routing_key=message.envelope.routing_key,
+                    channel=channel,
+                )
+
+        yield deliveries()
 
 
 async def publish(

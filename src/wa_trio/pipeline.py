@@ -183,24 +183,22 @@ class Pipeline:
 
     async def _serve(self, connection: amqp.Connection, publish_channel: Any) -> None:
         send_jobs, receive_jobs = trio.open_memory_channel[Job](self.settings.prefetch_count)
-        async with trio.open_nursery() as nursery:
+        async with (
+            amqp.consume_channel(connection, prefetch=self.settings.prefetch_count) as channel,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(self._sender, receive_jobs, publish_channel)
             with trio.CancelScope() as scope:
                 self._consume_scope = scope
                 if self.stopping:
                     scope.cancel()
-                await self._consumer(connection, send_jobs)
+                await self._consumer(channel, send_jobs)
             self._consume_scope = None
 
     # ------------------------------------------------------------------------------ consumer
 
-    async def _consumer(self, connection: amqp.Connection, send_jobs: Any) -> None:
-        async with (
-            send_jobs,
-            amqp.consume(
-                connection, self.settings.queue_name, prefetch=self.settings.prefetch_count
-            ) as deliveries,
-        ):
+    async def _consumer(self, channel: Any, send_jobs: Any) -> None:
+        async with send_jobs, amqp.consume(channel, self.settings.queue_name) as deliveries:
             async for delivery in deliveries:
                 key = job_key(delivery)
                 action = eliot.start_action(
