@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish even if the job would be rejected (to try the DLQ)",
     )
+    dlq = sub.add_parser("dlq", help="dead-letter queue: list, replay")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="show dead-lettered jobs and why (nothing removed)")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_replay = dlq_sub.add_parser("replay", help="send dead-lettered jobs back to the queue")
+    dlq_replay.add_argument("--code", default=None, help="only jobs with this x-error-code")
+    dlq_replay.add_argument("--limit", type=int, default=None, help="at most N jobs")
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     return parser
@@ -68,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings)
         if args.command == "send":
             return _send(settings, args)
+        if args.command == "dlq":
+            return _dlq(settings, args)
         if args.command == "login":
             return _login(settings, args.timeout)
     except TopologyError as error:
@@ -139,6 +148,20 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             }
         )
     )
+    return EXIT_OK
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio import dlq
+
+    if args.dlq_command == "list":
+        letters = trio.run(dlq.list_dead_letters, settings, args.limit)
+        for letter in letters:
+            print(json.dumps(letter.as_dict()))
+        print(json.dumps({"listed": len(letters), "queue": settings.dlq_name}), file=sys.stderr)
+        return EXIT_OK
+    report = trio.run(lambda: dlq.replay(settings, code=args.code, limit=args.limit))
+    print(json.dumps({"replayed": report.replayed, "left": report.left}))
     return EXIT_OK
 
 
