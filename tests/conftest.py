@@ -59,6 +59,10 @@ def make_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": "0",
             "ENV": "production",
+            # pacing off unless a test is about pacing: these tests measure the pipeline
+            "WHATSAPP_RATE_LIMIT": "off",
+            "WHATSAPP_RECIPIENT_INTERVAL": "0",
+            "WHATSAPP_SEND_JITTER": "0",
         }
         env.update(overrides)
         return env

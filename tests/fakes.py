@@ -46,6 +46,7 @@ class FakeClient:
         self.stopped = threading.Event()
         self.connects = 0
         self.me: Any = None
+        self.presences: list[tuple[str, str]] = []
 
     # blocking calls (run in worker threads by the transport)
     def connect(self, proxy: Any = None) -> None:
@@ -72,6 +73,9 @@ class FakeClient:
             raise RuntimeError(self.send_error)
         self.sent.append((to.User, text))
         return SendResponse(ID=f"3EB0{len(self.sent):016X}", Timestamp=1_700_000_000)
+
+    def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
+        self.presences.append((jid.User, state.name))
 
     def PairPhone(self, phone: str, push: bool) -> str:
         return "ABCD-EFGH"

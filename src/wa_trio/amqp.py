@@ -337,12 +337,22 @@ async def consume(channel: Channel, queue: str) -> AsyncIterator[AsyncIterator[D
 
 
 async def publish(
-    channel: Channel, exchange: str, routing_key: str, body: bytes, properties: Properties
+    channel: Channel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: Properties,
+    *,
+    mandatory: bool = True,
 ) -> None:
-    """Publish with confirms. Raises BrokerError if the broker returns or nacks the message."""
+    """Publish with confirms. Raises BrokerError if the broker returns or nacks the message.
+
+    ``mandatory``: an unroutable message is returned (an error) instead of dropped; jobs use it,
+    status events do not (nobody listening is normal for them).
+    """
     try:
         await channel.basic_publish(
-            exchange, routing_key, body, header=properties.to_header(), mandatory=True
+            exchange, routing_key, body, header=properties.to_header(), mandatory=mandatory
         )
     except MessageReturnedError as error:
         raise BrokerError(f"message returned by the broker (unroutable): {error}") from None

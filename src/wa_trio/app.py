@@ -28,6 +28,7 @@ from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
 from wa_trio.pipeline import Pipeline
+from wa_trio.status import StatusPublisher
 from wa_trio.transport import Transport
 from wa_trio.web import create_app, run_http
 
@@ -78,7 +79,10 @@ async def run_worker(
     transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(_prepare_session_path, settings)
     ledger = await AsyncLedger.open(settings.ledger_db)
-    pipeline = Pipeline(settings, transport, metrics, ledger=ledger)
+    status = StatusPublisher(settings, metrics, ledger)
+    if hasattr(transport, "on_receipt"):
+        transport.on_receipt = status.on_receipt
+    pipeline = Pipeline(settings, transport, metrics, ledger=ledger, status=status)
     monitor = BrokerMonitor(settings, metrics, topology_ready=pipeline.topology_ready)
     stop = trio.Event()
     http_shutdown = trio.Event()
@@ -134,6 +138,8 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         nursery.start_soon(monitor.run)
+        if pipeline.status is not None:
+            nursery.start_soon(pipeline.status.run)
         http_done = trio.Event()
 
         async def http_task(*, task_status: trio.TaskStatus[list[str]]) -> None:

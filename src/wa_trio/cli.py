@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--user-id", default=None, help="UUID (default: a random one)")
     send.add_argument("--message-id", default=None, help="AMQP message_id (the job key)")
     send.add_argument(
+        "--wait",
+        action="store_true",
+        help="print the job's status events (sent, delivered, read, failed) as they arrive",
+    )
+    send.add_argument("--wait-seconds", type=float, default=60.0, help="with --wait: give up after")
+    send.add_argument(
         "--no-validate",
         action="store_true",
         help="publish even if the job would be rejected (to try the DLQ)",
@@ -137,6 +143,19 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
             return EXIT_FAILED
     message_id = args.message_id or str(uuid.uuid4())
+    if args.wait:
+        from wa_trio.publisher import publish_and_watch
+
+        events = trio.run(
+            publish_and_watch,
+            settings,
+            body,
+            message_id,
+            args.wait_seconds,
+            lambda event: print(json.dumps(event), flush=True),
+        )
+        sent = any(event.get("status") in {"sent", "delivered", "read"} for event in events)
+        return EXIT_OK if sent else EXIT_FAILED
     trio.run(publish_job, settings, body, message_id)
     print(
         json.dumps(

@@ -122,6 +122,15 @@ def _duration(value: str) -> float:
     return parse_duration(value)
 
 
+def _rate(value: str) -> float | None:
+    from wa_trio.pacing import parse_rate
+
+    try:
+        return parse_rate(value)
+    except (KeyError, ValueError):
+        raise ValueError(value) from None
+
+
 def _durations(value: str) -> tuple[float, ...]:
     delays = tuple(parse_duration(part) for part in value.split(",") if part.strip())
     if not delays or any(d <= 0 for d in delays):
@@ -369,6 +378,54 @@ FIELDS: tuple[Field, ...] = (
         "How long the send ledger remembers a job key.",
     ),
     _f(
+        "WHATSAPP_RATE_LIMIT",
+        "rate_limit",
+        "10/min",
+        "N/s, N/min, N/h or off",
+        _rate,
+        "Account-wide send rate (token bucket). docs/account-safety.md explains the default.",
+    ),
+    _f(
+        "WHATSAPP_RATE_BURST",
+        "rate_burst",
+        "3",
+        "an integer >= 1",
+        _positive_int,
+        "Sends that may go back to back after a quiet period.",
+    ),
+    _f(
+        "WHATSAPP_RECIPIENT_INTERVAL",
+        "recipient_interval",
+        "10s",
+        "a duration like 10s (0 = off)",
+        _duration,
+        "Minimum time between two sends to the same number.",
+    ),
+    _f(
+        "WHATSAPP_SEND_JITTER",
+        "send_jitter",
+        "2s",
+        "a duration like 2s (0 = off)",
+        _duration,
+        "Random extra wait in [0, jitter) before each send.",
+    ),
+    _f(
+        "WHATSAPP_TYPING",
+        "typing",
+        "off",
+        "on or off",
+        _on_off,
+        "Show 'typing...' to the recipient for a time growing with the text (neonize only).",
+    ),
+    _f(
+        "WHATSAPP_STATUS_ROUTING_KEY",
+        "status_routing_key",
+        "whatsapp.status",
+        "a routing key (empty disables)",
+        _str,
+        "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
+    ),
+    _f(
         "ENV",
         "env",
         "development",
@@ -432,6 +489,12 @@ class Settings:
     pair_phone: str | None
     shutdown_grace: float
     retry_delays: tuple[float, ...]
+    rate_limit: float | None
+    rate_burst: int
+    recipient_interval: float
+    send_jitter: float
+    typing: bool
+    status_routing_key: str
     ambiguous: str
     dedup_window: float
     sample_interval: float
@@ -491,6 +554,8 @@ class Settings:
         for field in FIELDS:
             value = getattr(self, field.attr)
             text = "" if value is None else str(value)
+            if field.env == "WHATSAPP_RATE_LIMIT":
+                text = "off" if value is None else f"{value * 60:g}/min"
             if isinstance(value, tuple):
                 text = ",".join(f"{item:g}s" for item in value)
             if isinstance(value, bool):

@@ -63,9 +63,10 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sends (key TEXT PRIMARY KEY, state TEXT NOT NULL, "
-            "whatsapp_id TEXT, updated_at REAL NOT NULL)"
+            "whatsapp_id TEXT, updated_at REAL NOT NULL, user_id TEXT)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS sends_updated ON sends (updated_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS sends_wid ON sends (whatsapp_id)")
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
@@ -92,7 +93,8 @@ class Ledger:
                     state = None if row is None else row[0]
                 if state != "sent":
                     self._db.execute(
-                        "INSERT OR REPLACE INTO sends VALUES (?, 'sending', NULL, ?)", (key, now)
+                        "INSERT OR REPLACE INTO sends VALUES (?, 'sending', NULL, ?, NULL)",
+                        (key, now),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -100,12 +102,22 @@ class Ledger:
                 raise
         return state
 
-    def mark(self, key: str, state: str, whatsapp_id: str | None = None) -> None:
+    def mark(
+        self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?)",
-                (key, state, whatsapp_id, time.time()),
+                "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?)",
+                (key, state, whatsapp_id, time.time(), user_id),
             )
+
+    def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
+        """(job key, user id) of the job WhatsApp knows as ``whatsapp_id`` (for receipts)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key, user_id FROM sends WHERE whatsapp_id = ?", (whatsapp_id,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def prune(self, older_than: float) -> int:
         with self._lock:
@@ -142,9 +154,16 @@ class AsyncLedger:
             lambda: self.ledger.begin(key, check=check), limiter=self._limiter
         )
 
-    async def mark(self, key: str, state: str, whatsapp_id: str | None = None) -> None:
+    async def mark(
+        self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
+    ) -> None:
         await trio.to_thread.run_sync(
-            self.ledger.mark, key, state, whatsapp_id, limiter=self._limiter
+            self.ledger.mark, key, state, whatsapp_id, user_id, limiter=self._limiter
+        )
+
+    async def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
+        return await trio.to_thread.run_sync(
+            self.ledger.find_by_whatsapp_id, whatsapp_id, limiter=self._limiter
         )
 
     async def prune(self, older_than: float) -> int:

@@ -66,6 +66,14 @@ class Metrics:
             ["worker", "action"],
             registry=r,
         )
+        self.throttled = Counter(
+            "whatsapp_pacing_throttled_seconds_total",
+            "Time sends waited for the pacing rules (rate, per-recipient interval, jitter).",
+            registry=r,
+        )
+        self.pacing_tokens = Gauge(
+            "whatsapp_pacing_tokens", "Sends the account-wide token bucket holds now.", registry=r
+        )
         self.whatsapp_connected = Gauge(
             "whatsapp_connected", "1 when the WhatsApp transport can send.", registry=r
         )

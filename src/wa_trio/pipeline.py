@@ -39,7 +39,9 @@ from wa_trio.errors import NotConnectedError, SendError
 from wa_trio.ledger import AsyncLedger, Decision, decide
 from wa_trio.log import Redactor
 from wa_trio.metrics import WORKER, Metrics
+from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff, retry_delay
+from wa_trio.status import StatusPublisher, make_event
 from wa_trio.transport import OutgoingMessage, SendResult, Transport
 
 
@@ -101,6 +103,7 @@ class Pipeline:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         ledger: AsyncLedger | None = None,
+        status: StatusPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -110,6 +113,13 @@ class Pipeline:
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._clock = clock
         self.ledger = ledger
+        self.status = status
+        self.pacer = Pacer(
+            rate=settings.rate_limit,
+            burst=settings.rate_burst,
+            recipient_interval=settings.recipient_interval,
+            jitter=settings.send_jitter,
+        )
         self._stopping = trio.Event()
         self._consume_scope: trio.CancelScope | None = None
         self.connected = False
@@ -263,6 +273,8 @@ class Pipeline:
             user_id=str(envelope.user_id),
             job_key=job.key,
         )
+        if self.pacer.enabled and not await self._pace(envelope.destination):
+            return "held"  # stopping while throttled: left unacked, requeued on close
         ledger = self.ledger
         if ledger is not None:
             props = delivery.properties
@@ -294,16 +306,32 @@ class Pipeline:
                 await ledger.mark(job.key, "failed")
             self.metrics.failed(error.code)
             if not error.transient:
-                await self._dead_letter(job, publish_channel, error.code, error.message)
+                await self._dead_letter(
+                    job, publish_channel, error.code, error.message, message.user_id
+                )
                 self.metrics.processed("failed")
                 return "failed"
-            return await self._retry_later(job, publish_channel, error)
+            return await self._retry_later(job, publish_channel, error, message.user_id)
         if ledger is not None:
-            await ledger.mark(job.key, "sent", result.message_id)
+            await ledger.mark(job.key, "sent", result.message_id, message.user_id)
         await delivery.ack()
+        self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
         eliot.log_message(message_type="wa_trio:job:acked")
         self.metrics.processed("success")
         return "success"
+
+    async def _pace(self, destination: str) -> bool:
+        """Wait as the pacing rules say; False when a stop began meanwhile."""
+        now = trio.current_time()
+        wait = self.pacer.reserve(now, destination)
+        self.metrics.pacing_tokens.set(max(0.0, self.pacer.tokens_at(now)))
+        if wait <= 0:
+            return True
+        self.metrics.throttled.inc(wait)
+        eliot.log_message(message_type="wa_trio:job:paced", wait=round(wait, 3))
+        with trio.move_on_after(wait):
+            await self._stopping.wait()
+        return not self.stopping
 
     async def _send(self, message: OutgoingMessage, destination: str, user_id: str) -> SendResult:
         """Send, holding the job (no retry spent) while WhatsApp is not connected."""
@@ -324,7 +352,9 @@ class Pipeline:
             except NotConnectedError:
                 eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")
 
-    async def _retry_later(self, job: Job, publish_channel: Any, error: SendError) -> str:
+    async def _retry_later(
+        self, job: Job, publish_channel: Any, error: SendError, user_id: str
+    ) -> str:
         """Republish to the delay queue for the next retry (confirmed), then ack; or give up."""
         delivery = job.delivery
         done = retry_count(delivery.properties)
@@ -335,6 +365,7 @@ class Pipeline:
                 publish_channel,
                 "retries_exhausted",
                 f"gave up after {done} retries; last error {error.code}: {error.message}",
+                user_id,
             )
             self.metrics.failed("retries_exhausted")
             self.metrics.processed("failed")
@@ -365,9 +396,21 @@ class Pipeline:
             await delivery.ack()
         self.metrics.retried()
         self.metrics.processed("retried")
+        self._emit("retrying", job, user_id, code=error.code, retry=done + 1)
         return "retried"
 
-    async def _dead_letter(self, job: Job, publish_channel: Any, code: str, message: str) -> None:
+    def _emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
+        if self.status is not None:
+            self.status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
+
+    async def _dead_letter(
+        self,
+        job: Job,
+        publish_channel: Any,
+        code: str,
+        message: str,
+        user_id: str | None = None,
+    ) -> None:
         delivery = job.delivery
         props = delivery.properties
         headers = dead_letter_headers(
@@ -382,6 +425,7 @@ class Pipeline:
                 attrs.evolve(props, headers=headers),
             )
             await delivery.ack()
+        self._emit("failed", job, user_id, code=code)
 
 
 __all__ = ["Job", "Pipeline", "dead_letter_headers", "job_key", "trace_id_of"]

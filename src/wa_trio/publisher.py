@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
 
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.config import Settings
+from wa_trio.errors import WaTrioError
 
 
 async def publish_job(
@@ -32,3 +38,41 @@ async def publish_job(
                     timestamp=int(time.time()),
                 ),
             )
+
+
+async def publish_and_watch(
+    settings: Settings,
+    body: bytes,
+    message_id: str,
+    wait_seconds: float,
+    on_event: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """Publish a job, then hand each status event for it to ``on_event`` until it is read or
+    failed, or ``wait_seconds`` pass. The listening queue exists before the job is published, so
+    no event can be missed."""
+    seen: list[dict[str, Any]] = []
+    if not settings.status_routing_key:
+        raise WaTrioError(
+            "WHATSAPP_STATUS_ROUTING_KEY is empty: the worker sends no events",
+            code="status_disabled",
+        )
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
+        await amqp.declare_topology(connection, settings)
+        async with connection.open_channel() as channel:
+            queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).name
+            await channel.queue_bind(queue, settings.exchange, settings.status_routing_key)
+            await publish_job(settings, body, message_id)
+            with trio.move_on_after(wait_seconds):
+                while True:
+                    message = await channel.basic_get(queue, no_ack=True)
+                    if message is None:
+                        await trio.sleep(0.2)
+                        continue
+                    event = json.loads(message.body)
+                    if event.get("job_key") != message_id:
+                        continue
+                    seen.append(event)
+                    on_event(event)
+                    if event.get("status") in {"read", "failed"}:
+                        break
+    return seen

@@ -42,6 +42,7 @@ from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState as S
+from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport, ReceiptInfo, bundled_library
 from wa_trio.web import create_app, run_http
 
@@ -272,3 +273,23 @@ async def test_sender_holds_jobs_while_disconnected_then_sends(
         ["not_on_whatsapp"],
     )
     await delete_topology(topology)
+
+
+async def test_typing_simulation_shows_composing_before_the_send(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_TYPING="on"))
+    clients: list[FakeClient] = []
+    transport = _fake_transport(settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+        started = trio.current_time()
+        result = await transport.send(OutgoingMessage("+5511999999999", "hi", "u", "k"))
+        assert trio.current_time() - started >= 1.0  # at least a second of "typing..."
+        assert clients[0].presences == [("5511999999999", "CHAT_PRESENCE_COMPOSING")]
+        assert clients[0].sent == [("5511999999999", "hi")]
+        assert result.message_id.startswith("3EB0")
+        nursery.cancel_scope.cancel()

@@ -125,8 +125,5 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 def test_readme_configuration_table_matches_fields() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, (
-        "regenerate with: python -c 'from wa_trio.config import "
-        "markdown_table; print(markdown_table())'"
-    )
+    assert markdown_table() in readme, "regenerate with: python tools/update_readme_config.py"
     assert len(markdown_table().splitlines()) == len(FIELDS) + 2

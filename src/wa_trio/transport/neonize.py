@@ -40,8 +40,10 @@ from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, WaTrioError
 from wa_trio.log import Redactor
 from wa_trio.numbers import NumberCache, Resolution
+from wa_trio.pacing import typing_seconds
 from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
+from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 
 NUMBER_CACHE_TTL = 7 * 86400.0
@@ -160,22 +162,10 @@ EVENT_NAMES = (
 )
 
 
-@attrs.frozen
-class ReceiptInfo:
-    """A delivery/read receipt for messages we sent (for status events)."""
-
-    message_ids: tuple[str, ...]
-    kind: str  # delivered | read | played | other
-    timestamp: float
-
-
-_RECEIPT_KINDS = {1: "delivered", 4: "read", 6: "played"}
-
-
 def receipt_of(event: Any) -> ReceiptInfo:
     return ReceiptInfo(
         message_ids=tuple(str(i) for i in event.MessageIDs),
-        kind=_RECEIPT_KINDS.get(int(event.Type), "other"),
+        kind=RECEIPT_KINDS.get(int(event.Type), "other"),
         timestamp=float(event.Timestamp),
     )
 
@@ -469,6 +459,8 @@ class NeonizeTransport:
         if self._state is not ConnectionState.CONNECTED or client is None:
             raise NotConnectedError(f"WhatsApp is {self._state.value}")
         jid_user = await self.resolve(message.destination)
+        if self.settings.typing:
+            await self._show_typing(client, jid_user, len(message.text))
         try:
             response = await trio.to_thread.run_sync(
                 self._send_blocking, client, jid_user, message.text, limiter=self._limiter
@@ -479,6 +471,28 @@ class NeonizeTransport:
                 f"WhatsApp refused the send: {str(error)[:300]}", code=code, transient=transient
             ) from None
         return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
+
+    async def _show_typing(self, client: Any, jid_user: str, chars: int) -> None:
+        """WHATSAPP_TYPING=on: "composing" presence for a time growing with the text."""
+        try:
+            await trio.to_thread.run_sync(
+                self._presence_blocking, client, jid_user, True, limiter=self._limiter
+            )
+            await trio.sleep(typing_seconds(chars))
+        except Exception as error:  # noqa: BLE001 - typing is cosmetic; never fail the send
+            eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=str(error)[:200])
+
+    @staticmethod
+    def _presence_blocking(client: Any, jid_user: str, composing: bool) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+        from neonize.utils.jid import build_jid
+
+        state = (
+            ChatPresence.CHAT_PRESENCE_COMPOSING if composing else ChatPresence.CHAT_PRESENCE_PAUSED
+        )
+        client.send_chat_presence(
+            build_jid(jid_user), state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+        )
 
     @staticmethod
     def _send_blocking(client: Any, jid_user: str, text: str) -> Any:

@@ -1,0 +1,153 @@
+"""Status events back to the publisher: sent, delivered, read, failed, retrying.
+
+Published as JSON to WHATSAPP_EXCHANGE with WHATSAPP_STATUS_ROUTING_KEY (empty: off), schema in
+docs/status-event.schema.json. Sending never waits for them: ``emit`` puts the event in a
+bounded buffer and returns; the publisher task sends it on a connection of its own under
+publisher confirms and keeps it until confirmed (reconnecting with backoff). If the buffer is
+full (the broker is gone for a long time), the oldest events are dropped and counted.
+Delivered/read come from neonize Receipt events, mapped back to the job through the send ledger.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import eliot
+import trio
+
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress, BrokerError, Properties
+from wa_trio.config import Settings
+from wa_trio.ledger import AsyncLedger
+from wa_trio.metrics import Metrics
+from wa_trio.policy import Backoff
+from wa_trio.transport.receipts import ReceiptInfo
+
+SCHEMA_VERSION = 1
+STATUSES = ("sent", "delivered", "read", "failed", "retrying")
+BUFFER = 10_000
+
+
+def make_event(
+    status: str,
+    *,
+    job_key: str,
+    user_id: str | None,
+    whatsapp_message_id: str | None = None,
+    code: str | None = None,
+    retry: int | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """One event (pure). See docs/status-events.md."""
+    assert status in STATUSES, status
+    event: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "status": status,
+        "job_key": job_key,
+        "user_id": user_id,
+        "whatsapp_message_id": whatsapp_message_id,
+        "timestamp": (at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+    }
+    if code is not None:
+        event["code"] = code
+    if retry is not None:
+        event["retry"] = retry
+    return event
+
+
+class StatusPublisher:
+    def __init__(self, settings: Settings, metrics: Metrics, ledger: AsyncLedger | None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ledger = ledger
+        self.enabled = bool(settings.status_routing_key)
+        self.address = BrokerAddress.from_settings(settings)
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = trio.Event()
+        self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
+        self.published = 0
+        self.dropped = 0
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue an event; never blocks."""
+        if not self.enabled:
+            return
+        if len(self._pending) >= BUFFER:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(event)
+        self._wake.set()
+
+    def on_receipt(self, receipt: ReceiptInfo) -> None:
+        """Receipt from the transport (trio thread); mapped to jobs by the publisher task."""
+        if self.enabled and receipt.kind in {"delivered", "read"}:
+            try:
+                self._receipts_in.send_nowait(receipt)
+            except trio.WouldBlock:
+                self.dropped += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if not self.enabled:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._map_receipts)
+            await self._publish_forever()
+
+    async def _map_receipts(self) -> None:
+        async for receipt in self._receipts_out:
+            for message_id in receipt.message_ids:
+                job = await self.ledger.find_by_whatsapp_id(message_id) if self.ledger else None
+                if job is None:
+                    continue  # not one of ours (or already pruned)
+                at = datetime.fromtimestamp(receipt.timestamp, UTC)
+                self.emit(
+                    make_event(
+                        receipt.kind,
+                        job_key=job[0],
+                        user_id=job[1],
+                        whatsapp_message_id=message_id,
+                        at=at,
+                    )
+                )
+
+    async def _publish_forever(self) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while True:
+            try:
+                async with (
+                    amqp.connect(self.address) as connection,
+                    connection.open_channel() as channel,
+                ):
+                    backoff.reset()
+                    while True:
+                        while self._pending:
+                            event = self._pending[0]
+                            await amqp.publish(
+                                channel,
+                                self.settings.exchange,
+                                self.settings.status_routing_key,
+                                json.dumps(event).encode(),
+                                Properties(
+                                    content_type="application/json",
+                                    type_name=f"whatsapp.status.{event['status']}",
+                                    message_id=f"{event['job_key']}:{event['status']}",
+                                ),
+                                mandatory=False,
+                            )
+                            self._pending.popleft()  # confirmed
+                            self.published += 1
+                        await self._wake.wait()
+                        self._wake = trio.Event()
+            except BrokerError as error:
+                delay = backoff.next_delay()
+                eliot.log_message(
+                    message_type="wa_trio:status:publisher_down",
+                    reason=str(error)[:200],
+                    pending=len(self._pending),
+                    retry_in=round(delay, 3),
+                )
+                await trio.sleep(delay)

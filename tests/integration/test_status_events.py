@@ -1,0 +1,172 @@
+"""Status events on the real broker, validated against docs/status-event.schema.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import trio
+from neonize.events import ConnectedEv, ReceiptEv
+
+from tests.fakes import FakeClient
+from tests.helpers import delete_topology, drain_queue, job_body, publish_many, wait_for
+from tests.integration.conftest import StartWorker
+from tests.integration.test_neonize_transport import _fake_transport
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress
+from wa_trio.cli import main
+from wa_trio.config import Settings
+from wa_trio.status import make_event
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "status-event.schema.json").read_text()
+)
+
+
+def test_schema_accepts_every_kind_and_rejects_a_bad_one() -> None:
+    for status, extra in [
+        ("sent", {"whatsapp_message_id": "3EB0"}),
+        ("delivered", {"whatsapp_message_id": "3EB0"}),
+        ("failed", {"code": "x"}),
+        ("retrying", {"code": "x", "retry": 1}),
+    ]:
+        jsonschema.validate(make_event(status, job_key="k", user_id=None, **extra), SCHEMA)
+    bad = make_event("failed", job_key="k", user_id=None)  # no code
+    try:
+        jsonschema.validate(bad, SCHEMA)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a failed event without code passed the schema")
+
+
+class EventTap:
+    """A queue bound to the status routing key; ``poll()`` moves its messages into ``events``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue = f"{settings.queue_name}.status-tap"
+        self.events: list[dict[str, Any]] = []
+
+    async def bind(self) -> None:
+        async with amqp.connect(BrokerAddress.from_settings(self.settings)) as connection:
+            await amqp.declare_topology(connection, self.settings)
+            async with connection.open_channel() as channel:
+                await channel.queue_declare(self.queue)
+                await channel.queue_bind(
+                    self.queue, self.settings.exchange, self.settings.status_routing_key
+                )
+
+    async def at_least(self, n: int) -> bool:
+        for message in await drain_queue(self.settings, self.queue):
+            self.events.append(json.loads(message.body))
+        return len(self.events) >= n
+
+
+async def test_sent_failed_delivered_read_events(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    tap = EventTap(settings)
+    events = tap.events
+    try:
+        await tap.bind()
+        clients: list[FakeClient] = []
+        transport = _fake_transport(settings, clients, not_on_whatsapp={"+5511900000000"})
+        await start_worker(settings, transport=transport)
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await publish_many(
+            settings,
+            [job_body(1), b"{bad", job_body(2, destination="+5511900000000")],
+            message_ids=["ok-1", "bad-1", "no-1"],
+        )
+        await wait_for(lambda: tap.at_least(3), what="3 events")
+        by_key = {e["job_key"]: e for e in events}
+        assert by_key["ok-1"]["status"] == "sent"
+        assert by_key["bad-1"] == {
+            **by_key["bad-1"],
+            "status": "failed",
+            "code": "invalid_json",
+            "user_id": None,
+        }
+        assert by_key["no-1"]["code"] == "not_on_whatsapp"
+        wid = by_key["ok-1"]["whatsapp_message_id"]
+        assert wid and wid == "3EB0" + "1".zfill(16)
+        for kind in (ReceiptEv.ReceiptType.DELIVERED, ReceiptEv.ReceiptType.READ):
+            await trio.to_thread.run_sync(
+                clients[0].fire,
+                ReceiptEv(MessageIDs=[wid, "not-ours"], Type=kind, Timestamp=1_700_000_500),
+            )
+        await wait_for(lambda: tap.at_least(5), what="delivered and read")
+        statuses = [e["status"] for e in events if e["job_key"] == "ok-1"]
+        assert statuses == ["sent", "delivered", "read"]
+        read = next(e for e in events if e["status"] == "read")
+        assert read["user_id"] == "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
+        assert read["timestamp"].startswith("2023-11-14T22:")
+        for event in events:
+            jsonschema.validate(event, SCHEMA)
+    finally:
+        await delete_topology(settings, [tap.queue])
+
+
+async def test_retrying_event_carries_code_and_count(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+) -> None:
+    settings = Settings.from_env(
+        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="100ms")
+    )
+    tap = EventTap(settings)
+    events = tap.events
+    try:
+        await tap.bind()
+        await start_worker(settings)
+        await publish_many(settings, [job_body(1)], message_ids=["r-1"])
+        await wait_for(lambda: tap.at_least(2), what="retrying then failed")
+        assert [(e["status"], e.get("code"), e.get("retry")) for e in events] == [
+            ("retrying", "simulated_failure", 1),
+            ("failed", "retries_exhausted", None),
+        ]
+        for event in events:
+            jsonschema.validate(event, SCHEMA)
+    finally:
+        await delete_topology(settings, [f"{settings.queue_name}.retry.100ms", tap.queue])
+
+
+async def test_send_wait_prints_the_jobs_events(
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = make_env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env(env)
+    try:
+        await start_worker(settings)
+        code = await trio.to_thread.run_sync(
+            main,
+            [
+                "send",
+                "--destination",
+                "+5511999999999",
+                "--text",
+                "hello",
+                "--message-id",
+                "wait-1",
+                "--wait",
+                "--wait-seconds",
+                "3",
+            ],
+        )
+        assert code == 0
+        printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(e["status"], e["job_key"]) for e in printed] == [("sent", "wait-1")]
+        jsonschema.validate(printed[0], SCHEMA)
+    finally:
+        await delete_topology(settings)
