@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     dlq_replay = dlq_sub.add_parser("replay", help="send dead-lettered jobs back to the queue")
     dlq_replay.add_argument("--code", default=None, help="only jobs with this x-error-code")
     dlq_replay.add_argument("--limit", type=int, default=None, help="at most N jobs")
+    session = sub.add_parser("session", help="back up or restore the WhatsApp session")
+    session_sub = session.add_subparsers(dest="session_command", required=True, metavar="ACTION")
+    export = session_sub.add_parser("export", help="copy the session database to FILE (online)")
+    export.add_argument("file", type=Path)
+    export.add_argument("--force", action="store_true", help="overwrite FILE")
+    restore = session_sub.add_parser("import", help="restore the session database from FILE")
+    restore.add_argument("file", type=Path)
+    restore.add_argument("--force", action="store_true", help="overwrite a linked session")
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     return parser
@@ -81,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings)
         if args.command == "send":
             return _send(settings, args)
+        if args.command == "session":
+            return _session(settings, args)
         if args.command == "dlq":
             return _dlq(settings, args)
         if args.command == "login":
@@ -167,6 +177,20 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             }
         )
     )
+    return EXIT_OK
+
+
+def _session(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.session import export_session, import_session
+
+    if args.session_command == "export":
+        tables = export_session(settings.session_db, args.file, force=args.force)
+        print(f"wa-trio: exported {settings.session_db} -> {args.file} ({tables} tables); "
+              "keep it secret: it is the account's credential", file=sys.stderr)
+    else:
+        tables = import_session(args.file, settings.session_db, force=args.force)
+        print(f"wa-trio: imported {args.file} -> {settings.session_db} ({tables} tables)",
+              file=sys.stderr)
     return EXIT_OK
 
 

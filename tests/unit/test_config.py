@@ -127,3 +127,4 @@ def test_readme_configuration_table_matches_fields() -> None:
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme, "regenerate with: python tools/update_readme_config.py"
     assert len(markdown_table().splitlines()) == len(FIELDS) + 2
+    assert markdown_table() in (ROOT / "docs" / "configuration.md").read_text()

@@ -1,0 +1,97 @@
+"""The Containerfile, compose file and Kubernetes example, checked without a container engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Containerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)  # join continuation lines
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_multi_stage_on_official_slim_python() -> None:
+    froms = [rest for keyword, rest in instructions() if keyword == "FROM"]
+    assert len(froms) == 2
+    for base in froms:
+        assert re.match(r"docker\.io/library/python:3\.1[1-9]-slim", base), base
+    assert froms[0].endswith(" AS build")
+
+
+def test_runs_as_non_root_with_session_volume_port_and_production_env() -> None:
+    steps = instructions()
+    final = steps[[k for k, _ in steps].index("FROM", 1):]
+    users = [rest for keyword, rest in final if keyword == "USER"]
+    assert users and users[-1] not in {"root", "0"}
+    assert any(k == "VOLUME" and "/app/session" in r for k, r in final)
+    assert ("EXPOSE", "8080") in final
+    env = " ".join(r for k, r in final if k == "ENV")
+    assert "ENV=production" in env and "WHATSAPP_SESSION_PATH=/app/session" in env
+    run = " ".join(r for k, r in final if k == "RUN")
+    assert "libmagic1" in run
+    assert "chown -R wa-trio:wa-trio /app" in run
+    assert "--no-index --find-links=/wheels wa-trio" in run
+
+
+def test_healthcheck_uses_python_and_entrypoint_is_wa_trio_run() -> None:
+    steps = dict(instructions())
+    health = steps["HEALTHCHECK"]
+    assert "CMD" in health and '"python"' in health and "/healthz" in health
+    assert "curl" not in health and "wget" not in health
+    cmd = json.loads(health.split("CMD", 1)[1].strip())
+    assert cmd[0] == "python"
+    compile(cmd[2], "<healthcheck>", "exec")  # the inline script is valid Python
+    assert json.loads(steps["ENTRYPOINT"]) == ["wa-trio"]
+    assert json.loads(steps["CMD"]) == ["run"]
+
+
+def test_every_copied_path_exists() -> None:
+    for keyword, rest in instructions():
+        if keyword != "COPY" or rest.startswith("--from"):
+            continue
+        *sources, _target = shlex.split(rest)
+        for source in sources:
+            assert (ROOT / source).exists(), source
+
+
+def test_compose_runs_broker_and_worker_with_a_named_volume() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert "management" in services["rabbitmq"]["image"]
+    worker = services["wa-trio"]
+    assert worker["build"]["dockerfile"] == "Containerfile"
+    assert "wa-session:/app/session" in worker["volumes"]
+    assert "wa-session" in compose["volumes"]
+    assert worker["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert worker["environment"]["RABBITMQ_HOST"] == "rabbitmq"
+
+
+def test_kubernetes_example_one_replica_recreate_probes_and_pvc() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "docs/deploy/kubernetes.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"]
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert kinds["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    assert {"mountPath": "/app/session", "name": "session"} in container["volumeMounts"]
+    assert pod["terminationGracePeriodSeconds"] > 10
