@@ -185,12 +185,17 @@ def _session(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.session_command == "export":
         tables = export_session(settings.session_db, args.file, force=args.force)
-        print(f"wa-trio: exported {settings.session_db} -> {args.file} ({tables} tables); "
-              "keep it secret: it is the account's credential", file=sys.stderr)
+        print(
+            f"wa-trio: exported {settings.session_db} -> {args.file} ({tables} tables); "
+            "keep it secret: it is the account's credential",
+            file=sys.stderr,
+        )
     else:
         tables = import_session(args.file, settings.session_db, force=args.force)
-        print(f"wa-trio: imported {args.file} -> {settings.session_db} ({tables} tables)",
-              file=sys.stderr)
+        print(
+            f"wa-trio: imported {args.file} -> {settings.session_db} ({tables} tables)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -34,7 +34,7 @@ def test_multi_stage_on_official_slim_python() -> None:
 
 def test_runs_as_non_root_with_session_volume_port_and_production_env() -> None:
     steps = instructions()
-    final = steps[[k for k, _ in steps].index("FROM", 1):]
+    final = steps[[k for k, _ in steps].index("FROM", 1) :]
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}
     assert any(k == "VOLUME" and "/app/session" in r for k, r in final)

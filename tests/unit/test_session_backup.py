@@ -35,8 +35,7 @@ def test_export_import_round_trip_while_a_writer_is_active(tmp_path: Path) -> No
         nonlocal written
         db = sqlite3.connect(live)
         while not stop.is_set():
-            db.execute("INSERT INTO whatsmeow_identity_keys VALUES (?, randomblob(64))",
-                       (written,))
+            db.execute("INSERT INTO whatsmeow_identity_keys VALUES (?, randomblob(64))", (written,))
             db.commit()
             written += 1
         db.close()

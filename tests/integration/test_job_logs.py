@@ -1,0 +1,84 @@
+"""One job, one eliot tree, found by its key with eliot-tree; no text, masked numbers."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers import delete_topology, job_body, publish_many, sent_records, wait_for
+from tests.integration.conftest import StartWorker
+from wa_trio.config import Settings
+from wa_trio.log import configure_logging, log_file_path
+
+
+def eliot_tree(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", "from eliottree._cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+async def test_each_job_is_one_tree_found_by_key_without_text_or_full_number(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(make_env(LOG_TO_FILE="true", LOG_DIR=str(tmp_path / "logs")))
+    handle = configure_logging(settings, io.StringIO())
+    try:
+        worker = await start_worker(settings)
+        await publish_many(
+            settings,
+            [job_body(1, text_message="very secret text"), b"{oops"],
+            message_ids=["job-a", "job-b"],
+            headers={"trace_id": "trace-77"},
+        )
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="sent")
+        await wait_for(
+            lambda: (
+                worker.metrics.registry.get_sample_value(
+                    "worker_jobs_processed_total", {"worker": "whatsapp", "status": "invalid"}
+                )
+                == 1
+            ),
+            what="rejected",
+        )
+        worker.stop()
+        await wait_for(lambda: not worker.pipeline.connected, what="stopped")
+    finally:
+        handle.close()
+        await delete_topology(settings)
+    log = log_file_path(settings)
+    text = log.read_text()
+    assert "very secret text" not in text
+    assert "5511999999999" not in text
+    assert "+55*******9999" in text
+
+    # the runbook's two steps: the task of a job key, then that task's whole tree
+    def task_of(key: str) -> str:
+        tasks = {
+            json.loads(line)["task_uuid"]
+            for line in text.splitlines()
+            if json.loads(line).get("job_key") == key
+        }
+        assert len(tasks) == 1, tasks
+        return tasks.pop()
+
+    tree = eliot_tree("-u", task_of("job-a"), str(log))
+    assert tree.count("wa_trio:job/1") == 1  # exactly one tree
+    for part in (
+        "wa_trio:job:validate",
+        "wa_trio:job:send",
+        "wa_trio:job:acked",
+        "outcome: success",
+        "trace-77",
+    ):
+        assert part in tree, part
+    assert "job-b" not in tree
+    rejected = eliot_tree("-u", task_of("job-b"), str(log))
+    assert "wa_trio:job:dead_letter" in rejected and "invalid_json" in rejected
