@@ -298,8 +298,9 @@ class Delivery:
     routing_key: str
     _channel: Channel = attrs.field(alias="channel", repr=False)
 
-    async def ack(self) -> None:
-        await self._channel.basic_ack(self.delivery_tag)
+    async def ack(self, *, multiple: bool = False) -> None:
+        """Ack this delivery (``multiple``: and every earlier unacked one on its channel)."""
+        await self._channel.basic_ack(self.delivery_tag, multiple=multiple)
 
     async def nack(self, *, requeue: bool) -> None:
         await self._channel.basic_nack(self.delivery_tag, requeue=requeue)

@@ -84,7 +84,8 @@ def clean_destination(raw: str) -> str:
     cleaned = _STRIP.sub("", raw)
     if not _E164.fullmatch(cleaned):
         raise ValidationError(
-            "invalid_destination", "destination must be '+' then 8-15 digits (e.g. +5511999999999)"
+            "invalid_destination",
+            "destination must be '+' then 8-15 digits (country code first, e.g. +44 20 7946 0000)",
         )
     try:
         number = phonenumbers.parse(cleaned, None)

@@ -102,6 +102,47 @@ class Ledger:
                 raise
         return state
 
+    def begin_many(self, requests: list[tuple[str, bool]]) -> list[str | None]:
+        """``begin`` for several jobs (key, check) in one transaction."""
+        now = time.time()
+        found: list[str | None] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, check in requests:
+                    state = None
+                    if check:
+                        row = self._db.execute(
+                            "SELECT state FROM sends WHERE key = ?", (key,)
+                        ).fetchone()
+                        state = None if row is None else row[0]
+                    if state != "sent":
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO sends VALUES (?, 'sending', NULL, ?, NULL)",
+                            (key, now),
+                        )
+                    found.append(state)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return found
+
+    def mark_many(self, marks: list[tuple[str, str, str | None, str | None]]) -> None:
+        """``mark`` for several jobs (key, state, whatsapp_id, user_id) in one transaction."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?)",
+                    [(key, state, wid, now, user) for key, state, wid, user in marks],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def mark(
         self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
     ) -> None:
@@ -160,6 +201,14 @@ class AsyncLedger:
         await trio.to_thread.run_sync(
             self.ledger.mark, key, state, whatsapp_id, user_id, limiter=self._limiter
         )
+
+    async def begin_many(self, requests: list[tuple[str, bool]]) -> list[str | None]:
+        return await trio.to_thread.run_sync(
+            self.ledger.begin_many, requests, limiter=self._limiter
+        )
+
+    async def mark_many(self, marks: list[tuple[str, str, str | None, str | None]]) -> None:
+        await trio.to_thread.run_sync(self.ledger.mark_many, marks, limiter=self._limiter)
 
     async def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
         return await trio.to_thread.run_sync(

@@ -112,6 +112,10 @@ class BrokerMonitor:
             if cached is not None and now - cached.checked_at < self.cache_for:
                 return cached
             result = await self._probe()
+            if self._channel is None and not result.ok:
+                # no broker round trip was made: nothing to protect, and a cached failure would
+                # keep a just-started worker unhealthy for 5 s
+                return result
             self._cached = CheckResult(result.ok, result.detail, trio.current_time())
             return self._cached
 

@@ -1,0 +1,321 @@
+"""wa-trio benchmark: how close to the broker's limit the worker runs (``nox -s bench``).
+
+In one run, on the local RabbitMQ, with unique queues:
+  (a) a bare aio-pika consumer acking each message (what a user would write on asyncio);
+  (b) a bare consumer on our AMQP client (serena) under trio;
+  (c) the full wa-trio worker (a real ``wa-trio run`` process: validation, ledger, metrics,
+      eliot logging at production settings, acks) with the dry-run transport and pacing off,
+      at prefetch 1, 10 and 100.
+Throughput is (jobs - 1) / (last ack - first delivery) for (a)/(b), and from the dry-run file's
+first to last ``sent_at`` for (c): start-up and publishing are not counted. Then: publish->send
+latency at a fixed offered rate (200 jobs/s), the worker's RSS idle (neonize loaded, offline:
+proxy on a closed port) and after a run, and the time from process start to /healthz 200.
+Results: bench/results/<timestamp>.json and .md; copy the table into docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.config import Settings
+
+BROKER = os.environ.get("WA_TRIO_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
+ROOT = Path(__file__).resolve().parents[1]
+BODY = json.dumps({"user_id": "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f",
+                   "text_message": "Your code is 123456", "destination": "+5511999999999"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(queue: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "RABBITMQ_URL": BROKER, "WHATSAPP_QUEUE_NAME": queue, "WHATSAPP_EXCHANGE": f"{queue}.x",
+        "WHATSAPP_TRANSPORT": "dry-run", "WHATSAPP_DRY_RUN_FILE": str(tmp / f"{queue}.jsonl"),
+        "WHATSAPP_SESSION_PATH": str(tmp / f"{queue}.session"), "ENV": "production",
+        "WHATSAPP_RATE_LIMIT": "off", "WHATSAPP_RECIPIENT_INTERVAL": "0",
+        "WHATSAPP_SEND_JITTER": "0", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(free_port()),
+        "WHATSAPP_STATUS_ROUTING_KEY": "whatsapp.status",
+    }
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------ publishing
+
+async def publish(settings: Settings, n: int, *, rate: float | None = None) -> None:
+    """Publish n jobs (confirmed); at ``rate`` jobs/s with a publish timestamp header."""
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as conn:
+        await amqp.declare_topology(conn, settings)
+        async with conn.open_channel() as channel:
+            start = trio.current_time()
+            for i in range(n):
+                if rate is not None:
+                    await trio.sleep_until(start + i / rate)
+                headers = {"published_at": repr(time.time())}
+                await amqp.publish(channel, settings.exchange, settings.routing_key,
+                                   BODY.encode(), Properties(message_id=f"b-{i}", headers=headers))
+
+
+async def cleanup(settings: Settings) -> None:
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as conn, \
+            conn.open_channel() as channel:
+        for q in (settings.queue_name, settings.dlq_name,
+                  *(amqp.retry_queue_name(settings, d) for d in set(settings.retry_delays))):
+            await channel.queue_delete(q)
+        for x in (settings.exchange, settings.dlx):
+            await channel.exchange_delete(x)
+
+
+# ------------------------------------------------------------------------- (a) aio-pika
+
+def bench_aio_pika(queue: str, n: int, prefetch: int) -> float:
+    import aio_pika
+
+    async def main() -> float:
+        connection = await aio_pika.connect_robust(BROKER)
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            q = await channel.declare_queue(queue, durable=True, passive=True)
+            first = last = 0.0
+            count = 0
+            done = asyncio.Event()
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal first, last, count
+                if count == 0:
+                    first = time.perf_counter()
+                await message.ack()
+                count += 1
+                if count == n:
+                    last = time.perf_counter()
+                    done.set()
+
+            await q.consume(on_message)
+            await done.wait()
+            return (n - 1) / (last - first)
+
+    return asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- (b) serena
+
+def bench_serena(settings: Settings, n: int, prefetch: int) -> float:
+    async def main() -> float:
+        async with amqp.connect(BrokerAddress.from_settings(settings)) as conn, \
+                amqp.consume_channel(conn, prefetch=prefetch) as channel, \
+                amqp.consume(channel, settings.queue_name) as deliveries:
+            count = 0
+            first = 0.0
+            async for delivery in deliveries:
+                if count == 0:
+                    first = time.perf_counter()
+                await delivery.ack()
+                count += 1
+                if count == n:
+                    return (n - 1) / (time.perf_counter() - first)
+        raise RuntimeError("consumer ended early")
+
+    return trio.run(main)
+
+
+# ----------------------------------------------------------------------- (c) the worker
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_healthy(port: int, timeout: float = 60) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("worker never became healthy")
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start_worker(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "wa_trio", "run"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_healthy(int(env["HTTP_PORT"]))
+    return proc, time.perf_counter() - started
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_worker(n: int, prefetch: int, tmp: Path) -> dict[str, float]:
+    queue = f"bench.{uuid.uuid4().hex[:8]}.worker{prefetch}"
+    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT=str(prefetch))
+    settings = Settings.from_env(env)
+    trio.run(publish, settings, n)
+    proc, startup = start_worker(env)
+    try:
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        deadline = time.monotonic() + 600
+        while len(records(path)) < n and time.monotonic() < deadline:
+            time.sleep(0.25)
+        sent = records(path)
+        rss_after = rss_mb(proc.pid)
+    finally:
+        stop(proc)
+        trio.run(cleanup, settings)
+    times = sorted(r["sent_at"] for r in sent)
+    return {"jobs_per_s": (len(times) - 1) / (times[-1] - times[0]), "sent": len(sent),
+            "startup_s": startup, "rss_after_mb": rss_after}
+
+
+def bench_latency(rate: float, seconds: float, tmp: Path) -> dict[str, float]:
+    queue = f"bench.{uuid.uuid4().hex[:8]}.latency"
+    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT="10")
+    settings = Settings.from_env(env)
+    n = int(rate * seconds)
+    trio.run(publish, settings, 0)  # declare topology
+    proc, _ = start_worker(env)
+    try:
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        published: dict[str, float] = {}
+
+        async def timed_publish() -> None:
+            async with amqp.connect(BrokerAddress.from_settings(settings)) as conn, \
+                    conn.open_channel() as channel:
+                start = trio.current_time()
+                for i in range(n):
+                    await trio.sleep_until(start + i / rate)
+                    published[f"l-{i}"] = time.time()
+                    await amqp.publish(channel, settings.exchange, settings.routing_key,
+                                       BODY.encode(), Properties(message_id=f"l-{i}"))
+
+        trio.run(timed_publish)
+        deadline = time.monotonic() + 60
+        while len(records(path)) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        latencies = sorted((r["sent_at"] - published[r["job_key"]]) * 1000 for r in records(path))
+    finally:
+        stop(proc)
+        trio.run(cleanup, settings)
+    q = statistics.quantiles(latencies, n=100)
+    return {"offered_per_s": rate, "jobs": len(latencies), "p50_ms": q[49], "p99_ms": q[98]}
+
+
+def idle_rss_neonize(tmp: Path) -> dict[str, float]:
+    queue = f"bench.{uuid.uuid4().hex[:8]}.idle"
+    env = env_for(queue, tmp, WHATSAPP_TRANSPORT="neonize",
+                  WHATSAPP_PROXY=f"http://127.0.0.1:{free_port()}")  # closed: never leaves
+    settings = Settings.from_env(env)
+    proc, startup = start_worker(env)
+    try:
+        time.sleep(3)
+        rss = rss_mb(proc.pid)
+    finally:
+        stop(proc)
+        trio.run(cleanup, settings)
+    return {"idle_rss_mb": rss, "startup_s": startup}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    n = args.jobs
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": n,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+                   f"Python {platform.python_version()}",
+    }
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        base = Settings.from_env(env_for(f"bench.{uuid.uuid4().hex[:8]}.bare", tmp))
+        for name, fn in (("aio_pika", lambda: bench_aio_pika(base.queue_name, n, 100)),
+                         ("serena", lambda: bench_serena(base, n, 100))):
+            trio.run(publish, base, n)
+            results[f"bare_{name}_jobs_per_s"] = fn()
+            print(f"bare {name}: {results[f'bare_{name}_jobs_per_s']:.0f} jobs/s", flush=True)
+        trio.run(cleanup, base)
+        for prefetch in (1, 10, 100):
+            r = bench_worker(n, prefetch, tmp)
+            results[f"worker_p{prefetch}"] = r
+            print(f"wa-trio prefetch {prefetch}: {r['jobs_per_s']:.0f} jobs/s "
+                  f"(rss after {r['rss_after_mb']:.0f} MB)", flush=True)
+        results["latency"] = bench_latency(200.0, args.latency_seconds, tmp)
+        print(f"latency at 200/s: {results['latency']}", flush=True)
+        results["idle"] = idle_rss_neonize(tmp)
+        print(f"idle (neonize loaded): {results['idle']}", flush=True)
+    base_rate = results["bare_aio_pika_jobs_per_s"]
+    rows = [
+        ("bare aio-pika consumer (asyncio, prefetch 100)", base_rate),
+        ("bare serena consumer (trio, prefetch 100)", results["bare_serena_jobs_per_s"]),
+        *((f"wa-trio full pipeline, prefetch {p}", results[f"worker_p{p}"]["jobs_per_s"])
+          for p in (1, 10, 100)),
+    ]
+    lat = results["latency"]
+    idle = results["idle"]
+    table = [
+        f"Run {results['when']} on {results['machine']}, {n} jobs.", "",
+        "| Consumer | jobs/s | vs aio-pika |", "|---|---:|---:|",
+        *(f"| {name} | {rate:,.0f} | {rate / base_rate:.2f}x |" for name, rate in rows),
+        "", "| Measure | Value | Target |", "|---|---:|---:|",
+        f"| publish -> send latency p50 at {lat['offered_per_s']:.0f} jobs/s | "
+        f"{lat['p50_ms']:.2f} ms | |",
+        f"| publish -> send latency p99 at {lat['offered_per_s']:.0f} jobs/s | "
+        f"{lat['p99_ms']:.2f} ms | <= 10 ms |",
+        f"| RSS idle, neonize loaded | {idle['idle_rss_mb']:.0f} MB | <= 150 MB |",
+        f"| RSS after {n} jobs (prefetch 100, dry-run) | "
+        f"{results['worker_p100']['rss_after_mb']:.0f} MB | |",
+        f"| start -> /healthz 200 (neonize) | {idle['startup_s']:.2f} s | <= 2 s |",
+        f"| start -> /healthz 200 (dry-run) | {results['worker_p100']['startup_s']:.2f} s | |",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{stamp}.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
