@@ -187,9 +187,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def bench_worker(n: int, prefetch: int, tmp: Path) -> dict[str, float]:
+def bench_worker(n: int, prefetch: int, tmp: Path, **extra: str) -> dict[str, float]:
     queue = f"bench.{uuid.uuid4().hex[:8]}.worker{prefetch}"
-    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT=str(prefetch))
+    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT=str(prefetch), **extra)
     settings = Settings.from_env(env)
     trio.run(publish, settings, n)
     proc, startup = start_worker(env)
@@ -282,6 +282,9 @@ def main() -> None:
             results[f"worker_p{prefetch}"] = r
             print(f"wa-trio prefetch {prefetch}: {r['jobs_per_s']:.0f} jobs/s "
                   f"(rss after {r['rss_after_mb']:.0f} MB)", flush=True)
+        r = bench_worker(n, 100, tmp, WHATSAPP_STATUS_ROUTING_KEY="")
+        results["worker_p100_no_status"] = r
+        print(f"wa-trio prefetch 100, status events off: {r['jobs_per_s']:.0f} jobs/s", flush=True)
         results["latency"] = bench_latency(200.0, args.latency_seconds, tmp)
         print(f"latency at 200/s: {results['latency']}", flush=True)
         results["idle"] = idle_rss_neonize(tmp)
@@ -292,6 +295,8 @@ def main() -> None:
         ("bare serena consumer (trio, prefetch 100)", results["bare_serena_jobs_per_s"]),
         *((f"wa-trio full pipeline, prefetch {p}", results[f"worker_p{p}"]["jobs_per_s"])
           for p in (1, 10, 100)),
+        ("wa-trio full pipeline, prefetch 100, status events off",
+         results["worker_p100_no_status"]["jobs_per_s"]),
     ]
     lat = results["latency"]
     idle = results["idle"]

@@ -81,26 +81,7 @@ class Ledger:
         Returns the state found (None when absent or not checked); the row is not changed when
         the state found is ``sent``.
         """
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                state = None
-                if check:
-                    row = self._db.execute(
-                        "SELECT state FROM sends WHERE key = ?", (key,)
-                    ).fetchone()
-                    state = None if row is None else row[0]
-                if state != "sent":
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO sends VALUES (?, 'sending', NULL, ?, NULL)",
-                        (key, now),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return state
+        return self.begin_many([(key, check)])[0]
 
     def begin_many(self, requests: list[tuple[str, bool]]) -> list[str | None]:
         """``begin`` for several jobs (key, check) in one transaction."""

@@ -42,3 +42,14 @@ def start_worker(nursery: trio.Nursery) -> StartWorker:
         return worker
 
     return start
+
+
+@pytest.fixture
+def cli_settings(
+    make_env: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings of a unique topology, also exported to the environment for in-process CLI runs."""
+    env = make_env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env(env)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 
@@ -11,14 +10,9 @@ from wa_trio.config import Settings
 
 
 async def test_send_publishes_one_confirmed_job(
-    make_env: Callable[..., dict[str, str]],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = make_env()
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env(env)
+    settings = cli_settings
     try:
         import trio
 

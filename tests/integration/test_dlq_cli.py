@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
+import attrs
 import pytest
 import trio
 
@@ -20,15 +20,12 @@ from wa_trio.config import Settings
 
 
 async def test_dlq_list_then_replay_by_code_after_fixing_the_cause(
-    make_env: Callable[..., dict[str, str]],
+    cli_settings: Settings,
     start_worker: StartWorker,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    env = make_env()
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env(env)
+    settings = cli_settings
     try:
         worker = await start_worker(settings)
         bad_text = job_body(1, text_message="1 UNION SELECT secret")
@@ -52,7 +49,7 @@ async def test_dlq_list_then_replay_by_code_after_fixing_the_cause(
         )
         assert json.loads(capsys.readouterr().out) == {"replayed": 1, "left": 1}
         assert await queue_count(settings, settings.dlq_name) == 1
-        fixed = Settings.from_env({**env, "WHATSAPP_CONTENT_FILTER": "off"})
+        fixed = attrs.evolve(settings, content_filter=False)
         await start_worker(fixed)
         await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="replayed sent")
         assert sent_records(settings.dry_run_file)[0]["job_key"] == "m-1"

@@ -138,15 +138,9 @@ async def test_retrying_event_carries_code_and_count(
 
 
 async def test_send_wait_prints_the_jobs_events(
-    make_env: Callable[..., dict[str, str]],
-    start_worker: StartWorker,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli_settings: Settings, start_worker: StartWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = make_env()
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env(env)
+    settings = cli_settings
     try:
         await start_worker(settings)
         code = await trio.to_thread.run_sync(
