@@ -4,13 +4,17 @@ double at the client boundary. WHATSAPP_PROXY always points at a closed loopback
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from neonize.events import (
     ConnectedEv,
@@ -293,3 +297,28 @@ async def test_typing_simulation_shows_composing_before_the_send(
         assert clients[0].sent == [("5511999999999", "hi")]
         assert result.message_id.startswith("3EB0")
         nursery.cancel_scope.cancel()
+
+
+def test_a_missing_bundled_library_is_refused_not_downloaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from wa_trio.transport.neonize import TransportError, check_bundled_library
+
+    monkeypatch.setattr(platform, "machine", lambda: "sparc64")
+    with pytest.raises(TransportError, match="will not let neonize download"):
+        check_bundled_library()
+
+
+def test_login_command_offline_gives_up_with_exit_1(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    env = make_env(WHATSAPP_TRANSPORT="neonize")
+    result = subprocess.run(
+        [sys.executable, "-m", "wa_trio", "login", "--timeout", "1.5"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "not linked within 1.5s" in result.stderr
+    assert Path(env["WHATSAPP_SESSION_PATH"], "whatsapp.db").exists()
