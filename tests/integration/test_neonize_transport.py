@@ -317,7 +317,11 @@ def test_login_command_offline_gives_up_with_exit_1(
     env = make_env(WHATSAPP_TRANSPORT="neonize")
     result = subprocess.run(
         [sys.executable, "-m", "wa_trio", "login", "--timeout", "1.5"],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert "not linked within 1.5s" in result.stderr
