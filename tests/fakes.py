@@ -7,11 +7,17 @@ foreign (non-trio) thread as whatsmeow's Go threads do.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from neonize.proto.Neonize_pb2 import JID, IsOnWhatsAppResponse, SendResponse
+
+from wa_trio.config import Settings
+from wa_trio.log import Redactor
+from wa_trio.policy import Backoff
+from wa_trio.transport.neonize import NeonizeTransport
 
 
 class _EventRegistry:
@@ -92,3 +98,23 @@ class FakeClient:
         thread = threading.Thread(target=self.event.qr_handler, args=(self, payload.encode()))
         thread.start()
         thread.join()
+
+
+def fake_neonize_transport(
+    settings: Settings, clients: list[FakeClient], **kwargs: object
+) -> NeonizeTransport:
+    """The real NeonizeTransport on FakeClients (each one created is appended to ``clients``),
+    with a quick backoff and the QR block written to a string instead of the terminal."""
+
+    def factory(database: str) -> FakeClient:
+        client = FakeClient(database, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    return NeonizeTransport(
+        settings,
+        Redactor(True),
+        client_factory=factory,
+        backoff=Backoff(initial=0.05, cap=0.1),
+        qr_out=io.StringIO(),
+    )

@@ -12,10 +12,9 @@ from neonize.events import ConnectedEv
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import closed_port
-from tests.fakes import FakeClient
+from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import job_body, publish_many, rabbitmqctl, wait_for
 from tests.integration.conftest import StartWorker
-from tests.integration.test_neonize_transport import _fake_transport
 from wa_trio.config import Settings
 
 
@@ -90,7 +89,7 @@ async def test_counters_move_by_exactly_the_jobs_published(
     topology: Settings, start_worker: StartWorker
 ) -> None:
     clients: list[FakeClient] = []
-    transport = _fake_transport(topology, clients, not_on_whatsapp={"+5511900000000"})
+    transport = fake_neonize_transport(topology, clients, not_on_whatsapp={"+5511900000000"})
     worker = await start_worker(topology, transport=transport)
     await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
     await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
@@ -136,7 +135,7 @@ async def test_queue_depth_matches_the_brokers_count(
     topology: Settings, start_worker: StartWorker
 ) -> None:
     clients: list[FakeClient] = []
-    transport = _fake_transport(topology, clients)  # never connected: jobs stay queued
+    transport = fake_neonize_transport(topology, clients)  # never connected: jobs stay queued
     worker = await start_worker(topology, transport=transport)
     await publish_many(topology, [job_body(i) for i in range(10)])
     await wait_for(lambda: worker.monitor._channel is not None, what="monitor up")

@@ -30,7 +30,7 @@ from neonize.events import (
 )
 from neonize.proto.Neonize_pb2 import JID
 
-from tests.fakes import FakeClient
+from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     delete_topology,
     drain_queue,
@@ -104,30 +104,13 @@ async def test_second_run_reuses_the_session_file(make_env: Callable[..., dict[s
     assert inodes[0] == inodes[1]
 
 
-def _fake_transport(
-    settings: Settings, clients: list[FakeClient], **kwargs: object
-) -> NeonizeTransport:
-    def factory(database: str) -> FakeClient:
-        client = FakeClient(database, **kwargs)  # type: ignore[arg-type]
-        clients.append(client)
-        return client
-
-    return NeonizeTransport(
-        settings,
-        Redactor(True),
-        client_factory=factory,
-        backoff=Backoff(initial=0.05, cap=0.1),
-        qr_out=io.StringIO(),
-    )
-
-
 async def test_real_neonize_events_drive_every_state(
     make_env: Callable[..., dict[str, str]],
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
     clients: list[FakeClient] = []
     receipts: list[ReceiptInfo] = []
-    transport = _fake_transport(settings, clients)
+    transport = fake_neonize_transport(settings, clients)
     transport.on_receipt = receipts.append
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
@@ -180,7 +163,7 @@ async def test_qr_renders_to_terminal_and_login_page(
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
     clients: list[FakeClient] = []
-    transport = _fake_transport(settings, clients)
+    transport = fake_neonize_transport(settings, clients)
     terminal = io.StringIO()
     transport.qr_out = terminal
     metrics = Metrics(settings.queue_name, settings.dlq_name)
@@ -228,7 +211,7 @@ async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
         make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PAIR_PHONE="+55 11 98888-7777")
     )
     clients: list[FakeClient] = []
-    transport = _fake_transport(settings, clients)
+    transport = fake_neonize_transport(settings, clients)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
@@ -243,7 +226,7 @@ async def test_sender_holds_jobs_while_disconnected_then_sends(
     topology: Settings, start_worker: StartWorker
 ) -> None:
     clients: list[FakeClient] = []
-    transport = _fake_transport(topology, clients, not_on_whatsapp={"+5511900000000"})
+    transport = fake_neonize_transport(topology, clients, not_on_whatsapp={"+5511900000000"})
     worker = await start_worker(topology, transport=transport)
     await publish_many(
         topology, [job_body(i) for i in range(5)] + [job_body(9, destination="+5511900000000")]
@@ -284,7 +267,7 @@ async def test_typing_simulation_shows_composing_before_the_send(
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_TYPING="on"))
     clients: list[FakeClient] = []
-    transport = _fake_transport(settings, clients)
+    transport = fake_neonize_transport(settings, clients)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")

@@ -12,10 +12,9 @@ import pytest
 import trio
 from neonize.events import ConnectedEv, ReceiptEv
 
-from tests.fakes import FakeClient
+from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import delete_topology, drain_queue, job_body, publish_many, wait_for
 from tests.integration.conftest import StartWorker
-from tests.integration.test_neonize_transport import _fake_transport
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress
 from wa_trio.cli import main
@@ -76,7 +75,7 @@ async def test_sent_failed_delivered_read_events(
     try:
         await tap.bind()
         clients: list[FakeClient] = []
-        transport = _fake_transport(settings, clients, not_on_whatsapp={"+5511900000000"})
+        transport = fake_neonize_transport(settings, clients, not_on_whatsapp={"+5511900000000"})
         await start_worker(settings, transport=transport)
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
