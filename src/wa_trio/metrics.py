@@ -7,15 +7,27 @@ phone number, a user id or free text.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 
 from wa_trio import __version__
+
+# no *_created series: the Go worker's client exposes none, and they double the series count
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 WORKER = "whatsapp"
 
 #: worker_jobs_processed_total{status}: how each job ended.
 STATUSES = ("success", "invalid", "failed", "retried", "duplicate")
+# status event kinds (docs/status-events.md); wa_trio.status uses this tuple
+STATUS_EVENTS = ("sent", "delivered", "read", "failed", "retrying")
 
 
 class Metrics:
@@ -86,12 +98,30 @@ class Metrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.status_events = Counter(
+            "whatsapp_status_events_total",
+            "Status events published and confirmed by the broker, by status.",
+            ["status"],
+            registry=r,
+        )
+        self.status_events_dropped = Counter(
+            "whatsapp_status_events_dropped_total",
+            "Status events dropped because the buffer was full (broker away for long).",
+            registry=r,
+        )
+        self.status_events_pending = Gauge(
+            "whatsapp_status_events_pending",
+            "Status events waiting to be published (buffered in memory).",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)
         for status in STATUSES:
             self.jobs_processed.labels(WORKER, status)
         self.jobs_retried.labels(WORKER)
+        for event in STATUS_EVENTS:
+            self.status_events.labels(event)
         self.job_duration.labels(WORKER)
         self.queue_depth.labels(queue_name)
         self.dlq_size.labels(dlq_name)

@@ -22,12 +22,12 @@ from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, BrokerError, Properties
 from wa_trio.config import Settings
 from wa_trio.ledger import AsyncLedger
-from wa_trio.metrics import Metrics
+from wa_trio.metrics import STATUS_EVENTS, Metrics
 from wa_trio.policy import Backoff
 from wa_trio.transport.receipts import ReceiptInfo
 
 SCHEMA_VERSION = 1
-STATUSES = ("sent", "delivered", "read", "failed", "retrying")
+STATUSES = STATUS_EVENTS
 BUFFER = 10_000
 
 
@@ -68,8 +68,7 @@ class StatusPublisher:
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = trio.Event()
         self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
-        self.published = 0
-        self.dropped = 0
+        metrics.status_events_pending.set_function(lambda: len(self._pending))
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an event; never blocks."""
@@ -77,7 +76,7 @@ class StatusPublisher:
             return
         if len(self._pending) >= BUFFER:
             self._pending.popleft()
-            self.dropped += 1
+            self.metrics.status_events_dropped.inc()
         self._pending.append(event)
         self._wake.set()
 
@@ -87,7 +86,7 @@ class StatusPublisher:
             try:
                 self._receipts_in.send_nowait(receipt)
             except trio.WouldBlock:
-                self.dropped += 1
+                self.metrics.status_events_dropped.inc()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -139,7 +138,7 @@ class StatusPublisher:
                                 mandatory=False,
                             )
                             self._pending.popleft()  # confirmed
-                            self.published += 1
+                            self.metrics.status_events.labels(event["status"]).inc()
                         await self._wake.wait()
                         self._wake = trio.Event()
             except BrokerError as error:

@@ -76,7 +76,7 @@ async def test_sent_failed_delivered_read_events(
         await tap.bind()
         clients: list[FakeClient] = []
         transport = fake_neonize_transport(settings, clients, not_on_whatsapp={"+5511900000000"})
-        await start_worker(settings, transport=transport)
+        worker = await start_worker(settings, transport=transport)
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
         await publish_many(
@@ -109,6 +109,20 @@ async def test_sent_failed_delivered_read_events(
         assert read["timestamp"].startswith("2023-11-14T22:")
         for event in events:
             jsonschema.validate(event, SCHEMA)
+
+        def published() -> dict[str, float | None]:
+            registry = worker.metrics.registry
+            return {
+                kind: registry.get_sample_value("whatsapp_status_events_total", {"status": kind})
+                for kind in ("sent", "delivered", "read", "failed", "retrying")
+            }
+
+        # counted once confirmed (the tap may see an event just before its confirm arrives)
+        expected = {"sent": 1.0, "delivered": 1.0, "read": 1.0, "failed": 2.0, "retrying": 0.0}
+        await wait_for(lambda: published() == expected, what=f"status metrics {expected}")
+        registry = worker.metrics.registry
+        assert registry.get_sample_value("whatsapp_status_events_pending") == 0
+        assert registry.get_sample_value("whatsapp_status_events_dropped_total") == 0
     finally:
         await delete_topology(settings, [tap.queue])
 
