@@ -175,10 +175,21 @@ async def _supervise(
         nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
         pipeline.stop()
         await pipeline_done.wait()
+        if pipeline.status is not None:
+            await _flush_status(pipeline.status)
         http_shutdown.set()
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _flush_status(status: StatusPublisher, limit: float = 5.0) -> None:
+    """Publish the events of the last jobs before the connection goes (bounded; the grace
+    deadline bounds it too). What is still buffered then is lost, and said so."""
+    with trio.move_on_after(limit):
+        await status.drain()
+    if status.pending:
+        eliot.log_message(message_type="wa_trio:status:unpublished", events=status.pending)
 
 
 def _prepare_session_path(settings: Settings) -> None:

@@ -67,6 +67,7 @@ class StatusPublisher:
         self.address = BrokerAddress.from_settings(settings)
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = trio.Event()
+        self._idle = trio.Event()  # set (and replaced) each time the buffer was emptied
         self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
         metrics.status_events_pending.set_function(lambda: len(self._pending))
 
@@ -87,6 +88,18 @@ class StatusPublisher:
                 self._receipts_in.send_nowait(receipt)
             except trio.WouldBlock:
                 self.metrics.status_events_dropped.inc()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def drain(self) -> None:
+        """Return once every buffered event is confirmed (the caller bounds the wait).
+
+        Graceful shutdown calls it after the last job, so the last jobs' events are not lost.
+        """
+        while self.enabled and self._pending:
+            await self._idle.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -139,6 +152,8 @@ class StatusPublisher:
                             )
                             self._pending.popleft()  # confirmed
                             self.metrics.status_events.labels(event["status"]).inc()
+                        self._idle.set()
+                        self._idle = trio.Event()
                         await self._wake.wait()
                         self._wake = trio.Event()
             except BrokerError as error:

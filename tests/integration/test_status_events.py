@@ -13,10 +13,18 @@ import trio
 from neonize.events import ConnectedEv, ReceiptEv
 
 from tests.fakes import FakeClient, fake_neonize_transport
-from tests.helpers import delete_topology, drain_queue, job_body, publish_many, wait_for
+from tests.helpers import (
+    delete_topology,
+    drain_queue,
+    job_body,
+    publish_many,
+    sent_records,
+    wait_for,
+)
 from tests.integration.conftest import StartWorker
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress
+from wa_trio.app import Worker, run_worker
 from wa_trio.cli import main
 from wa_trio.config import Settings
 from wa_trio.status import make_event
@@ -177,3 +185,38 @@ async def test_send_wait_prints_the_jobs_events(
         jsonschema.validate(printed[0], SCHEMA)
     finally:
         await delete_topology(settings)
+
+
+async def test_graceful_stop_publishes_the_last_jobs_events(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    """Stopped mid-stream, while events are still buffered: every job sent has its event."""
+    settings = Settings.from_env(make_env(WHATSAPP_PREFETCH_COUNT="100"))
+    tap = EventTap(settings)
+    total = 3000
+    try:
+        await tap.bind()
+        await publish_many(
+            settings,
+            [job_body(i) for i in range(total)],
+            message_ids=[f"g-{i}" for i in range(total)],
+        )
+        async with trio.open_nursery() as nursery:
+            worker: Worker = await nursery.start(
+                lambda task_status: run_worker(
+                    settings, handle_signals=False, task_status=task_status
+                )
+            )
+            status = worker.pipeline.status
+            assert status is not None
+            await wait_for(lambda: status.pending >= 50, interval=0.001, what="a backlog")
+            pending = status.pending
+            worker.stop()
+        # run_worker has returned: the worker and its connections are gone
+        sent_jobs = {r["job_key"] for r in sent_records(settings.dry_run_file)}
+        print(f"\nstopped with {pending} events buffered, after {len(sent_jobs)}/{total} sends")
+        assert 0 < len(sent_jobs) < total, "the stop came before or after the stream"
+        await wait_for(lambda: tap.at_least(len(sent_jobs)), timeout=10, what="sent events")
+        assert {e["job_key"] for e in tap.events if e["status"] == "sent"} == sent_jobs
+    finally:
+        await delete_topology(settings, [tap.queue])
