@@ -367,7 +367,8 @@ FIELDS: tuple[Field, ...] = (
         "resend",
         "resend or skip",
         _choice("resend", "skip"),
-        "A job that may have been sent before a crash: send again, or ack without sending.",
+        "A job that may have been sent (crash before its record, or a send WhatsApp did not "
+        "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).",
     ),
     _f(
         "WHATSAPP_DEDUP_WINDOW",

@@ -25,13 +25,24 @@ class SendError(WaTrioError):
 
     ``transient`` tells the pipeline whether retrying can help (network, not connected, WhatsApp
     busy) or not (the number is not on WhatsApp, the message is refused for good).
+
+    ``ambiguous``: WhatsApp may have taken the message although the send failed (a timeout
+    waiting for its answer); retrying may send it twice, so WHATSAPP_AMBIGUOUS decides.
     """
 
     code = "send_failed"
 
-    def __init__(self, message: str, *, code: str | None = None, transient: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        transient: bool = True,
+        ambiguous: bool = False,
+    ) -> None:
         super().__init__(message, code=code)
         self.transient = transient
+        self.ambiguous = ambiguous
 
 
 class NotConnectedError(SendError):

@@ -7,9 +7,10 @@ that WhatsApp refused (a retry may send it). The rules that read it are pure (``
 I/O here is blocking and is called through ``trio.to_thread`` by ``AsyncLedger``, one thread at
 a time, so the trio loop never waits on the disk.
 
-The one ambiguous window: the process dies after WhatsApp accepted a message and before
+The ambiguous window of the ledger: the process dies after WhatsApp accepted a message and before
 ``sent`` was committed. The row then says ``sending``; WHATSAPP_AMBIGUOUS decides (resend:
-maybe a duplicate; skip: maybe a loss). docs/reliability.md.
+maybe a duplicate; skip: maybe a loss). docs/reliability.md also covers the other window, a
+send WhatsApp did not answer in time.
 """
 
 from __future__ import annotations

@@ -424,19 +424,34 @@ class Pipeline:
         eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
         self.metrics.processed("duplicate")
 
-    def _note_ambiguous(self, job: Job, action: str) -> None:
+    def _note_ambiguous(
+        self,
+        job: Job,
+        action: str,
+        note: str = "a previous run may have sent this job and died before recording it",
+    ) -> None:
         self.metrics.ambiguous.labels(WORKER, action).inc()
         eliot.log_message(
-            message_type="wa_trio:job:ambiguous",
-            job_key=job.key,
-            action=action,
-            note="a previous run may have sent this job and died before recording it",
+            message_type="wa_trio:job:ambiguous", job_key=job.key, action=action, note=note
         )
 
     async def _send_failed(
         self, job: Job, publish_channel: Any, error: SendError, user_id: str
     ) -> str:
         self.metrics.failed(error.code)
+        if error.ambiguous:
+            skip = self.settings.ambiguous == "skip"
+            self._note_ambiguous(
+                job,
+                "skip" if skip else "resend",
+                note="WhatsApp did not answer the send in time; it may have taken the message",
+            )
+            if skip:
+                # never risk a second copy: park it where an operator can replay it
+                message = f"{error.message} (maybe sent; WHATSAPP_AMBIGUOUS=skip: not retried)"
+                await self._dead_letter(job, publish_channel, error.code, message, user_id)
+                self.metrics.processed("failed")
+                return "failed"
         if not error.transient:
             await self._dead_letter(job, publish_channel, error.code, error.message, user_id)
             self.metrics.processed("failed")

@@ -94,6 +94,13 @@ class Backoff:
         self.attempts = 0
 
 
+# whatsmeow gave up waiting for the server's answer (ErrMessageTimedOut), or the socket went
+# away before it came: WhatsApp may or may not have taken the message. A retry sends it under a
+# new message id (neonize cannot reuse one), so the recipient would see it twice.
+_AMBIGUOUS = re.compile(
+    r"timed out waiting for message send response|disconnected before", re.IGNORECASE
+)
+AMBIGUOUS_CODES = frozenset({"send_timed_out"})
 _TRANSIENT = re.compile(
     r"not connected|websocket|timed? ?out|deadline|connection|EOF|broken pipe|reset by peer|"
     r"server returned error 5\d\d|\b5\d\d\b|429|rate.?limit|try again|unavailable",
@@ -111,7 +118,11 @@ def classify_send_error(text: str) -> tuple[str, bool]:
 
     Unknown errors are transient: a retry costs little and the retry limit dead-letters them in
     the end, while wrongly calling an error permanent would drop a message that could have gone.
+    Codes in ``AMBIGUOUS_CODES`` mean the message may have gone out: retried only under
+    WHATSAPP_AMBIGUOUS=resend.
     """
+    if _AMBIGUOUS.search(text):
+        return "send_timed_out", True  # in AMBIGUOUS_CODES: WHATSAPP_AMBIGUOUS decides
     if _TRANSIENT.search(text):
         return "whatsapp_unavailable", True
     if _PERMANENT.search(text):

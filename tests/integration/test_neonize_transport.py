@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -40,6 +41,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.conftest import StartWorker
+from wa_trio.amqp import retry_queue_name
 from wa_trio.config import Settings
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
@@ -220,6 +222,66 @@ async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
         response = await transport.login_view()
         assert "ABCD-EFGH" in (await response.get_data(as_text=True))
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("policy", ["resend", "skip"])
+async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
+    topology: Settings, start_worker: StartWorker, policy: str
+) -> None:
+    """whatsmeow's ErrMessageTimedOut: the message may have gone out. resend: retried (counted
+    ambiguous); skip: dead-lettered with send_timed_out, never sent a second time."""
+    settings = attrs.evolve(topology, ambiguous=policy, retry_delays=(60.0,))
+    retry_queue = retry_queue_name(settings, 60.0)
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(
+        settings, clients, send_error="timed out waiting for message send response"
+    )
+    worker = await start_worker(settings, transport=transport)
+    try:
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await publish_many(settings, [job_body(1)], message_ids=["t-1"])
+        registry = worker.metrics.registry
+        await wait_for(
+            lambda: (
+                registry.get_sample_value(
+                    "worker_jobs_ambiguous_total", {"worker": "whatsapp", "action": policy}
+                )
+                == 1
+            ),
+            what=f"one ambiguous {policy}",
+        )
+        await wait_for(
+            lambda: (
+                registry.get_sample_value(
+                    "worker_jobs_processed_total",
+                    {"worker": "whatsapp", "status": "retried" if policy == "resend" else "failed"},
+                )
+                == 1
+            ),
+            what="the job settled",
+        )
+        dead = await drain_queue(settings, settings.dlq_name)
+        retried = await drain_queue(settings, retry_queue)
+        codes = [m.header.headers["x-error-code"] for m in dead]
+        if policy == "skip":
+            assert codes in ([b"send_timed_out"], ["send_timed_out"])
+            assert retried == []
+        else:
+            assert dead == []
+            assert len(retried) == 1
+            assert retried[0].header.headers["x-last-error-code"] in (
+                b"send_timed_out",
+                "send_timed_out",
+            )
+        assert (
+            registry.get_sample_value(
+                "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": "send_timed_out"}
+            )
+            == 1
+        )
+    finally:
+        await delete_topology(settings, [retry_queue])
 
 
 async def test_sender_holds_jobs_while_disconnected_then_sends(

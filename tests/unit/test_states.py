@@ -45,6 +45,7 @@ def test_transitions(current: S, signal: Signal, state: S, may_reconnect: bool) 
         ("server returned error 406", "send_rejected", False),
         ("item-not-found", "send_rejected", False),
         ("something nobody has seen", "send_failed", True),
+        ("timed out waiting for message send response", "send_timed_out", True),
     ],
 )
 def test_send_error_classification(text: str, code: str, transient: bool) -> None:

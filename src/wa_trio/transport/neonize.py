@@ -41,7 +41,7 @@ from wa_trio.errors import NotConnectedError, SendError, WaTrioError
 from wa_trio.log import Redactor
 from wa_trio.numbers import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
-from wa_trio.policy import Backoff, classify_send_error
+from wa_trio.policy import AMBIGUOUS_CODES, Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
@@ -468,7 +468,10 @@ class NeonizeTransport:
         except Exception as error:  # noqa: BLE001 - SendMessageError and transport failures
             code, transient = classify_send_error(str(error))
             raise SendError(
-                f"WhatsApp refused the send: {str(error)[:300]}", code=code, transient=transient
+                f"WhatsApp send failed: {str(error)[:300]}",
+                code=code,
+                transient=transient,
+                ambiguous=code in AMBIGUOUS_CODES,
             ) from None
         return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
 
