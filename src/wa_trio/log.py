@@ -11,6 +11,7 @@ logged; URLs only through ``config.redact_url``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,19 @@ class Redactor:
 
     def phone(self, number: str) -> str:
         return mask_phone(number, production=self.production)
+
+    def text(self, text: str) -> str:
+        """Free text from a library (an error message), ``mask_numbers`` in production."""
+        return mask_numbers(text) if self.production else text
+
+
+_NUMBER_RUN = re.compile(r"\+?\d{8,15}(?!\d)")
+
+
+def mask_numbers(text: str) -> str:
+    """Every phone-number-like run (8-15 digits) in free text masked like ``mask_phone``:
+    whatsmeow's errors and log lines can name a recipient's JID (``5511999999999@s...``)."""
+    return _NUMBER_RUN.sub(lambda m: mask_phone(m.group(0)), text)
 
 
 @attrs.define

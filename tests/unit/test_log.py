@@ -28,6 +28,19 @@ def test_redactor_follows_env() -> None:
     assert Redactor(False).phone("+5511999999999") == "+5511999999999"
 
 
+def test_library_error_text_has_numbers_masked_in_production() -> None:
+    text = (
+        "failed to get device list: 5511999999999@s.whatsapp.net; "
+        "+447700900123 unknown; 127.0.0.1:9 refused; error 479"
+    )
+    masked = Redactor(True).text(text)
+    assert "5511999999999" not in masked and "447700900123" not in masked
+    assert "+55*******9999@s.whatsapp.net" in masked
+    assert "+44******0123 unknown" in masked
+    assert "127.0.0.1:9 refused; error 479" in masked  # short numbers stay readable
+    assert Redactor(False).text(text) == text
+
+
 def test_production_writes_json_lines(make_env: Callable[..., dict[str, str]]) -> None:
     out = io.StringIO()
     handle = configure_logging(Settings.from_env(make_env(ENV="production")), out)
@@ -77,3 +90,21 @@ def test_log_file_renders_with_eliot_tree(
     assert "wa_trio:job:validate/2/1 ⇒ started" in rendered
     assert "wa_trio:job:acked" in rendered
     assert "succeeded" in rendered
+
+
+def test_whatsmeow_log_lines_reach_eliot_with_numbers_masked() -> None:
+    import logging
+
+    from wa_trio.transport.neonize import _route_neonize_logs
+
+    _route_neonize_logs()
+    seen: list[dict[str, object]] = []
+    eliot.add_destinations(seen.append)
+    try:
+        logging.getLogger("whatsmeow").warning("retry receipt for 5511999999999@s.whatsapp.net")
+        logging.getLogger("whatsmeow").info("below the level: dropped")
+    finally:
+        eliot.remove_destination(seen.append)
+    lines = [m for m in seen if m.get("message_type") == "wa_trio:whatsmeow"]
+    assert [m["text"] for m in lines] == ["retry receipt for +55*******9999@s.whatsapp.net"]
+    assert lines[0]["level"] == "warning"

@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from quart import Response
 
 from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, WaTrioError
-from wa_trio.log import Redactor
+from wa_trio.log import Redactor, mask_numbers
 from wa_trio.numbers import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import AMBIGUOUS_CODES, Backoff, classify_send_error
@@ -85,18 +84,12 @@ def _default_client_factory(database: str) -> Any:
     return NewClient(database)
 
 
-_PHONE_DIGITS = re.compile(r"\d{8,15}")
-
-
 class _EliotBridge(logging.Handler):
     """whatsmeow/neonize log records -> eliot messages, with long digit runs (JIDs) masked."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = _PHONE_DIGITS.sub(
-                lambda m: m.group()[:2] + "*" * (len(m.group()) - 6) + m.group()[-4:],
-                record.getMessage(),
-            )
+            text = mask_numbers(record.getMessage())
             eliot.log_message(
                 message_type="wa_trio:whatsmeow",
                 logger=record.name,
@@ -322,7 +315,10 @@ class NeonizeTransport:
             )
         except Exception as error:  # noqa: BLE001 - neonize raises its own PairPhoneError
             self._pair_requested = False
-            eliot.log_message(message_type="wa_trio:login:pair_code_failed", error=str(error)[:200])
+            eliot.log_message(
+                message_type="wa_trio:login:pair_code_failed",
+                error=self.redactor.text(str(error)[:200]),
+            )
             return
         self.login.pair_code = str(code)
         print(
@@ -425,7 +421,7 @@ class NeonizeTransport:
                     )
                     self.apply(Signal("disconnected"))
                 except Exception as error:  # noqa: BLE001 - NeonizeError and friends
-                    self.apply(Signal("dial_failed", detail=str(error)[:200]))
+                    self.apply(Signal("dial_failed", detail=self.redactor.text(str(error)[:200])))
             await trio.to_thread.run_sync(tighten_session_files, self.settings.session_path)
             if trio.current_time() - started > _STABLE_AFTER:
                 self.backoff.reset()
@@ -468,7 +464,7 @@ class NeonizeTransport:
         except Exception as error:  # noqa: BLE001 - SendMessageError and transport failures
             code, transient = classify_send_error(str(error))
             raise SendError(
-                f"WhatsApp send failed: {str(error)[:300]}",
+                f"WhatsApp send failed: {self.redactor.text(str(error)[:300])}",
                 code=code,
                 transient=transient,
                 ambiguous=code in AMBIGUOUS_CODES,
@@ -483,7 +479,10 @@ class NeonizeTransport:
             )
             await trio.sleep(typing_seconds(chars))
         except Exception as error:  # noqa: BLE001 - typing is cosmetic; never fail the send
-            eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=str(error)[:200])
+            eliot.log_message(
+                message_type="wa_trio:whatsapp:typing_failed",
+                error=self.redactor.text(str(error)[:200]),
+            )
 
     @staticmethod
     def _presence_blocking(client: Any, jid_user: str, composing: bool) -> None:
@@ -515,7 +514,8 @@ class NeonizeTransport:
                 )
             except Exception as error:  # noqa: BLE001 - IsOnWhatsAppError
                 raise SendError(
-                    f"number look-up failed: {str(error)[:200]}", code="lookup_failed"
+                    f"number look-up failed: {self.redactor.text(str(error)[:200])}",
+                    code="lookup_failed",
                 ) from None
             answer = answers[0] if answers else None
             on = bool(answer is not None and answer.IsIn)
