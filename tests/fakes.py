@@ -42,6 +42,7 @@ class FakeClient:
         *,
         not_on_whatsapp: set[str] | None = None,
         send_error: str | None = None,
+        send_gate: threading.Event | None = None,
     ) -> None:
         self.database = database
         self.event = _EventRegistry()
@@ -49,6 +50,8 @@ class FakeClient:
         self.lookups: list[str] = []
         self.not_on_whatsapp = not_on_whatsapp or set()
         self.send_error = send_error
+        self.send_gate = send_gate  # when set: a send blocks until the gate opens (a hung send)
+        self.sending = 0
         self.stopped = threading.Event()
         self.connects = 0
         self.me: Any = None
@@ -75,6 +78,9 @@ class FakeClient:
         ]
 
     def send_message(self, to: JID, text: str) -> SendResponse:
+        if self.send_gate is not None:
+            self.sending += 1
+            self.send_gate.wait(60)
         if self.send_error:
             raise RuntimeError(self.send_error)
         self.sent.append((to.User, text))

@@ -173,6 +173,7 @@ async def _supervise(
         await stop.wait()
         eliot.log_message(message_type="wa_trio:stopping", grace=settings.shutdown_grace)
         nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace
+        pipeline.set_hard_deadline(nursery.cancel_scope.deadline)
         pipeline.stop()
         await pipeline_done.wait()
         if pipeline.status is not None:

@@ -21,9 +21,11 @@ dead-letter and ack are its children and one job is one tree in eliot-tree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,6 +128,8 @@ class Pipeline:
         self.connected_event = trio.Event()
         self.topology_ready = trio.Event()  # set once the first declaration succeeded
         self.connections = 0  # successful (re)connections, for tests and logs
+        self._hard_deadline = math.inf
+        self._protected_scopes: set[trio.CancelScope] = set()
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -138,6 +142,29 @@ class Pipeline:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def set_hard_deadline(self, deadline: float) -> None:
+        """The shutdown deadline (trio time): protected sends are cancelled at it, not before."""
+        self._hard_deadline = deadline
+        for scope in self._protected_scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+    @contextlib.contextmanager
+    def _protected(self) -> Iterator[None]:
+        """A send and its ledger record, shielded from a broker loss.
+
+        When the consuming connection dies mid-send, the connection's nursery cancels the sender.
+        Cancelled there, WhatsApp may take the message while the ledger still says ``sending``:
+        a resend after reconnecting (a duplicate). Shielded, the send finishes and is recorded
+        ``sent``; only the ack is lost, and the redelivered copy is acked as a duplicate. The
+        shutdown deadline (``set_hard_deadline``) still cancels it.
+        """
+        with trio.CancelScope(shield=True, deadline=self._hard_deadline) as scope:
+            self._protected_scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._protected_scopes.discard(scope)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, declare, consume; reconnect on broker loss until ``stop()``.
@@ -292,43 +319,53 @@ class Pipeline:
                 )
             found = await ledger.begin_many([(job.key, self._check(job)) for job, _ in ready])
             sent: list[tuple[Job, OutgoingMessage, SendResult]] = []
-            for (job, message), state in zip(ready, found, strict=True):
-                with job.action.context():
-                    decision = decide(state, ambiguous=self.settings.ambiguous)
-                    if decision is Decision.DUPLICATE:
-                        await self._ack_duplicate(job)
-                        status = "duplicate"
-                    else:
-                        if decision is Decision.AMBIGUOUS_RESEND:
-                            self._note_ambiguous(job, "resend")
-                        try:
-                            result = await self._send(message, message.destination, message.user_id)
-                        except SendError as error:
-                            await ledger.mark(job.key, "failed")
-                            status = await self._send_failed(
-                                job, publish_channel, error, message.user_id
+            with self._protected():
+                try:
+                    for (job, message), state in zip(ready, found, strict=True):
+                        with job.action.context():
+                            decision = decide(state, ambiguous=self.settings.ambiguous)
+                            if decision is Decision.DUPLICATE:
+                                await self._ack_duplicate(job)
+                                status = "duplicate"
+                            else:
+                                if decision is Decision.AMBIGUOUS_RESEND:
+                                    self._note_ambiguous(job, "resend")
+                                try:
+                                    result = await self._send(
+                                        message, message.destination, message.user_id
+                                    )
+                                except SendError as error:
+                                    await ledger.mark(job.key, "failed")
+                                    status = await self._send_failed(
+                                        job, publish_channel, error, message.user_id
+                                    )
+                                else:
+                                    sent.append((job, message, result))
+                                    continue
+                        self._finish(job, status)
+                        open_jobs.remove(job)
+                finally:
+                    # what WhatsApp took is recorded even if the broker failed mid-batch or
+                    # the shutdown deadline struck (a short SQLite commit, never abandoned)
+                    if sent:
+                        with trio.CancelScope(shield=True):
+                            await ledger.mark_many(
+                                [
+                                    (job.key, "sent", result.message_id, message.user_id)
+                                    for job, message, result in sent
+                                ]
                             )
-                        else:
-                            sent.append((job, message, result))
-                            continue
-                self._finish(job, status)
-                open_jobs.remove(job)
-            await ledger.mark_many(
-                [
-                    (job.key, "sent", result.message_id, message.user_id)
-                    for job, message, result in sent
-                ]
-            )
+            for job, message, result in sent:
+                self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
             if sent:
                 # every earlier job of this channel is settled (previous batches, and the rest
                 # of this one above): one ack with multiple=True covers the sent ones
                 last = max(sent, key=lambda item: item[0].delivery.delivery_tag)[0]
                 await last.delivery.ack(multiple=True)
-            for job, message, result in sent:
+            for job, _message, _result in sent:
                 with job.action.context():
                     eliot.log_message(message_type="wa_trio:job:acked", multiple=True)
                 self.metrics.processed("success")
-                self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
                 self._finish(job, "success")
                 open_jobs.remove(job)
         except BaseException as error:
@@ -386,15 +423,17 @@ class Pipeline:
                     self.metrics.processed("duplicate")
                     return "duplicate"
         try:
-            result = await self._send(message, envelope.destination, str(envelope.user_id))
+            with self._protected():
+                result = await self._send(message, envelope.destination, str(envelope.user_id))
+                if ledger is not None:
+                    with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
+                        await ledger.mark(job.key, "sent", result.message_id, message.user_id)
         except SendError as error:
             if ledger is not None:
                 await ledger.mark(job.key, "failed")
             return await self._send_failed(job, publish_channel, error, message.user_id)
-        if ledger is not None:
-            await ledger.mark(job.key, "sent", result.message_id, message.user_id)
-        await delivery.ack()
         self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
+        await delivery.ack()
         eliot.log_message(message_type="wa_trio:job:acked")
         self.metrics.processed("success")
         return "success"

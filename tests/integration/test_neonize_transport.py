@@ -9,6 +9,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +39,14 @@ from tests.helpers import (
     job_body,
     publish_many,
     queue_count,
+    rabbitmqctl,
     wait_for,
 )
 from tests.integration.conftest import StartWorker
 from wa_trio.amqp import retry_queue_name
+from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings
+from wa_trio.ledger import Ledger
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
@@ -287,6 +291,98 @@ async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
         )
     finally:
         await delete_topology(settings, [retry_queue])
+
+
+async def test_a_hung_send_does_not_hold_shutdown_past_the_grace(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    """whatsmeow may wait up to its request timeout for an answer; SIGTERM must still end within
+    WHATSAPP_SHUTDOWN_GRACE, the job left unacked (back in the queue, ledger `sending`)."""
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_SHUTDOWN_GRACE="1s")
+    )
+    gate = threading.Event()
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients, send_gate=gate)
+    try:
+        async with trio.open_nursery() as nursery:
+            worker: Worker = await nursery.start(
+                lambda task_status: run_worker(
+                    settings, transport=transport, handle_signals=False, task_status=task_status
+                )
+            )
+            await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+            await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+            await publish_many(settings, [job_body(1)], message_ids=["hung-1"])
+            await wait_for(lambda: clients[0].sending == 1, what="a send in progress")
+            stopped_at = trio.current_time()
+            worker.stop()
+        took = trio.current_time() - stopped_at
+        print(f"\nstopped {took:.2f}s after the stop began (grace 1 s)")
+        assert took < 1 + 4  # the grace, plus the HTTP server's bounded close
+        assert await queue_count(settings, settings.queue_name) == 1  # redelivered later
+        ledger = Ledger(settings.ledger_db)
+        try:
+            entry = ledger.get("hung-1")
+        finally:
+            ledger.close()
+        assert entry is not None and entry.state == "sending"  # the restart calls it ambiguous
+    finally:
+        gate.set()
+        await delete_topology(settings)
+
+
+async def _none_ready(settings: Settings) -> bool:
+    """Every job delivered to the worker (none ready; unacked ones are not counted)."""
+    return await queue_count(settings, settings.queue_name) == 0
+
+
+@pytest.mark.parametrize(("prefetch", "jobs"), [(1, 1), (10, 3)], ids=["one-job", "batch"])
+async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, prefetch: int, jobs: int
+) -> None:
+    """The connection dies while WhatsApp is still answering a send: the send finishes and is
+    recorded `sent`; only the ack is lost, and the redelivered copy is acked as a duplicate."""
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PREFETCH_COUNT=str(prefetch))
+    )
+    gate = threading.Event()
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients, send_gate=gate)
+    worker = await start_worker(settings, transport=transport)
+    registry = worker.metrics.registry
+    try:
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+        await publish_many(
+            settings, [job_body(i) for i in range(jobs)], [f"cut-{i}" for i in range(jobs)]
+        )
+        # all delivered (unacked) before WhatsApp connects: the sender takes them together
+        await wait_for(
+            lambda: _none_ready(settings),
+            what="jobs delivered",
+        )
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: clients[0].sending == 1, what="a send in progress")
+        connections = worker.pipeline.connections
+        await trio.to_thread.run_sync(rabbitmqctl, "close_all_connections", "wa-trio test")
+        await trio.sleep(0.3)
+        gate.set()  # WhatsApp answers now, after the connection is gone
+
+        def processed(status: str) -> float | None:
+            return registry.get_sample_value(
+                "worker_jobs_processed_total", {"worker": "whatsapp", "status": status}
+            )
+
+        await wait_for(lambda: processed("duplicate") == jobs, what="redelivered copies acked")
+        assert worker.pipeline.connections > connections
+        assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(jobs)]
+        assert registry.get_sample_value(
+            "worker_jobs_ambiguous_total", {"worker": "whatsapp", "action": "resend"}
+        ) in (None, 0.0)
+        assert await queue_count(settings, settings.queue_name) == 0
+    finally:
+        gate.set()
+        await delete_topology(settings)
 
 
 async def test_sender_holds_jobs_while_disconnected_then_sends(

@@ -458,8 +458,16 @@ class NeonizeTransport:
         if self.settings.typing:
             await self._show_typing(client, jid_user, len(message.text))
         try:
+            # abandon_on_cancel: whatsmeow may wait its full request timeout for an answer;
+            # the shutdown grace must still end the worker (the ledger row stays `sending`, so a
+            # restart treats the job as ambiguous; the broker redelivers it)
             response = await trio.to_thread.run_sync(
-                self._send_blocking, client, jid_user, message.text, limiter=self._limiter
+                self._send_blocking,
+                client,
+                jid_user,
+                message.text,
+                limiter=self._limiter,
+                abandon_on_cancel=True,
             )
         except Exception as error:  # noqa: BLE001 - SendMessageError and transport failures
             code, transient = classify_send_error(str(error))
@@ -475,7 +483,12 @@ class NeonizeTransport:
         """WHATSAPP_TYPING=on: "composing" presence for a time growing with the text."""
         try:
             await trio.to_thread.run_sync(
-                self._presence_blocking, client, jid_user, True, limiter=self._limiter
+                self._presence_blocking,
+                client,
+                jid_user,
+                True,
+                limiter=self._limiter,
+                abandon_on_cancel=True,
             )
             await trio.sleep(typing_seconds(chars))
         except Exception as error:  # noqa: BLE001 - typing is cosmetic; never fail the send
@@ -510,7 +523,7 @@ class NeonizeTransport:
             client = self._client
             try:
                 answers = await trio.to_thread.run_sync(
-                    client.is_on_whatsapp, number, limiter=self._limiter
+                    client.is_on_whatsapp, number, limiter=self._limiter, abandon_on_cancel=True
                 )
             except Exception as error:  # noqa: BLE001 - IsOnWhatsAppError
                 raise SendError(
