@@ -151,13 +151,14 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _protected(self) -> Iterator[None]:
-        """A send and its ledger record, shielded from a broker loss.
+        """A send in flight, shielded from a broker loss (its ``sent`` record is shielded too).
 
         When the consuming connection dies mid-send, the connection's nursery cancels the sender.
         Cancelled there, WhatsApp may take the message while the ledger still says ``sending``:
         a resend after reconnecting (a duplicate). Shielded, the send finishes and is recorded
         ``sent``; only the ack is lost, and the redelivered copy is acked as a duplicate. The
-        shutdown deadline (``set_hard_deadline``) still cancels it.
+        shutdown deadline (``set_hard_deadline``) still cancels it. Waiting for WhatsApp to
+        connect is not shielded: nothing is in flight then.
         """
         with trio.CancelScope(shield=True, deadline=self._hard_deadline) as scope:
             self._protected_scopes.add(scope)
@@ -319,42 +320,41 @@ class Pipeline:
                 )
             found = await ledger.begin_many([(job.key, self._check(job)) for job, _ in ready])
             sent: list[tuple[Job, OutgoingMessage, SendResult]] = []
-            with self._protected():
-                try:
-                    for (job, message), state in zip(ready, found, strict=True):
-                        with job.action.context():
-                            decision = decide(state, ambiguous=self.settings.ambiguous)
-                            if decision is Decision.DUPLICATE:
-                                await self._ack_duplicate(job)
-                                status = "duplicate"
+            try:
+                for (job, message), state in zip(ready, found, strict=True):
+                    with job.action.context():
+                        decision = decide(state, ambiguous=self.settings.ambiguous)
+                        if decision is Decision.DUPLICATE:
+                            await self._ack_duplicate(job)
+                            status = "duplicate"
+                        else:
+                            if decision is Decision.AMBIGUOUS_RESEND:
+                                self._note_ambiguous(job, "resend")
+                            try:
+                                result = await self._send(
+                                    message, message.destination, message.user_id
+                                )
+                            except SendError as error:
+                                await ledger.mark(job.key, "failed")
+                                status = await self._send_failed(
+                                    job, publish_channel, error, message.user_id
+                                )
                             else:
-                                if decision is Decision.AMBIGUOUS_RESEND:
-                                    self._note_ambiguous(job, "resend")
-                                try:
-                                    result = await self._send(
-                                        message, message.destination, message.user_id
-                                    )
-                                except SendError as error:
-                                    await ledger.mark(job.key, "failed")
-                                    status = await self._send_failed(
-                                        job, publish_channel, error, message.user_id
-                                    )
-                                else:
-                                    sent.append((job, message, result))
-                                    continue
-                        self._finish(job, status)
-                        open_jobs.remove(job)
-                finally:
-                    # what WhatsApp took is recorded even if the broker failed mid-batch or
-                    # the shutdown deadline struck (a short SQLite commit, never abandoned)
-                    if sent:
-                        with trio.CancelScope(shield=True):
-                            await ledger.mark_many(
-                                [
-                                    (job.key, "sent", result.message_id, message.user_id)
-                                    for job, message, result in sent
-                                ]
-                            )
+                                sent.append((job, message, result))
+                                continue
+                    self._finish(job, status)
+                    open_jobs.remove(job)
+            finally:
+                # what WhatsApp took is recorded even if the broker failed mid-batch or
+                # the shutdown deadline struck (a short SQLite commit, never abandoned)
+                if sent:
+                    with trio.CancelScope(shield=True):
+                        await ledger.mark_many(
+                            [
+                                (job.key, "sent", result.message_id, message.user_id)
+                                for job, message, result in sent
+                            ]
+                        )
             for job, message, result in sent:
                 self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
             if sent:
@@ -423,11 +423,10 @@ class Pipeline:
                     self.metrics.processed("duplicate")
                     return "duplicate"
         try:
-            with self._protected():
-                result = await self._send(message, envelope.destination, str(envelope.user_id))
-                if ledger is not None:
-                    with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
-                        await ledger.mark(job.key, "sent", result.message_id, message.user_id)
+            result = await self._send(message, envelope.destination, str(envelope.user_id))
+            if ledger is not None:
+                with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
+                    await ledger.mark(job.key, "sent", result.message_id, message.user_id)
         except SendError as error:
             if ledger is not None:
                 await ledger.mark(job.key, "failed")
@@ -522,7 +521,8 @@ class Pipeline:
                     transport=self.transport.name,
                 ) as send_action:
                     started = time.perf_counter()
-                    result = await self.transport.send(message)
+                    with self._protected():
+                        result = await self.transport.send(message)
                     self.metrics.send_duration.observe(time.perf_counter() - started)
                     send_action.addSuccessFields(whatsapp_message_id=result.message_id)
                     return result
