@@ -22,6 +22,7 @@ import trio
 from quart_trio import QuartTrio
 
 from wa_trio.config import Settings
+from wa_trio.db import private_dir
 from wa_trio.errors import TopologyError
 from wa_trio.ledger import AsyncLedger
 from wa_trio.log import Redactor
@@ -77,7 +78,7 @@ async def run_worker(
     """Run the worker until stopped; returns normally after a graceful stop."""
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     transport = transport if transport is not None else build_transport(settings)
-    await trio.to_thread.run_sync(_prepare_session_path, settings)
+    await trio.to_thread.run_sync(private_dir, settings.session_path)
     ledger = await AsyncLedger.open(settings.ledger_db)
     status = StatusPublisher(settings, metrics, ledger)
     if hasattr(transport, "on_receipt"):
@@ -191,11 +192,6 @@ async def _flush_status(status: StatusPublisher, limit: float = 5.0) -> None:
         await status.drain()
     if status.pending:
         eliot.log_message(message_type="wa_trio:status:unpublished", events=status.pending)
-
-
-def _prepare_session_path(settings: Settings) -> None:
-    settings.session_path.mkdir(parents=True, exist_ok=True)
-    settings.session_path.chmod(0o700)
 
 
 async def _prune_ledger(pipeline: Pipeline, window: float, every: float = 3600.0) -> None:

@@ -16,13 +16,14 @@ send WhatsApp did not answer in time.
 from __future__ import annotations
 
 import enum
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import attrs
 import trio
+
+from wa_trio.db import open_private_db
 
 
 class Decision(enum.Enum):
@@ -53,12 +54,9 @@ class Ledger:
     """Blocking ledger (call from a worker thread)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        path.chmod(0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_private_db(path)
         # NORMAL in WAL mode: a commit survives the process being killed (it is in the OS page
         # cache); only a power loss can lose the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -7,12 +7,13 @@ the one used for sending (Brazilian numbers with or without the extra 9 resolve 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import attrs
+
+from wa_trio.db import open_private_db
 
 
 @attrs.frozen
@@ -27,10 +28,7 @@ class NumberCache:
     def __init__(self, path: Path, ttl: float) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        path.chmod(0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_private_db(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS numbers (number TEXT PRIMARY KEY, on_whatsapp INTEGER "
             "NOT NULL, jid_user TEXT NOT NULL, checked_at REAL NOT NULL)"

@@ -62,6 +62,15 @@ def job_key(delivery: Delivery) -> str:
     return "sha256:" + hashlib.sha256(delivery.body).hexdigest()
 
 
+def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
+    return OutgoingMessage(
+        destination=envelope.destination,
+        text=envelope.text_message,
+        user_id=str(envelope.user_id),
+        job_key=job.key,
+    )
+
+
 def trace_id_of(delivery: Delivery) -> str | None:
     trace = delivery.properties.headers.get("trace_id") or delivery.properties.correlation_id
     if isinstance(trace, bytes):
@@ -307,17 +316,7 @@ class Pipeline:
                     self._finish(job, "invalid")
                     open_jobs.remove(job)
                     continue
-                ready.append(
-                    (
-                        job,
-                        OutgoingMessage(
-                            destination=envelope.destination,
-                            text=envelope.text_message,
-                            user_id=str(envelope.user_id),
-                            job_key=job.key,
-                        ),
-                    )
-                )
+                ready.append((job, _outgoing(job, envelope)))
             found = await ledger.begin_many([(job.key, self._check(job)) for job, _ in ready])
             sent: list[tuple[Job, OutgoingMessage, SendResult]] = []
             try:
@@ -331,9 +330,7 @@ class Pipeline:
                             if decision is Decision.AMBIGUOUS_RESEND:
                                 self._note_ambiguous(job, "resend")
                             try:
-                                result = await self._send(
-                                    message, message.destination, message.user_id
-                                )
+                                result = await self._send(message)
                             except SendError as error:
                                 await ledger.mark(job.key, "failed")
                                 status = await self._send_failed(
@@ -400,12 +397,7 @@ class Pipeline:
         envelope = await self._validate(job, publish_channel)
         if envelope is None:
             return "invalid"
-        message = OutgoingMessage(
-            destination=envelope.destination,
-            text=envelope.text_message,
-            user_id=str(envelope.user_id),
-            job_key=job.key,
-        )
+        message = _outgoing(job, envelope)
         if self.pacer.enabled and not await self._pace(envelope.destination):
             return "held"  # stopping while throttled: left unacked, requeued on close
         ledger = self.ledger
@@ -423,7 +415,7 @@ class Pipeline:
                     self.metrics.processed("duplicate")
                     return "duplicate"
         try:
-            result = await self._send(message, envelope.destination, str(envelope.user_id))
+            result = await self._send(message)
             if ledger is not None:
                 with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
                     await ledger.mark(job.key, "sent", result.message_id, message.user_id)
@@ -509,15 +501,15 @@ class Pipeline:
             await self._stopping.wait()
         return not self.stopping
 
-    async def _send(self, message: OutgoingMessage, destination: str, user_id: str) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         """Send, holding the job (no retry spent) while WhatsApp is not connected."""
         while True:
             await self.transport.wait_connected()
             try:
                 with eliot.start_action(
                     action_type="wa_trio:job:send",
-                    destination=self.redactor.phone(destination),
-                    user_id=user_id,
+                    destination=self.redactor.phone(message.destination),
+                    user_id=message.user_id,
                     transport=self.transport.name,
                 ) as send_action:
                     started = time.perf_counter()

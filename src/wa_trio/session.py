@@ -12,6 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from wa_trio.db import private_dir
 from wa_trio.errors import WaTrioError
 
 
@@ -74,8 +75,7 @@ def import_session(source: Path, session_db: Path, *, force: bool = False) -> in
             f"{session_db} already holds a session; refusing to overwrite it. Stop the worker, "
             "export it first if you need it, then pass --force"
         )
-    session_db.parent.mkdir(parents=True, exist_ok=True)
-    session_db.parent.chmod(0o700)
+    private_dir(session_db.parent)
     for stale in (session_db, Path(f"{session_db}-wal"), Path(f"{session_db}-shm")):
         if stale.exists():
             stale.unlink()

@@ -36,6 +36,7 @@ import trio
 from quart import Response
 
 from wa_trio.config import Settings, redact_url
+from wa_trio.db import private_dir
 from wa_trio.errors import NotConnectedError, SendError, WaTrioError
 from wa_trio.log import Redactor, mask_numbers
 from wa_trio.numbers import NumberCache, Resolution
@@ -173,8 +174,7 @@ class LoginInfo:
 
 def prepare_session_dir(path: Path) -> None:
     """Create the session folder 0700 and the session database 0600 (before neonize opens it)."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    private_dir(path)
     database = path / "whatsapp.db"
     fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
