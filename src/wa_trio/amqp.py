@@ -36,6 +36,7 @@ from wa_trio.policy import delay_label
 __all__ = [
     "BrokerAddress",
     "BrokerError",
+    "Channel",
     "Delivery",
     "Properties",
     "connect",

@@ -26,18 +26,28 @@ async def publish_job(
     async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
         await amqp.declare_topology(connection, settings)
         async with connection.open_channel() as channel:
-            await amqp.publish(
-                channel,
-                settings.exchange,
-                settings.routing_key,
-                body,
-                Properties(
-                    headers=dict(headers or {}),
-                    message_id=message_id,
-                    content_type="application/json",
-                    timestamp=int(time.time()),
-                ),
-            )
+            await _publish(channel, settings, body, message_id, headers)
+
+
+async def _publish(
+    channel: amqp.Channel,
+    settings: Settings,
+    body: bytes,
+    message_id: str | None,
+    headers: dict[str, object] | None = None,
+) -> None:
+    await amqp.publish(
+        channel,
+        settings.exchange,
+        settings.routing_key,
+        body,
+        Properties(
+            headers=dict(headers or {}),
+            message_id=message_id,
+            content_type="application/json",
+            timestamp=int(time.time()),
+        ),
+    )
 
 
 async def publish_and_watch(
@@ -61,7 +71,7 @@ async def publish_and_watch(
         async with connection.open_channel() as channel:
             queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).name
             await channel.queue_bind(queue, settings.exchange, settings.status_routing_key)
-            await publish_job(settings, body, message_id)
+            await _publish(channel, settings, body, message_id)
             with trio.move_on_after(wait_seconds):
                 while True:
                     message = await channel.basic_get(queue, no_ack=True)
