@@ -15,7 +15,9 @@ import trio
 
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.app import Worker
 from wa_trio.config import Settings
+from wa_trio.metrics import WORKER
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 
@@ -84,6 +86,11 @@ async def drain_queue(settings: Settings, queue: str) -> list[Any]:
             if message is None:
                 return messages
             messages.append(message)
+
+
+def job_metric(worker: Worker, name: str, **labels: str) -> float | None:
+    """A ``worker_*`` metric sample of a running worker (its ``worker`` label filled in)."""
+    return worker.metrics.registry.get_sample_value(name, {"worker": WORKER, **labels})
 
 
 async def queue_count(settings: Settings, queue: str) -> int:

@@ -9,7 +9,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import delete_topology, job_body, publish_many, sent_records, wait_for
+from tests.helpers import (
+    delete_topology,
+    job_body,
+    job_metric,
+    publish_many,
+    sent_records,
+    wait_for,
+)
 from tests.integration.conftest import StartWorker
 from wa_trio.config import Settings
 from wa_trio.log import configure_logging, log_file_path
@@ -40,12 +47,7 @@ async def test_each_job_is_one_tree_found_by_key_without_text_or_full_number(
         )
         await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="sent")
         await wait_for(
-            lambda: (
-                worker.metrics.registry.get_sample_value(
-                    "worker_jobs_processed_total", {"worker": "whatsapp", "status": "invalid"}
-                )
-                == 1
-            ),
+            lambda: job_metric(worker, "worker_jobs_processed_total", status="invalid") == 1,
             what="rejected",
         )
         worker.stop()

@@ -37,6 +37,7 @@ from tests.helpers import (
     delete_topology,
     drain_queue,
     job_body,
+    job_metric,
     publish_many,
     queue_count,
     rabbitmqctl,
@@ -248,21 +249,16 @@ async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
         await publish_many(settings, [job_body(1)], message_ids=["t-1"])
-        registry = worker.metrics.registry
         await wait_for(
-            lambda: (
-                registry.get_sample_value(
-                    "worker_jobs_ambiguous_total", {"worker": "whatsapp", "action": policy}
-                )
-                == 1
-            ),
+            lambda: job_metric(worker, "worker_jobs_ambiguous_total", action=policy) == 1,
             what=f"one ambiguous {policy}",
         )
         await wait_for(
             lambda: (
-                registry.get_sample_value(
+                job_metric(
+                    worker,
                     "worker_jobs_processed_total",
-                    {"worker": "whatsapp", "status": "retried" if policy == "resend" else "failed"},
+                    status="retried" if policy == "resend" else "failed",
                 )
                 == 1
             ),
@@ -283,12 +279,7 @@ async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
                 b"send_timed_out",
                 "send_timed_out",
             )
-        assert (
-            registry.get_sample_value(
-                "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": "send_timed_out"}
-            )
-            == 1
-        )
+        assert job_metric(worker, "worker_jobs_failed_total", error_type="send_timed_out") == 1
     finally:
         await delete_topology(settings, [retry_queue])
 
@@ -350,7 +341,6 @@ async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
     clients: list[FakeClient] = []
     transport = fake_neonize_transport(settings, clients, send_gate=gate)
     worker = await start_worker(settings, transport=transport)
-    registry = worker.metrics.registry
     try:
         await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
         await publish_many(
@@ -369,16 +359,12 @@ async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
         gate.set()  # WhatsApp answers now, after the connection is gone
 
         def processed(status: str) -> float | None:
-            return registry.get_sample_value(
-                "worker_jobs_processed_total", {"worker": "whatsapp", "status": status}
-            )
+            return job_metric(worker, "worker_jobs_processed_total", status=status)
 
         await wait_for(lambda: processed("duplicate") == jobs, what="redelivered copies acked")
         assert worker.pipeline.connections > connections
         assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(jobs)]
-        assert registry.get_sample_value(
-            "worker_jobs_ambiguous_total", {"worker": "whatsapp", "action": "resend"}
-        ) in (None, 0.0)
+        assert job_metric(worker, "worker_jobs_ambiguous_total", action="resend") in (None, 0.0)
         assert await queue_count(settings, settings.queue_name) == 0
     finally:
         gate.set()
@@ -397,24 +383,14 @@ async def test_sender_holds_jobs_while_disconnected_then_sends(
     await trio.sleep(1.0)
     assert clients and clients[0].sent == []
     assert await queue_count(topology, topology.queue_name) == 6 - topology.prefetch_count
-    assert (
-        worker.metrics.registry.get_sample_value(
-            "worker_jobs_retried_total", {"worker": "whatsapp"}
-        )
-        == 0
-    )
+    assert job_metric(worker, "worker_jobs_retried_total") == 0
     await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
     await wait_for(lambda: len(clients[0].sent) == 5, what="5 sends")
     assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(5)]
     assert {user for user, _ in clients[0].sent} == {"5511999999999"}
     assert clients[0].lookups.count("+5511999999999") == 1  # cached after the first look-up
     await wait_for(
-        lambda: (
-            worker.metrics.registry.get_sample_value(
-                "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": "not_on_whatsapp"}
-            )
-            == 1
-        ),
+        lambda: job_metric(worker, "worker_jobs_failed_total", error_type="not_on_whatsapp") == 1,
         what="not_on_whatsapp counted",
     )
     dead = await drain_queue(topology, topology.dlq_name)

@@ -12,6 +12,7 @@ import trio
 from tests.helpers import (
     drain_queue,
     job_body,
+    job_metric,
     publish_many,
     queue_count,
     rabbitmqctl,
@@ -85,9 +86,7 @@ async def test_each_invalid_kind_is_dead_lettered_with_code(
         assert headers["x-original-routing-key"] == topology.routing_key
         assert headers["trace_id"] == "t-123"  # original headers kept
         assert message.body == INVALID[code]  # original body kept
-        failed = worker.metrics.registry.get_sample_value(
-            "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": code}
-        )
+        failed = job_metric(worker, "worker_jobs_failed_total", error_type=code)
         assert failed == 1
     assert sent_records(topology.dry_run_file) == []
     assert await queue_count(topology, topology.queue_name) == 0

@@ -20,6 +20,7 @@ from tests.helpers import (
     delete_topology,
     drain_queue,
     job_body,
+    job_metric,
     publish_many,
     queue_count,
     rabbitmqctl,
@@ -141,12 +142,8 @@ async def test_flaky_transport_every_job_sent_once_with_retries_counted(
         await wait_for(lambda: set(counts(settings)) >= set(ids), timeout=120, what="all sent")
         sent = counts(settings)
         assert max(sent.values()) == 1
-        retried = worker.metrics.registry.get_sample_value(
-            "worker_jobs_retried_total", {"worker": "whatsapp"}
-        )
-        failed = worker.metrics.registry.get_sample_value(
-            "worker_jobs_failed_total", {"worker": "whatsapp", "error_type": "simulated_failure"}
-        )
+        retried = job_metric(worker, "worker_jobs_retried_total")
+        failed = job_metric(worker, "worker_jobs_failed_total", error_type="simulated_failure")
         print(f"\n30% failing sends: {total} jobs, {retried:g} retries")
         assert retried == failed
         assert 0.15 * total < retried < 0.7 * total  # ~0.43 retries per job at a 30% rate
@@ -177,12 +174,7 @@ async def test_retry_schedule_is_respected_then_dead_lettered(
         assert headers["x-error-code"] == "retries_exhausted"
         assert "simulated_failure" in headers["x-error-message"]
         assert headers["x-retry-count"] == 2
-        assert (
-            worker.metrics.registry.get_sample_value(
-                "worker_jobs_retried_total", {"worker": "whatsapp"}
-            )
-            == 2
-        )
+        assert job_metric(worker, "worker_jobs_retried_total") == 2
         assert sent_records(settings.dry_run_file) == []
     finally:
         await delete_topology(
@@ -202,12 +194,7 @@ async def test_same_message_id_published_twice_is_sent_once(
         topology, [job_body(1), job_body(1), job_body(2)], message_ids=["same", "same", "other"]
     )
     await wait_for(
-        lambda: (
-            worker.metrics.registry.get_sample_value(
-                "worker_jobs_processed_total", {"worker": "whatsapp", "status": "duplicate"}
-            )
-            == 1
-        ),
+        lambda: job_metric(worker, "worker_jobs_processed_total", status="duplicate") == 1,
         what="duplicate counted",
     )
     await wait_for(lambda: len(sent_records(topology.dry_run_file)) == 2, what="2 sent")
