@@ -4,6 +4,8 @@ and to logs, so the set of codes is closed and documented (README, docs/health-a
 
 from __future__ import annotations
 
+from wa_trio.policy import AMBIGUOUS_CODES
+
 
 class WaTrioError(Exception):
     """Base class of every error wa-trio raises on purpose."""
@@ -26,23 +28,20 @@ class SendError(WaTrioError):
     ``transient`` tells the pipeline whether retrying can help (network, not connected, WhatsApp
     busy) or not (the number is not on WhatsApp, the message is refused for good).
 
-    ``ambiguous``: WhatsApp may have taken the message although the send failed (a timeout
-    waiting for its answer); retrying may send it twice, so WHATSAPP_AMBIGUOUS decides.
+    ``ambiguous`` (from the code, ``policy.AMBIGUOUS_CODES``): WhatsApp may have taken the
+    message although the send failed (a timeout waiting for its answer); retrying may send it
+    twice, so WHATSAPP_AMBIGUOUS decides.
     """
 
     code = "send_failed"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        transient: bool = True,
-        ambiguous: bool = False,
-    ) -> None:
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = True) -> None:
         super().__init__(message, code=code)
         self.transient = transient
-        self.ambiguous = ambiguous
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.code in AMBIGUOUS_CODES
 
 
 class NotConnectedError(SendError):

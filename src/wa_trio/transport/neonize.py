@@ -41,7 +41,7 @@ from wa_trio.errors import NotConnectedError, SendError, WaTrioError
 from wa_trio.log import Redactor, mask_numbers
 from wa_trio.numbers import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
-from wa_trio.policy import AMBIGUOUS_CODES, Backoff, classify_send_error
+from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
@@ -475,7 +475,6 @@ class NeonizeTransport:
                 f"WhatsApp send failed: {self.redactor.text(str(error)[:300])}",
                 code=code,
                 transient=transient,
-                ambiguous=code in AMBIGUOUS_CODES,
             ) from None
         return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
 
