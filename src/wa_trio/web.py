@@ -39,6 +39,10 @@ def create_app(
     login_view: LoginView | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
+    # read at scrape time from the transport, the one place that knows
+    metrics.whatsapp_connected.set_function(
+        lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
+    )
 
     async def broker_checks() -> tuple[list[str], dict[str, str]]:
         ok: list[str] = []
@@ -54,21 +58,16 @@ def create_app(
             failing["broker"] = result.detail
         return ok, failing
 
-    def whatsapp_state() -> str:
-        state = transport.state
-        metrics.whatsapp_connected.set(1 if state is ConnectionState.CONNECTED else 0)
-        return state.value
-
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, Any], int]:
         ok, failing = await broker_checks()
-        body = {"ok": ok, "failing": failing, "whatsapp": whatsapp_state()}
+        body = {"ok": ok, "failing": failing, "whatsapp": transport.state.value}
         return body, (200 if not failing else 503)
 
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, Any], int]:
         ok, failing = await broker_checks()
-        state = whatsapp_state()
+        state = transport.state.value
         if state == ConnectionState.CONNECTED.value:
             ok.append("whatsapp")
         else:
@@ -77,8 +76,6 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_view() -> Response:
-        whatsapp_state()
-        metrics.amqp_connected.set(1 if consumer.connected else 0)
         return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     if login_view is not None:
