@@ -25,10 +25,12 @@ import anyio
 import attrs
 import trio
 from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connection
+from serena.enums import ClassID
 from serena.exc import MessageReturnedError, UnexpectedCloseError
+from serena.payloads.header import serialise_basic_header
 from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
-from wa_trio import amqp_fixes
+from wa_trio import amqp_fixes, headers
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, WaTrioError
 from wa_trio.policy import delay_label
@@ -38,6 +40,7 @@ __all__ = [
     "BrokerError",
     "Channel",
     "Delivery",
+    "EncodeError",
     "Properties",
     "connect",
     "consume",
@@ -56,6 +59,12 @@ class BrokerError(WaTrioError):
     """The broker connection failed or was closed; reconnecting may help."""
 
     code = "broker_unavailable"
+
+
+class EncodeError(WaTrioError):
+    """A message could not be encoded for the wire (checked before anything is sent)."""
+
+    code = "unencodable"
 
 
 @attrs.frozen
@@ -254,7 +263,7 @@ class Properties:
 
     def to_header(self) -> BasicHeader:
         return BasicHeader(
-            headers=amqp_fixes.sanitize_headers(dict(self.headers)),
+            headers=headers.encodable(self.headers)[0],
             message_id=self.message_id,
             correlation_id=self.correlation_id,
             content_type=self.content_type,
@@ -346,16 +355,25 @@ async def publish(
     properties: Properties,
     *,
     mandatory: bool = True,
+    check: bool = False,
 ) -> None:
     """Publish with confirms. Raises BrokerError if the broker returns or nacks the message.
 
     ``mandatory``: an unroutable message is returned (an error) instead of dropped; jobs use it,
     status events do not (nobody listening is normal for them).
+
+    ``check``: encode the properties first and raise ``EncodeError`` before anything is sent
+    (serena encodes the header frame after it sent the method frame, so a failure there would
+    leave half a message on the channel). Copies of a publisher's message use it.
     """
+    header = properties.to_header()
+    if check:
+        try:
+            serialise_basic_header(ClassID.BASIC, len(body), header)
+        except Exception as error:  # noqa: BLE001 - struct.error, ValueError, OverflowError...
+            raise EncodeError(f"properties not encodable: {_describe(error)[:200]}") from None
     try:
-        await channel.basic_publish(
-            exchange, routing_key, body, header=properties.to_header(), mandatory=mandatory
-        )
+        await channel.basic_publish(exchange, routing_key, body, header=header, mandatory=mandatory)
     except MessageReturnedError as error:
         raise BrokerError(f"message returned by the broker (unroutable): {error}") from None
     except AMQPError as error:

@@ -7,14 +7,13 @@ reader and closes the connection; the message is redelivered and the worker loop
 delayed retries go through dead-lettering, so this is not optional. serena also refuses decimal
 fields (``D``). This module replaces ``DecodingBuffer.read_field_value`` with a complete
 implementation of the spec's field types (RabbitMQ's errata names), nothing else; the encoder
-is untouched (``sanitize_headers`` keeps what we publish within what serena can encode).
+is untouched (``headers.encodable`` keeps what we publish within what serena can encode).
 Remove when serena fixes it upstream (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import decimal
-import json
 from typing import Any
 
 from serena.utils.buffer import DecodingBuffer
@@ -67,25 +66,3 @@ def _read_field_value(self: DecodingBuffer) -> Any:
 
 def apply() -> None:
     DecodingBuffer.read_field_value = _read_field_value  # type: ignore[method-assign]
-
-
-def sanitize_headers(headers: dict[str, Any]) -> dict[str, Any]:
-    """Headers serena can encode: lists and other values become JSON / text, tables recurse.
-
-    ``x-death`` (RabbitMQ's dead-letter history) is dropped: we count retries ourselves in
-    ``x-retry-count`` and the broker rebuilds it on the next dead-lettering.
-    """
-    clean: dict[str, Any] = {}
-    for key, value in headers.items():
-        if key == "x-death":
-            continue
-        clean[key] = _sanitize(value)
-    return clean
-
-
-def _sanitize(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str | bytes):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _sanitize(v) for k, v in value.items()}
-    return json.dumps(value, default=str)

@@ -1,10 +1,13 @@
 """The root nursery: every long-running task of the worker, started in dependency order.
 
-    transport.run  -> the WhatsApp side (dry-run: nothing; neonize: connect + watchdog)
-    monitor.run    -> broker probe + queue sampler (own connection)
-    run_http       -> /healthz /readyz /metrics /login
-    pipeline.run   -> consume -> validate -> send -> ack (reconnects on broker loss)
-    signals        -> SIGTERM/SIGINT start a graceful stop
+    transport.run   -> the WhatsApp side (dry-run: nothing; neonize: connect + watchdog)
+    status.run      -> status events out (own connection, confirms)
+    run_http        -> /healthz /readyz /metrics /login
+    pipeline.run    -> consume -> validate -> send -> ack (reconnects on broker loss); the
+                       broker monitor starts once its topology is declared
+    monitor.run     -> broker probe + queue sampler (own connection)
+    prune_ledger    -> forget ledger rows older than WHATSAPP_DEDUP_WINDOW (hourly)
+    signals         -> SIGTERM/SIGINT/SIGHUP start a graceful stop
 
 Stopping (signal or ``Worker.stop()``): the pipeline drains (no new jobs; the send in hand
 finishes), the HTTP server stops, then everything else is cancelled. A hard deadline of
@@ -14,7 +17,11 @@ WHATSAPP_SHUTDOWN_GRACE bounds the whole stop: a send still running then is aban
 
 from __future__ import annotations
 
+import secrets
 import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TextIO
 
 import attrs
 import eliot
@@ -22,9 +29,9 @@ import trio
 from quart_trio import QuartTrio
 
 from wa_trio.config import Settings
-from wa_trio.db import private_dir
 from wa_trio.errors import TopologyError
-from wa_trio.ledger import AsyncLedger
+from wa_trio.files import private_dir
+from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
@@ -47,6 +54,21 @@ def build_transport(settings: Settings) -> Transport:
     return NeonizeTransport(settings, redactor)
 
 
+def admin_token(settings: Settings, out: TextIO | None = None) -> str:
+    """WHATSAPP_ADMIN_TOKEN, or one made for this run and printed once to the terminal (never
+    to the log), as an operator needs it to open /login."""
+    if settings.admin_token:
+        return settings.admin_token
+    token = secrets.token_urlsafe(24)
+    print(
+        "wa-trio: WHATSAPP_ADMIN_TOKEN is unset; the operator token for /login for this run is "
+        f"{token} (HTTP Basic password, any user name)",
+        file=out or sys.stderr,
+        flush=True,
+    )
+    return token
+
+
 @attrs.define
 class Worker:
     """Handle on a running worker (what ``run_worker`` hands to ``task_status.started``)."""
@@ -56,6 +78,7 @@ class Worker:
     metrics: Metrics
     pipeline: Pipeline
     monitor: BrokerMonitor
+    status: StatusPublisher
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -81,19 +104,16 @@ async def run_worker(
     await trio.to_thread.run_sync(private_dir, settings.session_path)
     ledger = await AsyncLedger.open(settings.ledger_db)
     status = StatusPublisher(settings, metrics, ledger)
-    if hasattr(transport, "on_receipt"):
-        transport.on_receipt = status.on_receipt
-    pipeline = Pipeline(settings, transport, metrics, ledger=ledger, status=status)
-    monitor = BrokerMonitor(settings, metrics, topology_ready=pipeline.topology_ready)
-    stop = trio.Event()
-    http_shutdown = trio.Event()
-    login_view = getattr(transport, "login_view", None)
+    transport.on_receipt = status.on_receipt
+    pipeline = Pipeline(settings, transport, metrics, ledger, status)
+    monitor = BrokerMonitor(settings, metrics)
     app = create_app(
         consumer=pipeline,
         monitor=monitor,
         transport=transport,
         metrics=metrics,
-        login_view=login_view,
+        admin_token=admin_token(settings),
+        redactor=Redactor(settings.production),
     )
     eliot.log_message(
         message_type="wa_trio:start",
@@ -102,73 +122,81 @@ async def run_worker(
         queue=settings.queue_name,
         prefetch=settings.prefetch_count,
     )
+    parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app)
     try:
-        await _supervise(
-            settings,
-            transport,
-            pipeline,
-            monitor,
-            metrics,
-            app,
-            stop,
-            http_shutdown,
-            handle_signals,
-            task_status,
-        )
+        await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
     except* TopologyError as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
-        raise group.exceptions[0] from None
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
     finally:
         with trio.CancelScope(shield=True):
             await ledger.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
+@attrs.frozen
+class _Parts:
+    """What ``run_worker`` built, for ``_supervise`` to run."""
+
+    settings: Settings
+    transport: Transport
+    pipeline: Pipeline
+    monitor: BrokerMonitor
+    metrics: Metrics
+    status: StatusPublisher
+    ledger: AsyncLedger
+    app: QuartTrio
+
+
 async def _supervise(
-    settings: Settings,
-    transport: Transport,
-    pipeline: Pipeline,
-    monitor: BrokerMonitor,
-    metrics: Metrics,
-    app: QuartTrio,
-    stop: trio.Event,
-    http_shutdown: trio.Event,
-    handle_signals: bool,
-    task_status: trio.TaskStatus[Worker],
+    parts: _Parts, *, handle_signals: bool, task_status: trio.TaskStatus[Worker]
 ) -> None:
+    settings, pipeline = parts.settings, parts.pipeline
+    stop = trio.Event()
+    http_shutdown = trio.Event()
+    http_done = trio.Event()
+    pipeline_done = trio.Event()
+
+    async def http_task(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await run_http(
+                parts.app,
+                settings.http_host,
+                settings.http_port,
+                http_shutdown,
+                task_status=task_status,
+            )
+        finally:
+            http_done.set()
+
+    async def pipeline_then_done(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await pipeline.run(task_status=task_status)
+        finally:
+            pipeline_done.set()
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        nursery.start_soon(monitor.run)
-        if pipeline.status is not None:
-            nursery.start_soon(pipeline.status.run)
-        http_done = trio.Event()
-
-        async def http_task(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await run_http(
-                    app,
-                    settings.http_host,
-                    settings.http_port,
-                    http_shutdown,
-                    task_status=task_status,
-                )
-            finally:
-                http_done.set()
-
+        await nursery.start(parts.transport.run)
+        await nursery.start(parts.status.run)
         urls = await nursery.start(http_task)
-        pipeline_done = trio.Event()
-
-        async def pipeline_task() -> None:
-            try:
-                await pipeline.run()
-            finally:
-                pipeline_done.set()
-
-        nursery.start_soon(pipeline_task)
-        nursery.start_soon(_prune_ledger, pipeline, settings.dedup_window)
+        eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
+        nursery.start_soon(_broker_side, pipeline_then_done, parts.monitor)
+        nursery.start_soon(_prune_ledger, parts.ledger, settings.dedup_window)
         if handle_signals:
             nursery.start_soon(_watch_signals, stop)
-        worker = Worker(settings, transport, metrics, pipeline, monitor, urls, stop_event=stop)
+        worker = Worker(
+            settings,
+            parts.transport,
+            parts.metrics,
+            pipeline,
+            parts.monitor,
+            parts.status,
+            urls,
+            stop_event=stop,
+        )
         task_status.started(worker)
 
         await stop.wait()
@@ -177,12 +205,21 @@ async def _supervise(
         pipeline.set_hard_deadline(nursery.cancel_scope.deadline)
         pipeline.stop()
         await pipeline_done.wait()
-        if pipeline.status is not None:
-            await _flush_status(pipeline.status)
+        await _flush_status(parts.status)
         http_shutdown.set()
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _broker_side(
+    run_pipeline: Callable[..., Awaitable[None]], monitor: BrokerMonitor
+) -> None:
+    """The pipeline, then (once its topology exists) the broker monitor beside it."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_pipeline)
+        nursery.start_soon(monitor.run)
+        # the pipeline returns after a stop; the monitor then goes with the root's cancel
 
 
 async def _flush_status(status: StatusPublisher, limit: float = 5.0) -> None:
@@ -194,17 +231,23 @@ async def _flush_status(status: StatusPublisher, limit: float = 5.0) -> None:
         eliot.log_message(message_type="wa_trio:status:unpublished", events=status.pending)
 
 
-async def _prune_ledger(pipeline: Pipeline, window: float, every: float = 3600.0) -> None:
+async def _prune_ledger(ledger: AsyncLedger, window: float, every: float = 3600.0) -> None:
     """Forget ledger entries older than WHATSAPP_DEDUP_WINDOW, at start and then hourly."""
-    while pipeline.ledger is not None:
-        removed = await pipeline.ledger.prune(window)
-        if removed:
-            eliot.log_message(message_type="wa_trio:ledger:pruned", removed=removed)
+    while True:
+        try:
+            removed = await ledger.prune(window)
+        except LedgerError as error:
+            eliot.log_message(message_type="wa_trio:ledger:prune_failed", error=error.message)
+        else:
+            if removed:
+                eliot.log_message(message_type="wa_trio:ledger:pruned", removed=removed)
         await trio.sleep(every)
 
 
 async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """SIGTERM, SIGINT and SIGHUP start a graceful stop (there is no reload: a supervisor
+    restarts the worker with its new configuration)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             eliot.log_message(message_type="wa_trio:signal", signal=signal.Signals(signum).name)
             stop.set()

@@ -215,7 +215,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 def _login(settings: Settings, timeout: float) -> int:
     from wa_trio.log import configure_logging
-    from wa_trio.transport.neonize import run_login
+    from wa_trio.login_flow import run_login
 
     handle = configure_logging(settings)
     try:

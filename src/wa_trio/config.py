@@ -16,7 +16,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
-SECRET_VARS = frozenset({"RABBITMQ_PASSWORD", "RABBITMQ_URL", "WHATSAPP_PROXY"})
+SECRET_VARS = frozenset(
+    {"RABBITMQ_PASSWORD", "RABBITMQ_URL", "WHATSAPP_PROXY", "WHATSAPP_ADMIN_TOKEN"}
+)
+_PLAIN_SECRETS = frozenset({"RABBITMQ_PASSWORD", "WHATSAPP_ADMIN_TOKEN"})
 
 
 class ConfigError(Exception):
@@ -29,20 +32,25 @@ class ConfigError(Exception):
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """Return ``url`` with any password replaced by ``***`` (safe to log).
+
+    By structure, not by a successful parse: a password with an unencoded ``/``, ``#``, ``?`` or
+    ``@`` defeats URL parsing, so everything between ``scheme://`` and the last ``@`` is the
+    user information, whatever it holds.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<redacted>" if "@" in url else url
+    at = rest.rfind("@")
+    if at < 0:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    user, colon, _password = rest[:at].partition(":")
+    shown = f"{user}:***" if colon else user
+    return f"{scheme}://{shown}@{rest[at + 1 :]}"
 
 
 def redact_value(variable: str, value: str) -> str:
-    if variable == "RABBITMQ_PASSWORD":
+    if variable in _PLAIN_SECRETS:
         return "***" if value else ""
     if variable in SECRET_VARS:
         return redact_url(value)
@@ -74,6 +82,21 @@ def _http_port(value: str) -> int:
     if not 0 <= port < 65536:  # 0 = any free port (tests)
         raise ValueError
     return port
+
+
+def _prefetch(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:  # basic.qos carries a 16-bit count
+        raise ValueError
+    return number
+
+
+def _optional_token(value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) < 16 or any(ch.isspace() for ch in value):
+        raise ValueError
+    return value
 
 
 def _positive_int(value: str) -> int:
@@ -261,8 +284,8 @@ FIELDS: tuple[Field, ...] = (
         "WHATSAPP_PREFETCH_COUNT",
         "prefetch_count",
         "1",
-        "an integer >= 1",
-        _positive_int,
+        "an integer from 1 to 65535",
+        _prefetch,
         "Unacknowledged jobs the broker may hand the worker at once.",
     ),
     _f(
@@ -459,6 +482,15 @@ FIELDS: tuple[Field, ...] = (
         _http_port,
         "Port of the HTTP server.",
     ),
+    _f(
+        "WHATSAPP_ADMIN_TOKEN",
+        "admin_token",
+        "",
+        "16 or more characters without spaces (or empty)",
+        _optional_token,
+        "Operator token for /login and every route that changes state (HTTP Basic password "
+        "or Bearer); unset: one is generated at start and printed once to the terminal.",
+    ),
 )
 
 FIELDS_BY_ENV = {field.env: field for field in FIELDS}
@@ -504,6 +536,7 @@ class Settings:
     log_dir: Path
     http_host: str
     http_port: int
+    admin_token: str | None = attrs.field(repr=False)
 
     @property
     def production(self) -> bool:

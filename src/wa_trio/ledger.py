@@ -3,43 +3,43 @@
 sqlite3 (stdlib) in WAL mode at WHATSAPP_SESSION_PATH/ledger.db, apart from the WhatsApp session.
 One row a job key: ``sending`` is written (committed) before the send, ``sent`` with the WhatsApp
 message id after WhatsApp accepted it, and only then is the job acked. ``failed`` marks a send
-that WhatsApp refused (a retry may send it). The rules that read it are pure (``decide``); the
-I/O here is blocking and is called through ``trio.to_thread`` by ``AsyncLedger``, one thread at
-a time, so the trio loop never waits on the disk.
+that WhatsApp refused (a retry may send it). Each row keeps the body's hash, so a message_id
+reused for another body is caught (``outcome.decide``). The rules that read it are pure
+(``outcome.decide``); the I/O here is blocking and is called through ``trio.to_thread`` by
+``AsyncLedger``, one thread at a time, so the trio loop never waits on the disk.
 
-The ambiguous window of the ledger: the process dies after WhatsApp accepted a message and before
-``sent`` was committed. The row then says ``sending``; WHATSAPP_AMBIGUOUS decides (resend:
-maybe a duplicate; skip: maybe a loss). docs/reliability.md also covers the other window, a
-send WhatsApp did not answer in time.
+``step`` is the one write: it commits the outcome of the send just done and the ``sending`` row
+of the next job in one transaction, so a job costs one commit and the ambiguous window never
+spans more than the one send in flight. That window: the process dies after WhatsApp accepted a
+message and before its ``sent`` was committed. The row then says ``sending``; WHATSAPP_AMBIGUOUS
+decides (resend: maybe a duplicate; skip: maybe a loss). docs/reliability.md also covers the
+other window, a send WhatsApp did not answer in time.
+
+A failing disk (full, read-only, gone) raises ``LedgerError``; the pipeline then holds the job,
+reports it on /healthz and tries again: nothing is sent without its ``sending`` row.
 """
 
 from __future__ import annotations
 
-import enum
+import contextlib
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import trio
 
-from wa_trio.db import open_private_db
+from wa_trio.errors import WaTrioError
+from wa_trio.files import open_private_db
+from wa_trio.outcome import Found
 
 
-class Decision(enum.Enum):
-    SEND = "send"
-    DUPLICATE = "duplicate"  # already sent: ack without sending
-    AMBIGUOUS_RESEND = "ambiguous_resend"
-    AMBIGUOUS_SKIP = "ambiguous_skip"
+class LedgerError(WaTrioError):
+    """The ledger could not read or write (disk full, read-only, removed)."""
 
-
-def decide(state: str | None, *, ambiguous: str) -> Decision:
-    """What to do with a job whose ledger row is in ``state`` (None: no row)."""
-    if state == "sent":
-        return Decision.DUPLICATE
-    if state == "sending":
-        return Decision.AMBIGUOUS_SKIP if ambiguous == "skip" else Decision.AMBIGUOUS_RESEND
-    return Decision.SEND
+    code = "ledger_unavailable"
 
 
 @attrs.frozen
@@ -50,113 +50,152 @@ class Entry:
     updated_at: float
 
 
+@attrs.frozen
+class Begin:
+    """Start a job: read its row (when ``check``) and write ``sending``, unless already sent."""
+
+    key: str
+    check: bool
+    body_hash: str | None = None
+
+
+@attrs.frozen
+class Mark:
+    """Record how a send ended (``sent`` with WhatsApp's id, or ``failed``)."""
+
+    key: str
+    state: str
+    whatsapp_id: str | None = None
+    user_id: str | None = None
+    body_hash: str | None = None
+
+
+_COLUMNS = "(key, state, whatsapp_id, updated_at, user_id, body_hash)"
+
+
 class Ledger:
     """Blocking ledger (call from a worker thread)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = open_private_db(path)
-        # NORMAL in WAL mode: a commit survives the process being killed (it is in the OS page
-        # cache); only a power loss can lose the last commits.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sends (key TEXT PRIMARY KEY, state TEXT NOT NULL, "
-            "whatsapp_id TEXT, updated_at REAL NOT NULL, user_id TEXT)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS sends_updated ON sends (updated_at)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS sends_wid ON sends (whatsapp_id)")
+        try:
+            self._db = open_private_db(path)
+            # NORMAL in WAL mode: a commit survives the process being killed (it is in the OS
+            # page cache); only a power loss can lose the last commits.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS sends (key TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                "whatsapp_id TEXT, updated_at REAL NOT NULL, user_id TEXT, body_hash TEXT)"
+            )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(sends)")}
+            if "body_hash" not in columns:  # a ledger from before body hashes were kept
+                self._db.execute("ALTER TABLE sends ADD COLUMN body_hash TEXT")
+            self._db.execute("CREATE INDEX IF NOT EXISTS sends_updated ON sends (updated_at)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS sends_wid ON sends (whatsapp_id)")
+        except sqlite3.Error as error:
+            raise LedgerError(f"cannot open the send ledger {path}: {error}") from None
 
     def get(self, key: str) -> Entry | None:
-        with self._lock:
+        with self._lock, _errors("read"):
             row = self._db.execute(
                 "SELECT state, whatsapp_id, updated_at FROM sends WHERE key = ?", (key,)
             ).fetchone()
         return None if row is None else Entry(key, row[0], row[1], row[2])
 
-    def begin(self, key: str, *, check: bool) -> str | None:
-        """Read the current state (when ``check``) and mark ``sending``, in one transaction.
+    def peek(self, key: str) -> Found | None:
+        """The row of ``key`` as ``begin`` would find it, without writing."""
+        with self._lock, _errors("read"):
+            row = self._db.execute(
+                "SELECT state, body_hash FROM sends WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else Found(row[0], row[1])
 
-        Returns the state found (None when absent or not checked); the row is not changed when
-        the state found is ``sent``.
+    def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]:
+        """Commit ``marks``, then ``begins``, in one transaction; the rows the begins found.
+
+        A begin leaves a ``sent`` row as it is, and any row whose body hash differs (a conflict:
+        the caller dead-letters the job and the first body's record stays).
         """
-        return self.begin_many([(key, check)])[0]
-
-    def begin_many(self, requests: list[tuple[str, bool]]) -> list[str | None]:
-        """``begin`` for several jobs (key, check) in one transaction."""
         now = time.time()
-        found: list[str | None] = []
-        with self._lock:
+        found: list[Found | None] = []
+        with self._lock, _errors("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key, check in requests:
-                    state = None
-                    if check:
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO sends {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    [(m.key, m.state, m.whatsapp_id, now, m.user_id, m.body_hash) for m in marks],
+                )
+                for begin in begins:
+                    row = None
+                    if begin.check:
                         row = self._db.execute(
-                            "SELECT state FROM sends WHERE key = ?", (key,)
+                            "SELECT state, body_hash FROM sends WHERE key = ?", (begin.key,)
                         ).fetchone()
-                        state = None if row is None else row[0]
-                    if state != "sent":
+                    state = None if row is None else Found(row[0], row[1])
+                    differs = bool(state and state.body_hash and begin.body_hash != state.body_hash)
+                    if (state is None or state.state != "sent") and not differs:
                         self._db.execute(
-                            "INSERT OR REPLACE INTO sends VALUES (?, 'sending', NULL, ?, NULL)",
-                            (key, now),
+                            f"INSERT OR REPLACE INTO sends {_COLUMNS} "  # noqa: S608
+                            "VALUES (?, 'sending', NULL, ?, NULL, ?)",
+                            (begin.key, now, begin.body_hash),
                         )
                     found.append(state)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # the real error matters, not a failed ROLLBACK (a full disk fails both)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
         return found
 
-    def mark_many(self, marks: list[tuple[str, str, str | None, str | None]]) -> None:
-        """``mark`` for several jobs (key, state, whatsapp_id, user_id) in one transaction."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?)",
-                    [(key, state, wid, now, user) for key, state, wid, user in marks],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def begin(self, key: str, *, check: bool, body_hash: str | None = None) -> Found | None:
+        return self.step([], [Begin(key, check, body_hash)])[0]
 
     def mark(
         self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
     ) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?)",
-                (key, state, whatsapp_id, time.time(), user_id),
-            )
+        self.step([Mark(key, state, whatsapp_id, user_id)], [])
 
     def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
         """(job key, user id) of the job WhatsApp knows as ``whatsapp_id`` (for receipts)."""
-        with self._lock:
+        with self._lock, _errors("read"):
             row = self._db.execute(
                 "SELECT key, user_id FROM sends WHERE whatsapp_id = ?", (whatsapp_id,)
             ).fetchone()
         return None if row is None else (row[0], row[1])
 
     def prune(self, older_than: float) -> int:
-        with self._lock:
+        with self._lock, _errors("write"):
             cursor = self._db.execute(
                 "DELETE FROM sends WHERE updated_at < ?", (time.time() - older_than,)
             )
         return cursor.rowcount
 
     def count(self, state: str) -> int:
-        with self._lock:
+        with self._lock, _errors("read"):
             row = self._db.execute(
                 "SELECT count(*) FROM sends WHERE state = ?", (state,)
             ).fetchone()
         return int(row[0])
 
+    def limit_pages(self, pages: int) -> None:
+        """Cap the database's size (``max_page_count``): how tests make the disk "full"."""
+        with self._lock:
+            self._db.execute(f"PRAGMA max_page_count={int(pages)}")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+@contextlib.contextmanager
+def _errors(doing: str) -> Iterator[None]:
+    """sqlite3 errors -> LedgerError (one boundary for the ledger's disk)."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise LedgerError(f"the send ledger cannot {doing}: {error}") from None
 
 
 class AsyncLedger:
@@ -170,25 +209,11 @@ class AsyncLedger:
     async def open(cls, path: Path) -> AsyncLedger:
         return cls(await trio.to_thread.run_sync(Ledger, path))
 
-    async def begin(self, key: str, *, check: bool) -> str | None:
-        return await trio.to_thread.run_sync(
-            lambda: self.ledger.begin(key, check=check), limiter=self._limiter
-        )
+    async def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]:
+        return await trio.to_thread.run_sync(self.ledger.step, marks, begins, limiter=self._limiter)
 
-    async def mark(
-        self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
-    ) -> None:
-        await trio.to_thread.run_sync(
-            self.ledger.mark, key, state, whatsapp_id, user_id, limiter=self._limiter
-        )
-
-    async def begin_many(self, requests: list[tuple[str, bool]]) -> list[str | None]:
-        return await trio.to_thread.run_sync(
-            self.ledger.begin_many, requests, limiter=self._limiter
-        )
-
-    async def mark_many(self, marks: list[tuple[str, str, str | None, str | None]]) -> None:
-        await trio.to_thread.run_sync(self.ledger.mark_many, marks, limiter=self._limiter)
+    async def peek(self, key: str) -> Found | None:
+        return await trio.to_thread.run_sync(self.ledger.peek, key, limiter=self._limiter)
 
     async def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
         return await trio.to_thread.run_sync(

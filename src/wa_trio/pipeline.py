@@ -6,13 +6,20 @@ Shape (one broker connection, owned by ``Pipeline.run``):
          |                                                        |
     consume channel (basic.qos = prefetch, manual acks) <-- acks -+-- publish channel (confirms)
 
-- A job is acked only after WhatsApp accepted it, or after its dead-letter copy was confirmed.
+- The sender takes what is waiting (``outcome.batch_size``) and takes each job through the same
+  steps: validate -> ledger -> (pace) -> send -> record; a single job is a batch of one. Copies
+  of one key in a batch wait for the first copy's outcome (``outcome.defer_repeats``).
+- A job is acked only after WhatsApp accepted it and its ``sent`` row is committed, or after its
+  dead-letter / retry copy was confirmed. The decisions are ``outcome.py``'s; this module
+  carries them out.
 - While the transport is not connected the sender takes no job: at most ``prefetch`` jobs wait
   unacked in the channel, nothing is requeued in a loop.
 - Broker loss surfaces at once as ``BrokerError`` from the connection; ``run`` reconnects with
   capped exponential backoff and jitter. Unacked jobs are redelivered by the broker.
+- A failing ledger disk holds the job in hand (health red, retried with backoff): nothing is sent
+  without its ``sending`` row.
 - ``stop()`` drains: the consumer stops, the sender finishes the job in hand and takes no other;
-  jobs still in the channel stay unacked and go back to the queue when the connection closes.
+  jobs still in the channel or the batch stay unacked and go back to the queue on close.
 
 eliot: each job is one action (``wa_trio:job``) started by the consumer and carried through the
 memory channel with the job; the sender re-enters it with ``Action.context()`` so validate, send,
@@ -22,44 +29,70 @@ dead-letter and ack are its children and one job is one tree in eliot-tree.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import attrs
 import eliot
 import trio
 
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, BrokerError, Delivery
+from wa_trio import headers as h
+from wa_trio.amqp import BrokerAddress, BrokerError, Channel, EncodeError
 from wa_trio.config import Settings
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
 from wa_trio.errors import NotConnectedError, SendError
-from wa_trio.ledger import AsyncLedger, Decision, decide
+from wa_trio.job import Job, body_hash, job_key, retry_count, trace_id_of
+from wa_trio.ledger import AsyncLedger, Begin, LedgerError, Mark
 from wa_trio.log import Redactor
 from wa_trio.metrics import WORKER, Metrics
+from wa_trio.outcome import (
+    DeadLetter,
+    Decision,
+    Outcome,
+    Retry,
+    ack_plan,
+    bare_headers,
+    batch_size,
+    dead_letter_headers,
+    decide,
+    defer_repeats,
+    on_send_failure,
+    retry_headers,
+)
 from wa_trio.pacing import Pacer
-from wa_trio.policy import Backoff, retry_delay
+from wa_trio.policy import Backoff
 from wa_trio.status import StatusPublisher, make_event
 from wa_trio.transport import OutgoingMessage, SendResult, Transport
 
+T = TypeVar("T")
+
+
+class _Held(Exception):
+    """A stop began while the job waited for the ledger: leave it unacked."""
+
+
+@attrs.frozen
+class PipelineStatistics:
+    connected: bool  # the consuming connection is up
+    connections: int  # successful (re)connections
+    ledger_problem: str | None  # why the ledger cannot be written now (None: fine)
+
 
 @attrs.define
-class Job:
-    delivery: Delivery
-    action: eliot.Action
-    received_at: float
-    key: str
+class _Batch:
+    """What a batch has done so far: ledger marks not yet committed, sends not yet acked."""
 
+    jobs: list[Job]
+    marks: list[Mark] = attrs.field(factory=list)
+    sent: list[tuple[Job, OutgoingMessage, SendResult]] = attrs.field(factory=list)
+    open: set[int] = attrs.field(factory=set)  # tags of jobs not yet settled
+    held: set[int] = attrs.field(factory=set)  # tags left unacked (stop)
 
-def job_key(delivery: Delivery) -> str:
-    """The job's identity: the publisher's message_id, else a hash of the body."""
-    if delivery.properties.message_id:
-        return delivery.properties.message_id
-    return "sha256:" + hashlib.sha256(delivery.body).hexdigest()
+    def __attrs_post_init__(self) -> None:
+        self.open = {job.tag for job in self.jobs}
 
 
 def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
@@ -71,37 +104,6 @@ def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
     )
 
 
-def trace_id_of(delivery: Delivery) -> str | None:
-    trace = delivery.properties.headers.get("trace_id") or delivery.properties.correlation_id
-    if isinstance(trace, bytes):
-        trace = trace.decode("utf-8", "replace")
-    return None if trace is None else str(trace)[:128]
-
-
-def retry_count(properties: amqp.Properties) -> int:
-    value = properties.headers.get("x-retry-count", 0)
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
-
-
-def dead_letter_headers(
-    original: dict[str, Any], code: str, message: str, delivery: Delivery, exchange: str
-) -> dict[str, Any]:
-    headers = dict(original)
-    headers.update(
-        {
-            "x-error-code": code,
-            "x-error-message": message[:1024],
-            "x-original-exchange": exchange,
-            "x-original-routing-key": delivery.routing_key,
-            "x-failed-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-    )
-    return headers
-
-
 class Pipeline:
     """Owns the consuming connection for the worker's life (see module docstring)."""
 
@@ -110,11 +112,11 @@ class Pipeline:
         settings: Settings,
         transport: Transport,
         metrics: Metrics,
+        ledger: AsyncLedger,
+        status: StatusPublisher,
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
-        ledger: AsyncLedger | None = None,
-        status: StatusPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -123,8 +125,8 @@ class Pipeline:
         self.address = BrokerAddress.from_settings(settings)
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._clock = clock
-        self.ledger = ledger
-        self.status = status
+        self._ledger = ledger
+        self._status = status
         self.pacer = Pacer(
             rate=settings.rate_limit,
             burst=settings.rate_burst,
@@ -133,12 +135,18 @@ class Pipeline:
         )
         self._stopping = trio.Event()
         self._consume_scope: trio.CancelScope | None = None
-        self.connected = False
-        self.connected_event = trio.Event()
-        self.topology_ready = trio.Event()  # set once the first declaration succeeded
-        self.connections = 0  # successful (re)connections, for tests and logs
+        self._connected = False
+        self._connections = 0
+        self._ledger_problem: str | None = None
         self._hard_deadline = math.inf
         self._protected_scopes: set[trio.CancelScope] = set()
+
+    def statistics(self) -> PipelineStatistics:
+        return PipelineStatistics(self._connected, self._connections, self._ledger_problem)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -160,7 +168,7 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _protected(self) -> Iterator[None]:
-        """A send in flight, shielded from a broker loss (its ``sent`` record is shielded too).
+        """A send in flight and its record, shielded from a broker loss.
 
         When the consuming connection dies mid-send, the connection's nursery cancels the sender.
         Cancelled there, WhatsApp may take the message while the ledger still says ``sending``:
@@ -179,7 +187,8 @@ class Pipeline:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, declare, consume; reconnect on broker loss until ``stop()``.
 
-        ``task_status.started()`` fires after the first successful topology declaration.
+        ``task_status.started()`` fires after the first successful topology declaration (or
+        at a stop before it).
 
         Raises:
             TopologyError: the broker refused a declaration (start-up cannot go on).
@@ -189,15 +198,14 @@ class Pipeline:
             try:
                 async with amqp.connect(self.address) as connection:
                     await amqp.declare_topology(connection, self.settings)
-                    self.topology_ready.set()
                     async with connection.open_channel() as publish_channel:
                         self._set_connected(True)
                         self.backoff.reset()
-                        self.connections += 1
+                        self._connections += 1
                         eliot.log_message(
                             message_type="wa_trio:amqp:connected",
                             broker=self.settings.redacted_url,
-                            connections=self.connections,
+                            connections=self._connections,
                         )
                         if not started:
                             started = True
@@ -210,6 +218,7 @@ class Pipeline:
                 delay = self.backoff.next_delay()
                 eliot.log_message(
                     message_type="wa_trio:amqp:disconnected",
+                    broker=self.settings.redacted_url,
                     reason=str(error)[:300],
                     retry_in=round(delay, 3),
                 )
@@ -221,14 +230,10 @@ class Pipeline:
             task_status.started()
 
     def _set_connected(self, value: bool) -> None:
-        self.connected = value
+        self._connected = value
         self.metrics.amqp_connected.set(1 if value else 0)
-        if value:
-            self.connected_event.set()
-        elif self.connected_event.is_set():
-            self.connected_event = trio.Event()
 
-    async def _serve(self, connection: amqp.Connection, publish_channel: Any) -> None:
+    async def _serve(self, connection: amqp.Connection, publish_channel: Channel) -> None:
         send_jobs, receive_jobs = trio.open_memory_channel[Job](self.settings.prefetch_count)
         async with (
             amqp.consume_channel(connection, prefetch=self.settings.prefetch_count) as channel,
@@ -244,23 +249,28 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ consumer
 
-    async def _consumer(self, channel: Any, send_jobs: Any) -> None:
+    async def _consumer(self, channel: Channel, send_jobs: trio.MemorySendChannel[Job]) -> None:
         async with send_jobs, amqp.consume(channel, self.settings.queue_name) as deliveries:
             async for delivery in deliveries:
-                key = job_key(delivery)
+                props = delivery.properties
+                key = job_key(props.message_id, delivery.body)
                 action = eliot.start_action(
                     action_type="wa_trio:job",
                     job_key=key,
-                    message_id=delivery.properties.message_id,
+                    message_id=props.message_id,
                     delivery_tag=delivery.delivery_tag,
                     redelivered=delivery.redelivered,
-                    trace_id=trace_id_of(delivery),
+                    trace_id=trace_id_of(props.headers, props.correlation_id),
                 )
-                await send_jobs.send(Job(delivery, action, self._clock(), key))
+                job = Job(delivery, action, self._clock(), key, body_hash(delivery.body))
+                await send_jobs.send(job)
 
     # -------------------------------------------------------------------------------- sender
 
-    async def _sender(self, receive_jobs: Any, publish_channel: Any) -> None:
+    async def _sender(
+        self, receive_jobs: trio.MemoryReceiveChannel[Job], publish_channel: Channel
+    ) -> None:
+        size = batch_size(self.settings.prefetch_count, pacing=self.pacer.enabled)
         async with receive_jobs:
             while not self.stopping:
                 await self.transport.wait_connected()
@@ -268,168 +278,176 @@ class Pipeline:
                     job = await receive_jobs.receive()
                 except trio.EndOfChannel:
                     return
-                if self.stopping:
-                    # drained: leave it unacked, the broker requeues it on close
-                    job.action.finish()
-                    return
                 batch = [job]
-                if self.batching:
-                    while len(batch) < self.settings.prefetch_count:
-                        try:
-                            batch.append(receive_jobs.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                if len(batch) == 1:
-                    await self.handle(job, publish_channel)
-                else:
-                    await self.handle_batch(batch, publish_channel)
+                while len(batch) < size:
+                    try:
+                        batch.append(receive_jobs.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.handle_batch(batch, publish_channel)
 
-    @property
-    def batching(self) -> bool:
-        """Whether a backlog may be taken in batches (see ``handle_batch``)."""
-        return (
-            self.ledger is not None
-            and not self.pacer.enabled
-            and self.settings.ambiguous == "resend"
-        )
+    async def handle_batch(self, jobs: list[Job], publish_channel: Channel) -> None:
+        """Take every job of ``jobs`` to its end (a single job is a batch of one).
 
-    async def handle_batch(self, jobs: list[Job], publish_channel: Any) -> None:
-        """A backlog: the jobs already waiting, with one ledger transaction before the sends and
-        one after, instead of two per job (the ledger's thread hops dominate a drain).
-
-        Same per-job order as ``handle``: ``sending`` committed before any send, ``sent``
-        committed before any ack, sends in delivery order. Only used when pacing is off (pacing
-        spaces sends anyway) and WHATSAPP_AMBIGUOUS=resend: a crash mid-batch leaves
-        ``sending`` rows for jobs not yet sent, which are then resent, i.e. sent once, and
-        counted as ambiguous (an over-count, never a loss). With ``skip`` they would be lost,
-        so ``skip`` keeps the one-job path.
+        Each job: validate, one ledger transaction (the previous job's outcome and this job's
+        ``sending`` row), send. The sent jobs are acked at the end, after their ``sent`` rows
+        are committed, with as few acks as ``outcome.ack_plan`` allows. ``stop()`` is honoured
+        between jobs: the rest are left unacked (held). A broker failure or the shutdown
+        deadline propagates; what WhatsApp took is still recorded (shielded).
         """
-        ledger = self.ledger
-        assert ledger is not None
-        ready: list[tuple[Job, OutgoingMessage]] = []
-        open_jobs = list(jobs)
+        batch = _Batch(jobs)
         try:
-            for job in jobs:
-                with job.action.context():
-                    envelope = await self._validate(job, publish_channel)
-                if envelope is None:
-                    self._finish(job, "invalid")
-                    open_jobs.remove(job)
-                    continue
-                ready.append((job, _outgoing(job, envelope)))
-            found = await ledger.begin_many([(job.key, self._check(job)) for job, _ in ready])
-            sent: list[tuple[Job, OutgoingMessage, SendResult]] = []
-            try:
-                for (job, message), state in zip(ready, found, strict=True):
+            pending = jobs
+            while pending:
+                first, later = defer_repeats([job.key for job in pending])
+                for index in first:
+                    job = pending[index]
+                    if self.stopping:
+                        break
                     with job.action.context():
-                        decision = decide(state, ambiguous=self.settings.ambiguous)
-                        if decision is Decision.DUPLICATE:
-                            await self._ack_duplicate(job)
-                            status = "duplicate"
-                        else:
-                            if decision is Decision.AMBIGUOUS_RESEND:
-                                self._note_ambiguous(job, "resend")
-                            try:
-                                result = await self._send(message)
-                            except SendError as error:
-                                await ledger.mark(job.key, "failed")
-                                status = await self._send_failed(
-                                    job, publish_channel, error, message.user_id
-                                )
-                            else:
-                                sent.append((job, message, result))
-                                continue
-                    self._finish(job, status)
-                    open_jobs.remove(job)
-            finally:
-                # what WhatsApp took is recorded even if the broker failed mid-batch or
-                # the shutdown deadline struck (a short SQLite commit, never abandoned)
-                if sent:
-                    with trio.CancelScope(shield=True):
-                        await ledger.mark_many(
-                            [
-                                (job.key, "sent", result.message_id, message.user_id)
-                                for job, message, result in sent
-                            ]
-                        )
-            for job, message, result in sent:
-                self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
-            if sent:
-                # every earlier job of this channel is settled (previous batches, and the rest
-                # of this one above): one ack with multiple=True covers the sent ones
-                last = max(sent, key=lambda item: item[0].delivery.delivery_tag)[0]
-                await last.delivery.ack(multiple=True)
-            for job, _message, _result in sent:
-                with job.action.context():
-                    eliot.log_message(message_type="wa_trio:job:acked", multiple=True)
-                self.metrics.processed("success")
-                self._finish(job, "success")
-                open_jobs.remove(job)
+                        try:
+                            outcome = await self._take(job, publish_channel, batch)
+                        except _Held:
+                            outcome = Outcome.HELD
+                    if outcome is not None:
+                        self._finish(batch, job, outcome)
+                pending = [] if self.stopping else [pending[index] for index in later]
+            await self._settle_sent(batch)
         except BaseException as error:
-            for job in open_jobs:
-                job.action.finish(error)
+            with trio.CancelScope(shield=True):
+                await self._flush(batch, give_up=True)
+            for job in batch.jobs:
+                if job.tag in batch.open:
+                    job.action.finish(error)
             raise
+        for job in batch.jobs:
+            if job.tag in batch.open:
+                self._finish(batch, job, Outcome.HELD)
 
-    def _finish(self, job: Job, status: str) -> None:
-        job.action.addSuccessFields(outcome=status)
+    def _finish(self, batch: _Batch, job: Job, outcome: Outcome) -> None:
+        batch.open.discard(job.tag)
+        if outcome is Outcome.HELD:
+            batch.held.add(job.tag)
+        job.action.addSuccessFields(outcome=outcome.value)
         job.action.finish()
         self.metrics.observe_job(self._clock() - job.received_at)
+        if outcome.counted:
+            self.metrics.processed(outcome.value)
 
-    async def handle(self, job: Job, publish_channel: Any) -> None:
-        """Take one job to its end: sent+acked, dead-lettered+acked, or nacked for retry.
-
-        ``stop()`` never cancels this (only the consumer); the shutdown grace deadline does, and
-        a broker failure inside propagates (as BrokerError) to reconnect. Either way the job stays
-        unacked and is redelivered.
-        """
-        with job.action.context():
-            try:
-                status = await self._handle(job, publish_channel)
-            except BaseException as error:
-                job.action.finish(error)
-                raise
-            job.action.addSuccessFields(outcome=status)
-        job.action.finish()
-        self.metrics.observe_job(self._clock() - job.received_at)
-
-    async def _handle(self, job: Job, publish_channel: Any) -> str:
-        delivery = job.delivery
-        envelope = await self._validate(job, publish_channel)
+    async def _take(self, job: Job, channel: Channel, batch: _Batch) -> Outcome | None:
+        """One job up to its send; its outcome, or None once sent (settled with the batch)."""
+        envelope = await self._validate(job, channel)
         if envelope is None:
-            return "invalid"
+            return Outcome.INVALID
         message = _outgoing(job, envelope)
-        if self.pacer.enabled and not await self._pace(envelope.destination):
-            return "held"  # stopping while throttled: left unacked, requeued on close
-        ledger = self.ledger
-        if ledger is not None:
-            found = await ledger.begin(job.key, check=self._check(job))
-            decision = decide(found, ambiguous=self.settings.ambiguous)
-            if decision is Decision.DUPLICATE:
-                await self._ack_duplicate(job)
-                return "duplicate"
-            if decision is not Decision.SEND:
-                skip = decision is Decision.AMBIGUOUS_SKIP
-                self._note_ambiguous(job, "skip" if skip else "resend")
-                if skip:
-                    await delivery.ack()
-                    self.metrics.processed("duplicate")
-                    return "duplicate"
+        check = self._check(job)
+        if self.pacer.enabled:
+            # duplicates, conflicts and invalid jobs never spend a send slot
+            if check:
+                found = await self._ledger_call(lambda: self._ledger.peek(job.key))
+                decision = decide(found, body_hash=job.body_hash, ambiguous="resend")
+                if decision in {Decision.DUPLICATE, Decision.CONFLICT}:
+                    return await self._not_sent(job, channel, decision)
+            if not await self._pace(envelope.destination):
+                return Outcome.HELD  # stopping while throttled: left unacked, requeued
+        marks = list(batch.marks)
+        states = await self._ledger_call(
+            lambda: self._ledger.step(marks, [Begin(job.key, check, job.body_hash)])
+        )
+        del batch.marks[: len(marks)]
+        decision = decide(states[0], body_hash=job.body_hash, ambiguous=self.settings.ambiguous)
+        if decision is not Decision.SEND and decision is not Decision.AMBIGUOUS_RESEND:
+            return await self._not_sent(job, channel, decision)
+        if decision is Decision.AMBIGUOUS_RESEND:
+            self._note_ambiguous(job, "resend")
         try:
             result = await self._send(message)
-            if ledger is not None:
-                with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
-                    await ledger.mark(job.key, "sent", result.message_id, message.user_id)
         except SendError as error:
-            if ledger is not None:
-                await ledger.mark(job.key, "failed")
-            return await self._send_failed(job, publish_channel, error, message.user_id)
-        self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
-        await delivery.ack()
-        eliot.log_message(message_type="wa_trio:job:acked")
-        self.metrics.processed("success")
-        return "success"
+            batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
+            await self._flush(batch)  # recorded before its copy is published and acked
+            return await self._send_failed(job, channel, error, message.user_id)
+        batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
+        batch.sent.append((job, message, result))
+        return None
 
-    async def _validate(self, job: Job, publish_channel: Any) -> WhatsAppEnvelope | None:
+    async def _not_sent(self, job: Job, channel: Channel, decision: Decision) -> Outcome:
+        """A job the ledger says not to send: a duplicate, a conflict, an ambiguous skip."""
+        if decision is Decision.CONFLICT:
+            await self._dead_letter(
+                job,
+                channel,
+                "message_id_conflict",
+                "this message_id was already used for a different body; not sent",
+            )
+            self.metrics.failed("message_id_conflict")
+            return Outcome.INVALID
+        if decision is Decision.AMBIGUOUS_SKIP:
+            self._note_ambiguous(job, "skip")
+        else:
+            eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
+        await job.delivery.ack()
+        return Outcome.DUPLICATE
+
+    async def _settle_sent(self, batch: _Batch) -> None:
+        """Commit the ``sent`` rows, publish their events, ack them, finish their actions."""
+        with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
+            await self._flush(batch)
+        if not batch.sent:
+            return
+        for job, message, result in batch.sent:
+            self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
+        by_tag = {job.tag: job for job, _, _ in batch.sent}
+        for tag, multiple in ack_plan(by_tag, (batch.open - by_tag.keys()) | batch.held):
+            await by_tag[tag].delivery.ack(multiple=multiple)
+        for job, _message, _result in batch.sent:
+            with job.action.context():
+                eliot.log_message(message_type="wa_trio:job:acked")
+            self._finish(batch, job, Outcome.SUCCESS)
+
+    async def _flush(self, batch: _Batch, *, give_up: bool = False) -> None:
+        """Commit the marks not yet committed: retried while the disk fails, unless a stop
+        began (or ``give_up``: one try); what could not be recorded is logged."""
+        if not batch.marks:
+            return
+        marks = list(batch.marks)
+        try:
+            if give_up:
+                await self._ledger.step(marks, [])
+            else:
+                await self._ledger_call(lambda: self._ledger.step(marks, []))
+        except (LedgerError, _Held):
+            eliot.log_message(
+                message_type="wa_trio:ledger:unrecorded", level="error", jobs=len(marks)
+            )
+        del batch.marks[: len(marks)]
+
+    async def _ledger_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a ledger call, holding the job while the disk fails (backoff; health red).
+
+        Raises:
+            _Held: a stop began while the ledger was failing.
+        """
+        backoff = Backoff(initial=0.5, cap=10.0)
+        while True:
+            try:
+                result = await call()
+            except LedgerError as error:
+                if self._ledger_problem is None:
+                    eliot.log_message(
+                        message_type="wa_trio:ledger:failing", level="error", error=error.message
+                    )
+                self._ledger_problem = error.message
+                if self.stopping:
+                    raise _Held from None
+                with trio.move_on_after(backoff.next_delay()):
+                    await self._stopping.wait()
+                continue
+            if self._ledger_problem is not None:
+                eliot.log_message(message_type="wa_trio:ledger:recovered")
+                self._ledger_problem = None
+            return result
+
+    async def _validate(self, job: Job, channel: Channel) -> WhatsAppEnvelope | None:
         """The envelope, or None after dead-lettering an invalid job (acked, counted)."""
         try:
             with eliot.start_action(action_type="wa_trio:job:validate"):
@@ -437,8 +455,7 @@ class Pipeline:
                     job.delivery.body, content_filter=self.settings.content_filter
                 )
         except ValidationError as error:
-            await self._dead_letter(job, publish_channel, error.code, error.message)
-            self.metrics.processed("invalid")
+            await self._dead_letter(job, channel, error.code, error.message)
             self.metrics.failed(error.code)
             return None
 
@@ -447,12 +464,7 @@ class Pipeline:
         """Consult the ledger? Always with a message_id; by body hash only for redeliveries
         and retries (two intentional identical messages are both sent)."""
         props = job.delivery.properties
-        return bool(props.message_id) or job.delivery.redelivered or retry_count(props) > 0
-
-    async def _ack_duplicate(self, job: Job) -> None:
-        await job.delivery.ack()
-        eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
-        self.metrics.processed("duplicate")
+        return bool(props.message_id) or job.delivery.redelivered or retry_count(props.headers) > 0
 
     def _note_ambiguous(
         self,
@@ -466,27 +478,28 @@ class Pipeline:
         )
 
     async def _send_failed(
-        self, job: Job, publish_channel: Any, error: SendError, user_id: str
-    ) -> str:
+        self, job: Job, channel: Channel, error: SendError, user_id: str
+    ) -> Outcome:
         self.metrics.failed(error.code)
+        done = retry_count(job.delivery.properties.headers)
+        verdict = on_send_failure(
+            error,
+            ambiguous_policy=self.settings.ambiguous,
+            retries_done=done,
+            schedule=self.settings.retry_delays,
+        )
         if error.ambiguous:
-            skip = self.settings.ambiguous == "skip"
             self._note_ambiguous(
                 job,
-                "skip" if skip else "resend",
+                self.settings.ambiguous,
                 note="WhatsApp did not answer the send in time; it may have taken the message",
             )
-            if skip:
-                # never risk a second copy: park it where an operator can replay it
-                message = f"{error.message} (maybe sent; WHATSAPP_AMBIGUOUS=skip: not retried)"
-                await self._dead_letter(job, publish_channel, error.code, message, user_id)
-                self.metrics.processed("failed")
-                return "failed"
-        if not error.transient:
-            await self._dead_letter(job, publish_channel, error.code, error.message, user_id)
-            self.metrics.processed("failed")
-            return "failed"
-        return await self._retry_later(job, publish_channel, error, user_id)
+        if isinstance(verdict, DeadLetter):
+            if verdict.code == "retries_exhausted":
+                self.metrics.failed("retries_exhausted")
+            await self._dead_letter(job, channel, verdict.code, verdict.message, user_id)
+            return verdict.outcome
+        return await self._retry_later(job, channel, verdict, error, user_id)
 
     async def _pace(self, destination: str) -> bool:
         """Wait as the pacing rules say; False when a stop began meanwhile."""
@@ -522,79 +535,85 @@ class Pipeline:
                 eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")
 
     async def _retry_later(
-        self, job: Job, publish_channel: Any, error: SendError, user_id: str
-    ) -> str:
-        """Republish to the delay queue for the next retry (confirmed), then ack; or give up."""
+        self, job: Job, channel: Channel, retry: Retry, error: SendError, user_id: str
+    ) -> Outcome:
+        """Republish to the delay queue for the next retry (confirmed), then ack."""
         delivery = job.delivery
-        done = retry_count(delivery.properties)
-        delay = retry_delay(self.settings.retry_delays, done)
-        if delay is None:
-            await self._dead_letter(
-                job,
-                publish_channel,
-                "retries_exhausted",
-                f"gave up after {done} retries; last error {error.code}: {error.message}",
-                user_id,
-            )
-            self.metrics.failed("retries_exhausted")
-            self.metrics.processed("failed")
-            return "failed"
-        headers = dict(delivery.properties.headers)
-        headers.update(
-            {
-                "x-retry-count": done + 1,
-                "x-last-error-code": error.code,
-                "x-last-error": error.message[:512],
-            }
+        headers = retry_headers(
+            delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
         )
-        queue = amqp.retry_queue_name(self.settings, delay)
+        queue = amqp.retry_queue_name(self.settings, retry.delay)
         with eliot.start_action(
             action_type="wa_trio:job:retry_later",
             code=error.code,
-            retry=done + 1,
-            delay=delay,
+            retry=retry.retry,
+            delay=retry.delay,
             queue=queue,
         ):
-            await amqp.publish(
-                publish_channel,
-                "",
-                queue,
-                delivery.body,
-                attrs.evolve(delivery.properties, headers=headers),
-            )
+            try:
+                await amqp.publish(
+                    channel,
+                    "",
+                    queue,
+                    delivery.body,
+                    attrs.evolve(delivery.properties, headers=headers),
+                    check=True,
+                )
+            except EncodeError as failure:
+                await self._dead_letter_bare(job, channel, headers, error.code, failure)
+                return Outcome.FAILED
             await delivery.ack()
         self.metrics.retried()
-        self.metrics.processed("retried")
-        self._emit("retrying", job, user_id, code=error.code, retry=done + 1)
-        return "retried"
+        self._emit("retrying", job, user_id, code=error.code, retry=retry.retry)
+        return Outcome.RETRIED
 
     def _emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
-        if self.status is not None:
-            self.status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
+        self._status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
 
     async def _dead_letter(
         self,
         job: Job,
-        publish_channel: Any,
+        channel: Channel,
         code: str,
         message: str,
         user_id: str | None = None,
     ) -> None:
         delivery = job.delivery
-        props = delivery.properties
         headers = dead_letter_headers(
-            dict(props.headers), code, message, delivery, self.settings.exchange
+            delivery.properties.headers,
+            code=code,
+            message=message,
+            exchange=self.settings.exchange,
+            routing_key=delivery.routing_key,
         )
         with eliot.start_action(action_type="wa_trio:job:dead_letter", code=code, reason=message):
-            await amqp.publish(
-                publish_channel,
-                self.settings.dlx,
-                delivery.routing_key,
-                delivery.body,
-                attrs.evolve(props, headers=headers),
-            )
+            try:
+                await amqp.publish(
+                    channel,
+                    self.settings.dlx,
+                    delivery.routing_key,
+                    delivery.body,
+                    attrs.evolve(delivery.properties, headers=headers),
+                    check=True,
+                )
+            except EncodeError as failure:
+                await self._dead_letter_bare(job, channel, headers, code, failure)
+                return
             await delivery.ack()
         self._emit("failed", job, user_id, code=code)
 
+    async def _dead_letter_bare(
+        self, job: Job, channel: Channel, headers: dict[str, Any], code: str, error: EncodeError
+    ) -> None:
+        """The fallback when a copy could not be encoded: dead-letter with our headers only."""
+        eliot.log_message(message_type="wa_trio:job:headers_dropped", error=error.message)
+        delivery = job.delivery
+        bare = bare_headers(headers)
+        bare.setdefault(h.ERROR_CODE, code)
+        props = amqp.Properties(headers=bare, message_id=None)
+        await amqp.publish(channel, self.settings.dlx, delivery.routing_key, delivery.body, props)
+        await delivery.ack()
+        self._emit("failed", job, None, code=code)
 
-__all__ = ["Job", "Pipeline", "dead_letter_headers", "job_key", "trace_id_of"]
+
+__all__ = ["Pipeline", "PipelineStatistics"]

@@ -12,8 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from wa_trio.db import private_dir
 from wa_trio.errors import WaTrioError
+from wa_trio.files import private_dir
 
 
 class SessionError(WaTrioError):

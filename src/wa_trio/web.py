@@ -1,33 +1,71 @@
-"""The worker's HTTP face: /healthz, /readyz, /metrics (and /login, see login_page).
+"""The worker's HTTP face: /healthz, /readyz, /livez, /metrics, and the operator's /login.
 
 A Quart-Trio app served by hypercorn's trio ``serve()`` as one task of the root nursery, stopped
 through its shutdown trigger. Handlers only read state the other tasks keep; the one broker round
 trip (/healthz) goes through ``BrokerMonitor.check`` (2 s timeout, 5 s cache).
+
+Who may do what: /healthz, /readyz, /livez and /metrics are open (they reveal no message and
+change nothing; restrict them at the network if needed, docs/security.md). /login reveals the
+login QR, which lets whoever scans it link *their* phone and read what the worker sends, and
+POST /login/relogin changes state: both need the operator token (WHATSAPP_ADMIN_TOKEN), as the
+password of HTTP Basic (so a browser asks for it; no token in URLs) or as a Bearer token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import hmac
 from typing import Any, Protocol
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
+from wa_trio import login_page
+from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.monitor import BrokerMonitor
 from wa_trio.transport import ConnectionState, Transport
+
+METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)
 
 
 class ConsumerState(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    def statistics(self) -> Any: ...
 
-LoginView = Callable[[], Any]
+
+def authorized(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries the operator token (Basic password or Bearer)."""
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        given = value
+    elif scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        given = decoded.partition(":")[2]
+    else:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+
+
+def _unauthorized() -> Response:
+    return Response(
+        "operator token required (HTTP Basic password, or Authorization: Bearer)\n",
+        status=401,
+        content_type="text/plain; charset=utf-8",
+        headers={"WWW-Authenticate": 'Basic realm="wa-trio", charset="UTF-8"'},
+    )
 
 
 def create_app(
@@ -36,13 +74,17 @@ def create_app(
     monitor: BrokerMonitor,
     transport: Transport,
     metrics: Metrics,
-    login_view: LoginView | None = None,
+    admin_token: str,
+    redactor: Redactor | None = None,
+    metrics_cache: float = METRICS_CACHE,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
+    redactor = redactor or Redactor(production=True)
     # read at scrape time from the transport, the one place that knows
     metrics.whatsapp_connected.set_function(
         lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
     )
+    rendered: list[tuple[float, bytes]] = []
 
     async def broker_checks() -> tuple[list[str], dict[str, str]]:
         ok: list[str] = []
@@ -56,7 +98,15 @@ def create_app(
             ok.append("broker")
         else:
             failing["broker"] = result.detail
+        problem = consumer.statistics().ledger_problem
+        if problem:  # reported only while failing (the send ledger is local, not a service)
+            failing["ledger"] = problem
         return ok, failing
+
+    @app.get("/livez")
+    async def livez() -> tuple[dict[str, Any], int]:
+        """The process answers (Kubernetes liveness: never depends on the broker)."""
+        return {"ok": ["process"], "failing": {}}, 200
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, Any], int]:
@@ -76,10 +126,26 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_view() -> Response:
-        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+        now = trio.current_time()
+        if not rendered or now - rendered[0][0] >= metrics_cache:
+            rendered[:] = [(now, metrics.exposition())]
+        return Response(rendered[0][1], content_type=CONTENT_TYPE_LATEST)
 
-    if login_view is not None:
-        app.add_url_rule("/login", "login", login_view, methods=["GET"])
+    @app.get("/login")
+    async def login() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        page = login_page.render(transport.login_status(), redactor)
+        return Response(
+            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/login/relogin")
+    async def relogin() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        transport.request_relogin()
+        return Response("", status=303, headers={"Location": "/login", "Cache-Control": "no-store"})
 
     return app
 
@@ -92,7 +158,11 @@ async def run_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown`` is set; ``started()`` gets the bound URLs."""
+    """Serve ``app`` until ``shutdown`` is set; ``started()`` gets the bound URLs.
+
+    Raises:
+        OSError: the address cannot be bound (the CLI prints one line).
+    """
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -160,8 +160,8 @@ async def test_closing_all_connections_mid_stream_loses_no_job(
     duplicates = sum(n - 1 for n in keys.values())
     print(
         f"\nclose_all_connections after {sent_at_cut}/{total} sends: {duplicates} sent more "
-        f"than once, {worker.pipeline.connections} connections"
+        f"than once, {worker.pipeline.statistics().connections} connections"
     )
     assert set(keys) == set(ids)
-    assert worker.pipeline.connections >= 2
+    assert worker.pipeline.statistics().connections >= 2
     await wait_for(lambda: _count(topology, topology.queue_name, 0), what="queue empty")

@@ -116,12 +116,13 @@ async def test_broker_stop_and_start_mid_stream_sends_every_job_exactly_once(
     await wait_for(lambda: _queue_empty(topology), timeout=60, what="queue drained")
     sent = counts(topology)
     print(
-        f"\nstop_app after {at_stop}/{total}: {worker.pipeline.connections} connections, "
+        f"\nstop_app after {at_stop}/{total}: "
+        f"{worker.pipeline.statistics().connections} connections, "
         f"{sum(n - 1 for n in sent.values())} duplicates"
     )
     assert set(sent) == set(ids)
     assert max(sent.values()) == 1
-    assert worker.pipeline.connections >= 2
+    assert worker.pipeline.statistics().connections >= 2
 
 
 async def test_flaky_transport_every_job_sent_once_with_retries_counted(

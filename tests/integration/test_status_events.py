@@ -207,7 +207,7 @@ async def test_graceful_stop_publishes_the_last_jobs_events(
                     settings, handle_signals=False, task_status=task_status
                 )
             )
-            status = worker.pipeline.status
+            status = worker.status
             assert status is not None
             await wait_for(lambda: status.pending >= 50, interval=0.001, what="a backlog")
             pending = status.pending

@@ -6,24 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.amqp_fixes import _read_field_value, apply, sanitize_headers
-from wa_trio.ledger import Decision, Ledger, decide
+from wa_trio.amqp_fixes import _read_field_value, apply
+from wa_trio.headers import encodable
+from wa_trio.ledger import Begin, Ledger, LedgerError, Mark
+from wa_trio.outcome import Found
 from wa_trio.policy import delay_label, retry_delay
 
 
-@pytest.mark.parametrize(
-    ("state", "ambiguous", "decision"),
-    [
-        (None, "resend", Decision.SEND),
-        ("failed", "resend", Decision.SEND),
-        ("sent", "resend", Decision.DUPLICATE),
-        ("sent", "skip", Decision.DUPLICATE),
-        ("sending", "resend", Decision.AMBIGUOUS_RESEND),
-        ("sending", "skip", Decision.AMBIGUOUS_SKIP),
-    ],
-)
-def test_decide(state: str | None, ambiguous: str, decision: Decision) -> None:
-    assert decide(state, ambiguous=ambiguous) is decision
+def _state(found: Found | None) -> str | None:
+    return None if found is None else found.state
 
 
 def test_ledger_records_survive_reopen_and_prune(tmp_path: Path) -> None:
@@ -35,9 +26,9 @@ def test_ledger_records_survive_reopen_and_prune(tmp_path: Path) -> None:
     ledger.close()
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     ledger = Ledger(path)
-    assert ledger.begin("a", check=True) == "sent"
+    assert _state(ledger.begin("a", check=True)) == "sent"
     assert ledger.get("a").whatsapp_id == "WA1"  # type: ignore[union-attr]
-    assert ledger.begin("b", check=True) == "sending"
+    assert _state(ledger.begin("b", check=True)) == "sending"
     assert ledger.begin("b", check=False) is None  # unchecked: first delivery without id
     assert ledger.count("sending") == 1
     assert ledger.prune(older_than=3600) == 0
@@ -82,7 +73,45 @@ def test_array_and_decimal_fields_decode() -> None:
         assert _read_field_value(DecodingBuffer(kind + payload)) == value
 
 
-def test_sanitize_headers_keeps_what_serena_encodes() -> None:
+def test_step_commits_the_previous_outcome_and_the_next_begin_together(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.step([], [Begin("a", True, "h1")])
+    found = ledger.step([Mark("a", "sent", "WA1", "u", "h1")], [Begin("a", True, "h1")])
+    assert found == [Found("sent", "h1")]  # the mark is visible to the begin of the same step
+    # a reused message_id with another body: reported with the first body's hash, row kept
+    assert ledger.step([], [Begin("a", True, "h2")]) == [Found("sent", "h1")]
+    assert ledger.get("a").whatsapp_id == "WA1"  # type: ignore[union-attr]
+    ledger.close()
+
+
+def test_a_ledger_of_the_previous_schema_gains_body_hashes(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE sends (key TEXT PRIMARY KEY, state TEXT NOT NULL, whatsapp_id TEXT, "
+        "updated_at REAL NOT NULL, user_id TEXT)"
+    )
+    db.execute("INSERT INTO sends VALUES ('old', 'sent', 'W', 1e12, NULL)")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.begin("old", check=True, body_hash="h") == Found("sent", None)
+    ledger.close()
+
+
+def test_a_full_disk_raises_the_real_error_not_a_failed_rollback(tmp_path: Path) -> None:
+    """SQLITE_FULL (max_page_count stands in for a full disk) comes out as LedgerError with
+    SQLite's own text; before, the failed ROLLBACK masked it."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.limit_pages(1)
+    with pytest.raises(LedgerError, match="full"):
+        ledger.step([], [Begin(f"k{i}" * 200, False) for i in range(200)])
+    ledger.close()
+
+
+def test_encodable_headers_keep_what_serena_encodes() -> None:
     headers = {
         "x-death": [{"count": 1}],
         "tags": ["a", "b"],
@@ -90,7 +119,8 @@ def test_sanitize_headers_keeps_what_serena_encodes() -> None:
         "nested": {"l": [1]},
         "d": Decimal("1.5"),
     }
-    clean = sanitize_headers(headers)
+    clean, notes = encodable(headers)
+    assert notes == []
     assert "x-death" not in clean
     assert clean["tags"] == '["a", "b"]'
     assert clean["nested"] == {"l": "[1]"}

@@ -11,7 +11,7 @@ from wa_trio.transport.states import Signal, next_state
     ("current", "signal", "state", "may_reconnect"),
     [
         (S.CONNECTING, Signal("qr"), S.WAITING_FOR_LOGIN, True),
-        (S.WAITING_FOR_LOGIN, Signal("pair_success", detail="5511"), S.CONNECTED, True),
+        (S.WAITING_FOR_LOGIN, Signal("pair_success", detail="5511"), S.CONNECTING, True),
         (S.CONNECTING, Signal("connected"), S.CONNECTED, True),
         (S.CONNECTED, Signal("disconnected"), S.DISCONNECTED, True),
         (S.CONNECTED, Signal("keepalive_timeout"), S.DISCONNECTED, True),

@@ -8,20 +8,16 @@ The pipeline only sees ``Transport``; tests swap implementations freely.
 
 from __future__ import annotations
 
-import enum
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-import trio
 
+from wa_trio.transport.receipts import ReceiptInfo
+from wa_trio.transport.states import ConnectionState
 
-class ConnectionState(enum.Enum):
-    CONNECTING = "connecting"
-    WAITING_FOR_LOGIN = "waiting_for_login"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    LOGGED_OUT = "logged_out"
-    BANNED = "banned"
+if TYPE_CHECKING:  # the pure parts (states, receipts) must import without trio
+    import trio
 
 
 @attrs.frozen
@@ -32,6 +28,18 @@ class OutgoingMessage:
     text: str
     user_id: str
     job_key: str
+
+
+@attrs.frozen
+class LoginStatus:
+    """What the /login page shows (the web side renders it; transports import no web code)."""
+
+    state: ConnectionState
+    linkable: bool  # False: nothing to link (dry-run)
+    qr: str | None = None
+    qr_count: int = 0
+    pair_code: str | None = None
+    linked_as: str | None = None  # E.164, shown masked in production
 
 
 @attrs.frozen
@@ -46,6 +54,8 @@ class Transport(Protocol):
     """Send text to E.164 numbers from one WhatsApp account."""
 
     name: str
+    #: called (trio thread) for each delivery/read receipt; set by the app before ``run``
+    on_receipt: Callable[[ReceiptInfo], None] | None
 
     @property
     def state(self) -> ConnectionState:
@@ -64,9 +74,17 @@ class Transport(Protocol):
         """
         ...
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:
         """Own the connection for the worker's lifetime (connect, watch, reconnect)."""
         ...
 
+    def login_status(self) -> LoginStatus:
+        """What a person linking the account needs to see (never blocks)."""
+        ...
 
-__all__ = ["ConnectionState", "OutgoingMessage", "SendResult", "Transport"]
+    def request_relogin(self) -> None:
+        """After a logout: start a fresh login (an operator's POST /login/relogin)."""
+        ...
+
+
+__all__ = ["ConnectionState", "LoginStatus", "OutgoingMessage", "SendResult", "Transport"]

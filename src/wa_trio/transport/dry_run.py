@@ -10,9 +10,11 @@ record the fault tests count: a line is flushed to the OS before the send return
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -21,7 +23,8 @@ from eliot import log_message
 
 from wa_trio.errors import SendError
 from wa_trio.log import Redactor
-from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
+from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
+from wa_trio.transport.receipts import ReceiptInfo
 
 
 class DryRunTransport:
@@ -39,6 +42,13 @@ class DryRunTransport:
         self._redactor = redactor
         self._fail = fail
         self.sent = 0
+        self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # dry-run has none
+
+    def login_status(self) -> LoginStatus:
+        return LoginStatus(ConnectionState.CONNECTED, linkable=False)
+
+    def request_relogin(self) -> None:
+        """Nothing to link in dry-run."""
 
     @property
     def state(self) -> ConnectionState:
@@ -55,8 +65,10 @@ class DryRunTransport:
         now = time.time()
         if self._path is not None:
             if self._file is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self._path.open("a", encoding="utf-8")
+                # full numbers and texts: private (0600, a folder we create 0700)
+                self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
             record = {
                 "message_id": message_id,
                 "destination": message.destination,

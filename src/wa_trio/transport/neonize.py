@@ -17,7 +17,6 @@ time when the bundled one is missing; ``check_bundled_library`` refuses to let t
 from __future__ import annotations
 
 import contextlib
-import html
 import importlib.util
 import logging
 import os
@@ -33,16 +32,15 @@ import attrs
 import eliot
 import segno
 import trio
-from quart import Response
 
 from wa_trio.config import Settings, redact_url
-from wa_trio.db import private_dir
 from wa_trio.errors import NotConnectedError, SendError, WaTrioError
+from wa_trio.files import private_dir
 from wa_trio.log import Redactor, mask_numbers
-from wa_trio.numbers import NumberCache, Resolution
+from wa_trio.number_cache import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import Backoff, classify_send_error
-from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
+from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 
@@ -277,6 +275,16 @@ class NeonizeTransport:
             )
         self._state_changed.set()
         self._state_changed = trio.Event()
+
+    def login_status(self) -> LoginStatus:
+        return LoginStatus(
+            state=self._state,
+            linkable=True,
+            qr=self.login.qr,
+            qr_count=self.login.qr_count,
+            pair_code=self.login.pair_code,
+            linked_as=self.login.linked_as,
+        )
 
     def _read_linked_number(self) -> None:
         me = getattr(self._client, "me", None)
@@ -515,7 +523,8 @@ class NeonizeTransport:
         return client.send_message(build_jid(jid_user), text)
 
     async def resolve(self, number: str) -> str:
-        """The JID user WhatsApp knows ``number`` by (cached); SendError if not on WhatsApp."""
+        """The JID user to send to (the number's digits) once WhatsApp says the number is on
+        WhatsApp (cached); SendError if it is not."""
         cache = self._numbers
         cached = await trio.to_thread.run_sync(cache.get, number) if cache else None
         if cached is None:
@@ -531,8 +540,9 @@ class NeonizeTransport:
                 ) from None
             answer = answers[0] if answers else None
             on = bool(answer is not None and answer.IsIn)
-            user = str(answer.JID.User) if on and answer is not None else ""
-            cached = Resolution(number, on, user, time.time())
+            # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID
+            # (<id>@lid), not a number; we send to the number's JID, whatsmeow maps it
+            cached = Resolution(number, on, number.lstrip("+") if on else "", time.time())
             if cache is not None:
                 await trio.to_thread.run_sync(cache.put, cached)
         if not cached.on_whatsapp:
@@ -540,62 +550,3 @@ class NeonizeTransport:
                 "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
             )
         return cached.jid_user
-
-    # ---------------------------------------------------------------------------- /login
-
-    async def login_view(self) -> Response:
-        """GET /login: the QR (SVG) or pair code while linking; who is linked once done."""
-        state = self._state
-        refresh = '<meta http-equiv="refresh" content="5">'
-        if state is ConnectionState.CONNECTED:
-            who = self.redactor.phone(self.login.linked_as) if self.login.linked_as else "unknown"
-            body = f"<h1>WhatsApp linked</h1><p>linked as {html.escape(who)}</p>"
-            refresh = ""
-        elif state is ConnectionState.LOGGED_OUT:
-            self.request_relogin()
-            body = "<h1>Logged out</h1><p>Starting a new login; this page refreshes.</p>"
-        elif state is ConnectionState.BANNED:
-            body = "<h1>Account banned</h1><p>See the worker's log; no login is possible now.</p>"
-            refresh = ""
-        elif self.login.pair_code:
-            body = (
-                f"<h1>Link with phone number</h1><p>On the phone: WhatsApp &rarr; Linked devices"
-                f" &rarr; Link with phone number, then enter</p>"
-                f"<p style='font-size:3em'><code>{html.escape(self.login.pair_code)}</code></p>"
-            )
-        elif self.login.qr:
-            svg = segno.make_qr(self.login.qr).svg_inline(scale=6)
-            body = (
-                "<h1>Scan to link WhatsApp</h1><p>On the phone: WhatsApp &rarr; Linked devices"
-                f" &rarr; Link a device.</p>{svg}"
-            )
-        else:
-            body = f"<h1>WhatsApp: {html.escape(state.value)}</h1><p>Waiting for WhatsApp.</p>"
-        page = (
-            f"<!doctype html><html><head><meta charset='utf-8'>{refresh}"
-            f"<title>wa-trio login</title></head><body>{body}</body></html>"
-        )
-        return Response(
-            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
-        )
-
-
-async def run_login(settings: Settings, wait_seconds: float) -> bool:
-    """``wa-trio login``: run only the login flow; True once linked."""
-    transport = NeonizeTransport(settings, Redactor(settings.production))
-    linked = False
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        with trio.move_on_after(wait_seconds):
-            await transport.wait_connected()
-            linked = True
-        nursery.cancel_scope.cancel()
-    if linked:
-        who = transport.login.linked_as or "the account"
-        print(
-            f"wa-trio: linked as {transport.redactor.phone(who)}; session in {settings.session_db}",
-            file=sys.stderr,
-        )
-    else:
-        print(f"wa-trio: not linked within {wait_seconds:g}s", file=sys.stderr)
-    return linked

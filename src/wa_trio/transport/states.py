@@ -7,9 +7,19 @@ Kept apart so every transition is tested without the Go library or an event loop
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
-from wa_trio.transport import ConnectionState
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    WAITING_FOR_LOGIN = "waiting_for_login"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    LOGGED_OUT = "logged_out"
+    BANNED = "banned"
+
 
 # ConnectFailure.Reason values (neonize's ConnectFailureReason enum)
 _LOGGED_OUT_REASONS = {2, 4, 5}  # LOGGED_OUT, MAIN_DEVICE_GONE, UNKNOWN_LOGOUT
@@ -41,8 +51,12 @@ def next_state(current: ConnectionState, signal: Signal) -> Transition:
         return Transition(ConnectionState.CONNECTING, True)
     if kind in {"qr", "pair_error"}:
         return Transition(ConnectionState.WAITING_FOR_LOGIN, True)
-    if kind in {"connected", "keepalive_restored", "pair_success"}:
+    if kind in {"connected", "keepalive_restored"}:
         return Transition(ConnectionState.CONNECTED, True)
+    if kind == "pair_success":
+        # linked, but not connected yet: whatsmeow restarts the stream (515) and only a
+        # Connected event after that means messages can go out
+        return Transition(ConnectionState.CONNECTING, True)
     if kind in {"disconnected", "keepalive_timeout", "dial_failed"}:
         if current in {ConnectionState.LOGGED_OUT, ConnectionState.BANNED}:
             return Transition(current, False)

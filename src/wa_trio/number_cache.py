@@ -1,8 +1,11 @@
-"""Number -> WhatsApp JID cache (sqlite3, blocking: call it from a worker thread).
+"""Number -> "is it on WhatsApp" cache (sqlite3, blocking: call it from a worker thread).
 
 ``is_on_whatsapp`` is a round trip to WhatsApp and a signal of automation when repeated; the
-answer rarely changes, so it is kept for WHATSAPP_NUMBER_CACHE_TTL. The JID WhatsApp returns is
-the one used for sending (Brazilian numbers with or without the extra 9 resolve to the real one).
+answer rarely changes, so it is kept for a week (``NUMBER_CACHE_TTL`` of the neonize transport).
+The look-up only answers "is on WhatsApp": the JID it returns may be the contact's LID
+(``<id>@lid``), which is not a phone number, so we always send to the phone-number JID we asked
+about and whatsmeow maps it to the LID itself. Schema version 2 dropped the rows of version 1,
+which could hold a LID as the number to send to.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from pathlib import Path
 
 import attrs
 
-from wa_trio.db import open_private_db
+from wa_trio.files import open_private_db
+
+SCHEMA_VERSION = 2  # 2: rows of 1 may hold a LID where a number belongs (dropped)
 
 
 @attrs.frozen
 class Resolution:
     number: str  # E.164
     on_whatsapp: bool
-    jid_user: str  # the user part of the JID WhatsApp returned ("" when not on WhatsApp)
+    jid_user: str  # the phone number's digits, the JID user we send to ("" when not on WhatsApp)
     checked_at: float
 
 
@@ -29,6 +34,9 @@ class NumberCache:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._db = open_private_db(path)
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:
+            self._db.execute("DROP TABLE IF EXISTS numbers")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS numbers (number TEXT PRIMARY KEY, on_whatsapp INTEGER "
             "NOT NULL, jid_user TEXT NOT NULL, checked_at REAL NOT NULL)"
