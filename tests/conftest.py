@@ -41,6 +41,21 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _discard(_message: dict[str, object]) -> None:
+    """An eliot destination that drops everything."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eliot_never_buffers() -> Iterator[None]:
+    """eliot buffers the messages logged while it has no destination and hands them to the
+    first one added: one test's job logs would then land in a later test's log file."""
+    import eliot
+
+    eliot.add_destinations(_discard)
+    yield
+    eliot.remove_destination(_discard)
+
+
 @pytest.fixture
 def make_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
     """Environment for one worker with unique names; keyword arguments override."""

@@ -116,7 +116,7 @@ async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) 
 def sent_records(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
@@ -147,3 +147,26 @@ def ensure_broker_running(timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("RabbitMQ did not start")
         time.sleep(0.5)
+
+
+class EventTap:
+    """A queue bound to the status routing key; ``poll()`` moves its messages into ``events``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue = f"{settings.queue_name}.status-tap"
+        self.events: list[dict[str, Any]] = []
+
+    async def bind(self) -> None:
+        async with amqp.connect(BrokerAddress.from_settings(self.settings)) as connection:
+            await amqp.declare_topology(connection, self.settings)
+            async with connection.open_channel() as channel:
+                await channel.queue_declare(self.queue)
+                await channel.queue_bind(
+                    self.queue, self.settings.exchange, self.settings.status_routing_key
+                )
+
+    async def at_least(self, n: int) -> bool:
+        for message in await drain_queue(self.settings, self.queue):
+            self.events.append(json.loads(message.body))
+        return len(self.events) >= n

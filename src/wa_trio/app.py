@@ -79,6 +79,7 @@ class Worker:
     pipeline: Pipeline
     monitor: BrokerMonitor
     status: StatusPublisher
+    ledger: AsyncLedger
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -194,6 +195,7 @@ async def _supervise(
             pipeline,
             parts.monitor,
             parts.status,
+            parts.ledger,
             urls,
             stop_event=stop,
         )

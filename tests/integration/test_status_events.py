@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -14,16 +13,14 @@ from neonize.events import ConnectedEv, ReceiptEv
 
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
+    EventTap,
     delete_topology,
-    drain_queue,
     job_body,
     publish_many,
     sent_records,
     wait_for,
 )
 from tests.integration.conftest import StartWorker
-from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress
 from wa_trio.app import Worker, run_worker
 from wa_trio.cli import main
 from wa_trio.config import Settings
@@ -49,29 +46,6 @@ def test_schema_accepts_every_kind_and_rejects_a_bad_one() -> None:
         pass
     else:
         raise AssertionError("a failed event without code passed the schema")
-
-
-class EventTap:
-    """A queue bound to the status routing key; ``poll()`` moves its messages into ``events``."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.queue = f"{settings.queue_name}.status-tap"
-        self.events: list[dict[str, Any]] = []
-
-    async def bind(self) -> None:
-        async with amqp.connect(BrokerAddress.from_settings(self.settings)) as connection:
-            await amqp.declare_topology(connection, self.settings)
-            async with connection.open_channel() as channel:
-                await channel.queue_declare(self.queue)
-                await channel.queue_bind(
-                    self.queue, self.settings.exchange, self.settings.status_routing_key
-                )
-
-    async def at_least(self, n: int) -> bool:
-        for message in await drain_queue(self.settings, self.queue):
-            self.events.append(json.loads(message.body))
-        return len(self.events) >= n
 
 
 async def test_sent_failed_delivered_read_events(

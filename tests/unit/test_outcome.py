@@ -1,0 +1,164 @@
+"""Job outcomes as pure tables: no broker, no trio, no WhatsApp (like test_states.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from wa_trio.errors import SendError
+from wa_trio.headers import HEADER_NOTES
+from wa_trio.outcome import (
+    DeadLetter,
+    Decision,
+    Found,
+    Outcome,
+    Retry,
+    ack_plan,
+    bare_headers,
+    batch_size,
+    dead_letter_headers,
+    decide,
+    defer_repeats,
+    on_send_failure,
+    retry_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "ambiguous", "decision"),
+    [
+        (None, "resend", Decision.SEND),
+        ("failed", "resend", Decision.SEND),
+        ("sent", "resend", Decision.DUPLICATE),
+        ("sent", "skip", Decision.DUPLICATE),
+        ("sending", "resend", Decision.AMBIGUOUS_RESEND),
+        ("sending", "skip", Decision.AMBIGUOUS_SKIP),
+    ],
+)
+def test_decide(state: str | None, ambiguous: str, decision: Decision) -> None:
+    found = None if state is None else Found(state, "h")
+    assert decide(found, body_hash="h", ambiguous=ambiguous) is decision
+
+
+@pytest.mark.parametrize("state", ["sent", "sending", "failed"])
+def test_a_message_id_reused_for_another_body_is_a_conflict(state: str) -> None:
+    assert decide(Found(state, "first"), body_hash="second", ambiguous="resend") is (
+        Decision.CONFLICT
+    )
+
+
+def test_rows_from_before_body_hashes_are_trusted() -> None:
+    assert decide(Found("sent", None), body_hash="h", ambiguous="resend") is Decision.DUPLICATE
+
+
+def _error(code: str, *, transient: bool = True) -> SendError:
+    return SendError(f"{code} happened", code=code, transient=transient)
+
+
+@pytest.mark.parametrize(
+    ("error", "policy", "done", "verdict"),
+    [
+        (_error("network"), "resend", 0, Retry(5.0, 1)),
+        (_error("network"), "resend", 1, Retry(30.0, 2)),
+        (_error("network"), "skip", 1, Retry(30.0, 2)),
+        (_error("not_on_whatsapp", transient=False), "resend", 0, "not_on_whatsapp"),
+        (_error("network"), "resend", 2, "retries_exhausted"),
+        (_error("send_timed_out"), "resend", 0, Retry(5.0, 1)),
+        (_error("send_timed_out"), "skip", 0, "send_timed_out"),
+    ],
+)
+def test_on_send_failure(error: SendError, policy: str, done: int, verdict: Retry | str) -> None:
+    result = on_send_failure(
+        error, ambiguous_policy=policy, retries_done=done, schedule=(5.0, 30.0)
+    )
+    if isinstance(verdict, Retry):
+        assert result == verdict
+    else:
+        assert isinstance(result, DeadLetter)
+        assert result.code == verdict
+        assert result.outcome is Outcome.FAILED
+
+
+def test_an_ambiguous_skip_says_it_may_have_been_sent() -> None:
+    result = on_send_failure(
+        _error("send_timed_out"), ambiguous_policy="skip", retries_done=0, schedule=(1.0,)
+    )
+    assert isinstance(result, DeadLetter) and "maybe sent" in result.message
+
+
+def test_retries_exhausted_names_the_last_error() -> None:
+    result = on_send_failure(
+        _error("network"), ambiguous_policy="resend", retries_done=3, schedule=(1.0,)
+    )
+    assert isinstance(result, DeadLetter)
+    assert "gave up after 3 retries; last error network" in result.message
+
+
+def test_batches_only_without_pacing() -> None:
+    assert batch_size(50, pacing=False) == 50
+    assert batch_size(50, pacing=True) == 1
+    assert batch_size(1, pacing=False) == 1
+
+
+def test_later_copies_of_a_key_are_deferred() -> None:
+    assert defer_repeats(["a", "b", "a", "c", "a", "b"]) == ([0, 1, 3], [2, 4, 5])
+    assert defer_repeats([]) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("sent", "unsettled", "plan"),
+    [
+        ([], [], []),
+        ([3], [], [(3, False)]),
+        ([1, 2, 3], [], [(3, True)]),
+        ([1, 2, 5, 6], [4], [(2, True), (5, False), (6, False)]),
+        ([2, 3], [1], [(2, False), (3, False)]),
+        ([1, 3], [2], [(1, False), (3, False)]),
+    ],
+)
+def test_ack_plan_never_acks_an_unsettled_job(
+    sent: list[int], unsettled: list[int], plan: list[tuple[int, bool]]
+) -> None:
+    assert ack_plan(sent, unsettled) == plan
+    for tag, multiple in plan:  # the property the plan exists for
+        if multiple:
+            assert all(u > tag for u in unsettled)
+
+
+def test_dead_letter_headers_keep_the_original_and_say_why() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    headers = dead_letter_headers(
+        {"trace_id": "t", "sent_at_ms": 1764000000000, "gone": None},
+        code="invalid_json",
+        message="x" * 2000,
+        exchange="ex",
+        routing_key="rk",
+        now=at,
+    )
+    assert headers["trace_id"] == "t"
+    assert headers["sent_at_ms"] == "1764000000000"  # out of the encoder's range: text
+    assert "gone" not in headers
+    assert "sent_at_ms" in headers[HEADER_NOTES] and "gone" in headers[HEADER_NOTES]
+    assert headers["x-error-code"] == "invalid_json"
+    assert len(headers["x-error-message"]) == 1024
+    assert headers["x-original-exchange"] == "ex"
+    assert headers["x-original-routing-key"] == "rk"
+    assert headers["x-failed-at"] == "2026-01-02T03:04:05.000+00:00"
+
+
+def test_retry_headers_count_the_retry() -> None:
+    headers = retry_headers({"x-retry-count": 1, "a": -5}, retry=2, code="c", message="m")
+    assert headers["x-retry-count"] == 2
+    assert headers["x-last-error-code"] == "c"
+    assert headers["a"] == "-5"
+
+
+def test_bare_headers_keep_only_ours() -> None:
+    bare = bare_headers({"x-error-code": "c", "weird": object(), "x-retry-count": 2})
+    assert set(bare) == {"x-error-code", "x-retry-count", HEADER_NOTES}
+
+
+def test_held_jobs_are_not_counted() -> None:
+    assert not Outcome.HELD.counted
+    assert all(outcome.counted for outcome in Outcome if outcome is not Outcome.HELD)
