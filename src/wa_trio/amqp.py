@@ -46,6 +46,7 @@ __all__ = [
     "consume",
     "consume_channel",
     "declare_topology",
+    "get",
     "publish",
     "queue_message_count",
 ]
@@ -312,8 +313,23 @@ class Delivery:
         """Ack this delivery (``multiple``: and every earlier unacked one on its channel)."""
         await self._channel.basic_ack(self.delivery_tag, multiple=multiple)
 
-    async def nack(self, *, requeue: bool) -> None:
-        await self._channel.basic_nack(self.delivery_tag, requeue=requeue)
+
+async def get(channel: Channel, queue: str) -> Delivery | None:
+    """basic.get one message of ``queue`` without acking it (None: the queue is empty).
+
+    Unacked, it goes back to the queue when the channel closes, unless ``ack``-ed first.
+    """
+    message = await channel.basic_get(queue, no_ack=False)
+    if message is None:
+        return None
+    return Delivery(
+        body=message.body,
+        properties=Properties.of(message.header),
+        delivery_tag=message.envelope.delivery_tag,
+        redelivered=message.envelope.redelivered,
+        routing_key=message.envelope.routing_key,
+        channel=channel,
+    )
 
 
 @contextlib.asynccontextmanager

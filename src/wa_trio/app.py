@@ -30,7 +30,7 @@ from quart_trio import QuartTrio
 
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError
-from wa_trio.files import private_dir
+from wa_trio.files import StartupError, lock_session, private_dir
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
@@ -103,7 +103,12 @@ async def run_worker(
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
-    ledger = await AsyncLedger.open(settings.ledger_db)
+    session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
+    try:
+        ledger = await AsyncLedger.open(settings.ledger_db)
+    except LedgerError as error:
+        session_lock.close()
+        raise StartupError(error.message) from None
     status = StatusPublisher(settings, metrics, ledger)
     transport.on_receipt = status.on_receipt
     pipeline = Pipeline(settings, transport, metrics, ledger, status)
@@ -115,6 +120,7 @@ async def run_worker(
         metrics=metrics,
         admin_token=admin_token(settings),
         redactor=Redactor(settings.production),
+        session_path=settings.session_path,
     )
     eliot.log_message(
         message_type="wa_trio:start",
@@ -126,15 +132,13 @@ async def run_worker(
     parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app)
     try:
         await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
-    except* TopologyError as group:
+    except* (TopologyError, StartupError) as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
-        raise error from None
+        raise _first(group) from None
     finally:
         with trio.CancelScope(shield=True):
             await ledger.close()
+        session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
@@ -170,6 +174,13 @@ async def _supervise(
                 http_shutdown,
                 task_status=task_status,
             )
+        except* OSError as group:  # binding: the port is taken, the address is not ours
+            error = _first(group)
+            reason = error.strerror if isinstance(error, OSError) else None
+            raise StartupError(
+                f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP_HOST, "
+                f"HTTP_PORT): {reason or error}"
+            ) from None
         finally:
             http_done.set()
 
@@ -184,6 +195,8 @@ async def _supervise(
         await nursery.start(parts.status.run)
         urls = await nursery.start(http_task)
         eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
+        if handle_signals:  # a person started it: say where to look
+            print(f"wa-trio: HTTP listening on {', '.join(urls)}", file=sys.stderr, flush=True)
         nursery.start_soon(_broker_side, pipeline_then_done, parts.monitor)
         nursery.start_soon(_prune_ledger, parts.ledger, settings.dedup_window)
         if handle_signals:
@@ -212,6 +225,13 @@ async def _supervise(
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first leaf of an exception group (the one line the CLI prints)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def _broker_side(
@@ -248,8 +268,12 @@ async def _prune_ledger(ledger: AsyncLedger, window: float, every: float = 3600.
 
 async def _watch_signals(stop: trio.Event) -> None:
     """SIGTERM, SIGINT and SIGHUP start a graceful stop (there is no reload: a supervisor
-    restarts the worker with its new configuration)."""
+    restarts the worker with its new configuration); a second signal stops at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            eliot.log_message(message_type="wa_trio:signal", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if stop.is_set():  # a second signal: the operator will not wait for the drain
+                eliot.log_message(message_type="wa_trio:signal", signal=name, action="stop now")
+                raise KeyboardInterrupt
+            eliot.log_message(message_type="wa_trio:signal", signal=name)
             stop.set()

@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 a job or command failed (``validate`` of an invalid job, ``s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from wa_trio import __version__
 from wa_trio.config import ConfigError, Settings
 from wa_trio.envelope import ValidationError, parse_envelope
 from wa_trio.errors import TopologyError, WaTrioError
+from wa_trio.files import StartupError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -56,10 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="dead-letter queue: list, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", help="show dead-lettered jobs and why (nothing removed)")
-    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--limit", type=_count, default=100)
     dlq_replay = dlq_sub.add_parser("replay", help="send dead-lettered jobs back to the queue")
     dlq_replay.add_argument("--code", default=None, help="only jobs with this x-error-code")
-    dlq_replay.add_argument("--limit", type=int, default=None, help="at most N jobs")
+    dlq_replay.add_argument("--limit", type=_count, default=None, help="at most N jobs")
     session = sub.add_parser("session", help="back up or restore the WhatsApp session")
     session_sub = session.add_subparsers(dest="session_command", required=True, metavar="ACTION")
     export = session_sub.add_parser("export", help="copy the session database to FILE (online)")
@@ -71,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     return parser
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dlq(settings, args)
         if args.command == "login":
             return _login(settings, args.timeout)
-    except TopologyError as error:
+    except (TopologyError, StartupError) as error:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as error:  # a log folder or file that cannot be made, and the like
+        where = f" {error.filename}" if error.filename else ""
+        print(f"wa-trio: cannot use{where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("wa-trio: interrupted", file=sys.stderr)
+        return 130
     except WaTrioError as error:
         print(f"wa-trio: {error.code}: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -111,7 +127,11 @@ def _check(settings: Settings) -> int:
 
 
 def _validate(file: str) -> int:
-    body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    try:
+        body = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as error:
+        print(f"wa-trio: cannot read {file}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_CONFIG
     content_filter = os.environ.get("WHATSAPP_CONTENT_FILTER", "on").lower() != "off"
     try:
         envelope = parse_envelope(body, content_filter=content_filter)
@@ -156,13 +176,18 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     if args.wait:
         from wa_trio.publisher import publish_and_watch
 
+        # dry-run sends are never delivered or read: "sent" is the last event to wait for
+        final = {"sent", "failed"} if settings.transport == "dry-run" else {"read", "failed"}
         events = trio.run(
-            publish_and_watch,
-            settings,
-            body,
-            message_id,
-            args.wait_seconds,
-            lambda event: print(json.dumps(event), flush=True),
+            functools.partial(
+                publish_and_watch,
+                settings,
+                body,
+                message_id,
+                args.wait_seconds,
+                lambda event: print(json.dumps(event), flush=True),
+                final=final,
+            )
         )
         sent = any(event.get("status") in {"sent", "delivered", "read"} for event in events)
         return EXIT_OK if sent else EXIT_FAILED
@@ -181,7 +206,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _session(settings: Settings, args: argparse.Namespace) -> int:
-    from wa_trio.session import export_session, import_session
+    from wa_trio.session_backup import export_session, import_session
 
     if args.session_command == "export":
         tables = export_session(settings.session_db, args.file, force=args.force)

@@ -493,8 +493,6 @@ FIELDS: tuple[Field, ...] = (
     ),
 )
 
-FIELDS_BY_ENV = {field.env: field for field in FIELDS}
-
 
 @attrs.frozen
 class Settings:

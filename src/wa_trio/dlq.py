@@ -15,8 +15,9 @@ from typing import Any
 import attrs
 
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.amqp import BrokerAddress, Delivery
 from wa_trio.config import Settings
+from wa_trio.job import retry_count
 
 _STRIP = (
     "x-error-code",
@@ -43,14 +44,15 @@ class DeadLetter:
         return attrs.asdict(self)
 
 
-def _describe(message: Any) -> DeadLetter:
-    headers = Properties.of(message.header).headers
+def _describe(message: Delivery) -> DeadLetter:
+    headers = message.properties.headers
+    failed_at = headers.get("x-failed-at")
     return DeadLetter(
-        message_id=message.header.message_id,
-        code=str(headers.get("x-error-code", "unknown")),
-        reason=str(headers.get("x-error-message", "")),
-        failed_at=headers.get("x-failed-at"),
-        retry_count=int(headers.get("x-retry-count", 0) or 0),
+        message_id=message.properties.message_id,
+        code=str(headers.get("x-error-code", "unknown"))[:64],
+        reason=str(headers.get("x-error-message", ""))[:1024],
+        failed_at=None if failed_at is None else str(failed_at)[:64],
+        retry_count=retry_count(headers),
         size=len(message.body),
     )
 
@@ -61,7 +63,7 @@ async def list_dead_letters(settings: Settings, limit: int = 100) -> list[DeadLe
         await amqp.declare_topology(connection, settings)
         async with connection.open_channel() as channel:
             while len(found) < limit:
-                message = await channel.basic_get(settings.dlq_name, no_ack=False)
+                message = await amqp.get(channel, settings.dlq_name)
                 if message is None:
                     break
                 found.append(_describe(message))
@@ -78,17 +80,27 @@ class ReplayReport:
 async def replay(
     settings: Settings, *, code: str | None = None, limit: int | None = None
 ) -> ReplayReport:
-    replayed = left = 0
+    """Republish dead-lettered jobs (those with ``code``; at most ``limit``).
+
+    The queue's length is read first and at most that many messages are looked at: a job that
+    fails again while a worker runs comes back to the DLQ behind them and is not replayed a
+    second time in the same run. ``left`` is what the DLQ still holds afterwards.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    replayed = 0
     async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
         await amqp.declare_topology(connection, settings)
         async with connection.open_channel() as getter, connection.open_channel() as publisher:
-            while limit is None or replayed < limit:
-                message = await getter.basic_get(settings.dlq_name, no_ack=False)
+            waiting = await amqp.queue_message_count(getter, settings.dlq_name)
+            for _ in range(waiting):
+                if limit is not None and replayed >= limit:
+                    break
+                message = await amqp.get(getter, settings.dlq_name)
                 if message is None:
                     break
-                props = Properties.of(message.header)
+                props = message.properties
                 if code is not None and props.headers.get("x-error-code") != code:
-                    left += 1
                     continue  # stays unacked: back in the queue when the channel closes
                 headers = {k: v for k, v in props.headers.items() if k not in _STRIP}
                 headers["x-replayed-at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -101,4 +113,6 @@ async def replay(
                 )
                 await message.ack()
                 replayed += 1
+        async with connection.open_channel() as counter:
+            left = await amqp.queue_message_count(counter, settings.dlq_name)
     return ReplayReport(replayed=replayed, left=left)

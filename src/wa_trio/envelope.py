@@ -31,7 +31,7 @@ CODES: dict[str, str] = {
     "missing_field": "a required field is missing",
     "invalid_user_id": "user_id is not a UUID",
     "invalid_destination": "destination is not an international phone number",
-    "empty_text": "text_message is empty",
+    "empty_text": "text_message is empty (or only whitespace and invisible characters)",
     "text_too_long": f"text_message is longer than {MAX_TEXT_CHARS} characters",
     "content_rejected": "text_message matches the SQL-injection / XSS content policy",
 }
@@ -76,22 +76,37 @@ _STRIP = re.compile(r"[\s\-.()]")
 _E164 = re.compile(r"\+\d{8,15}")
 
 
-@functools.lru_cache(maxsize=4096)
+MAX_DESTINATION_CHARS = 64  # "+" and 15 digits with generous punctuation; longer is garbage
+
+
 def clean_destination(raw: str) -> str:
     """Strip spaces, dashes, dots and parentheses; check the E.164 shape and phonenumbers.
 
-    Cached (bounded): phonenumbers is the costliest step of validation (~60 %) and a worker
-    sends to the same numbers again and again. Rejections are not cached (they raise).
+    The raw text is bounded before any work, and only the cleaned form (at most 16 characters)
+    reaches the cache: a publisher cannot grow the worker's memory with padded destinations.
 
     Raises:
         ValidationError: ``invalid_destination``.
     """
+    if len(raw) > MAX_DESTINATION_CHARS:
+        raise ValidationError(
+            "invalid_destination",
+            f"destination is longer than {MAX_DESTINATION_CHARS} characters",
+        )
     cleaned = _STRIP.sub("", raw)
     if not _E164.fullmatch(cleaned):
         raise ValidationError(
             "invalid_destination",
             "destination must be '+' then 8-15 digits (country code first, e.g. +44 20 7946 0000)",
         )
+    return _possible_number(cleaned)
+
+
+@functools.lru_cache(maxsize=4096)
+def _possible_number(cleaned: str) -> str:
+    """phonenumbers' verdict on an E.164-shaped string (cached, bounded: phonenumbers is the
+    costliest step of validation and a worker sends to the same numbers again and again;
+    rejections raise and are not cached)."""
     try:
         number = phonenumbers.parse(cleaned, None)
     except phonenumbers.NumberParseException:
@@ -136,8 +151,12 @@ def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvel
     )
 
 
+# characters that render as nothing: a text made only of them (and whitespace) is empty
+_INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2028-\u202f\u205f-\u206f\ufeff\u00ad\u034f\u180e]*")
+
+
 def validate_text(text: str, *, content_filter: bool) -> None:
-    if not text.strip():
+    if _INVISIBLE.fullmatch(text):
         raise ValidationError("empty_text", CODES["empty_text"])
     if len(text) > MAX_TEXT_CHARS:
         raise ValidationError(
@@ -149,18 +168,6 @@ def validate_text(text: str, *, content_filter: bool) -> None:
             raise ValidationError(
                 "content_rejected", f"text_message rejected by content policy rule {verdict.rule}"
             )
-
-
-def envelope_to_json(envelope: WhatsAppEnvelope) -> bytes:
-    """The wire form of a valid envelope (used by ``wa-trio send`` and tests)."""
-    return json.dumps(
-        {
-            "user_id": str(envelope.user_id),
-            "text_message": envelope.text_message,
-            "destination": envelope.destination,
-        },
-        ensure_ascii=False,
-    ).encode()
 
 
 def _structure(data: dict[str, Any]) -> _WireEnvelope:

@@ -1,22 +1,83 @@
-"""Private files on the session volume: the folder 0700, our SQLite databases 0600 in WAL mode."""
+"""Private files on the session volume: folders 0700, our SQLite databases 0600 in WAL mode,
+and the session folder's lock (one worker per session)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import stat
 from pathlib import Path
+from typing import IO
+
+from wa_trio.errors import WaTrioError
+
+
+class StartupError(WaTrioError):
+    """The worker cannot start here (a folder, a lock, a port); the message is one line."""
+
+    code = "startup_failed"
 
 
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) and make it 0700: it holds credentials."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    """Make sure ``path`` is a private folder: create it (and parents) 0700, or accept an
+    existing one only when nobody else can read it. An existing folder is never chmod-ed: a
+    shared folder given by mistake must be refused, not silently made private.
+
+    Raises:
+        StartupError: it cannot be created, or others can read it (one line saying why).
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise StartupError(f"{path} exists and is not a folder") from None
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise StartupError(
+                f"{path} is readable by other users (mode {mode:04o}); it will hold credentials. "
+                f"Use a private folder (chmod 700 {path}) or another path"
+            ) from None
+    except OSError as error:
+        raise StartupError(f"cannot create the folder {path}: {error.strerror}") from None
 
 
 def open_private_db(path: Path) -> sqlite3.Connection:
     """An autocommit connection usable from any thread (callers serialise with a lock), the file
     0600, journal in WAL mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     path.chmod(0o600)
     db.execute("PRAGMA journal_mode=WAL")
     return db
+
+
+def open_private_append(path: Path) -> IO[str]:
+    """A text file opened for appending, created 0600 (its folder 0700 when we create it)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def lock_session(path: Path) -> IO[bytes]:
+    """Take the session folder's exclusive lock (``.lock``), held while the file stays open.
+
+    Two whatsmeow clients on one device session fight and get the session replaced; a second
+    worker on the same folder is refused here with one line.
+
+    Raises:
+        StartupError: another process holds the lock.
+    """
+    handle = open(path / ".lock", "ab")  # noqa: SIM115 - held open for the worker's life
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StartupError(
+            f"another wa-trio process uses the session folder {path}; one worker per session "
+            "(stop the other, or give this one its own WHATSAPP_SESSION_PATH)"
+        ) from None
+    os.chmod(path / ".lock", 0o600)
+    return handle

@@ -22,6 +22,7 @@ import eliot
 from eliot.prettyprint import compact_format
 
 from wa_trio.config import Settings
+from wa_trio.files import open_private_append
 
 
 def mask_phone(number: str, *, production: bool = True) -> str:
@@ -100,8 +101,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> Logg
     else:
         destinations.append(_TextDestination(out))
     if settings.log_to_file:
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        file = log_file_path(settings).open("a", encoding="utf-8")
+        file = open_private_append(log_file_path(settings))  # 0600, its folder 0700
         files.append(file)
         destinations.append(eliot.FileDestination(file=file))
     eliot.add_destinations(*destinations)

@@ -30,7 +30,6 @@ class Pacer:
     tokens: float = attrs.field(init=False)
     last: float | None = attrs.field(init=False, default=None)
     recipients: dict[str, float] = attrs.field(init=False, factory=dict)
-    throttled: float = attrs.field(init=False, default=0.0)  # total seconds waited
 
     def __attrs_post_init__(self) -> None:
         self.tokens = float(self.burst)
@@ -66,7 +65,6 @@ class Pacer:
         self.recipients[recipient] = at
         self._forget_old(at)
         wait = max(0.0, at - now)
-        self.throttled += wait
         return wait
 
     def _forget_old(self, now: float) -> None:

@@ -65,7 +65,7 @@ from wa_trio.outcome import (
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
 from wa_trio.status import StatusPublisher, make_event
-from wa_trio.transport import OutgoingMessage, SendResult, Transport
+from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult, Transport
 
 T = TypeVar("T")
 
@@ -229,6 +229,24 @@ class Pipeline:
         if not started:
             task_status.started()
 
+    async def _wait_connected(self) -> bool:
+        """Wait until WhatsApp can send; False when a stop began first (a stop is prompt
+        however long WhatsApp stays away)."""
+        if self.stopping:
+            return False
+        if self.transport.state is ConnectionState.CONNECTED:
+            return True  # the hot path: no task, no checkpoint
+        async with trio.open_nursery() as nursery:
+
+            async def until_stop() -> None:
+                await self._stopping.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stop)
+            await self.transport.wait_connected()
+            nursery.cancel_scope.cancel()
+        return not self.stopping
+
     def _set_connected(self, value: bool) -> None:
         self._connected = value
         self.metrics.amqp_connected.set(1 if value else 0)
@@ -273,7 +291,8 @@ class Pipeline:
         size = batch_size(self.settings.prefetch_count, pacing=self.pacer.enabled)
         async with receive_jobs:
             while not self.stopping:
-                await self.transport.wait_connected()
+                if not await self._wait_connected():
+                    return
                 try:
                     job = await receive_jobs.receive()
                 except trio.EndOfChannel:
@@ -517,7 +536,8 @@ class Pipeline:
     async def _send(self, message: OutgoingMessage) -> SendResult:
         """Send, holding the job (no retry spent) while WhatsApp is not connected."""
         while True:
-            await self.transport.wait_connected()
+            if not await self._wait_connected():
+                raise _Held  # nothing in flight yet: leave it unacked
             try:
                 with eliot.start_action(
                     action_type="wa_trio:job:send",

@@ -56,6 +56,8 @@ async def publish_and_watch(
     message_id: str,
     wait_seconds: float,
     on_event: Callable[[dict[str, Any]], None],
+    *,
+    final: frozenset[str] | set[str] = frozenset({"read", "failed"}),
 ) -> list[dict[str, Any]]:
     """Publish a job, then hand each status event for it to ``on_event`` until it is read or
     failed, or ``wait_seconds`` pass. The listening queue exists before the job is published, so
@@ -83,6 +85,6 @@ async def publish_and_watch(
                         continue
                     seen.append(event)
                     on_event(event)
-                    if event.get("status") in {"read", "failed"}:
+                    if event.get("status") in final:
                         break
     return seen

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -77,6 +78,7 @@ def create_app(
     admin_token: str,
     redactor: Redactor | None = None,
     metrics_cache: float = METRICS_CACHE,
+    session_path: Path | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
     redactor = redactor or Redactor(production=True)
@@ -98,6 +100,8 @@ def create_app(
             ok.append("broker")
         else:
             failing["broker"] = result.detail
+        if session_path is not None and not await trio.Path(session_path).is_dir():
+            failing["session"] = f"the session folder {session_path} is gone"
         problem = consumer.statistics().ledger_problem
         if problem:  # reported only while failing (the send ledger is local, not a service)
             failing["ledger"] = problem

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from tests.helpers import (
@@ -22,9 +23,11 @@ from tests.helpers import (
 from wa_trio.config import Settings
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
 async def test_sigterm_mid_stream_exits_0_with_every_job_sent_or_queued(
-    make_env: Callable[..., dict[str, str]],
+    make_env: Callable[..., dict[str, str]], signum: signal.Signals
 ) -> None:
+    """SIGHUP is a graceful stop too (it used to kill the worker with no drain)."""
     env = make_env(WHATSAPP_SHUTDOWN_GRACE="5s", ENV="production")
     settings = Settings.from_env(env)
     total = 2000
@@ -39,7 +42,7 @@ async def test_sigterm_mid_stream_exits_0_with_every_job_sent_or_queued(
         )
         try:
             await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 200, what="200 sent")
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             stopped_at = time.monotonic()
             returncode = await trio.to_thread.run_sync(proc.wait, 30)
             took = time.monotonic() - stopped_at

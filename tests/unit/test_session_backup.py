@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from wa_trio.cli import main
-from wa_trio.session import SessionError, export_session, has_linked_device, import_session
+from wa_trio.session_backup import SessionError, export_session, has_linked_device, import_session
 
 
 def make_session(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE whatsmeow_device (jid TEXT PRIMARY KEY, data BLOB)")

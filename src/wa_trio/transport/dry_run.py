@@ -10,7 +10,6 @@ record the fault tests count: a line is flushed to the OS before the send return
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid
@@ -22,6 +21,7 @@ import trio
 from eliot import log_message
 
 from wa_trio.errors import SendError
+from wa_trio.files import open_private_append
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.receipts import ReceiptInfo
@@ -66,9 +66,7 @@ class DryRunTransport:
         if self._path is not None:
             if self._file is None:
                 # full numbers and texts: private (0600, a folder we create 0700)
-                self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                self._file = os.fdopen(fd, "a", encoding="utf-8")
+                self._file = open_private_append(self._path)
             record = {
                 "message_id": message_id,
                 "destination": message.destination,

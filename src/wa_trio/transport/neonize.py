@@ -230,10 +230,6 @@ class NeonizeTransport:
         while self._state is not ConnectionState.CONNECTED:
             await self._connected.wait()
 
-    async def wait_state(self, *states: ConnectionState) -> None:
-        while self._state not in states:
-            await self._state_changed.wait()
-
     def apply(self, signal: Signal) -> None:
         """Apply one signal (trio thread only)."""
         transition = next_state(self._state, signal)

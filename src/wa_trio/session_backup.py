@@ -67,16 +67,42 @@ def export_session(session_db: Path, target: Path, *, force: bool = False) -> in
     return _backup(session_db, target)
 
 
+def _linked_source(source: Path) -> None:
+    """Refuse a file that is not a SQLite database holding a linked whatsmeow device."""
+    try:
+        db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            devices = (
+                int(db.execute("SELECT count(*) FROM whatsmeow_device").fetchone()[0])
+                if "whatsmeow_device" in names
+                else 0
+            )
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as error:
+        raise SessionError(f"{source} is not a SQLite session database ({error})") from None
+    if not devices:
+        raise SessionError(f"{source} holds no linked WhatsApp device; nothing to import")
+
+
 def import_session(source: Path, session_db: Path, *, force: bool = False) -> int:
+    """Restore ``source`` as the session: validated first, copied into a temporary file next
+    to the session, then renamed over it, so a bad file never costs the linked session."""
     if not source.exists():
         raise SessionError(f"{source} does not exist")
+    _linked_source(source)
     if has_linked_device(session_db) and not force:
         raise SessionError(
             f"{session_db} already holds a session; refusing to overwrite it. Stop the worker, "
             "export it first if you need it, then pass --force"
         )
     private_dir(session_db.parent)
-    for stale in (session_db, Path(f"{session_db}-wal"), Path(f"{session_db}-shm")):
-        if stale.exists():
-            stale.unlink()
-    return _backup(source, session_db)
+    staging = session_db.with_name(f".{session_db.name}.import")
+    for leftover in (staging, Path(f"{staging}-journal")):
+        leftover.unlink(missing_ok=True)
+    tables = _backup(source, staging)
+    for stale in (Path(f"{session_db}-wal"), Path(f"{session_db}-shm")):
+        stale.unlink(missing_ok=True)
+    os.replace(staging, session_db)
+    return tables

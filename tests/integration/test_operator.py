@@ -1,0 +1,204 @@
+"""What an operator meets (issue 18): the /login token, state changes as POST, a prompt stop
+while WhatsApp is away, one-line start-up errors, DLQ triage that terminates."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+
+import attrs
+import httpx
+import pytest
+import trio
+from neonize.events import LoggedOutEv
+
+from tests.fakes import FakeClient, fake_neonize_transport
+from tests.helpers import (
+    delete_topology,
+    job_body,
+    job_metric,
+    publish_many,
+    queue_count,
+    wait_for,
+)
+from tests.integration.conftest import StartWorker
+from wa_trio import amqp
+from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.cli import main
+from wa_trio.config import Settings
+from wa_trio.dlq import list_dead_letters, replay
+from wa_trio.transport import ConnectionState as S
+
+TOKEN = "operator-token-0123456789"
+
+
+def _basic(token: str, user: str = "operator") -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{token}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+async def test_login_needs_the_operator_token(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    settings = attrs.evolve(topology, admin_token=TOKEN)
+    worker = await start_worker(settings)
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        refused = await http.get("/login")
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Basic")
+        assert (await http.get("/login", headers=_basic("wrong-token-0123456"))).status_code == 401
+        page = await http.get("/login", headers=_basic(TOKEN))
+        assert page.status_code == 200 and "Nothing to link" in page.text  # dry-run
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await http.get("/login", headers=bearer)).status_code == 200
+        assert (await http.post("/login/relogin")).status_code == 401
+        for open_route in ("/healthz", "/readyz", "/livez", "/metrics"):
+            assert (await http.get(open_route)).status_code in (200, 503), open_route
+        assert (await http.get("/livez")).status_code == 200
+
+
+async def test_looking_at_login_never_starts_a_login_only_a_post_does(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    settings = attrs.evolve(topology, admin_token=TOKEN, transport="neonize")
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients)
+    worker = await start_worker(settings, transport=transport)
+    await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+    await trio.to_thread.run_sync(clients[0].fire, LoggedOutEv(OnConnect=False, Reason=2))
+    await wait_for(lambda: transport.state is S.LOGGED_OUT, what="logged out")
+    clients[0].stop()
+    async with httpx.AsyncClient(base_url=worker.http_url, headers=_basic(TOKEN)) as http:
+        page = await http.get("/login")
+        assert "Logged out" in page.text and "method='post'" in page.text
+        await trio.sleep(0.3)
+        assert len(clients) == 1  # a GET changed nothing
+        answer = await http.post("/login/relogin")
+        assert answer.status_code == 303
+    await wait_for(lambda: len(clients) == 2, what="a new login after the POST")
+
+
+async def test_stop_is_prompt_while_whatsapp_is_unreachable(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    settings = attrs.evolve(topology, shutdown_grace=10.0, transport="neonize")
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients)  # never connects
+    worker = await start_worker(settings, transport=transport)
+    await publish_many(settings, [job_body(1)], message_ids=["waits"])
+
+    async def delivered() -> bool:
+        return await queue_count(settings, settings.queue_name) == 0
+
+    await wait_for(delivered, what="the job is in the worker's hands")
+    started = time.monotonic()
+    worker.stop()
+    await wait_for(lambda: not worker.pipeline.connected, timeout=8, what="stopped")
+    assert time.monotonic() - started < 3, "the stop waited for WhatsApp"
+
+
+def _taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(
+    cli_settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _taken_port() as sock:
+        monkeypatch.setenv("HTTP_PORT", str(sock.getsockname()[1]))
+        assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("wa-trio: cannot")]) == 1
+
+
+async def test_a_second_worker_on_the_same_session_is_refused(
+    cli_settings: Settings, start_worker: StartWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await start_worker(cli_settings)
+    try:
+        code = await trio.to_thread.run_sync(main, ["run"])
+    finally:
+        await delete_topology(cli_settings)
+    assert code == 2
+    assert "another wa-trio process uses the session folder" in capsys.readouterr().err
+
+
+async def test_a_deleted_session_folder_turns_health_red(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(topology)
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        await wait_for(lambda: worker.pipeline.connected, what="consumer up")
+        await trio.to_thread.run_sync(shutil.rmtree, topology.session_path)
+
+        async def red() -> bool:
+            response = await http.get("/healthz")
+            return response.status_code == 503 and "session" in response.json()["failing"]
+
+        await wait_for(red, what="health red")
+
+
+async def test_metrics_are_rendered_once_per_cache_period(
+    topology: Settings, start_worker: StartWorker
+) -> None:
+    worker = await start_worker(topology)
+    renders = 0
+    original = worker.metrics.exposition
+
+    def counted() -> bytes:
+        nonlocal renders
+        renders += 1
+        return original()
+
+    worker.metrics.exposition = counted  # type: ignore[method-assign]
+    async with httpx.AsyncClient(base_url=worker.http_url) as http:
+        for _ in range(50):
+            assert (await http.get("/metrics")).status_code == 200
+    assert 1 <= renders <= 3  # 50 scrapes in well under the 1 s cache period
+
+
+async def test_dlq_triage_survives_odd_headers_and_replay_stops_at_the_count(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+) -> None:
+    """A job that fails again while a worker runs comes back behind the others: replay takes
+    the count at the start and stops there (41 jobs used to read as 113 replays)."""
+    settings = Settings.from_env(
+        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="1ms")
+    )
+    try:
+        async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
+            await amqp.declare_topology(connection, settings)
+            async with connection.open_channel() as channel:
+                for i in range(8):
+                    await amqp.publish(
+                        channel,
+                        settings.dlx,
+                        settings.routing_key,
+                        job_body(i),
+                        Properties(
+                            message_id=f"d-{i}",
+                            headers={"x-error-code": "send_failed", "x-retry-count": "abc"},
+                        ),
+                    )
+        letters = await list_dead_letters(settings)
+        assert [letter.retry_count for letter in letters] == [0] * 8
+        worker = await start_worker(settings)  # every send fails: replayed jobs come back
+        with pytest.raises(ValueError, match="limit"):
+            await replay(settings, limit=-1)
+        report = await replay(settings)
+        assert report.replayed == 8
+        await wait_for(
+            lambda: (job_metric(worker, "worker_jobs_processed_total", status="failed") or 0) >= 8,
+            what="all failed again",
+        )
+        assert json.loads(json.dumps(attrs.asdict(report)))["replayed"] == 8
+    finally:
+        await delete_topology(settings, extra_queues=[f"{settings.queue_name}.retry.1ms"])
