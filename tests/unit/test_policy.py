@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,29 @@ HOSTILE = [
     ("<svg/onload=alert(1)>", "xss_event_handler"),
     ("data:text/html;base64,PHNjcmlwdD4=", "xss_data_html"),
     ("steal document.cookie now", "xss_dom_sink"),
+    # variants kept rejected after the false-positive work (issue 18)
+    ("DROP TABLE users;", "sql_drop"),
+    ("x'; insert into users values (1, 'a')", "sql_stacked_query"),
+    ("'; shutdown --", "sql_stacked_query"),
+    ("1' AND sleep(5)--", "sql_time_function"),
+    ("select pg_sleep(10)", "sql_time_function"),
+    ("<form action=//evil.example/steal>", "xss_dangerous_tag"),
+    ("<base href=//evil.example/>", "xss_dangerous_tag"),
+    ("<embed src=x.swf>", "xss_dangerous_tag"),
 ]
+
+CORPUS = Path(__file__).parent.parent / "data" / "benign_texts.txt"
+
+
+def test_no_false_positive_on_the_corpus_of_ordinary_notifications() -> None:
+    texts = [
+        line for line in CORPUS.read_text("utf-8").split("\n") if line and not line.startswith("#")
+    ]
+    assert len(texts) >= 300
+    rejected = [
+        (text, check_content(text).rule) for text in texts if not check_content(text).allowed
+    ]
+    assert rejected == []
 
 
 @pytest.mark.parametrize("text", BENIGN)
