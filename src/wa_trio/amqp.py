@@ -196,9 +196,14 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
     ]
     async with connection.open_channel() as channel:
         for kind, name, variable, options in plan:
+            vhost = settings.rabbitmq_vhost
+            delete = (
+                f"rabbitmqctl delete_queue -p {vhost} {name}"
+                if kind == "queue"
+                else f"rabbitmqadmin --vhost={vhost} delete exchange name={name}"
+            )
             fix = (
-                f"delete it (rabbitmqctl delete_{kind} {name}) so wa-trio can declare it, or set "
-                f"{variable} to another name"
+                f"delete it ({delete}) so wa-trio can declare it, or set {variable} to another name"
             )
             try:
                 if kind == "exchange":
@@ -229,7 +234,8 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
                         error,
                         "queue",
                         name,
-                        f"delete it (rabbitmqctl delete_queue {name}); "
+                        f"delete it (rabbitmqctl delete_queue -p {settings.rabbitmq_vhost} "
+                        f"{name}); "
                         "it holds only jobs waiting for a retry, publish them again first",
                     ) from None
                 raise

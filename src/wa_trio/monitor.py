@@ -13,6 +13,7 @@ slow probe can never disturb the pipeline.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -44,7 +45,6 @@ class BrokerMonitor:
         *,
         check_timeout: float = CHECK_TIMEOUT,
         cache_for: float = CHECK_CACHE,
-        topology_ready: trio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -58,12 +58,9 @@ class BrokerMonitor:
         self._cached: CheckResult | None = None
         self._backoff = Backoff(initial=0.5, cap=15.0)
         self._wake = trio.Event()
-        self._topology_ready = topology_ready
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        if self._topology_ready is not None:
-            await self._topology_ready.wait()  # the queues exist before the first passive declare
+        task_status.started()  # app.py starts it once the pipeline declared the topology
         while True:
             try:
                 async with (
@@ -79,6 +76,7 @@ class BrokerMonitor:
                         self._wake = trio.Event()
             except BrokerError as error:
                 self._channel = None
+                self._unknown()
                 delay = self._backoff.next_delay()
                 eliot.log_message(
                     message_type="wa_trio:monitor:disconnected",
@@ -88,6 +86,12 @@ class BrokerMonitor:
                 await trio.sleep(delay)
             finally:
                 self._channel = None
+
+    def _unknown(self) -> None:
+        """The broker cannot be asked: the queue gauges read NaN (unknown), never a stale
+        count or a reassuring 0 (docs/health-and-metrics.md)."""
+        self.metrics.queue_depth.labels(self.settings.queue_name).set(math.nan)
+        self.metrics.dlq_size.labels(self.settings.dlq_name).set(math.nan)
 
     def sample_now(self) -> None:
         """Ask for a sample at once (tests, and after a burst of dead-letters)."""

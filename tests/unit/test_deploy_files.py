@@ -88,10 +88,27 @@ def test_kubernetes_example_one_replica_recreate_probes_and_pvc() -> None:
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # liveness is the process only (a broker outage must not restart the pod); issue 18
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["memory"]
     claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
     assert kinds["PersistentVolumeClaim"]["metadata"]["name"] == claim
     assert {"mountPath": "/app/session", "name": "session"} in container["volumeMounts"]
     assert pod["terminationGracePeriodSeconds"] > 10
+
+
+def test_compose_publishes_ports_on_loopback_only_and_checks_health() -> None:
+    """The login QR links an account: nothing is published on every interface (issue 18)."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    # podman's default OCI image format drops HEALTHCHECK: compose carries the check itself
+    assert "/healthz" in " ".join(compose["services"]["wa-trio"]["healthcheck"]["test"])
+
+
+def test_the_wheels_never_land_in_a_layer_of_the_final_image() -> None:
+    final = [(k, r) for k, r in instructions()][-30:]
+    assert not any(k == "COPY" and "/wheels" in r for k, r in final)
+    assert any(k == "RUN" and "--mount=type=bind,from=build" in r for k, r in final)

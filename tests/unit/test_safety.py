@@ -196,3 +196,31 @@ def test_a_log_folder_that_cannot_be_made_is_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert os.path.exists(blocker)
+
+
+async def test_queue_gauges_read_nan_while_the_broker_is_unreachable() -> None:
+    import math
+
+    import trio
+
+    from tests.conftest import closed_port
+    from wa_trio.metrics import Metrics
+    from wa_trio.monitor import BrokerMonitor
+
+    settings = Settings.from_env({"RABBITMQ_URL": f"amqp://g:g@127.0.0.1:{closed_port()}/"})
+    metrics = Metrics(settings.queue_name, settings.dlq_name)
+    metrics.queue_depth.labels(settings.queue_name).set(7)  # a count from before the outage
+    monitor = BrokerMonitor(settings, metrics)
+    with trio.move_on_after(2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor.run)
+            while not math.isnan(
+                metrics.registry.get_sample_value(
+                    "queue_depth", {"queue_name": settings.queue_name}
+                )
+                or 0.0
+            ):
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    depth = metrics.registry.get_sample_value("queue_depth", {"queue_name": settings.queue_name})
+    assert depth is not None and math.isnan(depth)
