@@ -1,4 +1,14 @@
-"""A stand-in for neonize's NewClient at the client boundary only.
+"""A stand-in for neonize's NewClient at the client boundary only, behaving as the real one
+does (audited against neonize 0.5.2 and whatsmeow, issue 21):
+
+- ``connect()`` blocks until ``stop()`` (no timeout of its own), and raises ``NeonizeError``
+  when the dial fails;
+- registering a handler for a type that is not a neonize event raises ``KeyError`` (neonize's
+  ``EVENT_TO_INT`` look-up);
+- ``is_on_whatsapp`` may answer with the contact's LID (``<id>@lid``) and raises
+  ``IsOnWhatsAppError`` instead of returning an empty list;
+- ``PairPhone`` works only while connected and waiting for a login (after a QR event);
+- ``me`` is set (on ``Connected``) before later events.
 
 Everything above it (NeonizeTransport, its threads, its trio bridge, the state machine) is the
 real code; the events it fires are real neonize protobuf event objects, delivered from a
@@ -12,7 +22,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from neonize.proto.Neonize_pb2 import JID, IsOnWhatsAppResponse, SendResponse
+from neonize.events import EVENT_TO_INT, ConnectedEv
+from neonize.exc import IsOnWhatsAppError, NeonizeError, PairPhoneError
+from neonize.proto.Neonize_pb2 import JID, Device, IsOnWhatsAppResponse, SendResponse
 
 from wa_trio.config import Settings
 from wa_trio.log import Redactor
@@ -26,6 +38,8 @@ class _EventRegistry:
         self.qr_handler: Callable[[Any, bytes], None] | None = None
 
     def __call__(self, event_type: type) -> Callable[[Callable[[Any, Any], None]], None]:
+        EVENT_TO_INT[event_type]  # like neonize: an unknown type raises KeyError
+
         def register(fn: Callable[[Any, Any], None]) -> None:
             self.handlers[event_type] = fn
 
@@ -43,6 +57,9 @@ class FakeClient:
         not_on_whatsapp: set[str] | None = None,
         send_error: str | None = None,
         send_gate: threading.Event | None = None,
+        answer_with_lid: bool = False,
+        lookup_error: str | None = None,
+        dial_error: str | None = None,
     ) -> None:
         self.database = database
         self.event = _EventRegistry()
@@ -56,23 +73,38 @@ class FakeClient:
         self.connects = 0
         self.me: Any = None
         self.presences: list[tuple[str, str]] = []
+        self.answer_with_lid = answer_with_lid
+        self.lookup_error = lookup_error
+        self.dial_error = dial_error
+        self.stops = 0
+        self.waiting_for_login = False
 
     # blocking calls (run in worker threads by the transport)
     def connect(self, proxy: Any = None) -> None:
         self.connects += 1
         self.stopped.clear()
-        self.stopped.wait(30)
+        if self.dial_error is not None:
+            raise NeonizeError(self.dial_error)
+        self.stopped.wait()  # like whatsmeow: returns only after stop()
 
     def stop(self) -> None:
+        self.stops += 1
+        self.waiting_for_login = False
         self.stopped.set()
 
     def is_on_whatsapp(self, *numbers: str) -> list[IsOnWhatsAppResponse]:
         self.lookups.extend(numbers)
+        if self.lookup_error is not None:
+            raise IsOnWhatsAppError(self.lookup_error)
         return [
             IsOnWhatsAppResponse(
                 Query=n,
                 IsIn=n not in self.not_on_whatsapp,
-                JID=JID(User=n.lstrip("+"), Server="s.whatsapp.net"),
+                JID=(
+                    JID(User="98765432101234", Server="lid")
+                    if self.answer_with_lid
+                    else JID(User=n.lstrip("+"), Server="s.whatsapp.net")
+                ),
             )
             for n in numbers
         ]
@@ -90,10 +122,14 @@ class FakeClient:
         self.presences.append((jid.User, state.name))
 
     def PairPhone(self, phone: str, push: bool) -> str:
+        if not self.waiting_for_login or self.stopped.is_set():
+            raise PairPhoneError("not connected and waiting for a login")
         return "ABCD-EFGH"
 
     # test driver: deliver an event from a foreign thread, like whatsmeow does
     def fire(self, event: Any) -> None:
+        if isinstance(event, ConnectedEv) and self.me is None:
+            self.me = Device(JID=JID(User="5511988887777", Server="s.whatsapp.net"))
         handler = self.event.handlers[type(event)]
         thread = threading.Thread(target=handler, args=(self, event))
         thread.start()
@@ -101,6 +137,7 @@ class FakeClient:
 
     def fire_qr(self, payload: str) -> None:
         assert self.event.qr_handler is not None
+        self.waiting_for_login = True
         thread = threading.Thread(target=self.event.qr_handler, args=(self, payload.encode()))
         thread.start()
         thread.join()

@@ -1,3 +1,3 @@
-from wa_trio.cli import main
+from wa_trio.cli import entry_point
 
-raise SystemExit(main())
+entry_point()

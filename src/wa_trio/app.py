@@ -29,7 +29,7 @@ import trio
 from quart_trio import QuartTrio
 
 from wa_trio.config import Settings
-from wa_trio.errors import TopologyError
+from wa_trio.errors import TopologyError, TransportError
 from wa_trio.files import StartupError, lock_session, private_dir
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
@@ -132,7 +132,7 @@ async def run_worker(
     parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app)
     try:
         await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
-    except* (TopologyError, StartupError) as group:
+    except* (TopologyError, StartupError, TransportError) as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
         raise _first(group) from None
     finally:

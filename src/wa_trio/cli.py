@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -73,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     return parser
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with ``code``. If a non-daemon thread is still alive (neonize's worker thread can
+    stay blocked in Go after ``stop()`` while QR codes were being emitted), a normal exit would
+    wait for it for ever: flush, then exit hard with the intended code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
+def entry_point() -> NoReturn:
+    """The ``wa-trio`` console script."""
+    leave(main())
 
 
 def _count(value: str) -> int:

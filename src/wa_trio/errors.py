@@ -54,3 +54,10 @@ class TopologyError(WaTrioError):
     """The broker refused our queue/exchange declarations (usually: other arguments exist)."""
 
     code = "topology_mismatch"
+
+
+class TransportError(WaTrioError):
+    """The WhatsApp transport cannot work in this process (library missing, too many
+    reconnects: a clean restart by the supervisor is the cure); the worker exits non-zero."""
+
+    code = "transport_unavailable"

@@ -153,24 +153,40 @@ async def test_real_neonize_events_drive_every_state(
         )
         await wait_for(lambda: bool(receipts), what="receipt")
         assert receipts[0] == ReceiptInfo(("3EB0X",), "read", 1_700_000_100.0)
-        await fire(StreamReplacedEv(), S.DISCONNECTED)
-        await fire(ConnectedEv(), S.CONNECTED)
+        # the banned states, driven by real events (after each, the client is stopped: see below)
         await fire(ConnectFailureEv(Reason=3, Message="banned"), S.BANNED)
+        await wait_for(client.stopped.is_set, what="client stopped after a connect failure")
+        assert not transport.statistics().attempts > 1  # banned: no reconnect by itself
+        transport.request_relogin()
+        await wait_for(lambda: len(clients) == 2, what="fresh client")
+        client = clients[1]
+        await wait_for(lambda: client.connects == 1, what="connect")
         await fire(ConnectedEv(), S.CONNECTED)
         await fire(TemporaryBanEv(Code=TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600), S.BANNED)
+        transport.request_relogin()
+        await wait_for(lambda: len(clients) == 3, what="fresh client")
+        client = clients[2]
+        await wait_for(lambda: client.connects == 1, what="connect")
+        await fire(ConnectedEv(), S.CONNECTED)
+        await fire(StreamReplacedEv(), S.DISCONNECTED)
+        transport.request_relogin()
+        await wait_for(lambda: len(clients) == 4, what="fresh client")
+        client = clients[3]
+        await wait_for(lambda: client.connects == 1, what="connect")
         await fire(ConnectedEv(), S.CONNECTED)
         await fire(LoggedOutEv(OnConnect=False, Reason=2), S.LOGGED_OUT)
-        # logged out: the watchdog stops reconnecting until someone asks for a new login
-        client.stop()
+        # whatsmeow stops reconnecting but its connect() would block for ever: the transport
+        # stops the client itself (the test used to call client.stop(), hiding the hang)
+        await wait_for(client.stopped.is_set, what="client stopped after the logout")
         await trio.sleep(0.3)
-        assert client.connects == 1 and len(clients) == 1
+        assert client.connects == 1 and len(clients) == 4  # waits for an operator
         transport.request_relogin()
         await wait_for(
-            lambda: len(clients) == 2 and clients[1].connects == 1,
+            lambda: len(clients) == 5 and clients[4].connects == 1,
             what="fresh client after relogin",
         )
         nursery.cancel_scope.cancel()
-    assert clients[1].stopped.is_set()  # shutdown stopped the client cleanly
+    assert clients[4].stopped.is_set()  # shutdown stopped the client cleanly
 
 
 async def test_qr_renders_to_terminal_and_login_page(

@@ -95,7 +95,7 @@ def test_log_file_renders_with_eliot_tree(
 def test_whatsmeow_log_lines_reach_eliot_with_numbers_masked() -> None:
     import logging
 
-    from wa_trio.transport.neonize import _route_neonize_logs
+    from wa_trio.transport.neonize.runtime import _route_neonize_logs
 
     _route_neonize_logs()
     seen: list[dict[str, object]] = []

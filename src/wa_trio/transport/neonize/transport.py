@@ -1,26 +1,32 @@
 """The real WhatsApp transport: neonize (whatsmeow) in worker threads, driven from trio.
 
 Threads and trio:
-- every blocking neonize call runs in ``trio.to_thread.run_sync``; sends and look-ups share a
-  ``CapacityLimiter(1)`` and are not abandoned on cancel (they have side effects);
-- ``client.connect()`` blocks for the whole session (whatsmeow returns only after ``stop()``), so
-  it runs in a thread abandoned on cancel; shutdown calls ``stop()`` with a bound, because
-  ``stop()`` does not cancel a dial in progress;
+- every blocking neonize call runs in ``trio.to_thread.run_sync``; sends, look-ups, presence and
+  pair codes share a ``CapacityLimiter(1)``. They are abandoned on cancel: whatsmeow may wait its
+  full request timeout for an answer and the shutdown grace must still end the worker. That is
+  safe only because the pipeline committed the job's ``sending`` row before calling ``send``:
+  a restart treats an abandoned send as ambiguous and counts it (docs/reliability.md);
+- ``client.connect()`` blocks for the whole session (whatsmeow returns only after ``stop()``,
+  also after LoggedOut, StreamReplaced, TemporaryBan, ClientOutdated or ConnectFailure, when it
+  stops reconnecting by itself): it runs in a thread abandoned on cancel, and on such a terminal
+  event the transport stops the client (bounded) so the watchdog can go on. After a ``connect()``
+  that raised, the client is stopped too before backing off (some events end ``connect()`` while
+  the Go client keeps running);
+- whatsmeow emits six QR codes (~160 s) and then disconnects with no event: a freshness timer
+  restarts the login when no new code came for ``QR_STALE_AFTER`` seconds (and allows a new
+  pair code);
+- each ``connect()`` leaks one file descriptor in neonize 0.5.2 (docs/login.md): past
+  ``MAX_CONNECTS`` attempts the transport gives up with ``TransportError`` so the supervisor
+  restarts the process cleanly;
 - neonize calls our handlers on Go-owned threads. They touch no trio object: they turn the event
-  into a ``Signal`` and hand it to trio with ``TrioToken.run_sync_soon``; state changes happen on
-  the trio thread only.
-
-This is the only module that imports neonize. ``neonize._binder`` downloads a library at import
-time when the bundled one is missing; ``check_bundled_library`` refuses to let that happen.
+  into a ``Signal`` (``events.py``) and hand it to trio with ``TrioToken.run_sync_soon``; state
+  changes happen on the trio thread only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import logging
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -34,132 +40,30 @@ import segno
 import trio
 
 from wa_trio.config import Settings, redact_url
-from wa_trio.errors import NotConnectedError, SendError, WaTrioError
+from wa_trio.errors import NotConnectedError, SendError, TransportError
 from wa_trio.files import private_dir
-from wa_trio.log import Redactor, mask_numbers
+from wa_trio.log import Redactor
 from wa_trio.number_cache import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
-from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
+from wa_trio.transport.neonize.events import EVENT_NAMES, TERMINAL, receipt_of, signal_of
+from wa_trio.transport.neonize.runtime import neonize_errors, new_client
+from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 
 NUMBER_CACHE_TTL = 7 * 86400.0
 STOP_TIMEOUT = 5.0
+QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
+MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
 _STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
 
 
-class TransportError(WaTrioError):
-    code = "transport_unavailable"
-
-
-def bundled_library() -> Path:
-    """Path of the whatsmeow library inside the installed neonize wheel (not imported)."""
-    spec = importlib.util.find_spec("neonize")
-    if spec is None or spec.origin is None:
-        raise TransportError("neonize is not installed")
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-    system = platform.system().lower()
-    ext = {"windows": "dll", "darwin": "dylib"}.get(system, "so")
-    return Path(spec.origin).parent / f"neonize-{system}-{arch}.{ext}"
-
-
-def check_bundled_library() -> None:
-    """Refuse to import neonize when it would download its library at run time."""
-    library = bundled_library()
-    if not library.exists():
-        raise TransportError(
-            f"neonize's bundled whatsmeow library {library.name} is missing; wa-trio will not "
-            "let neonize download one at run time. Reinstall a neonize wheel for this platform."
-        )
-
-
-def _default_client_factory(database: str) -> Any:
-    check_bundled_library()
-    from neonize.client import NewClient
-
-    _route_neonize_logs()
-    return NewClient(database)
-
-
-class _EliotBridge(logging.Handler):
-    """whatsmeow/neonize log records -> eliot messages, with long digit runs (JIDs) masked."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = mask_numbers(record.getMessage())
-            eliot.log_message(
-                message_type="wa_trio:whatsmeow",
-                logger=record.name,
-                level=record.levelname.lower(),
-                text=text[:500],
-            )
-        except Exception:  # noqa: BLE001 - logging must never break the Go callback thread
-            self.handleError(record)
-
-
-def _route_neonize_logs() -> None:
-    bridge = _EliotBridge(level=logging.WARNING)
-    for name in ("whatsmeow", "Whatsmeow", "neonize"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [bridge]
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-
-
-def _signal_of(event: Any) -> Signal:
-    """Turn a neonize event object into a state-machine Signal (runs on a Go thread)."""
-    kind = type(event).__name__
-    if kind == "Connected":
-        return Signal("connected")
-    if kind == "Disconnected":
-        return Signal("disconnected")
-    if kind == "KeepAliveTimeout":
-        return Signal("keepalive_timeout", detail=f"errors={event.ErrorCount}")
-    if kind == "KeepAliveRestored":
-        return Signal("keepalive_restored")
-    if kind == "LoggedOut":
-        return Signal("logged_out", int(event.Reason), "on_connect" if event.OnConnect else "")
-    if kind == "StreamReplaced":
-        return Signal("stream_replaced")
-    if kind == "TemporaryBan":
-        try:
-            reason = type(event).TempBanReason.Name(event.Code)
-        except ValueError:
-            reason = "unknown reason"
-        return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {event.Expire}s")
-    if kind == "ConnectFailure":
-        return Signal("connect_failure", int(event.Reason), str(event.Message)[:200])
-    if kind == "ClientOutdated":
-        return Signal("client_outdated")
-    if kind == "PairStatus":
-        if event.Error:
-            return Signal("pair_error", detail=str(event.Error)[:200])
-        return Signal("pair_success", detail=str(event.ID.User))
-    return Signal(kind.lower())
-
-
-EVENT_NAMES = (
-    "ConnectedEv",
-    "DisconnectedEv",
-    "KeepAliveTimeoutEv",
-    "KeepAliveRestoredEv",
-    "LoggedOutEv",
-    "StreamReplacedEv",
-    "TemporaryBanEv",
-    "ConnectFailureEv",
-    "ClientOutdatedEv",
-    "PairStatusEv",
-)
-
-
-def receipt_of(event: Any) -> ReceiptInfo:
-    return ReceiptInfo(
-        message_ids=tuple(str(i) for i in event.MessageIDs),
-        kind=RECEIPT_KINDS.get(int(event.Type), "other"),
-        timestamp=float(event.Timestamp),
-    )
+@attrs.frozen
+class NeonizeStatistics:
+    state: ConnectionState
+    attempts: int  # connect() calls so far
+    qr_count: int
 
 
 @attrs.define
@@ -194,10 +98,12 @@ class NeonizeTransport:
         settings: Settings,
         redactor: Redactor,
         *,
-        client_factory: Callable[[str], Any] = _default_client_factory,
+        client_factory: Callable[[str], Any] = new_client,
         backoff: Backoff | None = None,
         qr_out: TextIO | None = None,
         on_receipt: Callable[[ReceiptInfo], None] | None = None,
+        qr_stale_after: float = QR_STALE_AFTER,
+        max_connects: int = MAX_CONNECTS,
     ) -> None:
         self.settings = settings
         self.redactor = redactor
@@ -210,7 +116,6 @@ class NeonizeTransport:
         self.connect_attempts = 0
         self._state = ConnectionState.CONNECTING
         self._connected = trio.Event()
-        self._state_changed = trio.Event()
         self._may_reconnect = True
         self._relogin = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -219,6 +124,12 @@ class NeonizeTransport:
         self._limiter = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         self._pair_requested = False
+        self._qr_stale_after = qr_stale_after
+        self._max_connects = max_connects
+        self._last_code_at = 0.0
+
+    def statistics(self) -> NeonizeStatistics:
+        return NeonizeStatistics(self._state, self.connect_attempts, self.login.qr_count)
 
     # ------------------------------------------------------------------------------ state
 
@@ -269,8 +180,10 @@ class NeonizeTransport:
                 file=sys.stderr,
                 flush=True,
             )
-        self._state_changed.set()
-        self._state_changed = trio.Event()
+        if signal.kind in TERMINAL and self._nursery is not None:
+            # whatsmeow stopped reconnecting but connect() keeps blocking: end it, so the
+            # watchdog reaches its re-login wait or its back-off
+            self._nursery.start_soon(self._stop_client)
 
     def login_status(self) -> LoginStatus:
         return LoginStatus(
@@ -292,6 +205,7 @@ class NeonizeTransport:
         """A new QR code (trio thread): terminal block, log, /login."""
         self.login.qr = payload
         self.login.qr_count += 1
+        self._last_code_at = trio.current_time()
         self.apply(Signal("qr"))
         if self.settings.pair_phone:
             if not self._pair_requested and self._nursery is not None:
@@ -314,17 +228,18 @@ class NeonizeTransport:
         phone = self.settings.pair_phone or ""
         client = self._client
         try:
-            code = await trio.to_thread.run_sync(
-                partial(client.PairPhone, phone.lstrip("+"), True), limiter=self._limiter
-            )
-        except Exception as error:  # noqa: BLE001 - neonize raises its own PairPhoneError
+            with neonize_errors("pair code", code="pair_code_failed", mask=self.redactor.text):
+                code = await trio.to_thread.run_sync(
+                    partial(client.PairPhone, phone.lstrip("+"), True),
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+        except SendError as error:
             self._pair_requested = False
-            eliot.log_message(
-                message_type="wa_trio:login:pair_code_failed",
-                error=self.redactor.text(str(error)[:200]),
-            )
+            eliot.log_message(message_type="wa_trio:login:pair_code_failed", error=error.message)
             return
         self.login.pair_code = str(code)
+        self._last_code_at = trio.current_time()
         print(
             f"wa-trio: on the phone {self.redactor.phone(phone)}: WhatsApp -> Linked devices -> "
             f"Link with phone number, enter code {code}",
@@ -351,7 +266,7 @@ class NeonizeTransport:
         from neonize import events
 
         def on_event(_client: Any, event: Any) -> None:
-            self._post(self.apply, _signal_of(event))
+            self._post(self.apply, signal_of(event))
 
         def on_qr(_client: Any, data: bytes) -> None:
             self._post(self.on_qr, data.decode("utf-8", "replace"))
@@ -381,8 +296,10 @@ class NeonizeTransport:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._watch_code_freshness)
                 task_status.started()
                 await self._watchdog()
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._stop_client()
@@ -408,11 +325,17 @@ class NeonizeTransport:
                 await self._stop_client()
                 self._client = None
                 self._may_reconnect = True
+            if self.connect_attempts >= self._max_connects:
+                raise TransportError(
+                    f"{self.connect_attempts} connection attempts in this process; each leaks a "
+                    "file descriptor in neonize, so the worker exits for a clean restart"
+                )
             if self._client is None:
                 self._client = await trio.to_thread.run_sync(self.client_factory, database)
                 self.register_handlers(self._client)
             self.apply(Signal("connecting"))
             self.connect_attempts += 1
+            self._pair_requested = False
             started = trio.current_time()
             with eliot.start_action(
                 action_type="wa_trio:whatsapp:connect",
@@ -420,12 +343,16 @@ class NeonizeTransport:
                 proxy=redact_url(self.settings.proxy or "") or None,
             ):
                 try:
-                    await trio.to_thread.run_sync(
-                        partial(self._client.connect, self._proxy()), abandon_on_cancel=True
-                    )
+                    with neonize_errors("connect", code="dial_failed", mask=self.redactor.text):
+                        await trio.to_thread.run_sync(
+                            partial(self._client.connect, self._proxy()), abandon_on_cancel=True
+                        )
                     self.apply(Signal("disconnected"))
-                except Exception as error:  # noqa: BLE001 - NeonizeError and friends
-                    self.apply(Signal("dial_failed", detail=self.redactor.text(str(error)[:200])))
+                except SendError as error:
+                    self.apply(Signal("dial_failed", detail=error.message[:200]))
+                    # some failures end connect() while the Go client keeps running: stop it
+                    # before the next attempt, or two clients fight for the session
+                    await self._stop_client()
             await trio.to_thread.run_sync(tighten_session_files, self.settings.session_path)
             if trio.current_time() - started > _STABLE_AFTER:
                 self.backoff.reset()
@@ -436,17 +363,33 @@ class NeonizeTransport:
             with trio.move_on_after(delay):
                 await self._relogin.wait()
 
+    async def _watch_code_freshness(self) -> None:
+        """While waiting for a login, restart it when no new QR / pair code came for
+        ``qr_stale_after`` seconds: whatsmeow stops emitting codes after ~160 s, silently."""
+        while True:
+            await trio.sleep(min(5.0, self._qr_stale_after / 4))
+            if self._state is not ConnectionState.WAITING_FOR_LOGIN:
+                continue
+            idle = trio.current_time() - self._last_code_at
+            if idle >= self._qr_stale_after:
+                eliot.log_message(
+                    message_type="wa_trio:login:codes_expired", idle_seconds=round(idle, 1)
+                )
+                self.login.qr = None
+                self.login.pair_code = None
+                self._last_code_at = trio.current_time()
+                await self._stop_client()  # connect() returns; the watchdog starts a new login
+
     async def _stop_client(self) -> None:
         client = self._client
         if client is None:
             return
         with trio.move_on_after(STOP_TIMEOUT) as scope:
             try:
-                await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
-            except Exception as error:  # noqa: BLE001
-                eliot.log_message(
-                    message_type="wa_trio:whatsapp:stop_failed", error=str(error)[:200]
-                )
+                with neonize_errors("stop", code="stop_failed", mask=self.redactor.text):
+                    await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
+            except SendError as error:
+                eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
         if scope.cancelled_caught:
             eliot.log_message(message_type="wa_trio:whatsapp:stop_timed_out", seconds=STOP_TIMEOUT)
         if self._state is ConnectionState.CONNECTED:
@@ -462,43 +405,37 @@ class NeonizeTransport:
         if self.settings.typing:
             await self._show_typing(client, jid_user, len(message.text))
         try:
-            # abandon_on_cancel: whatsmeow may wait its full request timeout for an answer;
-            # the shutdown grace must still end the worker (the ledger row stays `sending`, so a
-            # restart treats the job as ambiguous; the broker redelivers it)
-            response = await trio.to_thread.run_sync(
-                self._send_blocking,
-                client,
-                jid_user,
-                message.text,
-                limiter=self._limiter,
-                abandon_on_cancel=True,
-            )
-        except Exception as error:  # noqa: BLE001 - SendMessageError and transport failures
-            code, transient = classify_send_error(str(error))
-            raise SendError(
-                f"WhatsApp send failed: {self.redactor.text(str(error)[:300])}",
-                code=code,
-                transient=transient,
-            ) from None
+            with neonize_errors(
+                "WhatsApp send failed", code="send_failed", mask=self.redactor.text
+            ):
+                response = await trio.to_thread.run_sync(
+                    self._send_blocking,
+                    client,
+                    jid_user,
+                    message.text,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,  # see the module docstring
+                )
+        except SendError as error:
+            code, transient = classify_send_error(error.message)
+            raise SendError(error.message, code=code, transient=transient) from None
         return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
 
     async def _show_typing(self, client: Any, jid_user: str, chars: int) -> None:
         """WHATSAPP_TYPING=on: "composing" presence for a time growing with the text."""
         try:
-            await trio.to_thread.run_sync(
-                self._presence_blocking,
-                client,
-                jid_user,
-                True,
-                limiter=self._limiter,
-                abandon_on_cancel=True,
-            )
+            with neonize_errors("typing", code="typing_failed", mask=self.redactor.text):
+                await trio.to_thread.run_sync(
+                    self._presence_blocking,
+                    client,
+                    jid_user,
+                    True,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
             await trio.sleep(typing_seconds(chars))
-        except Exception as error:  # noqa: BLE001 - typing is cosmetic; never fail the send
-            eliot.log_message(
-                message_type="wa_trio:whatsapp:typing_failed",
-                error=self.redactor.text(str(error)[:200]),
-            )
+        except SendError as error:  # typing is cosmetic; never fail the send
+            eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=error.message)
 
     @staticmethod
     def _presence_blocking(client: Any, jid_user: str, composing: bool) -> None:
@@ -525,15 +462,12 @@ class NeonizeTransport:
         cached = await trio.to_thread.run_sync(cache.get, number) if cache else None
         if cached is None:
             client = self._client
-            try:
+            with neonize_errors(
+                "number look-up failed", code="lookup_failed", mask=self.redactor.text
+            ):
                 answers = await trio.to_thread.run_sync(
                     client.is_on_whatsapp, number, limiter=self._limiter, abandon_on_cancel=True
                 )
-            except Exception as error:  # noqa: BLE001 - IsOnWhatsAppError
-                raise SendError(
-                    f"number look-up failed: {self.redactor.text(str(error)[:200])}",
-                    code="lookup_failed",
-                ) from None
             answer = answers[0] if answers else None
             on = bool(answer is not None and answer.IsIn)
             # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID

@@ -1,0 +1,222 @@
+"""The neonize transport as WhatsApp really behaves (issue 21), on the honest test double
+(tests/fakes.py) and, where it can be driven offline, the real client through a closed proxy.
+No broker: the transport alone."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from neonize.events import ConnectedEv
+
+from tests.fakes import FakeClient, fake_neonize_transport
+from tests.helpers import wait_for
+from wa_trio.config import Settings
+from wa_trio.errors import SendError, TransportError
+from wa_trio.log import Redactor
+from wa_trio.policy import Backoff
+from wa_trio.transport import ConnectionState as S
+from wa_trio.transport import OutgoingMessage
+from wa_trio.transport.neonize import NeonizeTransport, new_client
+
+UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
+
+
+@pytest.fixture
+def neonize_settings(make_env: Callable[..., dict[str, str]]) -> Settings:
+    return Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+
+
+async def test_a_lid_answer_still_sends_to_the_phone_number(neonize_settings: Settings) -> None:
+    """1. The look-up may answer with the contact's LID: only "is on WhatsApp" is used; the
+    message goes to the number's JID (whatsmeow maps it), and the cache keeps the number."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients, answer_with_lid=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+        for _ in range(2):  # the second send comes from the cache
+            await transport.send(OutgoingMessage("+5511999999999", "hi", UID, "k"))
+        assert [to for to, _ in clients[0].sent] == ["5511999999999", "5511999999999"]
+        assert clients[0].lookups == ["+5511999999999"]
+        nursery.cancel_scope.cancel()
+
+
+def test_number_cache_rows_of_the_old_schema_are_dropped(tmp_path: Path) -> None:
+    import sqlite3
+
+    from wa_trio.number_cache import NumberCache
+
+    db = sqlite3.connect(tmp_path / "numbers.db")
+    db.execute(
+        "CREATE TABLE numbers (number TEXT PRIMARY KEY, on_whatsapp INTEGER NOT NULL, "
+        "jid_user TEXT NOT NULL, checked_at REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO numbers VALUES ('+5511999999999', 1, '98765432101234', 9e12)")
+    db.commit()
+    db.close()
+    cache = NumberCache(tmp_path / "numbers.db", ttl=1e12)
+    try:
+        assert cache.get("+5511999999999") is None  # the LID row is gone
+    finally:
+        cache.close()
+
+
+async def test_a_lookup_error_is_a_transient_send_error(neonize_settings: Settings) -> None:
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients, lookup_error="500 5511999999999")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+        with pytest.raises(SendError) as info:
+            await transport.send(OutgoingMessage("+5511999999999", "hi", UID, "k"))
+        assert info.value.code == "lookup_failed" and info.value.transient
+        assert "5511999999999" not in info.value.message  # masked
+        nursery.cancel_scope.cancel()
+
+
+async def test_codes_that_stop_coming_restart_the_login(neonize_settings: Settings) -> None:
+    """3. whatsmeow stops emitting QR codes after ~160 s, silently: no new code for
+    ``qr_stale_after`` -> the client is stopped and a fresh login starts."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients)
+    transport._qr_stale_after = 0.4
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@first")
+        await wait_for(lambda: transport.state is S.WAITING_FOR_LOGIN, what="waiting")
+        await wait_for(lambda: clients[0].connects >= 2, timeout=10, what="a fresh login")
+        assert clients[0].stops >= 1
+        assert transport.login.qr is None  # the dead code is not shown any more
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_connect_stops_the_client_before_backing_off(
+    neonize_settings: Settings,
+) -> None:
+    """7. After connect() raised, stop() before the next attempt."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients, dial_error="dial tcp: refused")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 3, what="3 attempts")
+        assert clients[0].stops >= clients[0].connects - 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_too_many_connects_end_the_transport_for_a_clean_restart(
+    neonize_settings: Settings,
+) -> None:
+    """6. One fd leaks a connect(): past the bound the transport gives up (the worker exits
+    non-zero and its supervisor restarts it)."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients, dial_error="refused")
+    transport._max_connects = 3
+    raised: list[TransportError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run)
+    except* TransportError as group:
+        pending: list[BaseException] = [group]
+        while pending:
+            error = pending.pop()
+            if isinstance(error, BaseExceptionGroup):
+                pending.extend(error.exceptions)
+            elif isinstance(error, TransportError):
+                raised.append(error)
+    assert raised and "3 connection attempts" in raised[0].message
+    assert clients[0].connects == 3
+
+
+async def test_a_pair_code_is_asked_only_while_waiting_for_login(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PAIR_PHONE="+55 11 98888-7777")
+    )
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@QR")
+        await wait_for(lambda: transport.login.pair_code == "ABCD-EFGH", what="pair code")
+        nursery.cancel_scope.cancel()
+
+
+def test_two_clients_on_one_database_get_distinct_go_keys(tmp_path: Path) -> None:
+    """5. neonize keys Go-side clients by uuid (default: the name): a second NewClient on the
+    same database would share the key, and the first one's finalizer would stop the second."""
+    database = str(tmp_path / "whatsapp.db")
+    first, second = new_client(database), new_client(database)
+    assert first.uuid != second.uuid
+    assert first.name == second.name == database
+
+
+def test_importing_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
+    """9. neonize's import configures the root logger (INFO on stderr); we put it back."""
+    code = textwrap.dedent(
+        f"""
+        import logging, sys
+        root = logging.getLogger()
+        before = (list(root.handlers), root.level)
+        from wa_trio.transport.neonize import new_client
+        new_client({str(tmp_path / "w.db")!r})
+        sys.exit(0 if (list(root.handlers), root.level) == before else 1)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+def test_a_stuck_neonize_thread_does_not_hang_the_exit() -> None:
+    """4. A non-daemon thread still blocked (neonize's QR worker in Go) after the run: the CLI
+    flushes and exits with the intended code instead of hanging."""
+    code = textwrap.dedent(
+        """
+        import threading
+        from wa_trio.cli import leave
+        threading.Thread(target=threading.Event().wait, name="neonize-qr").start()
+        leave(3)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, timeout=30)
+    assert result.returncode == 3
+
+
+@pytest.mark.real_client
+async def test_real_client_offline_lifecycle_fd_count_stays_bounded(
+    neonize_settings: Settings,
+) -> None:
+    """The real neonize client, offline through the closed proxy: connect fails, the client
+    is stopped, the worker backs off; stop during the back-off is prompt; the open fds after
+    N failed connects are counted (neonize 0.5.2 leaks one a connect: MAX_CONNECTS bounds it)."""
+    transport = NeonizeTransport(
+        neonize_settings,
+        Redactor(True),
+        backoff=Backoff(initial=0.02, cap=0.05),
+        qr_out=io.StringIO(),
+        max_connects=1000,
+    )
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: transport.connect_attempts >= 20, timeout=60, what="20 attempts")
+        assert transport.statistics().state in {S.DISCONNECTED, S.CONNECTING}
+        stopped_at = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - stopped_at < 6  # bounded stop (STOP_TIMEOUT)
+    leaked = len(os.listdir("/proc/self/fd")) - fds_before
+    print(f"\n{transport.connect_attempts} failed connects: {leaked} more open fds")
+    assert leaked <= transport.connect_attempts + 5
