@@ -1,4 +1,9 @@
-"""Developer tasks: ``nox -s tests`` (the CI gate), ``lint``, ``typecheck``, ``bench``."""
+"""Developer tasks.
+
+``nox -s tests`` (the CI gate: every tier, with the coverage gate), ``unit`` (no broker needed),
+``integration`` (the local RabbitMQ), ``fault`` (kills and broker faults on a RabbitMQ node the
+suite starts itself), ``lint``, ``typecheck`` (src, tests and this file), ``bench``.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,31 @@ MYPY = "mypy==2.4.1"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole suite (unit + integration against the local RabbitMQ), with the coverage gate."""
+    """The whole suite (unit + integration + fault), with the coverage gate."""
     session.install("-e", ".[test]")
     # the coverage gate (fail_under) lives in pyproject.toml [tool.coverage.report]
     session.run("pytest", "--cov=wa_trio", "--cov-report=term", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Pure and component tests: no broker, no network, well under a minute."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/unit", "-m", "not integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Against the local RabbitMQ on 5672 (own queues only), without the fault tier."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "integration and not fault", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fault(session: nox.Session) -> None:
+    """Kills and broker faults (a RabbitMQ node of the suite's own for anything it stops)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "fault", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -30,8 +56,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test]", MYPY)
-    session.run("mypy", "src")
+    """mypy --strict on src/, tests/ and noxfile.py (the files list is in pyproject.toml)."""
+    session.install("-e", ".[test]", MYPY, "nox==2026.10.20")
+    session.run("mypy")
 
 
 @nox.session(python=PYTHON)

@@ -15,12 +15,17 @@ import socket
 import subprocess
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from tests.helpers import delete_topology
+from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings
+from wa_trio.transport import Transport
 
 # neonize's import runs os.popen("uname -a") without closing it; take that ResourceWarning here,
 # once, so the suite's "warnings are errors" rule keeps catching our own leaks.
@@ -88,3 +93,50 @@ def make_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
 @pytest.fixture
 def settings(make_env: Callable[..., dict[str, str]]) -> Iterator[Settings]:
     yield Settings.from_env(make_env())
+
+
+@pytest.fixture
+async def topology(settings: Settings) -> AsyncIterator[Settings]:
+    """``settings`` whose queues and exchanges are deleted after the test."""
+    yield settings
+    await delete_topology(settings)
+
+
+StartWorker = Callable[..., Any]
+
+
+@pytest.fixture
+def start_worker(nursery: trio.Nursery) -> StartWorker:
+    """``await start_worker(settings, transport=None)`` -> Worker running in the test nursery."""
+
+    async def start(settings: Settings, transport: Transport | None = None) -> Worker:
+        worker: Worker = await nursery.start(
+            lambda task_status: run_worker(
+                settings, transport=transport, handle_signals=False, task_status=task_status
+            )
+        )
+        return worker
+
+    return start
+
+
+@pytest.fixture
+def cli_settings(
+    make_env: Callable[..., dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings of a unique topology, also exported to the environment for in-process CLI runs."""
+    env = make_env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env(env)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers, applied for real (a ``pytestmark`` in a conftest applies to nothing):
+    tests/integration -> ``integration``, tests/fault -> ``fault`` (+ ``integration``)."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "fault" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "fault" in parts:
+            item.add_marker(pytest.mark.fault)

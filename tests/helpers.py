@@ -76,7 +76,7 @@ async def publish_many(
 
 async def drain_queue(settings: Settings, queue: str) -> list[Any]:
     """basic.get every message of ``queue`` (acked: removed)."""
-    messages = []
+    messages: list[Any] = []
     async with (
         amqp.connect(BrokerAddress.from_settings(settings)) as connection,
         connection.open_channel() as channel,

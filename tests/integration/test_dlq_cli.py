@@ -6,6 +6,7 @@ import attrs
 import pytest
 import trio
 
+from tests.conftest import StartWorker
 from tests.helpers import (
     delete_topology,
     job_body,
@@ -14,7 +15,6 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio.cli import main
 from wa_trio.config import Settings
 

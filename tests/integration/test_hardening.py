@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.conftest import BROKER_URL
+from tests.conftest import BROKER_URL, StartWorker
 from tests.helpers import (
     EventTap,
     delete_topology,
@@ -37,7 +37,6 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio.amqp import retry_queue_name
 from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.conftest import StartWorker
 from tests.helpers import (
     delete_topology,
     job_body,
@@ -17,7 +18,6 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio.config import Settings
 from wa_trio.log import configure_logging, log_file_path
 
@@ -70,7 +70,8 @@ async def test_each_job_is_one_tree_found_by_key_without_text_or_full_number(
             if json.loads(line).get("job_key") == key
         }
         assert len(tasks) == 1, tasks
-        return tasks.pop()
+        task: str = tasks.pop()
+        return task
 
     tree = eliot_tree("-u", task_of("job-a"), str(log))
     assert tree.count("wa_trio:job/1") == 1  # exactly one tree

@@ -3,35 +3,17 @@ double at the client boundary. WHATSAPP_PROXY always points at a closed loopback
 
 from __future__ import annotations
 
-import io
-import os
-import re
-import stat
-import subprocess
-import sys
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from pathlib import Path
 
 import attrs
-import httpx
 import pytest
 import trio
 from neonize.events import (
     ConnectedEv,
-    ConnectFailureEv,
-    DisconnectedEv,
-    KeepAliveRestoredEv,
-    KeepAliveTimeoutEv,
-    LoggedOutEv,
-    PairStatusEv,
-    ReceiptEv,
-    StreamReplacedEv,
-    TemporaryBanEv,
 )
-from neonize.proto.Neonize_pb2 import JID
 
+from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     delete_topology,
@@ -40,221 +22,19 @@ from tests.helpers import (
     job_metric,
     publish_many,
     queue_count,
-    rabbitmqctl,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
-from wa_trio import login_page
 from wa_trio.amqp import retry_queue_name
 from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings
 from wa_trio.ledger import Ledger
-from wa_trio.log import Redactor
-from wa_trio.metrics import Metrics
-from wa_trio.monitor import BrokerMonitor
-from wa_trio.pipeline import PipelineStatistics
-from wa_trio.policy import Backoff
-from wa_trio.transport import ConnectionState as S
-from wa_trio.transport import OutgoingMessage
-from wa_trio.transport.neonize import NeonizeTransport, ReceiptInfo, bundled_library
-from wa_trio.web import create_app, run_http
 
 TOKEN = "operator-token-0123456789"
 
 
-def test_bundled_library_is_present() -> None:
-    assert bundled_library().exists()
-
-
-async def test_real_client_offline_backs_off_without_blocking_trio(
-    make_env: Callable[..., dict[str, str]], tmp_path: Path
-) -> None:
-    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
-    assert settings.proxy and settings.proxy.startswith("http://127.0.0.1:")
-    transport = NeonizeTransport(
-        settings, Redactor(True), backoff=Backoff(initial=0.2, cap=0.4), qr_out=io.StringIO()
-    )
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await trio.sleep(0.01)
-            ticks += 1
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        await nursery.start(transport.run)
-        started = trio.current_time()
-        await wait_for(lambda: transport.connect_attempts >= 3, timeout=20, what="3 attempts")
-        elapsed = trio.current_time() - started
-        assert (S.CONNECTING, S.DISCONNECTED, "dial_failed") in transport.transitions
-        # two back-off sleeps of at least 0.1 s each happened between the three attempts
-        assert elapsed >= 0.2
-        # the loop kept running meanwhile (a blocked loop would not tick)
-        assert ticks >= int(elapsed / 0.01) // 3
-        nursery.cancel_scope.cancel()
-    database = settings.session_db
-    assert database.exists()
-    assert stat.S_IMODE(database.stat().st_mode) == 0o600
-    assert stat.S_IMODE(settings.session_path.stat().st_mode) == 0o700
-    kinds = [kind for _, _, kind in transport.transitions]
-    assert "dial_failed" in kinds
-
-
-async def test_second_run_reuses_the_session_file(make_env: Callable[..., dict[str, str]]) -> None:
-    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
-    inodes = []
-    for _ in range(2):
-        transport = NeonizeTransport(settings, Redactor(True), qr_out=io.StringIO())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(transport.run)
-            await wait_for(lambda t=transport: t.connect_attempts >= 1, what="one attempt")
-            nursery.cancel_scope.cancel()
-        inodes.append(settings.session_db.stat().st_ino)
-    assert inodes[0] == inodes[1]
-
-
-async def test_real_neonize_events_drive_every_state(
-    make_env: Callable[..., dict[str, str]],
-) -> None:
-    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
-    clients: list[FakeClient] = []
-    receipts: list[ReceiptInfo] = []
-    transport = fake_neonize_transport(settings, clients)
-    transport.on_receipt = receipts.append
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
-        client = clients[0]
-        assert transport.state is S.CONNECTING
-
-        async def fire(event: object, expected: S) -> None:
-            await trio.to_thread.run_sync(client.fire, event)
-            await wait_for(lambda: transport.state is expected, timeout=5, what=str(expected))
-
-        await trio.to_thread.run_sync(client.fire_qr, "2@abc,def,ghi")
-        await wait_for(lambda: transport.state is S.WAITING_FOR_LOGIN, what="waiting")
-        # linked, but whatsmeow restarts the stream (515) first: not connected until Connected
-        await fire(
-            PairStatusEv(ID=JID(User="5511988887777", Server="s.whatsapp.net")), S.CONNECTING
-        )
-        assert transport.login.linked_as == "+5511988887777"
-        await fire(ConnectedEv(), S.CONNECTED)
-        await fire(KeepAliveTimeoutEv(ErrorCount=2), S.DISCONNECTED)
-        await fire(KeepAliveRestoredEv(), S.CONNECTED)
-        await fire(DisconnectedEv(), S.DISCONNECTED)
-        await fire(ConnectedEv(), S.CONNECTED)
-        await trio.to_thread.run_sync(
-            client.fire,
-            ReceiptEv(
-                MessageIDs=["3EB0X"], Type=ReceiptEv.ReceiptType.READ, Timestamp=1_700_000_100
-            ),
-        )
-        await wait_for(lambda: bool(receipts), what="receipt")
-        assert receipts[0] == ReceiptInfo(("3EB0X",), "read", 1_700_000_100.0)
-        # the banned states, driven by real events (after each, the client is stopped: see below)
-        await fire(ConnectFailureEv(Reason=3, Message="banned"), S.BANNED)
-        await wait_for(client.stopped.is_set, what="client stopped after a connect failure")
-        assert not transport.statistics().attempts > 1  # banned: no reconnect by itself
-        transport.request_relogin()
-        await wait_for(lambda: len(clients) == 2, what="fresh client")
-        client = clients[1]
-        await wait_for(lambda: client.connects == 1, what="connect")
-        await fire(ConnectedEv(), S.CONNECTED)
-        await fire(TemporaryBanEv(Code=TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600), S.BANNED)
-        transport.request_relogin()
-        await wait_for(lambda: len(clients) == 3, what="fresh client")
-        client = clients[2]
-        await wait_for(lambda: client.connects == 1, what="connect")
-        await fire(ConnectedEv(), S.CONNECTED)
-        await fire(StreamReplacedEv(), S.DISCONNECTED)
-        transport.request_relogin()
-        await wait_for(lambda: len(clients) == 4, what="fresh client")
-        client = clients[3]
-        await wait_for(lambda: client.connects == 1, what="connect")
-        await fire(ConnectedEv(), S.CONNECTED)
-        await fire(LoggedOutEv(OnConnect=False, Reason=2), S.LOGGED_OUT)
-        # whatsmeow stops reconnecting but its connect() would block for ever: the transport
-        # stops the client itself (the test used to call client.stop(), hiding the hang)
-        await wait_for(client.stopped.is_set, what="client stopped after the logout")
-        await trio.sleep(0.3)
-        assert client.connects == 1 and len(clients) == 4  # waits for an operator
-        transport.request_relogin()
-        await wait_for(
-            lambda: len(clients) == 5 and clients[4].connects == 1,
-            what="fresh client after relogin",
-        )
-        nursery.cancel_scope.cancel()
-    assert clients[4].stopped.is_set()  # shutdown stopped the client cleanly
-
-
-async def test_qr_renders_to_terminal_and_login_page(
-    make_env: Callable[..., dict[str, str]],
-) -> None:
-    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
-    clients: list[FakeClient] = []
-    transport = fake_neonize_transport(settings, clients)
-    terminal = io.StringIO()
-    transport.qr_out = terminal
-    metrics = Metrics(settings.queue_name, settings.dlq_name)
-
-    class Down:
-        connected = False
-
-        def statistics(self) -> PipelineStatistics:
-            return PipelineStatistics(connected=False, connections=0, ledger_problem=None)
-
-    app = create_app(
-        consumer=Down(),
-        monitor=BrokerMonitor(settings, metrics),
-        transport=transport,
-        metrics=metrics,
-        admin_token=TOKEN,
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        urls = await nursery.start(run_http, app, "127.0.0.1", 0, shutdown)
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await trio.to_thread.run_sync(clients[0].fire_qr, "2@QRPAYLOAD,xyz")
-        await wait_for(lambda: transport.login.qr is not None, what="qr")
-        assert "▀" in terminal.getvalue() or "█" in terminal.getvalue()
-        async with httpx.AsyncClient(base_url=urls[0], auth=("operator", TOKEN)) as http:
-            page = (await http.get("/login")).text
-            assert 'http-equiv="refresh"' in page
-            svg = re.search(r"<svg.*</svg>", page, re.DOTALL)
-            assert svg is not None
-            root = ET.fromstring(svg.group())
-            assert root.tag.endswith("svg")
-            health = await http.get("/healthz")
-            assert health.status_code == 503
-            assert health.json()["whatsapp"] == "waiting_for_login"
-            await trio.to_thread.run_sync(
-                clients[0].fire, PairStatusEv(ID=JID(User="5511988887777"))
-            )
-            await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
-            await wait_for(lambda: transport.state is S.CONNECTED, what="linked")
-            page = (await http.get("/login")).text
-            assert "linked as +55*******7777" in page
-        shutdown.set()
-        nursery.cancel_scope.cancel()
-
-
-async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
-    settings = Settings.from_env(
-        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PAIR_PHONE="+55 11 98888-7777")
-    )
-    clients: list[FakeClient] = []
-    transport = fake_neonize_transport(settings, clients)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await trio.to_thread.run_sync(clients[0].fire_qr, "2@QR")
-        await wait_for(lambda: transport.login.pair_code == "ABCD-EFGH", what="pair code")
-        page = login_page.render(transport.login_status(), transport.redactor)
-        assert "ABCD-EFGH" in page
-        nursery.cancel_scope.cancel()
+async def _none_ready(settings: Settings) -> bool:
+    """Every job delivered to the worker (none ready; unacked ones are not counted)."""
+    return await queue_count(settings, settings.queue_name) == 0
 
 
 @pytest.mark.parametrize("policy", ["resend", "skip"])
@@ -351,60 +131,6 @@ async def test_a_hung_send_does_not_hold_shutdown_past_the_grace(
         await delete_topology(settings)
 
 
-async def _none_ready(settings: Settings) -> bool:
-    """Every job delivered to the worker (none ready; unacked ones are not counted)."""
-    return await queue_count(settings, settings.queue_name) == 0
-
-
-@pytest.mark.parametrize(("prefetch", "jobs"), [(1, 1), (10, 3)], ids=["one-job", "batch"])
-async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, prefetch: int, jobs: int
-) -> None:
-    """The connection dies while WhatsApp is still answering a send: the send finishes and is
-    recorded `sent`; only the ack is lost, and the redelivered copy is acked as a duplicate."""
-    settings = Settings.from_env(
-        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PREFETCH_COUNT=str(prefetch))
-    )
-    gate = threading.Event()
-    clients: list[FakeClient] = []
-    transport = fake_neonize_transport(settings, clients, send_gate=gate)
-    worker = await start_worker(settings, transport=transport)
-    try:
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await publish_many(
-            settings, [job_body(i) for i in range(jobs)], [f"cut-{i}" for i in range(jobs)]
-        )
-        # all delivered (unacked) before WhatsApp connects: the sender takes them together
-        await wait_for(
-            lambda: _none_ready(settings),
-            what="jobs delivered",
-        )
-        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
-        await wait_for(lambda: clients[0].sending == 1, what="a send in progress")
-        connections = worker.pipeline.statistics().connections
-        await trio.to_thread.run_sync(rabbitmqctl, "close_all_connections", "wa-trio test")
-        await trio.sleep(0.3)
-        gate.set()  # WhatsApp answers now, after the connection is gone
-
-        def processed(status: str) -> float | None:
-            return job_metric(worker, "worker_jobs_processed_total", status=status)
-
-        # the send in flight finishes and is recorded; its redelivered copy is a duplicate.
-        # The batch's later jobs were not begun (the cut came first): sent once after reconnect
-        await wait_for(
-            lambda: (processed("duplicate") or 0) + (processed("success") or 0) == jobs,
-            what="every job settled",
-        )
-        assert processed("duplicate") == 1
-        assert worker.pipeline.statistics().connections > connections
-        assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(jobs)]
-        assert job_metric(worker, "worker_jobs_ambiguous_total", action="resend") in (None, 0.0)
-        assert await queue_count(settings, settings.queue_name) == 0
-    finally:
-        gate.set()
-        await delete_topology(settings)
-
-
 async def test_sender_holds_jobs_while_disconnected_then_sends(
     topology: Settings, start_worker: StartWorker
 ) -> None:
@@ -433,52 +159,3 @@ async def test_sender_holds_jobs_while_disconnected_then_sends(
         ["not_on_whatsapp"],
     )
     await delete_topology(topology)
-
-
-async def test_typing_simulation_shows_composing_before_the_send(
-    make_env: Callable[..., dict[str, str]],
-) -> None:
-    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_TYPING="on"))
-    clients: list[FakeClient] = []
-    transport = fake_neonize_transport(settings, clients)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
-        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
-        started = trio.current_time()
-        result = await transport.send(OutgoingMessage("+5511999999999", "hi", "u", "k"))
-        assert trio.current_time() - started >= 1.0  # at least a second of "typing..."
-        assert clients[0].presences == [("5511999999999", "CHAT_PRESENCE_COMPOSING")]
-        assert clients[0].sent == [("5511999999999", "hi")]
-        assert result.message_id.startswith("3EB0")
-        nursery.cancel_scope.cancel()
-
-
-def test_a_missing_bundled_library_is_refused_not_downloaded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import platform
-
-    from wa_trio.transport.neonize import TransportError, check_bundled_library
-
-    monkeypatch.setattr(platform, "machine", lambda: "sparc64")
-    with pytest.raises(TransportError, match="will not let neonize download"):
-        check_bundled_library()
-
-
-def test_login_command_offline_gives_up_with_exit_1(
-    make_env: Callable[..., dict[str, str]],
-) -> None:
-    env = make_env(WHATSAPP_TRANSPORT="neonize")
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_trio", "login", "--timeout", "1.5"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert "not linked within 1.5s" in result.stderr
-    assert Path(env["WHATSAPP_SESSION_PATH"], "whatsapp.db").exists()

@@ -16,6 +16,7 @@ import pytest
 import trio
 from neonize.events import LoggedOutEv
 
+from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     delete_topology,
@@ -25,7 +26,6 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.cli import main
@@ -156,9 +156,10 @@ async def test_metrics_are_rendered_once_per_cache_period(
     def counted() -> bytes:
         nonlocal renders
         renders += 1
-        return original()
+        rendered: bytes = original()
+        return rendered
 
-    worker.metrics.exposition = counted  # type: ignore[method-assign]
+    worker.metrics.exposition = counted
     async with httpx.AsyncClient(base_url=worker.http_url) as http:
         for _ in range(50):
             assert (await http.get("/metrics")).status_code == 200

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable
 
 import pytest
 import trio
 
+from tests.conftest import StartWorker
 from tests.helpers import (
     drain_queue,
     job_body,
@@ -19,13 +19,11 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress
 from wa_trio.app import run_worker
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError
-from wa_trio.log import Redactor
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
 
@@ -136,32 +134,3 @@ class SlowDryRun(DryRunTransport):
     async def send(self, message: OutgoingMessage) -> SendResult:
         await trio.sleep(0.002)
         return await super().send(message)
-
-
-async def test_closing_all_connections_mid_stream_loses_no_job(
-    topology: Settings, start_worker: StartWorker
-) -> None:
-    total = 500
-    ids = [f"job-{i}" for i in range(total)]
-    await publish_many(topology, (job_body(i) for i in range(total)), message_ids=ids)
-    worker = await start_worker(
-        topology, transport=SlowDryRun(topology.dry_run_file, Redactor(True))
-    )
-    await wait_for(lambda: len(sent_records(topology.dry_run_file)) >= 100, what="100 sent")
-    rabbitmqctl("close_all_connections", "wa-trio fault test")
-    sent_at_cut = len(sent_records(topology.dry_run_file))
-    assert sent_at_cut < total, "the stream ended before the cut; the test proved nothing"
-    await wait_for(
-        lambda: {r["job_key"] for r in sent_records(topology.dry_run_file)} >= set(ids),
-        timeout=90,
-        what="every job sent",
-    )
-    keys = Counter(r["job_key"] for r in sent_records(topology.dry_run_file))
-    duplicates = sum(n - 1 for n in keys.values())
-    print(
-        f"\nclose_all_connections after {sent_at_cut}/{total} sends: {duplicates} sent more "
-        f"than once, {worker.pipeline.statistics().connections} connections"
-    )
-    assert set(keys) == set(ids)
-    assert worker.pipeline.statistics().connections >= 2
-    await wait_for(lambda: _count(topology, topology.queue_name, 0), what="queue empty")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import closed_port
+from tests.conftest import StartWorker, closed_port
 from tests.helpers import (
     delete_topology,
     drain_queue,
@@ -23,11 +23,9 @@ from tests.helpers import (
     job_metric,
     publish_many,
     queue_count,
-    rabbitmqctl,
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio.amqp import Properties, retry_queue_name
 from wa_trio.config import Settings
 
@@ -122,8 +120,12 @@ async def test_kill_9_ten_times_at_prefetch_100_leaves_at_most_one_ambiguous_job
             worker = _worker(env)
             try:
                 target = (kill + 1) * total // (kills + 2)
+
+                def reached(target: int = target) -> bool:
+                    return len(sent_records(settings.dry_run_file)) >= target
+
                 await wait_for(
-                    lambda target=target: len(sent_records(settings.dry_run_file)) >= target,
+                    reached,
                     timeout=60,
                     what=f"{target} sent",
                 )
@@ -158,34 +160,6 @@ async def _queue_empty(settings: Settings) -> bool:
     return await queue_count(settings, settings.queue_name) == 0
 
 
-async def test_broker_stop_and_start_mid_stream_sends_every_job_exactly_once(
-    topology: Settings, start_worker: StartWorker
-) -> None:
-    total = 1000
-    ids = [f"job-{i}" for i in range(total)]
-    await publish_many(topology, (job_body(i) for i in range(total)), message_ids=ids)
-    worker = await start_worker(topology)
-    await wait_for(lambda: len(sent_records(topology.dry_run_file)) >= 200, what="200 sent")
-    await trio.to_thread.run_sync(rabbitmqctl, "stop_app")
-    try:
-        at_stop = len(sent_records(topology.dry_run_file))
-    finally:
-        await trio.to_thread.run_sync(rabbitmqctl, "start_app")
-        await trio.to_thread.run_sync(rabbitmqctl, "await_startup")
-    assert at_stop < total, "the stream ended before the stop; the test proved nothing"
-    await wait_for(lambda: set(counts(topology)) >= set(ids), timeout=120, what="all sent")
-    await wait_for(lambda: _queue_empty(topology), timeout=60, what="queue drained")
-    sent = counts(topology)
-    print(
-        f"\nstop_app after {at_stop}/{total}: "
-        f"{worker.pipeline.statistics().connections} connections, "
-        f"{sum(n - 1 for n in sent.values())} duplicates"
-    )
-    assert set(sent) == set(ids)
-    assert max(sent.values()) == 1
-    assert worker.pipeline.statistics().connections >= 2
-
-
 async def test_flaky_transport_every_job_sent_once_with_retries_counted(
     make_env: Callable[..., dict[str, str]], start_worker: StartWorker
 ) -> None:
@@ -208,7 +182,9 @@ async def test_flaky_transport_every_job_sent_once_with_retries_counted(
         failed = job_metric(worker, "worker_jobs_failed_total", error_type="simulated_failure")
         print(f"\n30% failing sends: {total} jobs, {retried:g} retries")
         assert retried == failed
-        assert 0.15 * total < retried < 0.7 * total  # ~0.43 retries per job at a 30% rate
+        assert (
+            retried is not None and 0.15 * total < retried < 0.7 * total
+        )  # ~0.43 retries per job at a 30% rate
         assert await queue_count(settings, settings.dlq_name) == 0
         for delay in set(settings.retry_delays):
             assert await queue_count(settings, retry_queue_name(settings, delay)) == 0

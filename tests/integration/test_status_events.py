@@ -11,6 +11,7 @@ import pytest
 import trio
 from neonize.events import ConnectedEv, ReceiptEv
 
+from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     EventTap,
@@ -20,7 +21,6 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from tests.integration.conftest import StartWorker
 from wa_trio.app import Worker, run_worker
 from wa_trio.cli import main
 from wa_trio.config import Settings
@@ -38,7 +38,10 @@ def test_schema_accepts_every_kind_and_rejects_a_bad_one() -> None:
         ("failed", {"code": "x"}),
         ("retrying", {"code": "x", "retry": 1}),
     ]:
-        jsonschema.validate(make_event(status, job_key="k", user_id=None, **extra), SCHEMA)
+        jsonschema.validate(
+            make_event(status, job_key="k", user_id=None, **extra),  # type: ignore[arg-type]
+            SCHEMA,
+        )
     bad = make_event("failed", job_key="k", user_id=None)  # no code
     try:
         jsonschema.validate(bad, SCHEMA)

@@ -33,7 +33,8 @@ def test_without_message_id_the_body_is_the_key() -> None:
 
 
 def test_retry_count_reads_garbage_as_zero() -> None:
-    for value in ("abc", None, [], float("inf"), float("nan"), True, -3):
+    garbage: list[object] = ["abc", None, [], float("inf"), float("nan"), True, -3]
+    for value in garbage:
         assert retry_count({"x-retry-count": value}) == 0
     assert retry_count({"x-retry-count": "4"}) == 4
     assert retry_count({"x-retry-count": 10**30}) == 1_000_000
