@@ -28,50 +28,39 @@ dead-letter and ack are its children and one job is one tree in eliot-tree.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import attrs
 import eliot
 import trio
 
 from wa_trio import amqp
-from wa_trio import headers as h
-from wa_trio.amqp import BrokerAddress, BrokerError, Channel, EncodeError
+from wa_trio.amqp import BrokerAddress, BrokerError, Channel
 from wa_trio.config import Settings
+from wa_trio.copies import Copies
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
-from wa_trio.errors import NotConnectedError, SendError
+from wa_trio.errors import SendError
 from wa_trio.job import Job, body_hash, job_key, retry_count, trace_id_of
-from wa_trio.ledger import AsyncLedger, Begin, LedgerError, Mark
+from wa_trio.ledger import AsyncLedger, Begin, Mark
+from wa_trio.ledger_gate import Held, LedgerGate
 from wa_trio.log import Redactor
 from wa_trio.metrics import WORKER, Metrics
 from wa_trio.outcome import (
     DeadLetter,
     Decision,
     Outcome,
-    Retry,
     ack_plan,
-    bare_headers,
     batch_size,
-    dead_letter_headers,
     decide,
     defer_repeats,
     on_send_failure,
-    retry_headers,
 )
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
-from wa_trio.status import StatusPublisher, make_event
-from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult, Transport
-
-T = TypeVar("T")
-
-
-class _Held(Exception):
-    """A stop began while the job waited for the ledger: leave it unacked."""
+from wa_trio.sender import Sender
+from wa_trio.status import StatusPublisher
+from wa_trio.transport import OutgoingMessage, SendResult, Transport
 
 
 @attrs.frozen
@@ -121,28 +110,28 @@ class Pipeline:
         self.settings = settings
         self.transport = transport
         self.metrics = metrics
-        self.redactor = Redactor(settings.production)
         self.address = BrokerAddress.from_settings(settings)
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._clock = clock
+        self._stopping = trio.Event()
         self._ledger = ledger
-        self._status = status
+        self._gate = LedgerGate(ledger, self._stopping)
+        self._copies = Copies(settings, metrics, status)
         self.pacer = Pacer(
             rate=settings.rate_limit,
             burst=settings.rate_burst,
             recipient_interval=settings.recipient_interval,
             jitter=settings.send_jitter,
         )
-        self._stopping = trio.Event()
+        self._sender = Sender(
+            transport, self.pacer, metrics, Redactor(settings.production), self._stopping
+        )
         self._consume_scope: trio.CancelScope | None = None
         self._connected = False
         self._connections = 0
-        self._ledger_problem: str | None = None
-        self._hard_deadline = math.inf
-        self._protected_scopes: set[trio.CancelScope] = set()
 
     def statistics(self) -> PipelineStatistics:
-        return PipelineStatistics(self._connected, self._connections, self._ledger_problem)
+        return PipelineStatistics(self._connected, self._connections, self._gate.problem)
 
     @property
     def connected(self) -> bool:
@@ -161,28 +150,8 @@ class Pipeline:
         return self._stopping.is_set()
 
     def set_hard_deadline(self, deadline: float) -> None:
-        """The shutdown deadline (trio time): protected sends are cancelled at it, not before."""
-        self._hard_deadline = deadline
-        for scope in self._protected_scopes:
-            scope.deadline = min(scope.deadline, deadline)
-
-    @contextlib.contextmanager
-    def _protected(self) -> Iterator[None]:
-        """A send in flight and its record, shielded from a broker loss.
-
-        When the consuming connection dies mid-send, the connection's nursery cancels the sender.
-        Cancelled there, WhatsApp may take the message while the ledger still says ``sending``:
-        a resend after reconnecting (a duplicate). Shielded, the send finishes and is recorded
-        ``sent``; only the ack is lost, and the redelivered copy is acked as a duplicate. The
-        shutdown deadline (``set_hard_deadline``) still cancels it. Waiting for WhatsApp to
-        connect is not shielded: nothing is in flight then.
-        """
-        with trio.CancelScope(shield=True, deadline=self._hard_deadline) as scope:
-            self._protected_scopes.add(scope)
-            try:
-                yield
-            finally:
-                self._protected_scopes.discard(scope)
+        """The shutdown deadline (trio time): a send in flight is cancelled at it, not before."""
+        self._sender.set_hard_deadline(deadline)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, declare, consume; reconnect on broker loss until ``stop()``.
@@ -229,24 +198,6 @@ class Pipeline:
         if not started:
             task_status.started()
 
-    async def _wait_connected(self) -> bool:
-        """Wait until WhatsApp can send; False when a stop began first (a stop is prompt
-        however long WhatsApp stays away)."""
-        if self.stopping:
-            return False
-        if self.transport.state is ConnectionState.CONNECTED:
-            return True  # the hot path: no task, no checkpoint
-        async with trio.open_nursery() as nursery:
-
-            async def until_stop() -> None:
-                await self._stopping.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(until_stop)
-            await self.transport.wait_connected()
-            nursery.cancel_scope.cancel()
-        return not self.stopping
-
     def _set_connected(self, value: bool) -> None:
         self._connected = value
         self.metrics.amqp_connected.set(1 if value else 0)
@@ -257,7 +208,7 @@ class Pipeline:
             amqp.consume_channel(connection, prefetch=self.settings.prefetch_count) as channel,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(self._sender, receive_jobs, publish_channel)
+            nursery.start_soon(self._sending_task, receive_jobs, publish_channel)
             with trio.CancelScope() as scope:
                 self._consume_scope = scope
                 if self.stopping:
@@ -285,13 +236,13 @@ class Pipeline:
 
     # -------------------------------------------------------------------------------- sender
 
-    async def _sender(
+    async def _sending_task(
         self, receive_jobs: trio.MemoryReceiveChannel[Job], publish_channel: Channel
     ) -> None:
         size = batch_size(self.settings.prefetch_count, pacing=self.pacer.enabled)
         async with receive_jobs:
             while not self.stopping:
-                if not await self._wait_connected():
+                if not await self._sender.wait_connected():
                     return
                 try:
                     job = await receive_jobs.receive()
@@ -326,7 +277,7 @@ class Pipeline:
                     with job.action.context():
                         try:
                             outcome = await self._take(job, publish_channel, batch)
-                        except _Held:
+                        except Held:
                             outcome = Outcome.HELD
                     if outcome is not None:
                         self._finish(batch, job, outcome)
@@ -334,7 +285,7 @@ class Pipeline:
             await self._settle_sent(batch)
         except BaseException as error:
             with trio.CancelScope(shield=True):
-                await self._flush(batch, give_up=True)
+                await self._gate.flush(batch.marks, give_up=True)
             for job in batch.jobs:
                 if job.tag in batch.open:
                     job.action.finish(error)
@@ -363,14 +314,14 @@ class Pipeline:
         if self.pacer.enabled:
             # duplicates, conflicts and invalid jobs never spend a send slot
             if check:
-                found = await self._ledger_call(lambda: self._ledger.peek(job.key))
+                found = await self._gate.call(lambda: self._ledger.peek(job.key))
                 decision = decide(found, body_hash=job.body_hash, ambiguous="resend")
                 if decision in {Decision.DUPLICATE, Decision.CONFLICT}:
                     return await self._not_sent(job, channel, decision)
-            if not await self._pace(envelope.destination):
+            if not await self._sender.pace(envelope.destination):
                 return Outcome.HELD  # stopping while throttled: left unacked, requeued
         marks = list(batch.marks)
-        states = await self._ledger_call(
+        states = await self._gate.call(
             lambda: self._ledger.step(marks, [Begin(job.key, check, job.body_hash)])
         )
         del batch.marks[: len(marks)]
@@ -380,10 +331,10 @@ class Pipeline:
         if decision is Decision.AMBIGUOUS_RESEND:
             self._note_ambiguous(job, "resend")
         try:
-            result = await self._send(message)
+            result = await self._sender.send(message)
         except SendError as error:
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
-            await self._flush(batch)  # recorded before its copy is published and acked
+            await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
             return await self._send_failed(job, channel, error, message.user_id)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
@@ -392,7 +343,7 @@ class Pipeline:
     async def _not_sent(self, job: Job, channel: Channel, decision: Decision) -> Outcome:
         """A job the ledger says not to send: a duplicate, a conflict, an ambiguous skip."""
         if decision is Decision.CONFLICT:
-            await self._dead_letter(
+            await self._copies.dead_letter(
                 job,
                 channel,
                 "message_id_conflict",
@@ -410,11 +361,11 @@ class Pipeline:
     async def _settle_sent(self, batch: _Batch) -> None:
         """Commit the ``sent`` rows, publish their events, ack them, finish their actions."""
         with trio.CancelScope(shield=True):  # taken by WhatsApp: always recorded
-            await self._flush(batch)
+            await self._gate.flush(batch.marks)
         if not batch.sent:
             return
         for job, message, result in batch.sent:
-            self._emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
+            self._copies.emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
         by_tag = {job.tag: job for job, _, _ in batch.sent}
         for tag, multiple in ack_plan(by_tag, (batch.open - by_tag.keys()) | batch.held):
             await by_tag[tag].delivery.ack(multiple=multiple)
@@ -422,49 +373,6 @@ class Pipeline:
             with job.action.context():
                 eliot.log_message(message_type="wa_trio:job:acked")
             self._finish(batch, job, Outcome.SUCCESS)
-
-    async def _flush(self, batch: _Batch, *, give_up: bool = False) -> None:
-        """Commit the marks not yet committed: retried while the disk fails, unless a stop
-        began (or ``give_up``: one try); what could not be recorded is logged."""
-        if not batch.marks:
-            return
-        marks = list(batch.marks)
-        try:
-            if give_up:
-                await self._ledger.step(marks, [])
-            else:
-                await self._ledger_call(lambda: self._ledger.step(marks, []))
-        except (LedgerError, _Held):
-            eliot.log_message(
-                message_type="wa_trio:ledger:unrecorded", level="error", jobs=len(marks)
-            )
-        del batch.marks[: len(marks)]
-
-    async def _ledger_call(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a ledger call, holding the job while the disk fails (backoff; health red).
-
-        Raises:
-            _Held: a stop began while the ledger was failing.
-        """
-        backoff = Backoff(initial=0.5, cap=10.0)
-        while True:
-            try:
-                result = await call()
-            except LedgerError as error:
-                if self._ledger_problem is None:
-                    eliot.log_message(
-                        message_type="wa_trio:ledger:failing", level="error", error=error.message
-                    )
-                self._ledger_problem = error.message
-                if self.stopping:
-                    raise _Held from None
-                with trio.move_on_after(backoff.next_delay()):
-                    await self._stopping.wait()
-                continue
-            if self._ledger_problem is not None:
-                eliot.log_message(message_type="wa_trio:ledger:recovered")
-                self._ledger_problem = None
-            return result
 
     async def _validate(self, job: Job, channel: Channel) -> WhatsAppEnvelope | None:
         """The envelope, or None after dead-lettering an invalid job (acked, counted)."""
@@ -474,7 +382,7 @@ class Pipeline:
                     job.delivery.body, content_filter=self.settings.content_filter
                 )
         except ValidationError as error:
-            await self._dead_letter(job, channel, error.code, error.message)
+            await self._copies.dead_letter(job, channel, error.code, error.message)
             self.metrics.failed(error.code)
             return None
 
@@ -516,124 +424,9 @@ class Pipeline:
         if isinstance(verdict, DeadLetter):
             if verdict.code == "retries_exhausted":
                 self.metrics.failed("retries_exhausted")
-            await self._dead_letter(job, channel, verdict.code, verdict.message, user_id)
+            await self._copies.dead_letter(job, channel, verdict.code, verdict.message, user_id)
             return verdict.outcome
-        return await self._retry_later(job, channel, verdict, error, user_id)
-
-    async def _pace(self, destination: str) -> bool:
-        """Wait as the pacing rules say; False when a stop began meanwhile."""
-        now = trio.current_time()
-        wait = self.pacer.reserve(now, destination)
-        self.metrics.pacing_tokens.set(max(0.0, self.pacer.tokens_at(now)))
-        if wait <= 0:
-            return True
-        self.metrics.throttled.inc(wait)
-        eliot.log_message(message_type="wa_trio:job:paced", wait=round(wait, 3))
-        with trio.move_on_after(wait):
-            await self._stopping.wait()
-        return not self.stopping
-
-    async def _send(self, message: OutgoingMessage) -> SendResult:
-        """Send, holding the job (no retry spent) while WhatsApp is not connected."""
-        while True:
-            if not await self._wait_connected():
-                raise _Held  # nothing in flight yet: leave it unacked
-            try:
-                with eliot.start_action(
-                    action_type="wa_trio:job:send",
-                    destination=self.redactor.phone(message.destination),
-                    user_id=message.user_id,
-                    transport=self.transport.name,
-                ) as send_action:
-                    started = time.perf_counter()
-                    with self._protected():
-                        result = await self.transport.send(message)
-                    self.metrics.send_duration.observe(time.perf_counter() - started)
-                    send_action.addSuccessFields(whatsapp_message_id=result.message_id)
-                    return result
-            except NotConnectedError:
-                eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")
-
-    async def _retry_later(
-        self, job: Job, channel: Channel, retry: Retry, error: SendError, user_id: str
-    ) -> Outcome:
-        """Republish to the delay queue for the next retry (confirmed), then ack."""
-        delivery = job.delivery
-        headers = retry_headers(
-            delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
-        )
-        queue = amqp.retry_queue_name(self.settings, retry.delay)
-        with eliot.start_action(
-            action_type="wa_trio:job:retry_later",
-            code=error.code,
-            retry=retry.retry,
-            delay=retry.delay,
-            queue=queue,
-        ):
-            try:
-                await amqp.publish(
-                    channel,
-                    "",
-                    queue,
-                    delivery.body,
-                    attrs.evolve(delivery.properties, headers=headers),
-                    check=True,
-                )
-            except EncodeError as failure:
-                await self._dead_letter_bare(job, channel, headers, error.code, failure)
-                return Outcome.FAILED
-            await delivery.ack()
-        self.metrics.retried()
-        self._emit("retrying", job, user_id, code=error.code, retry=retry.retry)
-        return Outcome.RETRIED
-
-    def _emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
-        self._status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
-
-    async def _dead_letter(
-        self,
-        job: Job,
-        channel: Channel,
-        code: str,
-        message: str,
-        user_id: str | None = None,
-    ) -> None:
-        delivery = job.delivery
-        headers = dead_letter_headers(
-            delivery.properties.headers,
-            code=code,
-            message=message,
-            exchange=self.settings.exchange,
-            routing_key=delivery.routing_key,
-        )
-        with eliot.start_action(action_type="wa_trio:job:dead_letter", code=code, reason=message):
-            try:
-                await amqp.publish(
-                    channel,
-                    self.settings.dlx,
-                    delivery.routing_key,
-                    delivery.body,
-                    attrs.evolve(delivery.properties, headers=headers),
-                    check=True,
-                )
-            except EncodeError as failure:
-                await self._dead_letter_bare(job, channel, headers, code, failure)
-                return
-            await delivery.ack()
-        self._emit("failed", job, user_id, code=code)
-
-    async def _dead_letter_bare(
-        self, job: Job, channel: Channel, headers: dict[str, Any], code: str, error: EncodeError
-    ) -> None:
-        """The fallback when a copy could not be encoded: dead-letter with our headers only."""
-        eliot.log_message(message_type="wa_trio:job:headers_dropped", error=error.message)
-        delivery = job.delivery
-        bare = bare_headers(headers)
-        bare.setdefault(h.ERROR_CODE, code)
-        props = amqp.Properties(headers=bare, message_id=None)
-        await amqp.publish(channel, self.settings.dlx, delivery.routing_key, delivery.body, props)
-        await delivery.ack()
-        self._emit("failed", job, None, code=code)
+        return await self._copies.retry_later(job, channel, verdict, error, user_id)
 
 
 __all__ = ["Pipeline", "PipelineStatistics"]

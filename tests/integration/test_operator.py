@@ -122,10 +122,13 @@ def test_a_port_in_use_is_one_line_and_exit_2(
 async def test_a_second_worker_on_the_same_session_is_refused(
     cli_settings: Settings, start_worker: StartWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await start_worker(cli_settings)
+    worker = await start_worker(cli_settings)
+    await wait_for(lambda: worker.pipeline.connected, what="the first worker consumes")
     try:
         code = await trio.to_thread.run_sync(main, ["run"])
     finally:
+        worker.stop()
+        await wait_for(lambda: not worker.pipeline.connected, what="the first worker stopped")
         await delete_topology(cli_settings)
     assert code == 2
     assert "another wa-trio process uses the session folder" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""The copies of a job we publish: to the dead-letter exchange (why it failed) or to a delay
+queue (the next retry), each under publisher confirms before the original is acked, and the
+status events that go with them.
+
+A publisher's headers ride along, made encodable (``outcome.dead_letter_headers`` /
+``retry_headers``); if a copy still cannot be encoded it is dead-lettered with our headers only
+(``bare_headers``): a job never crashes the worker and is never lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import eliot
+
+from wa_trio import amqp
+from wa_trio import headers as h
+from wa_trio.amqp import Channel, EncodeError
+from wa_trio.config import Settings
+from wa_trio.errors import SendError
+from wa_trio.job import Job
+from wa_trio.metrics import Metrics
+from wa_trio.outcome import Outcome, Retry, bare_headers, dead_letter_headers, retry_headers
+from wa_trio.status import StatusPublisher, make_event
+
+
+class Copies:
+    def __init__(self, settings: Settings, metrics: Metrics, status: StatusPublisher) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._status = status
+
+    async def retry_later(
+        self, job: Job, channel: Channel, retry: Retry, error: SendError, user_id: str
+    ) -> Outcome:
+        """Republish to the delay queue for the next retry (confirmed), then ack."""
+        delivery = job.delivery
+        headers = retry_headers(
+            delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
+        )
+        queue = amqp.retry_queue_name(self._settings, retry.delay)
+        with eliot.start_action(
+            action_type="wa_trio:job:retry_later",
+            code=error.code,
+            retry=retry.retry,
+            delay=retry.delay,
+            queue=queue,
+        ):
+            try:
+                await amqp.publish(
+                    channel,
+                    "",
+                    queue,
+                    delivery.body,
+                    attrs.evolve(delivery.properties, headers=headers),
+                    check=True,
+                )
+            except EncodeError as failure:
+                await self._bare(job, channel, headers, error.code, failure)
+                return Outcome.FAILED
+            await delivery.ack()
+        self._metrics.retried()
+        self.emit("retrying", job, user_id, code=error.code, retry=retry.retry)
+        return Outcome.RETRIED
+
+    def emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
+        self._status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
+
+    async def dead_letter(
+        self,
+        job: Job,
+        channel: Channel,
+        code: str,
+        message: str,
+        user_id: str | None = None,
+    ) -> None:
+        delivery = job.delivery
+        headers = dead_letter_headers(
+            delivery.properties.headers,
+            code=code,
+            message=message,
+            exchange=self._settings.exchange,
+            routing_key=delivery.routing_key,
+        )
+        with eliot.start_action(action_type="wa_trio:job:dead_letter", code=code, reason=message):
+            try:
+                await amqp.publish(
+                    channel,
+                    self._settings.dlx,
+                    delivery.routing_key,
+                    delivery.body,
+                    attrs.evolve(delivery.properties, headers=headers),
+                    check=True,
+                )
+            except EncodeError as failure:
+                await self._bare(job, channel, headers, code, failure)
+                return
+            await delivery.ack()
+        self.emit("failed", job, user_id, code=code)
+
+    async def _bare(
+        self, job: Job, channel: Channel, headers: dict[str, Any], code: str, error: EncodeError
+    ) -> None:
+        """The fallback when a copy could not be encoded: dead-letter with our headers only."""
+        eliot.log_message(message_type="wa_trio:job:headers_dropped", error=error.message)
+        delivery = job.delivery
+        bare = bare_headers(headers)
+        bare.setdefault(h.ERROR_CODE, code)
+        props = amqp.Properties(headers=bare, message_id=None)
+        await amqp.publish(channel, self._settings.dlx, delivery.routing_key, delivery.body, props)
+        await delivery.ack()
+        self.emit("failed", job, None, code=code)
