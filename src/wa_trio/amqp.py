@@ -30,7 +30,7 @@ from serena.exc import MessageReturnedError, UnexpectedCloseError
 from serena.payloads.header import serialise_basic_header
 from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
-from wa_trio import amqp_fixes, headers
+from wa_trio import headers, serena_patch
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, WaTrioError
 from wa_trio.policy import delay_label
@@ -51,7 +51,7 @@ __all__ = [
     "queue_message_count",
 ]
 
-amqp_fixes.apply()
+serena_patch.apply()
 
 _BUFFER_FRAMES = 3 * 256  # serena's per-channel frame buffer; see module docstring
 

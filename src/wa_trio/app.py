@@ -21,24 +21,26 @@ import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import attrs
 import eliot
 import trio
-from quart_trio import QuartTrio
 
+from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, TransportError
 from wa_trio.files import StartupError, lock_session, private_dir
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.monitor import BrokerMonitor
 from wa_trio.pipeline import Pipeline
 from wa_trio.status import StatusPublisher
 from wa_trio.transport import Transport
 from wa_trio.web import create_app, run_http
+
+if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
+    from quart_trio import QuartTrio
 
 
 def build_transport(settings: Settings) -> Transport:

@@ -180,7 +180,7 @@ def _run(settings: Settings) -> int:
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from wa_trio.publisher import publish_job
+    from wa_trio.job_publisher import publish_job
 
     user_id = args.user_id or str(uuid.uuid4())
     body = json.dumps(
@@ -195,7 +195,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_FAILED
     message_id = args.message_id or str(uuid.uuid4())
     if args.wait:
-        from wa_trio.publisher import publish_and_watch
+        from wa_trio.job_publisher import publish_and_watch
 
         # dry-run sends are never delivered or read: "sent" is the last event to wait for
         final = {"sent", "failed"} if settings.transport == "dry-run" else {"read", "failed"}

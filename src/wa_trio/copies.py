@@ -1,4 +1,6 @@
-"""The copies of a job we publish: to the dead-letter exchange (why it failed) or to a delay
+"""What a job that is not sent becomes: a failed send is dead-lettered or parked for a retry
+(``failed_send``, deciding with ``outcome.on_send_failure``). The copies of a job we publish go
+to the dead-letter exchange (why it failed) or to a delay
 queue (the next retry), each under publisher confirms before the original is acked, and the
 status events that go with them.
 
@@ -19,9 +21,17 @@ from wa_trio import headers as h
 from wa_trio.amqp import Channel, EncodeError
 from wa_trio.config import Settings
 from wa_trio.errors import SendError
-from wa_trio.job import Job
-from wa_trio.metrics import Metrics
-from wa_trio.outcome import Outcome, Retry, bare_headers, dead_letter_headers, retry_headers
+from wa_trio.job import Job, retry_count
+from wa_trio.metrics import WORKER, Metrics
+from wa_trio.outcome import (
+    DeadLetter,
+    Outcome,
+    Retry,
+    bare_headers,
+    dead_letter_headers,
+    on_send_failure,
+    retry_headers,
+)
 from wa_trio.status import StatusPublisher, make_event
 
 
@@ -30,6 +40,42 @@ class Copies:
         self._settings = settings
         self._metrics = metrics
         self._status = status
+
+    def note_ambiguous(
+        self,
+        job: Job,
+        action: str,
+        note: str = "a previous run may have sent this job and died before recording it",
+    ) -> None:
+        self._metrics.ambiguous.labels(WORKER, action).inc()
+        eliot.log_message(
+            message_type="wa_trio:job:ambiguous", job_key=job.key, action=action, note=note
+        )
+
+    async def failed_send(
+        self, job: Job, channel: Channel, error: SendError, user_id: str
+    ) -> Outcome:
+        """A failed send: dead-lettered or parked for its next retry (``on_send_failure``)."""
+        self._metrics.failed(error.code)
+        done = retry_count(job.delivery.properties.headers)
+        verdict = on_send_failure(
+            error,
+            ambiguous_policy=self._settings.ambiguous,
+            retries_done=done,
+            schedule=self._settings.retry_delays,
+        )
+        if error.ambiguous:
+            self.note_ambiguous(
+                job,
+                self._settings.ambiguous,
+                note="WhatsApp did not answer the send in time; it may have taken the message",
+            )
+        if isinstance(verdict, DeadLetter):
+            if verdict.code == "retries_exhausted":
+                self._metrics.failed("retries_exhausted")
+            await self.dead_letter(job, channel, verdict.code, verdict.message, user_id)
+            return verdict.outcome
+        return await self.retry_later(job, channel, verdict, error, user_id)
 
     async def retry_later(
         self, job: Job, channel: Channel, retry: Retry, error: SendError, user_id: str

@@ -45,16 +45,14 @@ from wa_trio.job import Job, body_hash, job_key, retry_count, trace_id_of
 from wa_trio.ledger import AsyncLedger, Begin, Mark
 from wa_trio.ledger_gate import Held, LedgerGate
 from wa_trio.log import Redactor
-from wa_trio.metrics import WORKER, Metrics
+from wa_trio.metrics import Metrics
 from wa_trio.outcome import (
-    DeadLetter,
     Decision,
     Outcome,
     ack_plan,
     batch_size,
     decide,
     defer_repeats,
-    on_send_failure,
 )
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
@@ -329,13 +327,13 @@ class Pipeline:
         if decision is not Decision.SEND and decision is not Decision.AMBIGUOUS_RESEND:
             return await self._not_sent(job, channel, decision)
         if decision is Decision.AMBIGUOUS_RESEND:
-            self._note_ambiguous(job, "resend")
+            self._copies.note_ambiguous(job, "resend")
         try:
             result = await self._sender.send(message)
         except SendError as error:
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
-            return await self._send_failed(job, channel, error, message.user_id)
+            return await self._copies.failed_send(job, channel, error, message.user_id)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
         return None
@@ -352,7 +350,7 @@ class Pipeline:
             self.metrics.failed("message_id_conflict")
             return Outcome.INVALID
         if decision is Decision.AMBIGUOUS_SKIP:
-            self._note_ambiguous(job, "skip")
+            self._copies.note_ambiguous(job, "skip")
         else:
             eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
         await job.delivery.ack()
@@ -392,41 +390,6 @@ class Pipeline:
         and retries (two intentional identical messages are both sent)."""
         props = job.delivery.properties
         return bool(props.message_id) or job.delivery.redelivered or retry_count(props.headers) > 0
-
-    def _note_ambiguous(
-        self,
-        job: Job,
-        action: str,
-        note: str = "a previous run may have sent this job and died before recording it",
-    ) -> None:
-        self.metrics.ambiguous.labels(WORKER, action).inc()
-        eliot.log_message(
-            message_type="wa_trio:job:ambiguous", job_key=job.key, action=action, note=note
-        )
-
-    async def _send_failed(
-        self, job: Job, channel: Channel, error: SendError, user_id: str
-    ) -> Outcome:
-        self.metrics.failed(error.code)
-        done = retry_count(job.delivery.properties.headers)
-        verdict = on_send_failure(
-            error,
-            ambiguous_policy=self.settings.ambiguous,
-            retries_done=done,
-            schedule=self.settings.retry_delays,
-        )
-        if error.ambiguous:
-            self._note_ambiguous(
-                job,
-                self.settings.ambiguous,
-                note="WhatsApp did not answer the send in time; it may have taken the message",
-            )
-        if isinstance(verdict, DeadLetter):
-            if verdict.code == "retries_exhausted":
-                self.metrics.failed("retries_exhausted")
-            await self._copies.dead_letter(job, channel, verdict.code, verdict.message, user_id)
-            return verdict.outcome
-        return await self._copies.retry_later(job, channel, verdict, error, user_id)
 
 
 __all__ = ["Pipeline", "PipelineStatistics"]

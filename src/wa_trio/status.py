@@ -15,6 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import eliot
 import trio
 
@@ -58,6 +59,12 @@ def make_event(
     return event
 
 
+@attrs.frozen
+class StatusStatistics:
+    pending: int  # events buffered, not yet confirmed by the broker
+    oldest_job_key: str | None
+
+
 class StatusPublisher:
     def __init__(self, settings: Settings, metrics: Metrics, ledger: AsyncLedger | None) -> None:
         self.settings = settings
@@ -92,6 +99,12 @@ class StatusPublisher:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def statistics(self) -> StatusStatistics:
+        return StatusStatistics(
+            pending=len(self._pending),
+            oldest_job_key=self._pending[0]["job_key"] if self._pending else None,
+        )
 
     async def drain(self) -> None:
         """Return once every buffered event is confirmed (the caller bounds the wait).

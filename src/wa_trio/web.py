@@ -26,9 +26,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from wa_trio import login_page
+from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.monitor import BrokerMonitor
 from wa_trio.transport import ConnectionState, Transport
 
 METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)

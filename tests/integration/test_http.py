@@ -34,7 +34,7 @@ async def test_healthz_is_200_with_checks_while_broker_up(
 ) -> None:
     worker = await start_worker(topology)
     await wait_for(lambda: worker.pipeline.connected, what="consumer up")
-    await wait_for(lambda: worker.monitor._channel is not None, what="monitor up")
+    await wait_for(lambda: worker.monitor.statistics().up, what="monitor up")
     async with httpx.AsyncClient(base_url=worker.http_url) as http:
         response = await http.get("/healthz")
         assert response.status_code == 200, response.text
@@ -67,8 +67,8 @@ async def test_probe_storm_reaches_broker_at_most_once(
     topology: Settings, start_worker: StartWorker
 ) -> None:
     worker = await start_worker(topology)
-    await wait_for(lambda: worker.monitor._channel is not None, what="monitor up")
-    before = worker.monitor.probes
+    await wait_for(lambda: worker.monitor.statistics().up, what="monitor up")
+    before = worker.monitor.statistics().probes
     codes: list[int] = []
     started = trio.current_time()
     async with httpx.AsyncClient(base_url=worker.http_url, timeout=30) as http:
@@ -81,7 +81,7 @@ async def test_probe_storm_reaches_broker_at_most_once(
                 nursery.start_soon(probe)
     print(f"\n100 probes took {trio.current_time() - started:.3f}s")
     assert codes == [200] * 100
-    assert worker.monitor.probes - before <= 1
+    assert worker.monitor.statistics().probes - before <= 1
 
 
 async def test_counters_move_by_exactly_the_jobs_published(
@@ -137,7 +137,7 @@ async def test_queue_depth_matches_the_brokers_count(
     transport = fake_neonize_transport(topology, clients)  # never connected: jobs stay queued
     worker = await start_worker(topology, transport=transport)
     await publish_many(topology, [job_body(i) for i in range(10)])
-    await wait_for(lambda: worker.monitor._channel is not None, what="monitor up")
+    await wait_for(lambda: worker.monitor.statistics().up, what="monitor up")
 
     def broker_ready() -> int:
         out = rabbitmqctl("list_queues", "name", "messages_ready")

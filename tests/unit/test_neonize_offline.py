@@ -36,10 +36,10 @@ from tests.helpers import (
     wait_for,
 )
 from wa_trio import login_page
+from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.monitor import BrokerMonitor
 from wa_trio.pipeline import PipelineStatistics
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState as S

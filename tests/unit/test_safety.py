@@ -204,8 +204,8 @@ async def test_queue_gauges_read_nan_while_the_broker_is_unreachable() -> None:
     import trio
 
     from tests.conftest import closed_port
+    from wa_trio.broker_monitor import BrokerMonitor
     from wa_trio.metrics import Metrics
-    from wa_trio.monitor import BrokerMonitor
 
     settings = Settings.from_env({"RABBITMQ_URL": f"amqp://g:g@127.0.0.1:{closed_port()}/"})
     metrics = Metrics(settings.queue_name, settings.dlq_name)

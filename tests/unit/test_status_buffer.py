@@ -25,7 +25,7 @@ def test_full_buffer_drops_the_oldest_and_counts_it(
     registry = metrics.registry
     assert registry.get_sample_value("whatsapp_status_events_pending") == status.BUFFER
     assert registry.get_sample_value("whatsapp_status_events_dropped_total") == 3
-    assert publisher._pending[0]["job_key"] == "k3"  # the three oldest went
+    assert publisher.statistics().oldest_job_key == "k3"  # the three oldest went
 
 
 def test_disabled_publisher_buffers_nothing(make_env: Callable[..., dict[str, str]]) -> None:

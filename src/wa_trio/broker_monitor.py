@@ -37,6 +37,12 @@ class CheckResult:
     checked_at: float
 
 
+@attrs.frozen
+class MonitorStatistics:
+    up: bool  # its own connection to the broker is open
+    probes: int  # broker round trips made by check()
+
+
 class BrokerMonitor:
     def __init__(
         self,
@@ -86,6 +92,9 @@ class BrokerMonitor:
                 await trio.sleep(delay)
             finally:
                 self._channel = None
+
+    def statistics(self) -> MonitorStatistics:
+        return MonitorStatistics(up=self._channel is not None, probes=self.probes)
 
     def _unknown(self) -> None:
         """The broker cannot be asked: the queue gauges read NaN (unknown), never a stale
