@@ -174,12 +174,13 @@ async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
             return job_metric(worker, "worker_jobs_processed_total", status=status)
 
         # the send in flight finishes and is recorded; its redelivered copy is a duplicate.
-        # The batch's later jobs were not begun (the cut came first): sent once after reconnect
+        # The batch's later jobs are either sent before the cancellation lands (then recorded,
+        # and their copies are duplicates too) or not begun (then sent once after reconnect)
         await wait_for(
             lambda: (processed("duplicate") or 0) + (processed("success") or 0) == jobs,
             what="every job settled",
         )
-        assert processed("duplicate") == 1
+        assert (processed("duplicate") or 0) >= 1
         assert worker.pipeline.statistics().connections > connections
         assert sorted(text for _, text in clients[0].sent) == [f"job {i}" for i in range(jobs)]
         assert job_metric(worker, "worker_jobs_ambiguous_total", action="resend") in (None, 0.0)
