@@ -1,6 +1,7 @@
 """Settings from the environment (pure: reads a mapping, never the process by itself).
 
-Every variable is declared once in ``FIELDS`` (name, default, what it expects, parser); the
+Every variable is declared once, as a field of ``Settings`` (name, default, what it expects,
+parser, meaning); ``FIELDS`` is read back from those declarations and the
 README's configuration table is checked against this list by a test, so the two cannot drift.
 A bad value raises ``ConfigError`` whose message is one line naming the variable, the value
 (redacted when it is a secret) and what was expected; the CLI prints it and exits with code 2.
@@ -213,328 +214,289 @@ class Field:
     doc: str
 
 
-def _f(
-    env: str, attr: str, default: str | None, expected: str, parse: Callable[[str], Any], doc: str
-) -> Field:
-    return Field(env, attr, default, expected, parse, doc)
-
-
-# default None means "computed from other variables" (see Settings.from_env)
-FIELDS: tuple[Field, ...] = (
-    _f(
-        "RABBITMQ_URL",
-        "rabbitmq_url",
-        None,
-        "an amqp:// or amqps:// URL",
-        _amqp_url,
-        "Broker URL; overrides the five RABBITMQ_* parts below.",
-    ),
-    _f("RABBITMQ_USER", "rabbitmq_user", "woragis", "a user name", _nonempty, "Broker user."),
-    _f(
-        "RABBITMQ_PASSWORD",
-        "rabbitmq_password",
-        "woragis",
-        "a password",
-        _str,
-        "Broker password (never logged).",
-    ),
-    _f("RABBITMQ_HOST", "rabbitmq_host", "rabbitmq", "a host name", _nonempty, "Broker host."),
-    _f("RABBITMQ_PORT", "rabbitmq_port", "5672", "a TCP port 1-65535", _port, "Broker port."),
-    _f(
-        "RABBITMQ_VHOST",
-        "rabbitmq_vhost",
-        "woragis",
-        "a virtual host name",
-        _str,
-        "Broker virtual host.",
-    ),
-    _f(
-        "WHATSAPP_QUEUE_NAME",
-        "queue_name",
-        "whatsapp.queue",
-        "a queue name",
-        _nonempty,
-        "Queue the jobs are consumed from.",
-    ),
-    _f(
-        "WHATSAPP_EXCHANGE",
-        "exchange",
-        "woragis.notifications",
-        "an exchange name",
-        _nonempty,
-        "Exchange the queue is bound to (jobs and status events are published here).",
-    ),
-    _f(
-        "WHATSAPP_ROUTING_KEY",
-        "routing_key",
-        "whatsapp.send",
-        "a routing key",
-        _nonempty,
-        "Routing key binding the queue to the exchange.",
-    ),
-    _f(
-        "WHATSAPP_EXCHANGE_TYPE",
-        "exchange_type",
-        "topic",
-        "direct, topic, fanout or headers",
-        _choice("direct", "topic", "fanout", "headers"),
-        "Type of WHATSAPP_EXCHANGE.",
-    ),
-    _f(
-        "WHATSAPP_PREFETCH_COUNT",
-        "prefetch_count",
-        "1",
-        "an integer from 1 to 65535",
-        _prefetch,
-        "Unacknowledged jobs the broker may hand the worker at once.",
-    ),
-    _f(
-        "WHATSAPP_DLX",
-        "dlx",
-        None,
-        "an exchange name",
-        _nonempty,
-        "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).",
-    ),
-    _f(
-        "WHATSAPP_DLQ_NAME",
-        "dlq_name",
-        None,
-        "a queue name",
-        _nonempty,
-        "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).",
-    ),
-    _f(
-        "WHATSAPP_SESSION_PATH",
-        "session_path",
-        "/app/session",
-        "a directory path",
-        Path,
-        "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).",
-    ),
-    _f(
-        "WHATSAPP_TRANSPORT",
-        "transport",
-        "neonize",
-        "neonize or dry-run",
-        _choice("neonize", "dry-run"),
-        "neonize sends for real; dry-run never touches WhatsApp.",
-    ),
-    _f(
-        "WHATSAPP_DRY_RUN_FILE",
-        "dry_run_file",
-        "",
-        "a file path (or empty)",
-        _optional_path,
-        "dry-run only: append one JSON line per would-be send to this file.",
-    ),
-    _f(
-        "WHATSAPP_DRY_RUN_FAIL_RATE",
-        "dry_run_fail_rate",
-        "0",
-        "a number from 0 to 1",
-        _fraction,
-        "dry-run only: fail this fraction of sends (transient), to rehearse retries.",
-    ),
-    _f(
-        "WHATSAPP_CONTENT_FILTER",
-        "content_filter",
-        "on",
-        "on or off",
-        _on_off,
-        "Reject text that looks like SQL injection or XSS (the original's policy).",
-    ),
-    _f(
-        "WHATSAPP_PROXY",
-        "proxy",
-        "",
-        "an http://, https:// or socks5:// URL (or empty)",
-        _proxy_url,
-        "Proxy for the WhatsApp connection (credentials never logged).",
-    ),
-    _f(
-        "WHATSAPP_PAIR_PHONE",
-        "pair_phone",
-        "",
-        "+ then 8-15 digits (or empty)",
-        _optional_phone,
-        "Log in by phone pairing code for this number instead of a QR code.",
-    ),
-    _f(
-        "WHATSAPP_SHUTDOWN_GRACE",
-        "shutdown_grace",
-        "10s",
-        "a duration like 10s",
-        _duration,
-        "On SIGTERM, how long in-flight sends may take before the worker exits.",
-    ),
-    _f(
-        "WHATSAPP_QUEUE_SAMPLE_INTERVAL",
-        "sample_interval",
-        "15s",
-        "a duration like 15s",
-        _duration,
-        "How often queue_depth and queue_dlq_size are sampled.",
-    ),
-    _f(
-        "WHATSAPP_RETRY_DELAYS",
-        "retry_delays",
-        "5s,30s,2m,10m,30m",
-        "comma-separated durations like 5s,30s,2m",
-        _durations,
-        "Delays before each retry of a failed send; after the last: dead-letter.",
-    ),
-    _f(
-        "WHATSAPP_AMBIGUOUS",
-        "ambiguous",
-        "resend",
-        "resend or skip",
-        _choice("resend", "skip"),
-        "A job that may have been sent (crash before its record, or a send WhatsApp did not "
-        "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).",
-    ),
-    _f(
-        "WHATSAPP_DEDUP_WINDOW",
-        "dedup_window",
-        "7d",
-        "a duration like 7d",
-        _duration,
-        "How long the send ledger remembers a job key.",
-    ),
-    _f(
-        "WHATSAPP_RATE_LIMIT",
-        "rate_limit",
-        "10/min",
-        "N/s, N/min, N/h or off",
-        _rate,
-        "Account-wide send rate (token bucket). docs/account-safety.md explains the default.",
-    ),
-    _f(
-        "WHATSAPP_RATE_BURST",
-        "rate_burst",
-        "3",
-        "an integer >= 1",
-        _positive_int,
-        "Sends that may go back to back after a quiet period.",
-    ),
-    _f(
-        "WHATSAPP_RECIPIENT_INTERVAL",
-        "recipient_interval",
-        "10s",
-        "a duration like 10s (0 = off)",
-        _duration,
-        "Minimum time between two sends to the same number.",
-    ),
-    _f(
-        "WHATSAPP_SEND_JITTER",
-        "send_jitter",
-        "2s",
-        "a duration like 2s (0 = off)",
-        _duration,
-        "Random extra wait in [0, jitter) before each send.",
-    ),
-    _f(
-        "WHATSAPP_TYPING",
-        "typing",
-        "off",
-        "on or off",
-        _on_off,
-        "Show 'typing...' to the recipient for a time growing with the text (neonize only).",
-    ),
-    _f(
-        "WHATSAPP_STATUS_ROUTING_KEY",
-        "status_routing_key",
-        "whatsapp.status",
-        "a routing key (empty disables)",
-        _str,
-        "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
-    ),
-    _f(
-        "ENV",
-        "env",
-        "development",
-        "development or production",
-        _choice("development", "production"),
-        "production: JSON logs, masked phone numbers.",
-    ),
-    _f(
-        "LOG_TO_FILE",
-        "log_to_file",
-        "false",
-        "true or false",
-        _bool,
-        "Also write JSON log lines to LOG_DIR/wa-trio.log.",
-    ),
-    _f("LOG_DIR", "log_dir", "logs", "a directory path", Path, "Folder of the log file."),
-    _f(
-        "HTTP_HOST",
-        "http_host",
-        "0.0.0.0",  # noqa: S104 - a container's health port must be reachable
-        "an address to bind",
-        _nonempty,
-        "Address of the HTTP server (health, metrics, login).",
-    ),
-    _f(
-        "HTTP_PORT",
-        "http_port",
-        "8080",
-        "a TCP port 0-65535",
-        _http_port,
-        "Port of the HTTP server.",
-    ),
-    _f(
-        "WHATSAPP_ADMIN_TOKEN",
-        "admin_token",
-        "",
-        "16 or more characters without spaces (or empty)",
-        _optional_token,
-        "Operator token for /login and every route that changes state (HTTP Basic password "
-        "or Bearer); unset: one is generated at start and printed once to the terminal.",
-    ),
-)
+def _setting(
+    env: str,
+    default: str | None,
+    expected: str,
+    parse: Callable[[str], Any],
+    doc: str,
+    **options: Any,
+) -> Any:
+    """One setting, declared once: its environment variable, default (None: derived from other
+    variables, see ``Settings.from_env``), what it expects, its parser and its meaning ride on the
+    attrs field as metadata; ``FIELDS`` is read back from them."""
+    return attrs.field(metadata={"setting": (env, default, expected, parse, doc)}, **options)
 
 
 @attrs.frozen
 class Settings:
     """The effective configuration. Build it with ``Settings.from_env(os.environ)``."""
 
-    rabbitmq_url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
-    rabbitmq_user: str
-    rabbitmq_password: str = attrs.field(repr=False)
-    rabbitmq_host: str
-    rabbitmq_port: int
-    rabbitmq_vhost: str
-    queue_name: str
-    exchange: str
-    routing_key: str
-    exchange_type: str
-    prefetch_count: int
-    dlx: str
-    dlq_name: str
-    session_path: Path
-    transport: str
-    dry_run_file: Path | None
-    dry_run_fail_rate: float
-    content_filter: bool
-    proxy: str | None = attrs.field(repr=lambda url: repr(url and redact_url(url)))
-    pair_phone: str | None
-    shutdown_grace: float
-    retry_delays: tuple[float, ...]
-    rate_limit: float | None
-    rate_burst: int
-    recipient_interval: float
-    send_jitter: float
-    typing: bool
-    status_routing_key: str
-    ambiguous: str
-    dedup_window: float
-    sample_interval: float
-    env: str
-    log_to_file: bool
-    log_dir: Path
-    http_host: str
-    http_port: int
-    admin_token: str | None = attrs.field(repr=False)
+    rabbitmq_url: str = _setting(
+        "RABBITMQ_URL",
+        None,
+        "an amqp:// or amqps:// URL",
+        _amqp_url,
+        "Broker URL; overrides the five RABBITMQ_* parts below.",
+        repr=lambda url: repr(redact_url(url)),
+    )
+    rabbitmq_user: str = _setting(
+        "RABBITMQ_USER",
+        "woragis",
+        "a user name",
+        _nonempty,
+        "Broker user.",
+    )
+    rabbitmq_password: str = _setting(
+        "RABBITMQ_PASSWORD",
+        "woragis",
+        "a password",
+        _str,
+        "Broker password (never logged).",
+        repr=False,
+    )
+    rabbitmq_host: str = _setting(
+        "RABBITMQ_HOST",
+        "rabbitmq",
+        "a host name",
+        _nonempty,
+        "Broker host.",
+    )
+    rabbitmq_port: int = _setting(
+        "RABBITMQ_PORT",
+        "5672",
+        "a TCP port 1-65535",
+        _port,
+        "Broker port.",
+    )
+    rabbitmq_vhost: str = _setting(
+        "RABBITMQ_VHOST",
+        "woragis",
+        "a virtual host name",
+        _str,
+        "Broker virtual host.",
+    )
+    queue_name: str = _setting(
+        "WHATSAPP_QUEUE_NAME",
+        "whatsapp.queue",
+        "a queue name",
+        _nonempty,
+        "Queue the jobs are consumed from.",
+    )
+    exchange: str = _setting(
+        "WHATSAPP_EXCHANGE",
+        "woragis.notifications",
+        "an exchange name",
+        _nonempty,
+        "Exchange the queue is bound to (jobs and status events are published here).",
+    )
+    routing_key: str = _setting(
+        "WHATSAPP_ROUTING_KEY",
+        "whatsapp.send",
+        "a routing key",
+        _nonempty,
+        "Routing key binding the queue to the exchange.",
+    )
+    exchange_type: str = _setting(
+        "WHATSAPP_EXCHANGE_TYPE",
+        "topic",
+        "direct, topic, fanout or headers",
+        _choice("direct", "topic", "fanout", "headers"),
+        "Type of WHATSAPP_EXCHANGE.",
+    )
+    prefetch_count: int = _setting(
+        "WHATSAPP_PREFETCH_COUNT",
+        "1",
+        "an integer from 1 to 65535",
+        _prefetch,
+        "Unacknowledged jobs the broker may hand the worker at once.",
+    )
+    dlx: str = _setting(
+        "WHATSAPP_DLX",
+        None,
+        "an exchange name",
+        _nonempty,
+        "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).",
+    )
+    dlq_name: str = _setting(
+        "WHATSAPP_DLQ_NAME",
+        None,
+        "a queue name",
+        _nonempty,
+        "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).",
+    )
+    session_path: Path = _setting(
+        "WHATSAPP_SESSION_PATH",
+        "/app/session",
+        "a directory path",
+        Path,
+        "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).",
+    )
+    transport: str = _setting(
+        "WHATSAPP_TRANSPORT",
+        "neonize",
+        "neonize or dry-run",
+        _choice("neonize", "dry-run"),
+        "neonize sends for real; dry-run never touches WhatsApp.",
+    )
+    dry_run_file: Path | None = _setting(
+        "WHATSAPP_DRY_RUN_FILE",
+        "",
+        "a file path (or empty)",
+        _optional_path,
+        "dry-run only: append one JSON line per would-be send to this file.",
+    )
+    dry_run_fail_rate: float = _setting(
+        "WHATSAPP_DRY_RUN_FAIL_RATE",
+        "0",
+        "a number from 0 to 1",
+        _fraction,
+        "dry-run only: fail this fraction of sends (transient), to rehearse retries.",
+    )
+    content_filter: bool = _setting(
+        "WHATSAPP_CONTENT_FILTER",
+        "on",
+        "on or off",
+        _on_off,
+        "Reject text that looks like SQL injection or XSS (the original's policy).",
+    )
+    proxy: str | None = _setting(
+        "WHATSAPP_PROXY",
+        "",
+        "an http://, https:// or socks5:// URL (or empty)",
+        _proxy_url,
+        "Proxy for the WhatsApp connection (credentials never logged).",
+        repr=lambda url: repr(url and redact_url(url)),
+    )
+    pair_phone: str | None = _setting(
+        "WHATSAPP_PAIR_PHONE",
+        "",
+        "+ then 8-15 digits (or empty)",
+        _optional_phone,
+        "Log in by phone pairing code for this number instead of a QR code.",
+    )
+    shutdown_grace: float = _setting(
+        "WHATSAPP_SHUTDOWN_GRACE",
+        "10s",
+        "a duration like 10s",
+        _duration,
+        "On SIGTERM, how long in-flight sends may take before the worker exits.",
+    )
+    retry_delays: tuple[float, ...] = _setting(
+        "WHATSAPP_RETRY_DELAYS",
+        "5s,30s,2m,10m,30m",
+        "comma-separated durations like 5s,30s,2m",
+        _durations,
+        "Delays before each retry of a failed send; after the last: dead-letter.",
+    )
+    rate_limit: float | None = _setting(
+        "WHATSAPP_RATE_LIMIT",
+        "10/min",
+        "N/s, N/min, N/h or off",
+        _rate,
+        "Account-wide send rate (token bucket). docs/account-safety.md explains the default.",
+    )
+    rate_burst: int = _setting(
+        "WHATSAPP_RATE_BURST",
+        "3",
+        "an integer >= 1",
+        _positive_int,
+        "Sends that may go back to back after a quiet period.",
+    )
+    recipient_interval: float = _setting(
+        "WHATSAPP_RECIPIENT_INTERVAL",
+        "10s",
+        "a duration like 10s (0 = off)",
+        _duration,
+        "Minimum time between two sends to the same number.",
+    )
+    send_jitter: float = _setting(
+        "WHATSAPP_SEND_JITTER",
+        "2s",
+        "a duration like 2s (0 = off)",
+        _duration,
+        "Random extra wait in [0, jitter) before each send.",
+    )
+    typing: bool = _setting(
+        "WHATSAPP_TYPING",
+        "off",
+        "on or off",
+        _on_off,
+        "Show 'typing...' to the recipient for a time growing with the text (neonize only).",
+    )
+    status_routing_key: str = _setting(
+        "WHATSAPP_STATUS_ROUTING_KEY",
+        "whatsapp.status",
+        "a routing key (empty disables)",
+        _str,
+        "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
+    )
+    ambiguous: str = _setting(
+        "WHATSAPP_AMBIGUOUS",
+        "resend",
+        "resend or skip",
+        _choice("resend", "skip"),
+        "A job that may have been sent (crash before its record, or a send WhatsApp did not "
+        "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).",
+    )
+    dedup_window: float = _setting(
+        "WHATSAPP_DEDUP_WINDOW",
+        "7d",
+        "a duration like 7d",
+        _duration,
+        "How long the send ledger remembers a job key.",
+    )
+    sample_interval: float = _setting(
+        "WHATSAPP_QUEUE_SAMPLE_INTERVAL",
+        "15s",
+        "a duration like 15s",
+        _duration,
+        "How often queue_depth and queue_dlq_size are sampled.",
+    )
+    env: str = _setting(
+        "ENV",
+        "development",
+        "development or production",
+        _choice("development", "production"),
+        "production: JSON logs, masked phone numbers.",
+    )
+    log_to_file: bool = _setting(
+        "LOG_TO_FILE",
+        "false",
+        "true or false",
+        _bool,
+        "Also write JSON log lines to LOG_DIR/wa-trio.log.",
+    )
+    log_dir: Path = _setting(
+        "LOG_DIR",
+        "logs",
+        "a directory path",
+        Path,
+        "Folder of the log file.",
+    )
+    http_host: str = _setting(
+        "HTTP_HOST",
+        "0.0.0.0",  # noqa: S104 - the container default; docs/security.md
+        "an address to bind",
+        _nonempty,
+        "Address of the HTTP server (health, metrics, login).",
+    )
+    http_port: int = _setting(
+        "HTTP_PORT",
+        "8080",
+        "a TCP port 0-65535",
+        _http_port,
+        "Port of the HTTP server.",
+    )
+    admin_token: str | None = _setting(
+        "WHATSAPP_ADMIN_TOKEN",
+        "",
+        "16 or more characters without spaces (or empty)",
+        _optional_token,
+        "Operator token for /login and every route that changes state (HTTP Basic password "
+        "or Bearer); unset: one is generated at start and printed once to the terminal.",
+        repr=False,
+    )
 
     @property
     def production(self) -> bool:
@@ -594,6 +556,12 @@ class Settings:
                 text = ("on" if value else "off") if field.parse is _on_off else str(value).lower()
             shown[field.env] = redact_value(field.env, text)
         return shown
+
+
+FIELDS: tuple[Field, ...] = tuple(
+    Field(field.metadata["setting"][0], field.name, *field.metadata["setting"][1:])
+    for field in attrs.fields(Settings)
+)
 
 
 def build_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
