@@ -2,7 +2,8 @@
 
 ``nox -s tests`` (the CI gate: every tier, with the coverage gate), ``unit`` (no broker needed),
 ``integration`` (the local RabbitMQ), ``fault`` (kills and broker faults on a RabbitMQ node the
-suite starts itself), ``lint``, ``typecheck`` (src, tests and this file), ``bench``.
+suite starts itself), ``container`` (the image built and run with Podman), ``lint``,
+``typecheck`` (src, tests and this file), ``bench``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def tests(session: nox.Session) -> None:
     """The whole suite (unit + integration + fault), with the coverage gate."""
     session.install("-e", ".[test]")
     # the coverage gate (fail_under) lives in pyproject.toml [tool.coverage.report]
-    session.run("pytest", "--cov=wa_trio", "--cov-report=term", *session.posargs)
+    session.run(
+        "pytest", "-m", "not container", "--cov=wa_trio", "--cov-report=term", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)
@@ -45,6 +48,14 @@ def fault(session: nox.Session) -> None:
     """Kills and broker faults (a RabbitMQ node of the suite's own for anything it stops)."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "fault", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def container(session: nox.Session) -> None:
+    """Build the image with Podman and run it for real (see tests/container/test_image.py)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/container", "-m", "container", "-p", "no:cacheprovider",
+                *session.posargs)  # fmt: skip
 
 
 @nox.session(python=PYTHON)
