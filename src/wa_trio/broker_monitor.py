@@ -17,11 +17,10 @@ import math
 from typing import Any
 
 import attrs
-import eliot
 import trio
 
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, BrokerError
+from wa_trio.amqp import BrokerAddress
 from wa_trio.config import Settings
 from wa_trio.metrics import Metrics
 from wa_trio.policy import Backoff
@@ -67,31 +66,27 @@ class BrokerMonitor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()  # app.py starts it once the pipeline declared the topology
-        while True:
-            try:
-                async with (
-                    amqp.connect(self.address, name="wa-trio-monitor") as connection,
-                    connection.open_channel() as channel,
-                ):
-                    self._channel = channel
-                    self._backoff.reset()
+
+        async def serve(connection: amqp.Connection) -> None:
+            async with connection.open_channel() as channel:
+                self._channel = channel
+                self._backoff.reset()
+                try:
                     while True:
                         await self.sample()
                         with trio.move_on_after(self.settings.sample_interval):
                             await self._wake.wait()
                         self._wake = trio.Event()
-            except BrokerError as error:
-                self._channel = None
-                self._unknown()
-                delay = self._backoff.next_delay()
-                eliot.log_message(
-                    message_type="wa_trio:monitor:disconnected",
-                    reason=str(error)[:300],
-                    retry_in=round(delay, 3),
-                )
-                await trio.sleep(delay)
-            finally:
-                self._channel = None
+                finally:
+                    self._channel = None
+
+        def down() -> None:
+            self._channel = None
+            self._unknown()
+
+        await amqp.keep_connected(
+            self.address, serve, what="wa_trio:monitor", backoff=self._backoff, on_down=down
+        )
 
     def statistics(self) -> MonitorStatistics:
         return MonitorStatistics(up=self._channel is not None, probes=self.probes)

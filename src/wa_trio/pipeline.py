@@ -36,7 +36,7 @@ import eliot
 import trio
 
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, BrokerError, Channel
+from wa_trio.amqp import BrokerAddress, Channel
 from wa_trio.config import Settings
 from wa_trio.copies import Copies
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
@@ -161,38 +161,35 @@ class Pipeline:
             TopologyError: the broker refused a declaration (start-up cannot go on).
         """
         started = False
-        while not self.stopping:
-            try:
-                async with amqp.connect(self.address) as connection:
-                    await amqp.declare_topology(connection, self.settings)
-                    async with connection.open_channel() as publish_channel:
-                        self._set_connected(True)
-                        self.backoff.reset()
-                        self._connections += 1
-                        eliot.log_message(
-                            message_type="wa_trio:amqp:connected",
-                            broker=self.settings.redacted_url,
-                            connections=self._connections,
-                        )
-                        if not started:
-                            started = True
-                            task_status.started()
-                        await self._serve(connection, publish_channel)
-            except BrokerError as error:
-                self._set_connected(False)
-                if self.stopping:
-                    break
-                delay = self.backoff.next_delay()
+
+        async def serve(connection: amqp.Connection) -> None:
+            nonlocal started
+            await amqp.declare_topology(connection, self.settings)
+            async with connection.open_channel() as publish_channel:
+                self._set_connected(True)
+                self.backoff.reset()
+                self._connections += 1
                 eliot.log_message(
-                    message_type="wa_trio:amqp:disconnected",
+                    message_type="wa_trio:amqp:connected",
                     broker=self.settings.redacted_url,
-                    reason=str(error)[:300],
-                    retry_in=round(delay, 3),
+                    connections=self._connections,
                 )
-                with trio.move_on_after(delay):
-                    await self._stopping.wait()
-            finally:
-                self._set_connected(False)
+                if not started:
+                    started = True
+                    task_status.started()
+                try:
+                    await self._serve(connection, publish_channel)
+                finally:
+                    self._set_connected(False)
+
+        await amqp.keep_connected(
+            self.address,
+            serve,
+            what="wa_trio:amqp",
+            backoff=self.backoff,
+            stop=self._stopping,
+            on_down=lambda: self._set_connected(False),
+        )
         if not started:
             task_status.started()
 

@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import eliot
 import trio
 
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, BrokerError, Properties
+from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.config import Settings
 from wa_trio.ledger import AsyncLedger
 from wa_trio.metrics import STATUS_EVENTS, Metrics
@@ -141,40 +140,30 @@ class StatusPublisher:
 
     async def _publish_forever(self) -> None:
         backoff = Backoff(initial=0.5, cap=30.0)
-        while True:
-            try:
-                async with (
-                    amqp.connect(self.address) as connection,
-                    connection.open_channel() as channel,
-                ):
-                    backoff.reset()
-                    while True:
-                        while self._pending:
-                            event = self._pending[0]
-                            await amqp.publish(
-                                channel,
-                                self.settings.exchange,
-                                self.settings.status_routing_key,
-                                json.dumps(event).encode(),
-                                Properties(
-                                    content_type="application/json",
-                                    type_name=f"whatsapp.status.{event['status']}",
-                                    message_id=f"{event['job_key']}:{event['status']}",
-                                ),
-                                mandatory=False,
-                            )
-                            self._pending.popleft()  # confirmed
-                            self.metrics.status_events.labels(event["status"]).inc()
-                        self._idle.set()
-                        self._idle = trio.Event()
-                        await self._wake.wait()
-                        self._wake = trio.Event()
-            except BrokerError as error:
-                delay = backoff.next_delay()
-                eliot.log_message(
-                    message_type="wa_trio:status:publisher_down",
-                    reason=str(error)[:200],
-                    pending=len(self._pending),
-                    retry_in=round(delay, 3),
-                )
-                await trio.sleep(delay)
+
+        async def serve(connection: amqp.Connection) -> None:
+            async with connection.open_channel() as channel:
+                backoff.reset()
+                while True:
+                    while self._pending:
+                        event = self._pending[0]
+                        await amqp.publish(
+                            channel,
+                            self.settings.exchange,
+                            self.settings.status_routing_key,
+                            json.dumps(event).encode(),
+                            Properties(
+                                content_type="application/json",
+                                type_name=f"whatsapp.status.{event['status']}",
+                                message_id=f"{event['job_key']}:{event['status']}",
+                            ),
+                            mandatory=False,
+                        )
+                        self._pending.popleft()  # confirmed
+                        self.metrics.status_events.labels(event["status"]).inc()
+                    self._idle.set()
+                    self._idle = trio.Event()
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+
+        await amqp.keep_connected(self.address, serve, what="wa_trio:status", backoff=backoff)
