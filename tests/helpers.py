@@ -116,7 +116,9 @@ async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) 
 def sent_records(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]  # a line being written is left for the next read
+    return [json.loads(line) for line in data.decode().split("\n") if line.strip()]
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

@@ -130,8 +130,8 @@ async def test_kill_9_ten_times_at_prefetch_100_leaves_at_most_one_ambiguous_job
                     what=f"{target} sent",
                 )
                 ambiguous += await _ambiguous(port)
-                worker.send_signal(signal.SIGKILL)
             finally:
+                worker.send_signal(signal.SIGKILL)
                 worker.wait(30)
         last = _worker(env)
         try:
