@@ -373,8 +373,10 @@ async def get(channel: Channel, queue: str) -> Delivery | None:
     Unacked, it goes back to the queue when the channel closes, unless ``ack``-ed first.
     """
     message = await channel.basic_get(queue, no_ack=False)
-    if message is None:
-        return None
+    return None if message is None else _delivery(message, channel)
+
+
+def _delivery(message: Any, channel: Channel) -> Delivery:
     return Delivery(
         body=message.body,
         properties=Properties.of(message.header),
@@ -404,14 +406,7 @@ async def consume(channel: Channel, queue: str) -> AsyncIterator[AsyncIterator[D
 
         async def deliveries() -> AsyncIterator[Delivery]:
             async for message in messages:
-                yield Delivery(
-                    body=message.body,
-                    properties=Properties.of(message.header),
-                    delivery_tag=message.envelope.delivery_tag,
-                    redelivered=message.envelope.redelivered,
-                    routing_key=message.envelope.routing_key,
-                    channel=channel,
-                )
+                yield _delivery(message, channel)
 
         yield deliveries()
 

@@ -20,6 +20,7 @@ import phonenumbers
 from cattrs.preconf.json import make_converter
 
 from wa_trio.errors import WaTrioError
+from wa_trio.headers import utf8_ok
 from wa_trio.policy import check_content
 
 MAX_TEXT_CHARS = 4096
@@ -138,7 +139,7 @@ def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvel
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
     wire = _structure(data)
     for value in (wire.user_id, wire.text_message, wire.destination):
-        if not _encodable(value):
+        if not utf8_ok(value):
             raise ValidationError("invalid_encoding", "a field holds an unpaired surrogate")
     try:
         user_id = uuid.UUID(wire.user_id)
@@ -182,14 +183,6 @@ def _structure(data: dict[str, Any]) -> _WireEnvelope:
                 "missing_field", f"missing field(s) {', '.join(missing)}: {details}"
             ) from None
         raise ValidationError("wrong_type", details) from None
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _kind(value: Any) -> str:

@@ -51,7 +51,7 @@ def _table(table: Mapping[Any, Any], prefix: str, notes: list[str], depth: int) 
         if not key or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
             notes.append(f"{name}: key too long, dropped")
             continue
-        if not _utf8(key):
+        if not utf8_ok(key):
             notes.append(f"{name}: key not UTF-8, dropped")
             continue
         converted = _value(value, name, notes, depth)
@@ -72,7 +72,7 @@ def _value(value: Any, name: str, notes: list[str], depth: int) -> Any:
         notes.append(f"{name}: integer out of range, sent as text")
         return str(value)
     if isinstance(value, str):
-        if _utf8(value):
+        if utf8_ok(value):
             return value
         notes.append(f"{name}: text not UTF-8, replaced")
         return value.encode("utf-8", "replace").decode("utf-8")
@@ -90,7 +90,8 @@ def _value(value: Any, name: str, notes: list[str], depth: int) -> Any:
     return _DROP
 
 
-def _utf8(text: str) -> bool:
+def utf8_ok(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (no unpaired surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -110,4 +111,4 @@ def notes_header(notes: list[str]) -> dict[str, str]:
     return {HEADER_NOTES: text if len(text) <= 1024 else text[:1021] + "..."}
 
 
-__all__ = ["encodable", "notes_header"]
+__all__ = ["encodable", "notes_header", "utf8_ok"]
