@@ -144,6 +144,12 @@ def bench_serena(settings: Settings, n: int, prefetch: int) -> float:
 
 # ----------------------------------------------------------------------- (c) the worker
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (stable where wall-clock rates are not)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -203,9 +209,11 @@ def bench_worker(n: int, prefetch: int, tmp: Path, **extra: str) -> dict[str, fl
     proc, startup = start_worker(env)
     try:
         path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        cpu_before = cpu_seconds(proc.pid)
         deadline = time.monotonic() + 600
         while count_sent(path) < n and time.monotonic() < deadline:
             time.sleep(0.25)
+        cpu_used = cpu_seconds(proc.pid) - cpu_before
         sent = records(path)
         rss_after = rss_mb(proc.pid)
     finally:
@@ -213,7 +221,8 @@ def bench_worker(n: int, prefetch: int, tmp: Path, **extra: str) -> dict[str, fl
         trio.run(cleanup, settings)
     times = sorted(r["sent_at"] for r in sent)
     return {"jobs_per_s": (len(times) - 1) / (times[-1] - times[0]), "sent": len(sent),
-            "startup_s": startup, "rss_after_mb": rss_after}
+            "startup_s": startup, "rss_after_mb": rss_after,
+            "cpu_us_per_job": cpu_used / max(1, len(sent)) * 1e6}
 
 
 def bench_latency(rate: float, seconds: float, tmp: Path) -> dict[str, float]:
@@ -267,10 +276,15 @@ def idle_rss_neonize(tmp: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="3,000 jobs, prefetch 100 only, 5 s of latency (under 2 minutes)")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.latency_seconds = min(args.jobs, 3000), 5.0
     n = args.jobs
+    prefetches = (100,) if args.quick else (1, 10, 100)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": n,
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
@@ -282,14 +296,19 @@ def main() -> None:
         for name, fn in (("aio_pika", lambda: bench_aio_pika(base.queue_name, n, 100)),
                          ("serena", lambda: bench_serena(base, n, 100))):
             trio.run(publish, base, n)
+            cpu_before = cpu_seconds(os.getpid())
             results[f"bare_{name}_jobs_per_s"] = fn()
-            print(f"bare {name}: {results[f'bare_{name}_jobs_per_s']:.0f} jobs/s", flush=True)
+            cpu_used = cpu_seconds(os.getpid()) - cpu_before
+            results[f"bare_{name}_cpu_us_per_job"] = cpu_used / n * 1e6
+            print(f"bare {name}: {results[f'bare_{name}_jobs_per_s']:.0f} jobs/s, "
+                  f"{results[f'bare_{name}_cpu_us_per_job']:.0f} us CPU/job", flush=True)
         trio.run(cleanup, base)
-        for prefetch in (1, 10, 100):
+        for prefetch in prefetches:
             r = bench_worker(n, prefetch, tmp)
             results[f"worker_p{prefetch}"] = r
-            print(f"wa-trio prefetch {prefetch}: {r['jobs_per_s']:.0f} jobs/s "
-                  f"(rss after {r['rss_after_mb']:.0f} MB)", flush=True)
+            print(f"wa-trio prefetch {prefetch}: {r['jobs_per_s']:.0f} jobs/s, "
+                  f"{r['cpu_us_per_job']:.0f} us CPU/job (rss after {r['rss_after_mb']:.0f} MB)",
+                  flush=True)
         r = bench_worker(n, 100, tmp, WHATSAPP_STATUS_ROUTING_KEY="")
         results["worker_p100_no_status"] = r
         print(f"wa-trio prefetch 100, status events off: {r['jobs_per_s']:.0f} jobs/s", flush=True)
@@ -299,19 +318,30 @@ def main() -> None:
         print(f"idle (neonize loaded): {results['idle']}", flush=True)
     base_rate = results["bare_aio_pika_jobs_per_s"]
     rows = [
-        ("bare aio-pika consumer (asyncio, prefetch 100)", base_rate),
-        ("bare serena consumer (trio, prefetch 100)", results["bare_serena_jobs_per_s"]),
-        *((f"wa-trio full pipeline, prefetch {p}", results[f"worker_p{p}"]["jobs_per_s"])
-          for p in (1, 10, 100)),
+        ("bare aio-pika consumer (asyncio, prefetch 100)", base_rate,
+         results["bare_aio_pika_cpu_us_per_job"]),
+        ("bare serena consumer (trio, prefetch 100)", results["bare_serena_jobs_per_s"],
+         results["bare_serena_cpu_us_per_job"]),
+        *((f"wa-trio full pipeline, prefetch {p}", results[f"worker_p{p}"]["jobs_per_s"],
+           results[f"worker_p{p}"]["cpu_us_per_job"]) for p in prefetches),
         ("wa-trio full pipeline, prefetch 100, status events off",
-         results["worker_p100_no_status"]["jobs_per_s"]),
+         results["worker_p100_no_status"]["jobs_per_s"],
+         results["worker_p100_no_status"]["cpu_us_per_job"]),
     ]
+    serena_rate = results["bare_serena_jobs_per_s"]
+    full = results["worker_p100"]["jobs_per_s"]
     lat = results["latency"]
     idle = results["idle"]
     table = [
         f"Run {results['when']} on {results['machine']}, {n} jobs.", "",
-        "| Consumer | jobs/s | vs aio-pika |", "|---|---:|---:|",
-        *(f"| {name} | {rate:,.0f} | {rate / base_rate:.2f}x |" for name, rate in rows),
+        "| Consumer | jobs/s | vs aio-pika | CPU us/job |", "|---|---:|---:|---:|",
+        *(f"| {name} | {rate:,.0f} | {rate / base_rate:.2f}x | {cpu:,.0f} |"
+          for name, rate, cpu in rows),
+        "", "| Target | Value | Met |", "|---|---:|---|",
+        f"| full pipeline (prefetch 100) vs bare serena >= 0.8x | {full / serena_rate:.2f}x | "
+        f"{'met' if full / serena_rate >= 0.8 else 'missed'} |",
+        f"| bare serena vs aio-pika >= 0.9x | {serena_rate / base_rate:.2f}x | "
+        f"{'met' if serena_rate / base_rate >= 0.9 else 'missed'} |",
         "", "| Measure | Value | Target |", "|---|---:|---:|",
         f"| publish -> send latency p50 at {lat['offered_per_s']:.0f} jobs/s | "
         f"{lat['p50_ms']:.2f} ms | |",
