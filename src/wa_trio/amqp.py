@@ -49,6 +49,7 @@ __all__ = [
     "declare_topology",
     "get",
     "keep_connected",
+    "listen",
     "publish",
     "queue_message_count",
 ]
@@ -367,13 +368,21 @@ class Delivery:
         await self._channel.basic_ack(self.delivery_tag, multiple=multiple)
 
 
-async def get(channel: Channel, queue: str) -> Delivery | None:
-    """basic.get one message of ``queue`` without acking it (None: the queue is empty).
+async def get(channel: Channel, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+    """basic.get one message of ``queue`` (None: the queue is empty).
 
-    Unacked, it goes back to the queue when the channel closes, unless ``ack``-ed first.
+    Without ``auto_ack`` it goes back to the queue when the channel closes, unless ``ack``-ed.
     """
-    message = await channel.basic_get(queue, no_ack=False)
+    message = await channel.basic_get(queue, no_ack=auto_ack)
     return None if message is None else _delivery(message, channel)
+
+
+async def listen(channel: Channel, exchange: str, routing_key: str) -> str:
+    """A server-named, exclusive, auto-deleted queue bound to ``exchange`` with
+    ``routing_key`` (to watch events published there); its name."""
+    queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).name
+    await channel.queue_bind(queue, exchange, routing_key)
+    return str(queue)
 
 
 def _delivery(message: Any, channel: Channel) -> Delivery:

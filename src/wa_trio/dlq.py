@@ -15,19 +15,21 @@ from typing import Any
 import attrs
 
 from wa_trio import amqp
+from wa_trio import headers as h
 from wa_trio.amqp import BrokerAddress, Delivery
 from wa_trio.config import Settings
 from wa_trio.job import retry_count
 
-_STRIP = (
-    "x-error-code",
-    "x-error-message",
-    "x-failed-at",
-    "x-retry-count",
-    "x-last-error-code",
-    "x-last-error",
-    "x-original-exchange",
-    "x-original-routing-key",
+_STRIP = (  # ours: a replayed job starts afresh
+    h.ERROR_CODE,
+    h.ERROR_MESSAGE,
+    h.FAILED_AT,
+    h.RETRY_COUNT,
+    h.LAST_ERROR_CODE,
+    h.LAST_ERROR,
+    h.ORIGINAL_EXCHANGE,
+    h.ORIGINAL_ROUTING_KEY,
+    h.HEADER_NOTES,
 )
 
 
@@ -46,11 +48,11 @@ class DeadLetter:
 
 def _describe(message: Delivery) -> DeadLetter:
     headers = message.properties.headers
-    failed_at = headers.get("x-failed-at")
+    failed_at = headers.get(h.FAILED_AT)
     return DeadLetter(
         message_id=message.properties.message_id,
-        code=str(headers.get("x-error-code", "unknown"))[:64],
-        reason=str(headers.get("x-error-message", ""))[:1024],
+        code=str(headers.get(h.ERROR_CODE, "unknown"))[:64],
+        reason=str(headers.get(h.ERROR_MESSAGE, ""))[:1024],
         failed_at=None if failed_at is None else str(failed_at)[:64],
         retry_count=retry_count(headers),
         size=len(message.body),
@@ -100,7 +102,7 @@ async def replay(
                 if message is None:
                     break
                 props = message.properties
-                if code is not None and props.headers.get("x-error-code") != code:
+                if code is not None and props.headers.get(h.ERROR_CODE) != code:
                     continue  # stays unacked: back in the queue when the channel closes
                 headers = {k: v for k, v in props.headers.items() if k not in _STRIP}
                 headers["x-replayed-at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -71,12 +71,11 @@ async def publish_and_watch(
     async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
         await amqp.declare_topology(connection, settings)
         async with connection.open_channel() as channel:
-            queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).name
-            await channel.queue_bind(queue, settings.exchange, settings.status_routing_key)
+            queue = await amqp.listen(channel, settings.exchange, settings.status_routing_key)
             await _publish(channel, settings, body, message_id)
             with trio.move_on_after(wait_seconds):
                 while True:
-                    message = await channel.basic_get(queue, no_ack=True)
+                    message = await amqp.get(channel, queue, auto_ack=True)
                     if message is None:
                         await trio.sleep(0.2)
                         continue

@@ -101,9 +101,14 @@ async def test_prefetch_count_reaches_the_broker(
     try:
         worker = await start_worker(settings)
         await wait_for(lambda: worker.pipeline.connected, what="consumer up")
-        await trio.sleep(0.2)
-        out = rabbitmqctl("list_consumers", "queue_name", "prefetch_count")
-        assert re.search(rf"^{re.escape(settings.queue_name)}\s+37$", out, re.MULTILINE), out
+        pattern = re.compile(rf"^{re.escape(settings.queue_name)}\s+37$", re.MULTILINE)
+
+        def listed() -> bool:
+            return bool(
+                pattern.search(rabbitmqctl("list_consumers", "queue_name", "prefetch_count"))
+            )
+
+        await wait_for(listed, interval=0.2, what="the consumer with prefetch 37")
     finally:
         from tests.helpers import delete_topology
 

@@ -175,8 +175,10 @@ async def test_real_neonize_events_drive_every_state(
         # whatsmeow stops reconnecting but its connect() would block for ever: the transport
         # stops the client itself (the test used to call client.stop(), hiding the hang)
         await wait_for(client.stopped.is_set, what="client stopped after the logout")
-        await trio.sleep(0.3)
-        assert client.connects == 1 and len(clients) == 4  # waits for an operator
+        await wait_for(
+            lambda: transport.statistics().state is S.LOGGED_OUT, what="waiting for an operator"
+        )
+        assert client.connects == 1 and len(clients) == 4  # no reconnect by itself
         transport.request_relogin()
         await wait_for(
             lambda: len(clients) == 5 and clients[4].connects == 1,

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,10 @@ def test_export_import_round_trip_while_a_writer_is_active(tmp_path: Path) -> No
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while written < 200:
-            pass
+        deadline = time.monotonic() + 30
+        while written < 200 and time.monotonic() < deadline:  # bounded, no sleep
+            time.sleep(0.001)
+        assert written >= 200, "the writer did not get going"
         backup = tmp_path / "backup.db"
         assert export_session(live, backup) == 2
     finally:

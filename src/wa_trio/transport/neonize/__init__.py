@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from wa_trio.errors import TransportError
 from wa_trio.transport.neonize.events import EVENT_NAMES, receipt_of, signal_of
-from wa_trio.transport.neonize.runtime import bundled_library, check_bundled_library, new_client
-from wa_trio.transport.neonize.transport import (
-    NeonizeStatistics,
-    NeonizeTransport,
+from wa_trio.transport.neonize.runtime import (
+    bundled_library,
+    check_bundled_library,
+    new_client,
     prepare_session_dir,
 )
+from wa_trio.transport.neonize.transport import NeonizeStatistics, NeonizeTransport
 from wa_trio.transport.receipts import ReceiptInfo
 
 __all__ = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import platform
 import secrets
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from typing import Any
 import eliot
 
 from wa_trio.errors import SendError, TransportError
+from wa_trio.files import private_dir
 from wa_trio.log import mask_numbers
 
 
@@ -106,3 +108,36 @@ def neonize_errors(
         raise SendError(
             f"{what}: {mask(str(error)[:300])}", code=code, transient=transient
         ) from None
+
+
+# ------------------------------------------------------- blocking calls (run in worker threads)
+
+
+def show_composing(client: Any, jid_user: str, composing: bool) -> None:
+    from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+    from neonize.utils.jid import build_jid
+
+    state = ChatPresence.CHAT_PRESENCE_COMPOSING if composing else ChatPresence.CHAT_PRESENCE_PAUSED
+    client.send_chat_presence(
+        build_jid(jid_user), state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+    )
+
+
+def send_text(client: Any, jid_user: str, text: str) -> Any:
+    from neonize.utils.jid import build_jid
+
+    return client.send_message(build_jid(jid_user), text)
+
+
+def prepare_session_dir(path: Path) -> None:
+    """Create the session folder 0700 and the session database 0600 (before neonize opens it)."""
+    private_dir(path)
+    database = path / "whatsapp.db"
+    fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    tighten_session_files(path)
+
+
+def tighten_session_files(path: Path) -> None:
+    for file in path.glob("*.db*"):
+        file.chmod(0o600)

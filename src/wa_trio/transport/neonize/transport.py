@@ -26,12 +26,10 @@ Threads and trio:
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
@@ -41,14 +39,20 @@ import trio
 
 from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, TransportError
-from wa_trio.files import private_dir
 from wa_trio.log import Redactor
 from wa_trio.number_cache import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.neonize.events import EVENT_NAMES, TERMINAL, receipt_of, signal_of
-from wa_trio.transport.neonize.runtime import neonize_errors, new_client
+from wa_trio.transport.neonize.runtime import (
+    neonize_errors,
+    new_client,
+    prepare_session_dir,
+    send_text,
+    show_composing,
+    tighten_session_files,
+)
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 
@@ -72,20 +76,6 @@ class LoginInfo:
     qr_count: int = 0
     pair_code: str | None = None
     linked_as: str | None = None  # the account's number (E.164), once linked
-
-
-def prepare_session_dir(path: Path) -> None:
-    """Create the session folder 0700 and the session database 0600 (before neonize opens it)."""
-    private_dir(path)
-    database = path / "whatsapp.db"
-    fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    tighten_session_files(path)
-
-
-def tighten_session_files(path: Path) -> None:
-    for file in path.glob("*.db*"):
-        file.chmod(0o600)
 
 
 class NeonizeTransport:
@@ -409,7 +399,7 @@ class NeonizeTransport:
                 "WhatsApp send failed", code="send_failed", mask=self.redactor.text
             ):
                 response = await trio.to_thread.run_sync(
-                    self._send_blocking,
+                    send_text,
                     client,
                     jid_user,
                     message.text,
@@ -426,7 +416,7 @@ class NeonizeTransport:
         try:
             with neonize_errors("typing", code="typing_failed", mask=self.redactor.text):
                 await trio.to_thread.run_sync(
-                    self._presence_blocking,
+                    show_composing,
                     client,
                     jid_user,
                     True,
@@ -436,24 +426,6 @@ class NeonizeTransport:
             await trio.sleep(typing_seconds(chars))
         except SendError as error:  # typing is cosmetic; never fail the send
             eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=error.message)
-
-    @staticmethod
-    def _presence_blocking(client: Any, jid_user: str, composing: bool) -> None:
-        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
-        from neonize.utils.jid import build_jid
-
-        state = (
-            ChatPresence.CHAT_PRESENCE_COMPOSING if composing else ChatPresence.CHAT_PRESENCE_PAUSED
-        )
-        client.send_chat_presence(
-            build_jid(jid_user), state, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-        )
-
-    @staticmethod
-    def _send_blocking(client: Any, jid_user: str, text: str) -> Any:
-        from neonize.utils.jid import build_jid
-
-        return client.send_message(build_jid(jid_user), text)
 
     async def resolve(self, number: str) -> str:
         """The JID user to send to (the number's digits) once WhatsApp says the number is on
