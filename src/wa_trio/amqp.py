@@ -18,12 +18,11 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
 import attrs
-import eliot
 import trio
 from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connection
 from serena.enums import ClassID
@@ -34,7 +33,7 @@ from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 from wa_trio import headers, serena_patch
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, WaTrioError
-from wa_trio.policy import Backoff, delay_label
+from wa_trio.policy import delay_label
 
 __all__ = [
     "BrokerAddress",
@@ -48,7 +47,6 @@ __all__ = [
     "consume_channel",
     "declare_topology",
     "get",
-    "keep_connected",
     "listen",
     "publish",
     "queue_message_count",
@@ -150,53 +148,23 @@ _BROKER_FAILURES = (
 def _translate(error: BaseException) -> None:
     """Raise our error for a group made only of broker failures; return to re-raise otherwise."""
     leaves = _leaves(error)
-    if any(isinstance(leaf, trio.Cancelled | KeyboardInterrupt | SystemExit) for leaf in leaves):
+    if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in leaves):
+        return
+    if any(isinstance(leaf, trio.Cancelled) for leaf in leaves):
+        # a broker failure that races a cancellation (a shutdown while the broker goes away):
+        # the cancellation wins, the failure is moot and must not escape as a crash
+        if isinstance(error, BaseExceptionGroup) and all(
+            isinstance(leaf, (trio.Cancelled, *_BROKER_FAILURES)) for leaf in leaves
+        ):
+            cancelled, _ = error.split(trio.Cancelled)
+            if cancelled is not None:
+                raise cancelled from None
         return
     topology = [leaf for leaf in leaves if isinstance(leaf, TopologyError)]
     if topology:
         raise topology[0] from None
     if leaves and all(isinstance(leaf, _BROKER_FAILURES) for leaf in leaves):
         raise BrokerError("; ".join(_describe(leaf) for leaf in leaves)) from error
-
-
-async def keep_connected(
-    address: BrokerAddress,
-    serve: Callable[[Connection], Awaitable[None]],
-    *,
-    what: str,
-    backoff: Backoff,
-    stop: trio.Event | None = None,
-    on_down: Callable[[], None] | None = None,
-) -> None:
-    """The one reconnect loop (pipeline, broker monitor, status events): connect, run
-    ``serve(connection)``; on a broker failure call ``on_down``, log ``<what>:disconnected``
-    (the redacted broker, the reason, the delay), wait a capped, jittered backoff (``serve``
-    resets it once it is healthy) and connect again. Returns once ``stop`` is set.
-
-    Raises:
-        TopologyError: the broker refused a declaration made by ``serve``.
-    """
-    while stop is None or not stop.is_set():
-        try:
-            async with connect(address) as connection:
-                await serve(connection)
-        except BrokerError as error:
-            if on_down is not None:
-                on_down()
-            if stop is not None and stop.is_set():
-                return
-            delay = backoff.next_delay()
-            eliot.log_message(
-                message_type=f"{what}:disconnected",
-                broker=address.redacted,
-                reason=str(error)[:300],
-                retry_in=round(delay, 3),
-            )
-            with trio.move_on_after(delay):
-                if stop is not None:
-                    await stop.wait()
-                else:
-                    await trio.sleep_forever()
 
 
 async def set_prefetch(channel: Channel, count: int) -> None:

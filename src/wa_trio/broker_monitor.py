@@ -24,6 +24,7 @@ from wa_trio.amqp import BrokerAddress
 from wa_trio.config import Settings
 from wa_trio.metrics import Metrics
 from wa_trio.policy import Backoff
+from wa_trio.reconnect import keep_connected
 
 CHECK_TIMEOUT = 2.0
 CHECK_CACHE = 5.0
@@ -84,7 +85,7 @@ class BrokerMonitor:
             self._channel = None
             self._unknown()
 
-        await amqp.keep_connected(
+        await keep_connected(
             self.address, serve, what="wa_trio:monitor", backoff=self._backoff, on_down=down
         )
 

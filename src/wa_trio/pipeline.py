@@ -56,6 +56,7 @@ from wa_trio.outcome import (
 )
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
+from wa_trio.reconnect import keep_connected
 from wa_trio.sender import Sender
 from wa_trio.status import StatusPublisher
 from wa_trio.transport import OutgoingMessage, SendResult, Transport
@@ -182,7 +183,7 @@ class Pipeline:
                 finally:
                     self._set_connected(False)
 
-        await amqp.keep_connected(
+        await keep_connected(
             self.address,
             serve,
             what="wa_trio:amqp",
@@ -315,6 +316,8 @@ class Pipeline:
                     return await self._not_sent(job, channel, decision)
             if not await self._sender.pace(envelope.destination):
                 return Outcome.HELD  # stopping while throttled: left unacked, requeued
+        if not await self._sender.wait_connected():
+            return Outcome.HELD  # WhatsApp away and a stop began: no `sending` row was written
         marks = list(batch.marks)
         states = await self._gate.call(
             lambda: self._ledger.step(marks, [Begin(job.key, check, job.body_hash)])
@@ -327,6 +330,10 @@ class Pipeline:
             self._copies.note_ambiguous(job, "resend")
         try:
             result = await self._sender.send(message)
+        except Held:
+            # never sent (WhatsApp went away again, then a stop): not ambiguous on redelivery
+            batch.marks.append(Mark(job.key, "held", body_hash=job.body_hash))
+            raise
         except SendError as error:
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked

@@ -24,6 +24,7 @@ from wa_trio.config import Settings
 from wa_trio.ledger import AsyncLedger
 from wa_trio.metrics import STATUS_EVENTS, Metrics
 from wa_trio.policy import Backoff
+from wa_trio.reconnect import keep_connected
 from wa_trio.transport.receipts import ReceiptInfo
 
 SCHEMA_VERSION = 1
@@ -166,4 +167,4 @@ class StatusPublisher:
                     await self._wake.wait()
                     self._wake = trio.Event()
 
-        await amqp.keep_connected(self.address, serve, what="wa_trio:status", backoff=backoff)
+        await keep_connected(self.address, serve, what="wa_trio:status", backoff=backoff)

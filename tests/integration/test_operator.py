@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from neonize.events import LoggedOutEv
+from neonize.events import ConnectedEv, DisconnectedEv, LoggedOutEv
 
 from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
@@ -31,6 +32,7 @@ from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.cli import main
 from wa_trio.config import Settings
 from wa_trio.dlq import list_dead_letters, replay
+from wa_trio.ledger import Ledger
 from wa_trio.transport import ConnectionState as S
 
 TOKEN = "operator-token-0123456789"
@@ -99,6 +101,14 @@ async def test_stop_is_prompt_while_whatsapp_is_unreachable(
     worker.stop()
     await wait_for(lambda: not worker.pipeline.connected, timeout=8, what="stopped")
     assert time.monotonic() - started < 3, "the stop waited for WhatsApp"
+    # never sent, so never "maybe sent": no `sending` row (WHATSAPP_AMBIGUOUS=skip would
+    # otherwise ack it unsent on the next run)
+    ledger = Ledger(settings.ledger_db)
+    try:
+        found = ledger.peek("waits")
+    finally:
+        ledger.close()
+    assert found is None or found.state != "sending", found
 
 
 def _taken_port() -> socket.socket:
@@ -206,3 +216,45 @@ async def test_dlq_triage_survives_odd_headers_and_replay_stops_at_the_count(
         assert json.loads(json.dumps(attrs.asdict(report)))["replayed"] == 8
     finally:
         await delete_topology(settings, extra_queues=[f"{settings.queue_name}.retry.1ms"])
+
+
+async def test_a_job_held_when_whatsapp_drops_mid_batch_is_not_left_maybe_sent(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+) -> None:
+    """WhatsApp drops while a batch is in hand, then a stop: the jobs not sent are left
+    unacked with no `sending` row (else WHATSAPP_AMBIGUOUS=skip would ack them unsent later)."""
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_PREFETCH_COUNT="10")
+    )
+    gate = threading.Event()
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients, send_gate=gate)
+    worker = await start_worker(settings, transport=transport)
+    try:
+        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+        await publish_many(settings, [job_body(i) for i in range(3)], [f"b-{i}" for i in range(3)])
+
+        async def delivered() -> bool:
+            return await queue_count(settings, settings.queue_name) == 0
+
+        await wait_for(delivered, what="all three in the worker's hands")
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: clients[0].sending == 1, what="the first send in flight")
+        await trio.to_thread.run_sync(clients[0].fire, DisconnectedEv())
+        await wait_for(lambda: transport.state is S.DISCONNECTED, what="WhatsApp away")
+        gate.set()  # the first send completes; the next ones must wait for WhatsApp
+        await wait_for(lambda: len(clients[0].sent) == 1, what="the first sent")
+        worker.stop()
+        await wait_for(lambda: not worker.pipeline.connected, timeout=8, what="stopped")
+        ledger = Ledger(settings.ledger_db)
+        try:
+            states = {key: ledger.peek(key) for key in ("b-0", "b-1", "b-2")}
+        finally:
+            ledger.close()
+        assert states["b-0"] is not None and states["b-0"].state == "sent"
+        for key in ("b-1", "b-2"):
+            found = states[key]
+            assert found is None or found.state != "sending", states
+    finally:
+        gate.set()
+        await delete_topology(settings)

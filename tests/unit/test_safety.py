@@ -224,3 +224,19 @@ async def test_queue_gauges_read_nan_while_the_broker_is_unreachable() -> None:
             nursery.cancel_scope.cancel()
     depth = metrics.registry.get_sample_value("queue_depth", {"queue_name": settings.queue_name})
     assert depth is not None and math.isnan(depth)
+
+
+def test_a_broker_failure_racing_a_cancellation_never_escapes_as_a_crash() -> None:
+    """A shutdown while the broker goes away: the group (Cancelled + ClosedResourceError) leaves
+    the connection as the cancellation alone (it escaped whole and crashed the worker)."""
+    import anyio
+    import trio
+
+    from wa_trio.amqp import _translate
+
+    cancelled = trio.Cancelled._create()
+    group = BaseExceptionGroup("", [cancelled, anyio.ClosedResourceError("channel closed")])
+    with pytest.raises(BaseExceptionGroup) as info:
+        _translate(group)
+    assert all(isinstance(e, trio.Cancelled) for e in info.value.exceptions)
+    _translate(ValueError("not ours"))  # anything else: left to the caller to re-raise
