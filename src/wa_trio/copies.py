@@ -11,6 +11,7 @@ A publisher's headers ride along, made encodable (``outcome.dead_letter_headers`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import attrs
@@ -21,10 +22,12 @@ from wa_trio import headers as h
 from wa_trio.amqp import Channel, EncodeError
 from wa_trio.config import Settings
 from wa_trio.errors import SendError
+from wa_trio.expiry import EXPIRES_HEADER, outlives
 from wa_trio.job import Job, retry_count
 from wa_trio.metrics import WORKER, Metrics
 from wa_trio.outcome import (
     DeadLetter,
+    Decision,
     Outcome,
     Retry,
     bare_headers,
@@ -53,9 +56,16 @@ class Copies:
         )
 
     async def failed_send(
-        self, job: Job, channel: Channel, error: SendError, user_id: str
+        self,
+        job: Job,
+        channel: Channel,
+        error: SendError,
+        user_id: str,
+        expires: float | None = None,
     ) -> Outcome:
-        """A failed send: dead-lettered or parked for its next retry (``on_send_failure``)."""
+        """A failed send: dead-lettered or parked for its next retry (``on_send_failure``);
+        a retry that would come back after the job's deadline (``expires``) is not scheduled:
+        the job is dead-lettered ``expired``."""
         self._metrics.failed(error.code)
         done = retry_count(job.delivery.properties.headers)
         verdict = on_send_failure(
@@ -75,16 +85,53 @@ class Copies:
                 self._metrics.failed("retries_exhausted")
             await self.dead_letter(job, channel, verdict.code, verdict.message, user_id)
             return verdict.outcome
-        return await self.retry_later(job, channel, verdict, error, user_id)
+        if outlives(expires, time.time(), verdict.delay):
+            return await self.expired(job, channel, user_id, f"after {error.code}")
+        return await self.retry_later(job, channel, verdict, error, user_id, expires)
+
+    async def not_sent(self, job: Job, channel: Channel, decision: Decision) -> Outcome:
+        """A job the ledger says not to send: a duplicate, a conflict, an ambiguous skip."""
+        if decision is Decision.CONFLICT:
+            await self.dead_letter(
+                job,
+                channel,
+                "message_id_conflict",
+                "this message_id was already used for a different body; not sent",
+            )
+            self._metrics.failed("message_id_conflict")
+            return Outcome.INVALID
+        if decision is Decision.AMBIGUOUS_SKIP:
+            self.note_ambiguous(job, "skip")
+        else:
+            eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
+        await job.delivery.ack()
+        return Outcome.DUPLICATE
+
+    async def expired(self, job: Job, channel: Channel, user_id: str | None, why: str) -> Outcome:
+        """Dead-letter a job whose message is no longer true (never sent late)."""
+        self._metrics.failed("expired")
+        await self.dead_letter(
+            job, channel, "expired", f"the job expired before it could be sent ({why})", user_id
+        )
+        return Outcome.FAILED
 
     async def retry_later(
-        self, job: Job, channel: Channel, retry: Retry, error: SendError, user_id: str
+        self,
+        job: Job,
+        channel: Channel,
+        retry: Retry,
+        error: SendError,
+        user_id: str,
+        expires: float | None = None,
     ) -> Outcome:
-        """Republish to the delay queue for the next retry (confirmed), then ack."""
+        """Republish to the delay queue for the next retry (confirmed), then ack; the deadline
+        rides along (``x-expires-at``) so a retry never restarts a job's clock."""
         delivery = job.delivery
         headers = retry_headers(
             delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
         )
+        if expires is not None:
+            headers[EXPIRES_HEADER] = round(expires, 3)
         queue = amqp.retry_queue_name(self._settings, retry.delay)
         with eliot.start_action(
             action_type="wa_trio:job:retry_later",

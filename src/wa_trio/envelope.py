@@ -12,6 +12,7 @@ import functools
 import json
 import re
 import uuid
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -35,6 +36,8 @@ CODES: dict[str, str] = {
     "empty_text": "text_message is empty (or only whitespace and invisible characters)",
     "text_too_long": f"text_message is longer than {MAX_TEXT_CHARS} characters",
     "content_rejected": "text_message matches the SQL-injection / XSS content policy",
+    "invalid_expiry": "expires_at is not an RFC 3339 time with an offset, or ttl_seconds is not "
+    "a whole number of seconds from 1 to 31536000",
 }
 
 
@@ -48,11 +51,17 @@ class ValidationError(WaTrioError):
 
 @attrs.frozen
 class WhatsAppEnvelope:
-    """A validated job: ``destination`` is in E.164 form (``+`` and digits)."""
+    """A validated job: ``destination`` is in E.164 form (``+`` and digits).
+
+    ``expires_at`` (aware) and ``ttl_seconds`` are the optional expiry of a job whose message
+    stops being true (a one-time code): see ``expiry.py``.
+    """
 
     user_id: uuid.UUID
     text_message: str
     destination: str
+    expires_at: datetime | None = None
+    ttl_seconds: int | None = None
 
 
 @attrs.frozen
@@ -62,6 +71,42 @@ class _WireEnvelope:
     user_id: str
     text_message: str
     destination: str
+    expires_at: Any = None  # checked by hand (_expiry): cattrs would coerce
+    ttl_seconds: Any = None
+
+
+MAX_TTL_SECONDS = 365 * 86400
+
+
+def _expiry(expires_at: Any, ttl_seconds: Any) -> tuple[datetime | None, int | None]:
+    """The optional expiry fields, strictly typed.
+
+    Raises:
+        ValidationError: ``invalid_expiry``.
+    """
+    when: datetime | None = None
+    if expires_at is not None:
+        try:
+            if not isinstance(expires_at, str) or len(expires_at) > 64:
+                raise ValueError
+            when = datetime.fromisoformat(expires_at)
+        except ValueError:
+            raise ValidationError("invalid_expiry", CODES["invalid_expiry"]) from None
+        if when.tzinfo is None:
+            raise ValidationError(
+                "invalid_expiry",
+                "expires_at needs an offset (Z or +hh:mm): a local time is ambiguous",
+            )
+    ttl: int | None = None
+    if ttl_seconds is not None:
+        if (
+            isinstance(ttl_seconds, bool)
+            or not isinstance(ttl_seconds, int)
+            or not 1 <= ttl_seconds <= MAX_TTL_SECONDS
+        ):
+            raise ValidationError("invalid_expiry", CODES["invalid_expiry"])
+        ttl = ttl_seconds
+    return when, ttl
 
 
 def _strict_str(value: Any, _type: Any) -> str:
@@ -147,8 +192,13 @@ def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvel
         raise ValidationError("invalid_user_id", CODES["invalid_user_id"]) from None
     destination = clean_destination(wire.destination)
     validate_text(wire.text_message, content_filter=content_filter)
+    expires_at, ttl_seconds = _expiry(wire.expires_at, wire.ttl_seconds)
     return WhatsAppEnvelope(
-        user_id=user_id, text_message=wire.text_message, destination=destination
+        user_id=user_id,
+        text_message=wire.text_message,
+        destination=destination,
+        expires_at=expires_at,
+        ttl_seconds=ttl_seconds,
     )
 
 

@@ -27,6 +27,7 @@ RETRY_COUNT = "x-retry-count"
 LAST_ERROR_CODE = "x-last-error-code"
 LAST_ERROR = "x-last-error"
 HEADER_NOTES = "x-header-notes"
+EXPIRES_AT = "x-expires-at"  # a job's deadline (Unix seconds), carried by its retry copies
 DEATH = "x-death"  # RabbitMQ's dead-letter history: dropped, the broker rebuilds it
 
 MAX_KEY_BYTES = 255

@@ -209,6 +209,7 @@ def bare_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
         h.RETRY_COUNT,
         h.LAST_ERROR_CODE,
         h.LAST_ERROR,
+        h.EXPIRES_AT,
     }
     kept = {key: value for key, value in headers.items() if key in ours}
     kept[h.HEADER_NOTES] = "original headers dropped: they could not be published again"

@@ -41,6 +41,7 @@ from wa_trio.config import Settings
 from wa_trio.copies import Copies
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
 from wa_trio.errors import SendError
+from wa_trio.expiry import deadline, is_expired
 from wa_trio.job import Job, body_hash, job_key, retry_count, trace_id_of
 from wa_trio.ledger import AsyncLedger, Begin, Mark
 from wa_trio.ledger_gate import Held, LedgerGate
@@ -313,11 +314,14 @@ class Pipeline:
                 found = await self._gate.call(lambda: self._ledger.peek(job.key))
                 decision = decide(found, body_hash=job.body_hash, ambiguous="resend")
                 if decision in {Decision.DUPLICATE, Decision.CONFLICT}:
-                    return await self._not_sent(job, channel, decision)
+                    return await self._copies.not_sent(job, channel, decision)
             if not await self._sender.pace(envelope.destination):
                 return Outcome.HELD  # stopping while throttled: left unacked, requeued
         if not await self._sender.wait_connected():
             return Outcome.HELD  # WhatsApp away and a stop began: no `sending` row was written
+        expires = self._deadline(job, envelope)
+        if is_expired(expires, time.time()):  # after pacing and any wait for WhatsApp
+            return await self._copies.expired(job, channel, message.user_id, "before its send")
         marks = list(batch.marks)
         states = await self._gate.call(
             lambda: self._ledger.step(marks, [Begin(job.key, check, job.body_hash)])
@@ -325,7 +329,7 @@ class Pipeline:
         del batch.marks[: len(marks)]
         decision = decide(states[0], body_hash=job.body_hash, ambiguous=self.settings.ambiguous)
         if decision is not Decision.SEND and decision is not Decision.AMBIGUOUS_RESEND:
-            return await self._not_sent(job, channel, decision)
+            return await self._copies.not_sent(job, channel, decision)
         if decision is Decision.AMBIGUOUS_RESEND:
             self._copies.note_ambiguous(job, "resend")
         try:
@@ -337,28 +341,20 @@ class Pipeline:
         except SendError as error:
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
-            return await self._copies.failed_send(job, channel, error, message.user_id)
+            return await self._copies.failed_send(job, channel, error, message.user_id, expires)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
         return None
 
-    async def _not_sent(self, job: Job, channel: Channel, decision: Decision) -> Outcome:
-        """A job the ledger says not to send: a duplicate, a conflict, an ambiguous skip."""
-        if decision is Decision.CONFLICT:
-            await self._copies.dead_letter(
-                job,
-                channel,
-                "message_id_conflict",
-                "this message_id was already used for a different body; not sent",
-            )
-            self.metrics.failed("message_id_conflict")
-            return Outcome.INVALID
-        if decision is Decision.AMBIGUOUS_SKIP:
-            self._copies.note_ambiguous(job, "skip")
-        else:
-            eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
-        await job.delivery.ack()
-        return Outcome.DUPLICATE
+    def _deadline(self, job: Job, envelope: WhatsAppEnvelope) -> float | None:
+        props = job.delivery.properties
+        return deadline(
+            expires_at=envelope.expires_at,
+            ttl_seconds=envelope.ttl_seconds,
+            headers=props.headers,
+            published_at=props.timestamp,
+            received_at=time.time() - (self._clock() - job.received_at),
+        )
 
     async def _settle_sent(self, batch: _Batch) -> None:
         """Commit the ``sent`` rows, publish their events, ack them, finish their actions."""
