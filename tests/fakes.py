@@ -144,7 +144,12 @@ class FakeClient:
 
 
 def fake_neonize_transport(
-    settings: Settings, clients: list[FakeClient], **kwargs: object
+    settings: Settings,
+    clients: list[FakeClient],
+    *,
+    qr_stale_after: float = 65.0,
+    max_connects: int = 500,
+    **kwargs: object,
 ) -> NeonizeTransport:
     """The real NeonizeTransport on FakeClients (each one created is appended to ``clients``),
     with a quick backoff and the QR block written to a string instead of the terminal."""
@@ -160,4 +165,6 @@ def fake_neonize_transport(
         client_factory=factory,
         backoff=Backoff(initial=0.05, cap=0.1),
         qr_out=io.StringIO(),
+        qr_stale_after=qr_stale_after,
+        max_connects=max_connects,
     )

@@ -90,8 +90,7 @@ async def test_codes_that_stop_coming_restart_the_login(neonize_settings: Settin
     """3. whatsmeow stops emitting QR codes after ~160 s, silently: no new code for
     ``qr_stale_after`` -> the client is stopped and a fresh login starts."""
     clients: list[FakeClient] = []
-    transport = fake_neonize_transport(neonize_settings, clients)
-    transport._qr_stale_after = 0.4
+    transport = fake_neonize_transport(neonize_settings, clients, qr_stale_after=0.4)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
@@ -122,8 +121,9 @@ async def test_too_many_connects_end_the_transport_for_a_clean_restart(
     """6. One fd leaks a connect(): past the bound the transport gives up (the worker exits
     non-zero and its supervisor restarts it)."""
     clients: list[FakeClient] = []
-    transport = fake_neonize_transport(neonize_settings, clients, dial_error="refused")
-    transport._max_connects = 3
+    transport = fake_neonize_transport(
+        neonize_settings, clients, dial_error="refused", max_connects=3
+    )
     raised: list[TransportError] = []
     try:
         async with trio.open_nursery() as nursery:
