@@ -240,3 +240,17 @@ def test_a_broker_failure_racing_a_cancellation_never_escapes_as_a_crash() -> No
         _translate(group)
     assert all(isinstance(e, trio.Cancelled) for e in info.value.exceptions)
     _translate(ValueError("not ours"))  # anything else: left to the caller to re-raise
+
+
+def test_ctrl_c_in_a_command_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wa_trio import cli
+
+    def interrupted(*_args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_send", interrupted)
+    assert main(["send", "--destination", "+5511999999999", "--text", "hi", "--wait"]) == 130
+    err = capsys.readouterr().err
+    assert err == "wa-trio: interrupted\n"
