@@ -36,6 +36,7 @@ from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline import Pipeline
 from wa_trio.status import StatusPublisher
+from wa_trio.templates import TemplateError, TemplateSet
 from wa_trio.transport import Transport
 from wa_trio.web import create_app, run_http
 
@@ -54,6 +55,14 @@ def build_transport(settings: Settings) -> Transport:
     from wa_trio.transport.neonize import NeonizeTransport
 
     return NeonizeTransport(settings, redactor)
+
+
+def load_templates(settings: Settings) -> TemplateSet:
+    """Every template compiled (a broken one stops start-up with one line: file and line)."""
+    try:
+        return TemplateSet.load(settings.templates_dir)
+    except TemplateError as error:
+        raise StartupError(f"templates: {error.message}") from None
 
 
 def admin_token(settings: Settings, out: TextIO | None = None) -> str:
@@ -103,6 +112,7 @@ async def run_worker(
 ) -> None:
     """Run the worker until stopped; returns normally after a graceful stop."""
     metrics = Metrics(settings.queue_name, settings.dlq_name)
+    templates = load_templates(settings)
     transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
     session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
@@ -113,7 +123,7 @@ async def run_worker(
         raise StartupError(error.message) from None
     status = StatusPublisher(settings, metrics, ledger)
     transport.on_receipt = status.on_receipt
-    pipeline = Pipeline(settings, transport, metrics, ledger, status)
+    pipeline = Pipeline(settings, transport, metrics, ledger, status, templates=templates)
     monitor = BrokerMonitor(settings, metrics)
     app = create_app(
         consumer=pipeline,

@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish even if the job would be rejected (to try the DLQ)",
     )
+    templates = sub.add_parser("templates", help="message templates: list, render (preview)")
+    templates_sub = templates.add_subparsers(
+        dest="templates_command", required=True, metavar="ACTION"
+    )
+    templates_sub.add_parser("list", help="one JSON line per template file: name, language, params")
+    render = templates_sub.add_parser("render", help="print a template rendered with --params")
+    render.add_argument("name")
+    render.add_argument("--params", default="{}", help="a JSON object of strings and numbers")
+    render.add_argument(
+        "--language", default=None, help="e.g. pt_BR (falls back to the plain file)"
+    )
     dlq = sub.add_parser("dlq", help="dead-letter queue: list, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", help="show dead-lettered jobs and why (nothing removed)")
@@ -125,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dlq(settings, args)
         if args.command == "login":
             return _login(settings, args.timeout)
+        if args.command == "templates":
+            return _templates(settings, args)
     except (TopologyError, StartupError) as error:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -144,6 +157,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check(settings: Settings) -> int:
     for name, value in settings.as_redacted_dict().items():
         print(f"{name}={value}")
+    from wa_trio.app import load_templates
+
+    count = len(load_templates(settings).templates)  # a broken template: one line, exit 2
+    if settings.templates_dir is not None:
+        print(f"# {count} template file(s) compiled", file=sys.stderr)
+    return EXIT_OK
+
+
+def _templates(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.app import load_templates
+    from wa_trio.templates import TemplateProblem
+
+    templates = load_templates(settings)
+    if args.templates_command == "list":
+        for template in templates.names():
+            print(
+                json.dumps(
+                    {
+                        "name": template.name,
+                        "language": template.language,
+                        "params": sorted(template.params),
+                        "file": template.path.name,
+                    }
+                )
+            )
+        return EXIT_OK
+    try:
+        params = json.loads(args.params)
+    except ValueError:
+        print("wa-trio: --params is not JSON", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        text = templates.render(args.name, params, args.language)
+    except TemplateProblem as problem:
+        print(json.dumps({"ok": False, "code": problem.code, "message": problem.message}))
+        return EXIT_FAILED
+    print(text)
     return EXIT_OK
 
 
@@ -153,9 +203,16 @@ def _validate(file: str) -> int:
     except OSError as error:
         print(f"wa-trio: cannot read {file}: {error.strerror or error}", file=sys.stderr)
         return EXIT_CONFIG
-    content_filter = os.environ.get("WHATSAPP_CONTENT_FILTER", "on").lower() != "off"
     try:
-        envelope = parse_envelope(body, content_filter=content_filter)
+        settings = Settings.from_env(os.environ)
+        from wa_trio.app import load_templates
+
+        templates = load_templates(settings)
+    except (ConfigError, StartupError) as error:
+        print(f"wa-trio: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        envelope = parse_envelope(body, content_filter=settings.content_filter, templates=templates)
     except ValidationError as error:
         print(json.dumps({"ok": False, "code": error.code, "message": error.message}))
         return EXIT_FAILED

@@ -360,6 +360,14 @@ class Settings:
         _on_off,
         "Reject text that looks like SQL injection or XSS (the original's policy).",
     )
+    templates_dir: Path | None = _setting(
+        "WHATSAPP_TEMPLATES_DIR",
+        "",
+        "a directory path (or empty)",
+        _optional_path,
+        "Message templates (NAME.txt, NAME.LANG.txt; Jinja2, sandboxed) for jobs that name a "
+        "template; compiled at start (docs/templates.md).",
+    )
     proxy: str | None = _setting(
         "WHATSAPP_PROXY",
         "",

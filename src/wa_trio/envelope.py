@@ -23,6 +23,7 @@ from cattrs.preconf.json import make_converter
 from wa_trio.errors import WaTrioError
 from wa_trio.headers import utf8_ok
 from wa_trio.policy import check_content
+from wa_trio.templates import TemplateProblem, TemplateSet
 
 MAX_TEXT_CHARS = 4096
 
@@ -36,6 +37,8 @@ CODES: dict[str, str] = {
     "empty_text": "text_message is empty (or only whitespace and invisible characters)",
     "text_too_long": f"text_message is longer than {MAX_TEXT_CHARS} characters",
     "content_rejected": "text_message matches the SQL-injection / XSS content policy",
+    "template_not_found": "the job names a template the worker does not have",
+    "template_params_invalid": "the template's params are missing, extra, or not plain values",
     "invalid_expiry": "expires_at is not an RFC 3339 time with an offset, or ttl_seconds is not "
     "a whole number of seconds from 1 to 31536000",
 }
@@ -166,7 +169,9 @@ def _possible_number(cleaned: str) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvelope:
+def parse_envelope(
+    body: bytes, *, content_filter: bool = True, templates: TemplateSet | None = None
+) -> WhatsAppEnvelope:
     """Decode and validate one job body.
 
     Raises:
@@ -182,6 +187,8 @@ def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvel
         raise ValidationError("invalid_json", CODES["invalid_json"]) from None
     if not isinstance(data, dict):
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
+    if "template" in data:
+        data = _with_rendered_template(data, templates)
     wire = _structure(data)
     for value in (wire.user_id, wire.text_message, wire.destination):
         if not utf8_ok(value):
@@ -204,6 +211,24 @@ def parse_envelope(body: bytes, *, content_filter: bool = True) -> WhatsAppEnvel
 
 # characters that render as nothing: a text made only of them (and whitespace) is empty
 _INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2028-\u202f\u205f-\u206f\ufeff\u00ad\u034f\u180e]*")
+
+
+def _with_rendered_template(data: dict[str, Any], templates: TemplateSet | None) -> dict[str, Any]:
+    """The job with ``text_message`` rendered from ``template`` + ``params`` (+ ``language``)."""
+    if "text_message" in data:
+        raise ValidationError("wrong_type", "give text_message or template, not both")
+    name, language = data["template"], data.get("language")
+    if not isinstance(name, str) or not (language is None or isinstance(language, str)):
+        raise ValidationError("wrong_type", "template and language must be strings")
+    if templates is None or not templates.templates:
+        raise ValidationError(
+            "template_not_found", "this worker has no templates (WHATSAPP_TEMPLATES_DIR is unset)"
+        )
+    try:
+        text = templates.render(name[:64], data.get("params", {}), language and language[:8])
+    except TemplateProblem as problem:
+        raise ValidationError(problem.code, problem.message) from None
+    return {**data, "text_message": text}
 
 
 def validate_text(text: str, *, content_filter: bool) -> None:

@@ -60,6 +60,7 @@ from wa_trio.policy import Backoff
 from wa_trio.reconnect import keep_connected
 from wa_trio.sender import Sender
 from wa_trio.status import StatusPublisher
+from wa_trio.templates import TemplateSet
 from wa_trio.transport import OutgoingMessage, SendResult, Transport
 
 
@@ -106,8 +107,10 @@ class Pipeline:
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        templates: TemplateSet | None = None,
     ) -> None:
         self.settings = settings
+        self.templates = templates
         self.transport = transport
         self.metrics = metrics
         self.address = BrokerAddress.from_settings(settings)
@@ -377,7 +380,9 @@ class Pipeline:
         try:
             with eliot.start_action(action_type="wa_trio:job:validate"):
                 return parse_envelope(
-                    job.delivery.body, content_filter=self.settings.content_filter
+                    job.delivery.body,
+                    content_filter=self.settings.content_filter,
+                    templates=self.templates,
                 )
         except ValidationError as error:
             await self._copies.dead_letter(job, channel, error.code, error.message)

@@ -1,0 +1,125 @@
+"""Message templates (issue 15, templates part): compiled at start, sandboxed, strict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wa_trio.cli import main
+from wa_trio.envelope import ValidationError, parse_envelope
+from wa_trio.templates import TemplateError, TemplateProblem, TemplateSet
+
+UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "order_shipped.txt").write_text("Hi {{ name }}, order {{ order }} has shipped.")
+    (tmp_path / "order_shipped.pt_BR.txt").write_text("Olá {{ name }}, pedido {{ order }} enviado.")
+    (tmp_path / "order_shipped.es.txt").write_text("Hola {{ name }}, pedido {{ order }} enviado.")
+    (tmp_path / "otp.txt").write_text("Your code is {{ code }}")
+    (tmp_path / "sneaky.txt").write_text("{{ name.__class__.__mro__ }}")
+    (tmp_path / "long.txt").write_text("{{ name * 5000 }}")
+    (tmp_path / "evil.txt").write_text("<script>{{ name }}</script>")
+    return tmp_path
+
+
+def _job(**fields: Any) -> bytes:
+    body: dict[str, Any] = {"user_id": UID, "destination": "+5511999999999"}
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def test_render_with_language_variants_and_fallbacks(folder: Path) -> None:
+    templates = TemplateSet.load(folder)
+    params = {"name": "Ana", "order": 42}
+    assert templates.render("order_shipped", params) == "Hi Ana, order 42 has shipped."
+    assert templates.render("order_shipped", params, "pt_BR").startswith("Olá Ana")
+    assert templates.render("order_shipped", params, "es_MX").startswith("Hola Ana")  # es
+    assert templates.render("order_shipped", params, "de").startswith("Hi Ana")  # plain
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"name": "Ana"}, "missing order"),
+        ({"name": "Ana", "order": 1, "extra": "x"}, "not used by the template: extra"),
+        ({"name": {"nested": 1}, "order": 1}, "must be a string"),
+        ({"name": True, "order": 1}, "must be a string"),
+        ({"name": "x" * 2000, "order": 1}, "must be a string"),
+        (["Ana", 42], "params must be an object"),
+    ],
+)
+def test_bad_params_are_template_params_invalid(folder: Path, params: Any, detail: str) -> None:
+    with pytest.raises(TemplateProblem) as info:
+        TemplateSet.load(folder).render("order_shipped", params)
+    assert info.value.code == "template_params_invalid"
+    assert detail in info.value.message
+
+
+def test_the_sandbox_refuses_python_internals(folder: Path) -> None:
+    with pytest.raises(TemplateProblem) as info:
+        TemplateSet.load(folder).render("sneaky", {"name": "x"})
+    assert info.value.code == "template_params_invalid"
+
+
+def test_an_unknown_template_is_template_not_found(folder: Path) -> None:
+    with pytest.raises(TemplateProblem) as info:
+        TemplateSet.load(folder).render("nope", {})
+    assert info.value.code == "template_not_found"
+
+
+def test_a_broken_template_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.txt").write_text("line one\nHi {{ name }\n")
+    with pytest.raises(TemplateError) as info:
+        TemplateSet.load(tmp_path)
+    assert "broken.txt line 2" in info.value.message and "\n" not in info.value.message
+
+
+def test_a_badly_named_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "Bad Name.txt").write_text("x")
+    with pytest.raises(TemplateError, match=r"NAME\.txt"):
+        TemplateSet.load(tmp_path)
+
+
+def test_a_templated_job_obeys_every_text_rule(folder: Path) -> None:
+    templates = TemplateSet.load(folder)
+    envelope = parse_envelope(_job(template="otp", params={"code": "123456"}), templates=templates)
+    assert envelope.text_message == "Your code is 123456"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"template": "long", "params": {"name": "ab"}}, "text_too_long"),
+        ({"template": "evil", "params": {"name": "x"}}, "content_rejected"),
+        ({"template": "otp", "params": {"code": 1}, "text_message": "hi"}, "wrong_type"),
+        ({"template": 5}, "wrong_type"),
+        ({"template": "nope"}, "template_not_found"),
+        ({"template": "otp"}, "template_params_invalid"),
+    ]
+    for fields, code in cases:
+        with pytest.raises(ValidationError) as info:
+            parse_envelope(_job(**fields), templates=templates)
+        assert info.value.code == code, fields
+
+
+def test_without_templates_a_templated_job_is_template_not_found() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_envelope(_job(template="otp", params={"code": "1"}))
+    assert info.value.code == "template_not_found"
+
+
+def test_cli_lists_renders_and_checks(
+    folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WHATSAPP_TEMPLATES_DIR", str(folder))
+    assert main(["templates", "list"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"name": "otp", "language": None, "params": ["code"], "file": "otp.txt"} in listed
+    assert main(["templates", "render", "otp", "--params", '{"code": "9"}']) == 0
+    assert capsys.readouterr().out == "Your code is 9\n"
+    assert main(["templates", "render", "otp", "--params", "{}"]) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "template_params_invalid"
+    (folder / "broken.txt").write_text("{% if %}")
+    assert main(["check"]) == 2
+    assert "broken.txt line 1" in capsys.readouterr().err
