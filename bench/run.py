@@ -37,6 +37,7 @@ import trio
 from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.config import Settings
+from wa_trio.schedule import LADDER
 
 BROKER = os.environ.get("WA_TRIO_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,8 @@ async def cleanup(settings: Settings) -> None:
     async with amqp.connect(BrokerAddress.from_settings(settings)) as conn, \
             conn.open_channel() as channel:
         for q in (settings.queue_name, settings.dlq_name,
-                  *(amqp.retry_queue_name(settings, d) for d in set(settings.retry_delays))):
+                  *(amqp.retry_queue_name(settings, d) for d in set(settings.retry_delays)),
+                  *(amqp.wait_queue_name(settings, d) for d in LADDER)):
             await channel.queue_delete(q)
         for x in (settings.exchange, settings.dlx):
             await channel.exchange_delete(x)

@@ -18,6 +18,7 @@ from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.app import Worker
 from wa_trio.config import Settings
 from wa_trio.metrics import WORKER
+from wa_trio.schedule import LADDER
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 
@@ -107,7 +108,9 @@ async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) 
             amqp.connect(BrokerAddress.from_settings(settings)) as connection,
             connection.open_channel() as channel,
         ):
-            for queue in (settings.queue_name, settings.dlq_name, *extra_queues):
+            delays = [amqp.retry_queue_name(settings, d) for d in set(settings.retry_delays)]
+            delays += [amqp.wait_queue_name(settings, d) for d in LADDER]
+            for queue in (settings.queue_name, settings.dlq_name, *extra_queues, *delays):
                 await channel.queue_delete(queue)
             for exchange in (settings.exchange, settings.dlx):
                 await channel.exchange_delete(exchange)

@@ -34,6 +34,7 @@ from wa_trio import headers, serena_patch
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, WaTrioError
 from wa_trio.policy import delay_label
+from wa_trio.schedule import LADDER
 
 __all__ = [
     "BrokerAddress",
@@ -232,8 +233,9 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
                 raise
         await channel.queue_bind(settings.queue_name, settings.exchange, settings.routing_key)
         await channel.queue_bind(settings.dlq_name, settings.dlx, "")
-        for delay in sorted(set(settings.retry_delays)):
-            name = retry_queue_name(settings, delay)
+        delays = [(retry_queue_name(settings, d), d) for d in sorted(set(settings.retry_delays))]
+        delays += [(wait_queue_name(settings, d), d) for d in LADDER]
+        for name, delay in delays:
             try:
                 await channel.queue_declare(
                     name,
@@ -252,9 +254,15 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
                         name,
                         f"delete it (rabbitmqctl delete_queue -p {settings.rabbitmq_vhost} "
                         f"{name}); "
-                        "it holds only jobs waiting for a retry, publish them again first",
+                        "it holds only jobs waiting for a retry or their time, publish them "
+                        "again first",
                     ) from None
                 raise
+
+
+def wait_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue where a scheduled job waits ``delay`` seconds (``schedule.LADDER``)."""
+    return f"{settings.queue_name}.wait.{delay_label(delay)}"
 
 
 def retry_queue_name(settings: Settings, delay: float) -> str:

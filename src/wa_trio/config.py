@@ -360,6 +360,13 @@ class Settings:
         _on_off,
         "Reject text that looks like SQL injection or XSS (the original's policy).",
     )
+    schedule_max: float = _setting(
+        "WHATSAPP_SCHEDULE_MAX",
+        "30d",
+        "a duration like 30d",
+        _duration,
+        "How far ahead a job's send_at may be; beyond: dead-lettered schedule_too_far.",
+    )
     templates_dir: Path | None = _setting(
         "WHATSAPP_TEMPLATES_DIR",
         "",

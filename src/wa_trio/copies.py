@@ -107,6 +107,25 @@ class Copies:
         await job.delivery.ack()
         return Outcome.DUPLICATE
 
+    async def park(self, job: Job, channel: Channel, hop: float) -> Outcome:
+        """A job not due yet: republished to the wait queue of ``hop`` seconds (confirmed, the
+        original headers made encodable), then acked; it comes back to the job queue after."""
+        delivery = job.delivery
+        clean, notes = h.encodable(delivery.properties.headers)
+        clean.update(h.notes_header(notes))
+        queue = amqp.wait_queue_name(self._settings, hop)
+        with eliot.start_action(action_type="wa_trio:job:scheduled", hop=hop, queue=queue):
+            await amqp.publish(
+                channel,
+                "",
+                queue,
+                delivery.body,
+                attrs.evolve(delivery.properties, headers=clean),
+                check=True,
+            )
+            await delivery.ack()
+        return Outcome.SCHEDULED
+
     async def expired(self, job: Job, channel: Channel, user_id: str | None, why: str) -> Outcome:
         """Dead-letter a job whose message is no longer true (never sent late)."""
         self._metrics.failed("expired")

@@ -39,6 +39,8 @@ CODES: dict[str, str] = {
     "content_rejected": "text_message matches the SQL-injection / XSS content policy",
     "template_not_found": "the job names a template the worker does not have",
     "template_params_invalid": "the template's params are missing, extra, or not plain values",
+    "invalid_schedule": "send_at is not an RFC 3339 time with an offset",
+    "schedule_too_far": "send_at is further ahead than WHATSAPP_SCHEDULE_MAX",
     "invalid_expiry": "expires_at is not an RFC 3339 time with an offset, or ttl_seconds is not "
     "a whole number of seconds from 1 to 31536000",
 }
@@ -65,6 +67,7 @@ class WhatsAppEnvelope:
     destination: str
     expires_at: datetime | None = None
     ttl_seconds: int | None = None
+    send_at: datetime | None = None
 
 
 @attrs.frozen
@@ -76,9 +79,31 @@ class _WireEnvelope:
     destination: str
     expires_at: Any = None  # checked by hand (_expiry): cattrs would coerce
     ttl_seconds: Any = None
+    send_at: Any = None
 
 
 MAX_TTL_SECONDS = 365 * 86400
+
+
+def _instant(value: Any, code: str) -> datetime | None:
+    """An RFC 3339 time with an offset (None stays None).
+
+    Raises:
+        ValidationError: ``code``.
+    """
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(code, CODES[code]) from None
+    if when.tzinfo is None:
+        raise ValidationError(
+            code, "the time needs an offset (Z or +hh:mm): a local time is ambiguous"
+        )
+    return when
 
 
 def _expiry(expires_at: Any, ttl_seconds: Any) -> tuple[datetime | None, int | None]:
@@ -87,19 +112,7 @@ def _expiry(expires_at: Any, ttl_seconds: Any) -> tuple[datetime | None, int | N
     Raises:
         ValidationError: ``invalid_expiry``.
     """
-    when: datetime | None = None
-    if expires_at is not None:
-        try:
-            if not isinstance(expires_at, str) or len(expires_at) > 64:
-                raise ValueError
-            when = datetime.fromisoformat(expires_at)
-        except ValueError:
-            raise ValidationError("invalid_expiry", CODES["invalid_expiry"]) from None
-        if when.tzinfo is None:
-            raise ValidationError(
-                "invalid_expiry",
-                "expires_at needs an offset (Z or +hh:mm): a local time is ambiguous",
-            )
+    when = _instant(expires_at, "invalid_expiry")
     ttl: int | None = None
     if ttl_seconds is not None:
         if (
@@ -200,12 +213,14 @@ def parse_envelope(
     destination = clean_destination(wire.destination)
     validate_text(wire.text_message, content_filter=content_filter)
     expires_at, ttl_seconds = _expiry(wire.expires_at, wire.ttl_seconds)
+    send_at = _instant(wire.send_at, "invalid_schedule")
     return WhatsAppEnvelope(
         user_id=user_id,
         text_message=wire.text_message,
         destination=destination,
         expires_at=expires_at,
         ttl_seconds=ttl_seconds,
+        send_at=send_at,
     )
 
 

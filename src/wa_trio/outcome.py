@@ -28,6 +28,7 @@ class Outcome(enum.Enum):
     RETRIED = "retried"  # parked in a delay queue for the next try
     DUPLICATE = "duplicate"  # already sent (or, with WHATSAPP_AMBIGUOUS=skip, maybe sent)
     HELD = "held"  # a stop began first: left unacked, the broker redelivers it
+    SCHEDULED = "scheduled"  # not due yet: parked in a wait queue (send_at)
 
     @property
     def counted(self) -> bool:

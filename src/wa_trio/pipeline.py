@@ -58,6 +58,7 @@ from wa_trio.outcome import (
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
 from wa_trio.reconnect import keep_connected
+from wa_trio.schedule import next_hop
 from wa_trio.sender import Sender
 from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateSet
@@ -310,6 +311,10 @@ class Pipeline:
         if envelope is None:
             return Outcome.INVALID
         message = _outgoing(job, envelope)
+        if envelope.send_at is not None:
+            early = await self._not_due(job, channel, envelope.send_at.timestamp())
+            if early is not None:
+                return early
         check = self._check(job)
         if self.pacer.enabled:
             # duplicates, conflicts and invalid jobs never spend a send slot
@@ -347,6 +352,30 @@ class Pipeline:
             return await self._copies.failed_send(job, channel, error, message.user_id, expires)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
+        return None
+
+    async def _not_due(self, job: Job, channel: Channel, send_at: float) -> Outcome | None:
+        """Park a job that is not due (``schedule.next_hop``), wait out a last sub-second in
+        the worker; None when it is time to send."""
+        remaining = send_at - time.time()
+        if remaining > self.settings.schedule_max:
+            await self._copies.dead_letter(
+                job,
+                channel,
+                "schedule_too_far",
+                f"send_at is {remaining / 86400:.1f} days ahead; WHATSAPP_SCHEDULE_MAX is "
+                f"{self.settings.schedule_max / 86400:g} days",
+            )
+            self.metrics.failed("schedule_too_far")
+            return Outcome.INVALID
+        hop = next_hop(remaining)
+        if hop is not None:
+            return await self._copies.park(job, channel, hop)
+        if remaining > 0:
+            with trio.move_on_after(remaining):
+                await self._stopping.wait()
+            if self.stopping:
+                return Outcome.HELD
         return None
 
     def _deadline(self, job: Job, envelope: WhatsAppEnvelope) -> float | None:

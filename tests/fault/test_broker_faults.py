@@ -190,3 +190,27 @@ async def test_broker_loss_during_a_send_records_it_and_never_sends_it_again(
     finally:
         gate.set()
         await delete_topology(settings)
+
+
+async def test_a_scheduled_job_survives_a_broker_restart_and_arrives_on_time(
+    own_topology: Settings, start_worker: StartWorker, own_broker: OwnBroker
+) -> None:
+    """Parked in a durable wait queue as a persistent message: a broker restart loses nothing."""
+    import time
+    from datetime import UTC, datetime
+
+    worker = await start_worker(own_topology)
+    due = time.time() + 8
+    when = datetime.fromtimestamp(due, UTC).isoformat()
+    await publish_many(own_topology, [job_body(1, send_at=when)], message_ids=["sched"])
+    await wait_for(
+        lambda: bool(job_metric(worker, "worker_jobs_processed_total", status="scheduled")),
+        what="parked",
+    )
+    await trio.to_thread.run_sync(own_broker.ctl, "stop_app")
+    await trio.to_thread.run_sync(own_broker.ctl, "start_app")
+    await trio.to_thread.run_sync(own_broker.ctl, "await_startup")
+    await wait_for(lambda: bool(sent_records(own_topology.dry_run_file)), timeout=30, what="sent")
+    [record] = sent_records(own_topology.dry_run_file)
+    assert record["job_key"] == "sched"
+    assert -0.05 <= record["sent_at"] - due < 1.5, record["sent_at"] - due
