@@ -2,6 +2,7 @@
 
     transport.run   -> the WhatsApp side (dry-run: nothing; neonize: connect + watchdog)
     status.run      -> status events out (own connection, confirms)
+    webhook.run     -> status events POSTed, signed, from a durable outbox (when configured)
     run_http        -> /healthz /readyz /metrics /login
     pipeline.run    -> consume -> validate -> send -> ack (reconnects on broker loss); the
                        broker monitor starts once its topology is declared
@@ -39,6 +40,7 @@ from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateError, TemplateSet
 from wa_trio.transport import Transport
 from wa_trio.web import create_app, run_http
+from wa_trio.webhook import WebhookSink
 
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
     from quart_trio import QuartTrio
@@ -91,6 +93,7 @@ class Worker:
     monitor: BrokerMonitor
     status: StatusPublisher
     ledger: AsyncLedger
+    webhook: WebhookSink
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -121,7 +124,9 @@ async def run_worker(
     except LedgerError as error:
         session_lock.close()
         raise StartupError(error.message) from None
-    status = StatusPublisher(settings, metrics, ledger)
+    webhook = WebhookSink(settings, metrics)
+    await trio.to_thread.run_sync(webhook.open)
+    status = StatusPublisher(settings, metrics, ledger, webhook)
     transport.on_receipt = status.on_receipt
     pipeline = Pipeline(settings, transport, metrics, ledger, status, templates=templates)
     monitor = BrokerMonitor(settings, metrics)
@@ -141,7 +146,7 @@ async def run_worker(
         queue=settings.queue_name,
         prefetch=settings.prefetch_count,
     )
-    parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app)
+    parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app, webhook)
     try:
         await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
     except* (TopologyError, StartupError, TransportError) as group:
@@ -150,6 +155,7 @@ async def run_worker(
     finally:
         with trio.CancelScope(shield=True):
             await ledger.close()
+        webhook.close()
         session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
@@ -166,6 +172,7 @@ class _Parts:
     status: StatusPublisher
     ledger: AsyncLedger
     app: QuartTrio
+    webhook: WebhookSink
 
 
 async def _supervise(
@@ -205,6 +212,7 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
+        await nursery.start(parts.webhook.run)
         urls = await nursery.start(http_task)
         eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
         if handle_signals:  # a person started it: say where to look
@@ -221,6 +229,7 @@ async def _supervise(
             parts.monitor,
             parts.status,
             parts.ledger,
+            parts.webhook,
             urls,
             stop_event=stop,
         )

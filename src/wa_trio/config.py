@@ -18,9 +18,18 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 
 SECRET_VARS = frozenset(
-    {"RABBITMQ_PASSWORD", "RABBITMQ_URL", "WHATSAPP_PROXY", "WHATSAPP_ADMIN_TOKEN"}
+    {
+        "RABBITMQ_PASSWORD",
+        "RABBITMQ_URL",
+        "WHATSAPP_PROXY",
+        "WHATSAPP_ADMIN_TOKEN",
+        "WHATSAPP_STATUS_WEBHOOK_SECRET",
+        "WHATSAPP_STATUS_WEBHOOK_URL",
+    }
 )
-_PLAIN_SECRETS = frozenset({"RABBITMQ_PASSWORD", "WHATSAPP_ADMIN_TOKEN"})
+_PLAIN_SECRETS = frozenset(
+    {"RABBITMQ_PASSWORD", "WHATSAPP_ADMIN_TOKEN", "WHATSAPP_STATUS_WEBHOOK_SECRET"}
+)
 
 
 class ConfigError(Exception):
@@ -180,6 +189,16 @@ def _amqp_url(value: str) -> str:
     if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
         raise ValueError
     _ = parts.port  # raises ValueError on a bad port
+    return value
+
+
+def _http_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError
+    _ = parts.port
     return value
 
 
@@ -446,6 +465,28 @@ class Settings:
         _str,
         "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
     )
+    status_webhook_url: str | None = _setting(
+        "WHATSAPP_STATUS_WEBHOOK_URL",
+        "",
+        "an http:// or https:// URL (or empty)",
+        _http_url,
+        "Also POST each status event here, signed (docs/status-events.md); durable outbox.",
+    )
+    status_webhook_secret: str | None = _setting(
+        "WHATSAPP_STATUS_WEBHOOK_SECRET",
+        "",
+        "16 or more characters without spaces (or empty)",
+        _optional_token,
+        "HMAC-SHA256 key of the webhook signature (required with the URL; never logged).",
+        repr=False,
+    )
+    status_webhook_max_pending: int = _setting(
+        "WHATSAPP_STATUS_WEBHOOK_MAX_PENDING",
+        "100000",
+        "an integer >= 1",
+        _positive_int,
+        "Events the webhook outbox keeps at most; beyond, the oldest are dropped and counted.",
+    )
     ambiguous: str = _setting(
         "WHATSAPP_AMBIGUOUS",
         "resend",
@@ -550,6 +591,12 @@ class Settings:
                 values["rabbitmq_host"],
                 values["rabbitmq_port"],
                 values["rabbitmq_vhost"],
+            )
+        if values.get("status_webhook_url") and not values.get("status_webhook_secret"):
+            raise ConfigError(
+                "WHATSAPP_STATUS_WEBHOOK_SECRET",
+                "",
+                "a secret of 16 or more characters whenever WHATSAPP_STATUS_WEBHOOK_URL is set",
             )
         return cls(**values)
 

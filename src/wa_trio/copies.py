@@ -171,9 +171,9 @@ class Copies:
             except EncodeError as failure:
                 await self._bare(job, channel, headers, error.code, failure)
                 return Outcome.FAILED
+            self.emit("retrying", job, user_id, code=error.code, retry=retry.retry)
             await delivery.ack()
         self._metrics.retried()
-        self.emit("retrying", job, user_id, code=error.code, retry=retry.retry)
         return Outcome.RETRIED
 
     def emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
@@ -208,8 +208,8 @@ class Copies:
             except EncodeError as failure:
                 await self._bare(job, channel, headers, code, failure)
                 return
+            self.emit("failed", job, user_id, code=code)  # durable (webhook) before the ack
             await delivery.ack()
-        self.emit("failed", job, user_id, code=code)
 
     async def _bare(
         self, job: Job, channel: Channel, headers: dict[str, Any], code: str, error: EncodeError
@@ -221,5 +221,5 @@ class Copies:
         bare.setdefault(h.ERROR_CODE, code)
         props = amqp.Properties(headers=bare, message_id=None)
         await amqp.publish(channel, self._settings.dlx, delivery.routing_key, delivery.body, props)
-        await delivery.ack()
         self.emit("failed", job, None, code=code)
+        await delivery.ack()

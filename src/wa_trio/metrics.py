@@ -114,6 +114,22 @@ class Metrics:
             "Status events waiting to be published (buffered in memory).",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "whatsapp_status_webhook_deliveries",
+            "Status webhook attempts by result (delivered, retried, rejected, dropped).",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "whatsapp_status_webhook_pending",
+            "Status events in the webhook outbox, not yet delivered.",
+            registry=r,
+        )
+        self.webhook_oldest = Gauge(
+            "whatsapp_status_webhook_oldest_pending_seconds",
+            "Age of the oldest event in the webhook outbox (0 when empty).",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

@@ -26,6 +26,7 @@ from wa_trio.metrics import STATUS_EVENTS, Metrics
 from wa_trio.policy import Backoff
 from wa_trio.reconnect import keep_connected
 from wa_trio.transport.receipts import ReceiptInfo
+from wa_trio.webhook import WebhookSink
 
 SCHEMA_VERSION = 1
 STATUSES = STATUS_EVENTS
@@ -66,7 +67,14 @@ class StatusStatistics:
 
 
 class StatusPublisher:
-    def __init__(self, settings: Settings, metrics: Metrics, ledger: AsyncLedger | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        ledger: AsyncLedger | None,
+        webhook: WebhookSink | None = None,
+    ) -> None:
+        self.webhook = webhook
         self.settings = settings
         self.metrics = metrics
         self.ledger = ledger
@@ -79,7 +87,10 @@ class StatusPublisher:
         metrics.status_events_pending.set_function(lambda: len(self._pending))
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Queue an event; never blocks."""
+        """Queue an event; never blocks. With a webhook, the event is first stored in its
+        durable outbox (callers emit before they ack)."""
+        if self.webhook is not None:
+            self.webhook.add(event)
         if not self.enabled:
             return
         if len(self._pending) >= BUFFER:
@@ -90,7 +101,7 @@ class StatusPublisher:
 
     def on_receipt(self, receipt: ReceiptInfo) -> None:
         """Receipt from the transport (trio thread); mapped to jobs by the publisher task."""
-        if self.enabled and receipt.kind in {"delivered", "read"}:
+        if (self.enabled or self.webhook is not None) and receipt.kind in {"delivered", "read"}:
             try:
                 self._receipts_in.send_nowait(receipt)
             except trio.WouldBlock:
@@ -116,11 +127,12 @@ class StatusPublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        if not self.enabled:
+        if not self.enabled and self.webhook is None:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._map_receipts)
-            await self._publish_forever()
+            if self.enabled:
+                await self._publish_forever()
 
     async def _map_receipts(self) -> None:
         async for receipt in self._receipts_out:

@@ -44,3 +44,4 @@ def test_one_boundary_module_per_dependency() -> None:
         "transport/neonize"
     }
     assert _importers("quart") | _importers("hypercorn") | _importers("quart_trio") <= {"web.py"}
+    assert _importers("httpx") <= {"http_client.py"}
