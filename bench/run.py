@@ -260,6 +260,47 @@ def bench_latency(rate: float, seconds: float, tmp: Path) -> dict[str, float]:
     return {"offered_per_s": rate, "jobs": len(latencies), "p50_ms": q[49], "p99_ms": q[98]}
 
 
+def bench_schedule(aheads: tuple[float, ...], tmp: Path, per: int = 20) -> dict[str, float]:
+    """Jobs with ``send_at`` ``aheads`` seconds ahead (``per`` each): the send-time error, ms."""
+    queue = f"bench.{uuid.uuid4().hex[:8]}.schedule"
+    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT="10")
+    settings = Settings.from_env(env)
+    trio.run(publish, settings, 0)  # declare topology
+    proc, _ = start_worker(env)
+    due: dict[str, tuple[float, float]] = {}
+    try:
+        async def scheduled_publish() -> None:
+            async with amqp.connect(BrokerAddress.from_settings(settings)) as conn, \
+                    conn.open_channel() as channel:
+                for ahead in aheads:
+                    for i in range(per):
+                        when = time.time() + ahead
+                        key = f"s-{ahead:g}-{i}"
+                        due[key] = (ahead, when)
+                        body = json.loads(BODY)
+                        body["send_at"] = datetime.fromtimestamp(when, UTC).isoformat()
+                        await amqp.publish(channel, settings.exchange, settings.routing_key,
+                                           json.dumps(body).encode(), Properties(message_id=key))
+
+        trio.run(scheduled_publish)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        deadline = time.monotonic() + max(aheads) + 60
+        while count_sent(path) < len(due) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent = {r["job_key"]: r["sent_at"] for r in records(path)}
+    finally:
+        stop(proc)
+        trio.run(cleanup, settings)
+    result: dict[str, float] = {}
+    for ahead in aheads:
+        errors = sorted((sent[k] - when) * 1000 for k, (a, when) in due.items()
+                        if a == ahead and k in sent)
+        result[f"{ahead:g}s_p99_ms"] = statistics.quantiles(errors, n=100)[98] if len(
+            errors) > 1 else float("nan")
+        result[f"{ahead:g}s_sent"] = len(errors)
+    return result
+
+
 def idle_rss_neonize(tmp: Path) -> dict[str, float]:
     queue = f"bench.{uuid.uuid4().hex[:8]}.idle"
     env = env_for(queue, tmp, WHATSAPP_TRANSPORT="neonize",
@@ -316,6 +357,9 @@ def main() -> None:
         print(f"wa-trio prefetch 100, status events off: {r['jobs_per_s']:.0f} jobs/s", flush=True)
         results["latency"] = bench_latency(200.0, args.latency_seconds, tmp)
         print(f"latency at 200/s: {results['latency']}", flush=True)
+        aheads = (2.0, 30.0) if args.quick else (2.0, 30.0, 300.0)
+        results["schedule"] = bench_schedule(aheads, tmp)
+        print(f"scheduled sends: {results['schedule']}", flush=True)
         results["idle"] = idle_rss_neonize(tmp)
         print(f"idle (neonize loaded): {results['idle']}", flush=True)
     base_rate = results["bare_aio_pika_jobs_per_s"]
@@ -349,6 +393,8 @@ def main() -> None:
         f"{lat['p50_ms']:.2f} ms | |",
         f"| publish -> send latency p99 at {lat['offered_per_s']:.0f} jobs/s | "
         f"{lat['p99_ms']:.2f} ms | <= 10 ms |",
+        *(f"| send_at {a:g} s ahead: p99 send-time error | "
+          f"{results['schedule'][f'{a:g}s_p99_ms']:.0f} ms | < 1000 ms |" for a in aheads),
         f"| RSS idle, neonize loaded | {idle['idle_rss_mb']:.0f} MB | <= 150 MB |",
         f"| RSS after {n} jobs (prefetch 100, dry-run) | "
         f"{results['worker_p100']['rss_after_mb']:.0f} MB | |",

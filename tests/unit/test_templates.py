@@ -123,3 +123,28 @@ def test_cli_lists_renders_and_checks(
     (folder / "broken.txt").write_text("{% if %}")
     assert main(["check"]) == 2
     assert "broken.txt line 1" in capsys.readouterr().err
+
+
+def test_the_published_job_schema_agrees_with_the_worker(folder: Path) -> None:
+    """docs/job.schema.json accepts what the worker accepts, and refuses text + template."""
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "job.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    templates = TemplateSet.load(folder)
+    accepted: list[dict[str, Any]] = [
+        {"text_message": "hi"},
+        {"text_message": "hi", "send_at": "2030-01-01T00:00:00Z", "ttl_seconds": 60},
+        {"template": "otp", "params": {"code": "1"}, "language": "pt_BR"},
+    ]
+    for fields in accepted:
+        job = {"user_id": UID, "destination": "+55 11 99999-9999", **fields}
+        jsonschema.validate(job, schema)
+        parse_envelope(json.dumps(job).encode(), templates=templates)
+    both = {"user_id": UID, "destination": "+5511999999999", "text_message": "a", "template": "otp"}
+    try:
+        jsonschema.validate(both, schema)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("the schema accepted text_message and template together")
