@@ -110,21 +110,33 @@ class Copies:
     async def park(self, job: Job, channel: Channel, hop: float) -> Outcome:
         """A job not due yet: republished to the wait queue of ``hop`` seconds (confirmed, the
         original headers made encodable), then acked; it comes back to the job queue after."""
-        delivery = job.delivery
-        clean, notes = h.encodable(delivery.properties.headers)
+        clean, notes = h.encodable(job.delivery.properties.headers)
         clean.update(h.notes_header(notes))
         queue = amqp.wait_queue_name(self._settings, hop)
         with eliot.start_action(action_type="wa_trio:job:scheduled", hop=hop, queue=queue):
+            if not await self._republish(job, channel, queue, clean, "headers_unencodable"):
+                return Outcome.FAILED
+            await job.delivery.ack()
+        return Outcome.SCHEDULED
+
+    async def _republish(
+        self, job: Job, channel: Channel, queue: str, headers: dict[str, Any], code: str
+    ) -> bool:
+        """A copy of the job to ``queue`` (encoded first, confirmed); False when it could not
+        be encoded (then it was dead-lettered with our headers only, and acked)."""
+        try:
             await amqp.publish(
                 channel,
                 "",
                 queue,
-                delivery.body,
-                attrs.evolve(delivery.properties, headers=clean),
+                job.delivery.body,
+                attrs.evolve(job.delivery.properties, headers=headers),
                 check=True,
             )
-            await delivery.ack()
-        return Outcome.SCHEDULED
+        except EncodeError as failure:
+            await self._bare(job, channel, headers, code, failure)
+            return False
+        return True
 
     async def expired(self, job: Job, channel: Channel, user_id: str | None, why: str) -> Outcome:
         """Dead-letter a job whose message is no longer true (never sent late)."""
@@ -159,17 +171,7 @@ class Copies:
             delay=retry.delay,
             queue=queue,
         ):
-            try:
-                await amqp.publish(
-                    channel,
-                    "",
-                    queue,
-                    delivery.body,
-                    attrs.evolve(delivery.properties, headers=headers),
-                    check=True,
-                )
-            except EncodeError as failure:
-                await self._bare(job, channel, headers, error.code, failure)
+            if not await self._republish(job, channel, queue, headers, error.code):
                 return Outcome.FAILED
             self.emit("retrying", job, user_id, code=error.code, retry=retry.retry)
             await delivery.ack()
