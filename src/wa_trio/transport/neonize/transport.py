@@ -12,12 +12,10 @@ Threads and trio:
   event the transport stops the client (bounded) so the watchdog can go on. After a ``connect()``
   that raised, the client is stopped too before backing off (some events end ``connect()`` while
   the Go client keeps running);
-- whatsmeow emits six QR codes (~160 s) and then disconnects with no event: a freshness timer
-  restarts the login when no new code came for ``QR_STALE_AFTER`` seconds (and allows a new
-  pair code);
-- each ``connect()`` leaks one file descriptor in neonize 0.5.2 (docs/login.md): past
-  ``MAX_CONNECTS`` attempts the transport gives up with ``TransportError`` so the supervisor
-  restarts the process cleanly;
+- whatsmeow emits six QR codes (~160 s), then stops silently: no new code for
+  ``QR_STALE_AFTER`` s restarts the login (and allows a new pair code);
+- each ``connect()`` leaks one fd in neonize 0.5.2: past ``MAX_CONNECTS`` attempts the transport
+  gives up (``TransportError``) so the supervisor restarts the process cleanly (docs/login.md);
 - neonize calls our handlers on Go-owned threads. They touch no trio object: they turn the event
   into a ``Signal`` (``events.py``) and hand it to trio with ``TrioToken.run_sync_soon``; state
   changes happen on the trio thread only.
