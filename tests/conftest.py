@@ -96,6 +96,17 @@ def settings(make_env: Callable[..., dict[str, str]]) -> Iterator[Settings]:
 
 
 @pytest.fixture
+async def failing_topology(make_env: Callable[..., dict[str, str]]) -> AsyncIterator[Settings]:
+    """Every dry-run send fails (transient); one retry delay of 60 s: a job parks in
+    ``<queue>.retry.60s`` and stays there for the test to look at. Deleted afterwards."""
+    settings = Settings.from_env(
+        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="60s")
+    )
+    yield settings
+    await delete_topology(settings)  # the retry and wait queues too
+
+
+@pytest.fixture
 async def topology(settings: Settings) -> AsyncIterator[Settings]:
     """``settings`` whose queues and exchanges are deleted after the test."""
     yield settings

@@ -118,8 +118,14 @@ class Backoff:
     attempts: int = 0
 
     def next_delay(self) -> float:
-        base = min(self.cap, self.initial * self.factor**self.attempts)
+        delay = self.delay_for(self.attempts)
         self.attempts += 1
+        return delay
+
+    def delay_for(self, attempt: int) -> float:
+        """The jittered delay before retry number ``attempt + 1`` (for callers that keep the
+        attempt count themselves, e.g. in a durable outbox)."""
+        base = min(self.cap, self.initial * self.factor ** min(attempt, 64))
         return base / 2 + self.rng.random() * base / 2
 
     def reset(self) -> None:

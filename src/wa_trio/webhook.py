@@ -233,9 +233,7 @@ class WebhookSink:
 
     def _retry(self, item: Pending, retry_after: float | None, why: str) -> None:
         assert self._outbox is not None
-        base = self.backoff.initial * self.backoff.factor ** min(item.attempts, 30)
-        delay = min(self.backoff.cap, base)
-        delay = delay / 2 + self.backoff.rng.random() * delay / 2
+        delay = self.backoff.delay_for(item.attempts)
         if retry_after is not None:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
         self._outbox.later(item.id, time.time() + delay)

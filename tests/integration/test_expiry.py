@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import trio
@@ -11,7 +10,6 @@ from neonize.events import ConnectedEv
 from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
-    delete_topology,
     drain_queue,
     job_body,
     job_metric,
@@ -67,39 +65,27 @@ async def test_a_job_that_expires_while_whatsapp_is_away_is_never_sent(
 
 
 async def test_a_retry_never_outlives_the_expiry(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    failing_topology: Settings, start_worker: StartWorker
 ) -> None:
-    settings = Settings.from_env(
-        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="60s")
-    )
-    retry_queue = retry_queue_name(settings, 60.0)
-    try:
-        worker = await start_worker(settings)
-        soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
-        await publish_many(settings, [job_body(1, expires_at=soon)], message_ids=["r"])
-        await wait_for(lambda: _failed(worker, "expired") == 1, what="expired, not retried")
-        assert await drain_queue(settings, retry_queue) == []
-        [letter] = await drain_queue(settings, settings.dlq_name)
-        assert _code(letter) == "expired"
-    finally:
-        await delete_topology(settings, extra_queues=[retry_queue])
+    settings = failing_topology
+    worker = await start_worker(settings)
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    await publish_many(settings, [job_body(1, expires_at=soon)], message_ids=["r"])
+    await wait_for(lambda: _failed(worker, "expired") == 1, what="expired, not retried")
+    assert await drain_queue(settings, retry_queue_name(settings, 60.0)) == []
+    [letter] = await drain_queue(settings, settings.dlq_name)
+    assert _code(letter) == "expired"
 
 
 async def test_a_retry_copy_carries_the_deadline(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    failing_topology: Settings, start_worker: StartWorker
 ) -> None:
-    settings = Settings.from_env(
-        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="60s")
+    settings = failing_topology
+    worker = await start_worker(settings)
+    await publish_many(settings, [job_body(1, ttl_seconds=3600)], message_ids=["t"])
+    await wait_for(
+        lambda: (job_metric(worker, "worker_jobs_retried_total") or 0) == 1, what="retried"
     )
-    retry_queue = retry_queue_name(settings, 60.0)
-    try:
-        worker = await start_worker(settings)
-        await publish_many(settings, [job_body(1, ttl_seconds=3600)], message_ids=["t"])
-        await wait_for(
-            lambda: (job_metric(worker, "worker_jobs_retried_total") or 0) == 1, what="retried"
-        )
-        [copy] = await drain_queue(settings, retry_queue)
-        carried = float(copy.header.headers["x-expires-at"])
-        assert abs(carried - (datetime.now(UTC).timestamp() + 3600)) < 60
-    finally:
-        await delete_topology(settings, extra_queues=[retry_queue])
+    [copy] = await drain_queue(settings, retry_queue_name(settings, 60.0))
+    carried = float(copy.header.headers["x-expires-at"])
+    assert abs(carried - (datetime.now(UTC).timestamp() + 3600)) < 60

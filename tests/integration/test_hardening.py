@@ -102,23 +102,17 @@ async def test_unencodable_headers_on_an_invalid_job_are_dead_lettered_not_a_cra
 
 
 async def test_unencodable_headers_on_a_failed_send_go_to_the_retry_queue(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    failing_topology: Settings, start_worker: StartWorker
 ) -> None:
-    settings = Settings.from_env(
-        make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="60s")
+    settings = failing_topology
+    worker = await start_worker(settings)
+    await raw_publish_async(
+        settings, [(job_body(1), {"headers": BAD_HEADERS, "message_id": "r-1"})]
     )
-    retry_queue = retry_queue_name(settings, 60.0)
-    try:
-        worker = await start_worker(settings)
-        await raw_publish_async(
-            settings, [(job_body(1), {"headers": BAD_HEADERS, "message_id": "r-1"})]
-        )
-        await wait_for(lambda: _processed(worker, "retried") == 1, what="retried")
-        [copy] = await drain_queue(settings, retry_queue)
-        assert copy.header.headers["x-retry-count"] == 1
-        assert worker.pipeline.statistics().connected  # still consuming
-    finally:
-        await delete_topology(settings, extra_queues=[retry_queue])
+    await wait_for(lambda: _processed(worker, "retried") == 1, what="retried")
+    [copy] = await drain_queue(settings, retry_queue_name(settings, 60.0))
+    assert copy.header.headers["x-retry-count"] == 1
+    assert worker.pipeline.statistics().connected  # still consuming
 
 
 async def test_a_long_message_id_is_sent_and_its_events_published(

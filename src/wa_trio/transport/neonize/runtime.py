@@ -25,9 +25,10 @@ import platform
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import eliot
+import segno
 
 from wa_trio.errors import SendError, TransportError
 from wa_trio.files import private_dir
@@ -141,3 +142,20 @@ def prepare_session_dir(path: Path) -> None:
 def tighten_session_files(path: Path) -> None:
     for file in path.glob("*.db*"):
         file.chmod(0o600)
+
+
+def linked_number(client: Any) -> str | None:
+    """The linked account's number (E.164) from the client's ``me`` (set on Connected)."""
+    user = getattr(getattr(getattr(client, "me", None), "JID", None), "User", "")
+    return f"+{user}" if user else None
+
+
+def print_qr(payload: str, out: TextIO) -> None:
+    """The QR code as a scannable block on the terminal (the operator's first login)."""
+    print(
+        "wa-trio: scan this QR code with WhatsApp (Linked devices -> Link a device); "
+        "it is also at /login",
+        file=out,
+    )
+    segno.make_qr(payload).terminal(out=out, compact=True)
+    out.flush()

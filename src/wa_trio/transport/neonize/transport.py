@@ -32,7 +32,6 @@ from typing import Any, TextIO
 
 import attrs
 import eliot
-import segno
 import trio
 
 from wa_trio.config import Settings, redact_url
@@ -44,9 +43,11 @@ from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.neonize.events import EVENT_NAMES, TERMINAL, receipt_of, signal_of
 from wa_trio.transport.neonize.runtime import (
+    linked_number,
     neonize_errors,
     new_client,
     prepare_session_dir,
+    print_qr,
     send_text,
     show_composing,
     tighten_session_files,
@@ -142,7 +143,7 @@ class NeonizeTransport:
         if self._state is ConnectionState.CONNECTED:
             self.login.qr = None
             self.login.pair_code = None
-            self._read_linked_number()
+            self.login.linked_as = linked_number(self._client) or self.login.linked_as
             self._connected.set()
         elif self._connected.is_set():
             self._connected = trio.Event()
@@ -183,12 +184,6 @@ class NeonizeTransport:
             linked_as=self.login.linked_as,
         )
 
-    def _read_linked_number(self) -> None:
-        me = getattr(self._client, "me", None)
-        user = getattr(getattr(me, "JID", None), "User", "")
-        if user:
-            self.login.linked_as = "+" + str(user)
-
     def on_qr(self, payload: str) -> None:
         """A new QR code (trio thread): terminal block, log, /login."""
         self.login.qr = payload
@@ -200,13 +195,7 @@ class NeonizeTransport:
                 self._pair_requested = True
                 self._nursery.start_soon(self._request_pair_code)
             return
-        print(
-            "wa-trio: scan this QR code with WhatsApp (Linked devices -> Link a device); "
-            "it is also at /login",
-            file=self.qr_out,
-        )
-        segno.make_qr(payload).terminal(out=self.qr_out, compact=True)
-        self.qr_out.flush()
+        print_qr(payload, self.qr_out)
         fields: dict[str, Any] = {"count": self.login.qr_count, "login_page": "/login"}
         if not self.settings.production:
             fields["qr_code"] = payload  # development only: production logs go to shared sinks
