@@ -34,6 +34,7 @@ from wa_trio.errors import TopologyError, TransportError
 from wa_trio.files import StartupError, lock_session, private_dir
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
+from wa_trio.meta_webhook import MetaWebhook
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline import Pipeline
 from wa_trio.status import StatusPublisher
@@ -54,6 +55,10 @@ def build_transport(settings: Settings) -> Transport:
 
         fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
         return DryRunTransport(settings.dry_run_file, redactor, fail=fail)
+    if settings.transport == "cloud-api":
+        from wa_trio.transport.cloud_api import CloudApiTransport
+
+        return CloudApiTransport(settings, redactor)
     from wa_trio.transport.neonize import NeonizeTransport
 
     return NeonizeTransport(settings, redactor)
@@ -138,6 +143,7 @@ async def run_worker(
         admin_token=admin_token(settings),
         redactor=Redactor(settings.production),
         session_path=settings.session_path,
+        meta_webhook=_meta_webhook(settings, metrics, status),
     )
     eliot.log_message(
         message_type="wa_trio:start",
@@ -158,6 +164,18 @@ async def run_worker(
         webhook.close()
         session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
+
+
+def _meta_webhook(
+    settings: Settings, metrics: Metrics, status: StatusPublisher
+) -> MetaWebhook | None:
+    """Meta's webhook routes, served only with the Cloud API transport."""
+    if settings.transport != "cloud-api":
+        return None
+    assert settings.cloud_app_secret and settings.cloud_verify_token  # Settings requires them
+    return MetaWebhook(
+        settings.cloud_app_secret, settings.cloud_verify_token, metrics, status.on_receipt
+    )
 
 
 @attrs.frozen

@@ -212,7 +212,12 @@ def _validate(file: str) -> int:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        envelope = parse_envelope(body, content_filter=settings.content_filter, templates=templates)
+        envelope = parse_envelope(
+            body,
+            content_filter=settings.content_filter,
+            templates=templates,
+            cloud_templates=settings.transport != "neonize",
+        )
     except ValidationError as error:
         print(json.dumps({"ok": False, "code": error.code, "message": error.message}))
         return EXIT_FAILED
@@ -246,7 +251,11 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     ).encode()
     if not args.no_validate:
         try:
-            parse_envelope(body, content_filter=settings.content_filter)
+            parse_envelope(
+                body,
+                content_filter=settings.content_filter,
+                cloud_templates=settings.transport != "neonize",
+            )
         except ValidationError as error:
             print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
             return EXIT_FAILED

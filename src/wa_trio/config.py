@@ -25,11 +25,25 @@ SECRET_VARS = frozenset(
         "WHATSAPP_ADMIN_TOKEN",
         "WHATSAPP_STATUS_WEBHOOK_SECRET",
         "WHATSAPP_STATUS_WEBHOOK_URL",
+        "WHATSAPP_CLOUD_ACCESS_TOKEN",
+        "WHATSAPP_CLOUD_APP_SECRET",
+        "WHATSAPP_CLOUD_VERIFY_TOKEN",
     }
 )
 _PLAIN_SECRETS = frozenset(
-    {"RABBITMQ_PASSWORD", "WHATSAPP_ADMIN_TOKEN", "WHATSAPP_STATUS_WEBHOOK_SECRET"}
+    {
+        "RABBITMQ_PASSWORD",
+        "WHATSAPP_ADMIN_TOKEN",
+        "WHATSAPP_STATUS_WEBHOOK_SECRET",
+        "WHATSAPP_CLOUD_ACCESS_TOKEN",
+        "WHATSAPP_CLOUD_APP_SECRET",
+        "WHATSAPP_CLOUD_VERIFY_TOKEN",
+    }
 )
+
+#: the Graph API base wa-trio is tested against (a pinned version: Meta changes payloads
+#: between versions; docs/cloud-api.md says how to move it)
+CLOUD_API_DEFAULT_URL = "https://graph.facebook.com/v24.0"
 
 
 class ConfigError(Exception):
@@ -212,6 +226,29 @@ def _proxy_url(value: str) -> str | None:
     return value
 
 
+def _base_url(value: str) -> str:
+    url = _http_url(value)
+    if url is None:
+        raise ValueError
+    return url.rstrip("/")
+
+
+def _optional_digits(value: str) -> str | None:
+    if not value:
+        return None
+    if not re.fullmatch(r"\d{1,32}", value):
+        raise ValueError
+    return value
+
+
+def _optional_secret(value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) > 4096 or any(ch.isspace() for ch in value):
+        raise ValueError
+    return value
+
+
 def _optional_phone(value: str) -> str | None:
     if not value:
         return None
@@ -354,9 +391,49 @@ class Settings:
     transport: str = _setting(
         "WHATSAPP_TRANSPORT",
         "neonize",
-        "neonize or dry-run",
-        _choice("neonize", "dry-run"),
-        "neonize sends for real; dry-run never touches WhatsApp.",
+        "neonize, cloud-api or dry-run",
+        _choice("neonize", "cloud-api", "dry-run"),
+        "neonize sends as a linked device; cloud-api through Meta's WhatsApp Business Cloud API "
+        "(docs/cloud-api.md); dry-run never touches WhatsApp.",
+    )
+    cloud_api_url: str = _setting(
+        "WHATSAPP_CLOUD_API_URL",
+        CLOUD_API_DEFAULT_URL,
+        "an http:// or https:// URL",
+        _base_url,
+        "cloud-api: the Graph API base, version included (tests point it at loopback).",
+    )
+    cloud_phone_number_id: str | None = _setting(
+        "WHATSAPP_CLOUD_PHONE_NUMBER_ID",
+        "",
+        "the sending number's id: digits (or empty)",
+        _optional_digits,
+        "cloud-api: the phone number id Meta's WhatsApp Manager shows (required with cloud-api).",
+    )
+    cloud_access_token: str | None = _setting(
+        "WHATSAPP_CLOUD_ACCESS_TOKEN",
+        "",
+        "a token without spaces (or empty)",
+        _optional_secret,
+        "cloud-api: a system-user access token (required with cloud-api; never logged).",
+        repr=False,
+    )
+    cloud_app_secret: str | None = _setting(
+        "WHATSAPP_CLOUD_APP_SECRET",
+        "",
+        "a secret without spaces (or empty)",
+        _optional_secret,
+        "cloud-api: the app secret that signs webhooks (X-Hub-Signature-256; required with "
+        "cloud-api; never logged).",
+        repr=False,
+    )
+    cloud_verify_token: str | None = _setting(
+        "WHATSAPP_CLOUD_VERIFY_TOKEN",
+        "",
+        "a token without spaces (or empty)",
+        _optional_secret,
+        "cloud-api: the webhook subscription's verify token (required with cloud-api).",
+        repr=False,
     )
     dry_run_file: Path | None = _setting(
         "WHATSAPP_DRY_RUN_FILE",
@@ -598,6 +675,8 @@ class Settings:
                 "",
                 "a secret of 16 or more characters whenever WHATSAPP_STATUS_WEBHOOK_URL is set",
             )
+        if values["transport"] == "cloud-api":
+            _require_cloud(values)
         return cls(**values)
 
     @property
@@ -624,6 +703,20 @@ FIELDS: tuple[Field, ...] = tuple(
     Field(field.metadata["setting"][0], field.name, *field.metadata["setting"][1:])
     for field in attrs.fields(Settings)
 )
+
+
+_CLOUD_REQUIRED = (
+    ("cloud_phone_number_id", "WHATSAPP_CLOUD_PHONE_NUMBER_ID"),
+    ("cloud_access_token", "WHATSAPP_CLOUD_ACCESS_TOKEN"),
+    ("cloud_app_secret", "WHATSAPP_CLOUD_APP_SECRET"),
+    ("cloud_verify_token", "WHATSAPP_CLOUD_VERIFY_TOKEN"),
+)
+
+
+def _require_cloud(values: dict[str, Any]) -> None:
+    for attr, env in _CLOUD_REQUIRED:
+        if not values.get(attr):
+            raise ConfigError(env, "", "a value whenever WHATSAPP_TRANSPORT=cloud-api")
 
 
 def build_url(user: str, password: str, host: str, port: int, vhost: str) -> str:

@@ -20,6 +20,7 @@ import cattrs
 import phonenumbers
 from cattrs.preconf.json import make_converter
 
+from wa_trio import cloud_template
 from wa_trio.errors import WaTrioError
 from wa_trio.headers import utf8_ok
 from wa_trio.policy import check_content
@@ -41,6 +42,8 @@ CODES: dict[str, str] = {
     "template_params_invalid": "the template's params are missing, extra, or not plain values",
     "invalid_schedule": "send_at is not an RFC 3339 time with an offset",
     "schedule_too_far": "send_at is further ahead than WHATSAPP_SCHEDULE_MAX",
+    "cloud_template_invalid": "cloud_template is not a well-formed Cloud API template",
+    "cloud_template_unsupported": "cloud_template needs WHATSAPP_TRANSPORT=cloud-api (or dry-run)",
     "invalid_expiry": "expires_at is not an RFC 3339 time with an offset, or ttl_seconds is not "
     "a whole number of seconds from 1 to 31536000",
 }
@@ -68,6 +71,8 @@ class WhatsAppEnvelope:
     expires_at: datetime | None = None
     ttl_seconds: int | None = None
     send_at: datetime | None = None
+    #: a Cloud API template (``cloud_template.check``'s shape); text_message is "" then
+    cloud_template: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 @attrs.frozen
@@ -183,7 +188,11 @@ def _possible_number(cleaned: str) -> str:
 
 
 def parse_envelope(
-    body: bytes, *, content_filter: bool = True, templates: TemplateSet | None = None
+    body: bytes,
+    *,
+    content_filter: bool = True,
+    templates: TemplateSet | None = None,
+    cloud_templates: bool = False,
 ) -> WhatsAppEnvelope:
     """Decode and validate one job body.
 
@@ -200,7 +209,11 @@ def parse_envelope(
         raise ValidationError("invalid_json", CODES["invalid_json"]) from None
     if not isinstance(data, dict):
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
-    if "template" in data:
+    cloud = None
+    if "cloud_template" in data:
+        cloud = _cloud_template(data, allowed=cloud_templates)
+        data = {**data, "text_message": ""}
+    elif "template" in data:
         data = _with_rendered_template(data, templates)
     wire = _structure(data)
     for value in (wire.user_id, wire.text_message, wire.destination):
@@ -211,7 +224,8 @@ def parse_envelope(
     except ValueError:
         raise ValidationError("invalid_user_id", CODES["invalid_user_id"]) from None
     destination = clean_destination(wire.destination)
-    validate_text(wire.text_message, content_filter=content_filter)
+    if cloud is None:
+        validate_text(wire.text_message, content_filter=content_filter)
     expires_at, ttl_seconds = _expiry(wire.expires_at, wire.ttl_seconds)
     send_at = _instant(wire.send_at, "invalid_schedule")
     return WhatsAppEnvelope(
@@ -221,7 +235,21 @@ def parse_envelope(
         expires_at=expires_at,
         ttl_seconds=ttl_seconds,
         send_at=send_at,
+        cloud_template=cloud,
     )
+
+
+def _cloud_template(data: dict[str, Any], *, allowed: bool) -> dict[str, Any]:
+    if "text_message" in data or "template" in data:
+        raise ValidationError(
+            "wrong_type", "give one of text_message, template or cloud_template, not two"
+        )
+    if not allowed:
+        raise ValidationError("cloud_template_unsupported", CODES["cloud_template_unsupported"])
+    try:
+        return cloud_template.check(data["cloud_template"])
+    except cloud_template.TemplateShapeError as error:
+        raise ValidationError("cloud_template_invalid", error.reason) from None
 
 
 # characters that render as nothing: a text made only of them (and whitespace) is empty

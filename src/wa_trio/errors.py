@@ -35,9 +35,18 @@ class SendError(WaTrioError):
 
     code = "send_failed"
 
-    def __init__(self, message: str, *, code: str | None = None, transient: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        transient: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.transient = transient
+        #: the peer's hint (seconds) before a retry can succeed (a rate limit's reset time)
+        self.retry_after = retry_after
 
     @property
     def ambiguous(self) -> bool:

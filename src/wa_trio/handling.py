@@ -57,6 +57,7 @@ def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
         text=envelope.text_message,
         user_id=str(envelope.user_id),
         job_key=job.key,
+        cloud_template=envelope.cloud_template,
     )
 
 
@@ -246,6 +247,7 @@ class JobHandler:
                     job.delivery.body,
                     content_filter=self.settings.content_filter,
                     templates=self.templates,
+                    cloud_templates=self._sender.transport.cloud_templates,
                 )
         except ValidationError as error:
             await self._copies.dead_letter(job, channel, error.code, error.message)

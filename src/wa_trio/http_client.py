@@ -7,26 +7,54 @@ would hide attempts from our metrics and from ``Retry-After``).
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import httpx
 
 from wa_trio.errors import WaTrioError
 
+#: the pooled client callers hold (they name the type without importing httpx)
+Session = httpx.AsyncClient
+
 
 class HttpError(WaTrioError):
-    """No answer (timeout, refused, reset): worth retrying."""
+    """No answer (timeout, refused, reset): worth retrying.
+
+    ``written``: the whole request had gone out when the answer failed (a read timeout, a
+    connection dropped before the answer), so the peer may have acted on it; False when it
+    never left (refused, connect timeout, no free connection, a write that did not finish).
+    """
 
     code = "http_unavailable"
+
+    def __init__(self, message: str, *, written: bool = False) -> None:
+        super().__init__(message)
+        self.written = written
+
+
+#: failures that happen after the request was written: the peer may have acted on it
+_AFTER_WRITE = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 
 
 @attrs.frozen
 class Answer:
     status: int
     retry_after: float | None  # seconds, from a Retry-After header (seconds or HTTP date)
+
+
+@attrs.frozen
+class JsonAnswer:
+    """An answer whose body was read (bounded) and parsed as JSON when it could be."""
+
+    status: int
+    payload: Any  # the parsed JSON; None when the body is empty or not JSON
+    headers: Mapping[str, str]
+    retry_after: float | None
 
 
 @asynccontextmanager
@@ -48,6 +76,51 @@ async def post(
     return Answer(response.status_code, _retry_after(response.headers.get("retry-after")))
 
 
+MAX_JSON_ANSWER = 1 << 20  # bytes of an answer body read at most
+
+
+async def call_json(
+    session: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> JsonAnswer:
+    """One request with a JSON body (or none); the answer's JSON, read up to
+    ``MAX_JSON_ANSWER`` bytes.
+
+    Raises:
+        HttpError: no answer; ``written`` tells whether the request had gone out.
+    """
+    request = session.build_request(
+        method, url, json=json_body, headers=dict(headers or {}), params=params
+    )
+    try:
+        response = await session.send(request, stream=True)
+        try:
+            raw = bytearray()
+            async for chunk in response.aiter_bytes():
+                raw += chunk
+                if len(raw) > MAX_JSON_ANSWER:
+                    break
+        finally:
+            await response.aclose()
+    except httpx.HTTPError as error:
+        raise HttpError(type(error).__name__, written=isinstance(error, _AFTER_WRITE)) from None
+    try:
+        payload = json.loads(bytes(raw)) if raw else None
+    except ValueError:
+        payload = None
+    return JsonAnswer(
+        response.status_code,
+        payload,
+        dict(response.headers),
+        _retry_after(response.headers.get("retry-after")),
+    )
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -60,4 +133,4 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-__all__ = ["Answer", "HttpError", "client", "post"]
+__all__ = ["Answer", "HttpError", "JsonAnswer", "Session", "call_json", "client", "post"]

@@ -130,6 +130,26 @@ class Metrics:
             "Age of the oldest event in the webhook outbox (0 when empty).",
             registry=r,
         )
+        self.receipts_unmatched = Counter(
+            "whatsapp_receipts_unmatched",
+            "Receipts/statuses for message ids the send ledger does not know (not ours, or "
+            "pruned).",
+            registry=r,
+        )
+        self.meta_webhook = Counter(
+            "whatsapp_cloud_webhook_requests",
+            "Cloud API webhook requests by result (accepted, unsigned, bad_signature, too_large, "
+            "bad_json, handshake, handshake_refused).",
+            ["result"],
+            registry=r,
+        )
+        self.meta_webhook_items = Counter(
+            "whatsapp_cloud_webhook_items",
+            "What accepted Cloud API webhooks carried (status_sent, status_delivered, "
+            "status_read, status_failed, inbound_dropped).",
+            ["kind"],
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

@@ -96,7 +96,9 @@ def on_send_failure(
     - ambiguous (WhatsApp may have taken it) with WHATSAPP_AMBIGUOUS=skip: dead-lettered, never
       risking a second copy;
     - permanent: dead-lettered with the error's code;
-    - transient: the next delay of ``schedule``, or ``retries_exhausted`` after the last.
+    - transient: the next delay of ``schedule``, or ``retries_exhausted`` after the last; with
+      a reset hint (``error.retry_after``, e.g. a rate limit's), the first later delay of
+      ``schedule`` that waits at least that long (or its longest).
     """
     if error.ambiguous and ambiguous_policy == "skip":
         return DeadLetter(
@@ -110,6 +112,10 @@ def on_send_failure(
             "retries_exhausted",
             f"gave up after {retries_done} retries; last error {error.code}: {error.message}",
         )
+    hint = error.retry_after
+    if hint is not None and hint > delay:
+        later = [d for d in schedule[retries_done:] if d >= hint]
+        delay = min(later) if later else max(schedule[retries_done:])
     return Retry(delay, retries_done + 1)
 
 

@@ -5,7 +5,9 @@ docs/status-event.schema.json. Sending never waits for them: ``emit`` puts the e
 bounded buffer and returns; the publisher task sends it on a connection of its own under
 publisher confirms and keeps it until confirmed (reconnecting with backoff). If the buffer is
 full (the broker is gone for a long time), the oldest events are dropped and counted.
-Delivered/read come from neonize Receipt events, mapped back to the job through the send ledger.
+Delivered/read come from neonize Receipt events (and Cloud API status webhooks, which also
+report ``failed`` with a code after Meta accepted a message), mapped back to the job through
+the send ledger.
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ class StatusPublisher:
 
     def on_receipt(self, receipt: ReceiptInfo) -> None:
         """Receipt from the transport (trio thread); mapped to jobs by the publisher task."""
-        if (self.enabled or self.webhook is not None) and receipt.kind in {"delivered", "read"}:
+        if (self.enabled or self.webhook is not None) and receipt.kind in {
+            "delivered",
+            "read",
+            "failed",
+        }:
             try:
                 self._receipts_in.send_nowait(receipt)
             except trio.WouldBlock:
@@ -139,14 +145,16 @@ class StatusPublisher:
             for message_id in receipt.message_ids:
                 job = await self.ledger.find_by_whatsapp_id(message_id) if self.ledger else None
                 if job is None:
-                    continue  # not one of ours (or already pruned)
-                at = datetime.fromtimestamp(receipt.timestamp, UTC)
+                    self.metrics.receipts_unmatched.inc()  # not ours, or already pruned
+                    continue
+                at = datetime.fromtimestamp(receipt.timestamp, UTC) if receipt.timestamp else None
                 self.emit(
                     make_event(
                         receipt.kind,
                         job_key=job[0],
                         user_id=job[1],
                         whatsapp_message_id=message_id,
+                        code=receipt.code,
                         at=at,
                     )
                 )

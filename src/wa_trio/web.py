@@ -9,6 +9,8 @@ change nothing; restrict them at the network if needed, docs/security.md). /logi
 login QR, which lets whoever scans it link *their* phone and read what the worker sends, and
 POST /login/relogin changes state: both need the operator token (WHATSAPP_ADMIN_TOKEN), as the
 password of HTTP Basic (so a browser asks for it; no token in URLs) or as a Bearer token.
+GET/POST /webhooks/whatsapp (Cloud API transport only) are Meta's: authenticated by Meta's
+signature and verify token (``meta_webhook.py``), never by the operator token.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from wa_trio import login_page
 from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.log import Redactor
+from wa_trio.meta_webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport
 
@@ -79,8 +83,10 @@ def create_app(
     redactor: Redactor | None = None,
     metrics_cache: float = METRICS_CACHE,
     session_path: Path | None = None,
+    meta_webhook: MetaWebhook | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
     redactor = redactor or Redactor(production=True)
     # read at scrape time from the transport, the one place that knows
     metrics.whatsapp_connected.set_function(
@@ -105,6 +111,9 @@ def create_app(
         problem = consumer.statistics().ledger_problem
         if problem:  # reported only while failing (the send ledger is local, not a service)
             failing["ledger"] = problem
+        stopped = transport.health_problem()
+        if stopped:  # the account cannot send until an operator acts (an expired token)
+            failing["whatsapp"] = stopped
         return ok, failing
 
     @app.get("/livez")
@@ -125,7 +134,7 @@ def create_app(
         if state == ConnectionState.CONNECTED.value:
             ok.append("whatsapp")
         else:
-            failing["whatsapp"] = state
+            failing.setdefault("whatsapp", state)
         return {"ok": ok, "failing": failing, "whatsapp": state}, (200 if not failing else 503)
 
     @app.get("/metrics")
@@ -151,7 +160,33 @@ def create_app(
         transport.request_relogin()
         return Response("", status=303, headers={"Location": "/login", "Cache-Control": "no-store"})
 
+    if meta_webhook is not None:
+        _meta_routes(app, meta_webhook)
     return app
+
+
+def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
+    @app.get("/webhooks/whatsapp")
+    async def meta_handshake() -> Response:
+        args = request.args
+        status, body = hook.handshake(
+            args.get("hub.mode"), args.get("hub.verify_token"), args.get("hub.challenge")
+        )
+        return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+    @app.post("/webhooks/whatsapp")
+    async def meta_notification() -> Response:
+        if (request.content_length or 0) > MAX_BODY:
+            return Response("", status=hook.refuse("too_large"))
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            return Response("", status=hook.refuse("unsigned"))  # nothing read, nothing parsed
+        try:
+            raw = await request.get_data(cache=False)
+        except RequestEntityTooLarge:  # a chunked body that grew past the cap
+            return Response("", status=hook.refuse("too_large"))
+        body = raw if isinstance(raw, bytes) else raw.encode()
+        return Response("", status=hook.receive(body, header))
 
 
 async def run_http(

@@ -69,7 +69,7 @@ def test_derived_dlx_and_dlq_follow_names() -> None:
         ("RABBITMQ_PORT", "70000", "a TCP port"),
         ("WHATSAPP_PREFETCH_COUNT", "0", "an integer from 1 to 65535"),
         ("WHATSAPP_PREFETCH_COUNT", "65536", "an integer from 1 to 65535"),
-        ("WHATSAPP_TRANSPORT", "carrier-pigeon", "neonize or dry-run"),
+        ("WHATSAPP_TRANSPORT", "carrier-pigeon", "neonize, cloud-api or dry-run"),
         ("RABBITMQ_URL", "http://user:pw@host/", "an amqp:// or amqps:// URL"),
         ("WHATSAPP_CONTENT_FILTER", "maybe", "on or off"),
         ("ENV", "staging", "development or production"),

@@ -2,14 +2,15 @@
 
 - ``dry_run.DryRunTransport``: never touches WhatsApp; records would-be sends.
 - ``neonize.NeonizeTransport``: the real account, through neonize/whatsmeow in worker threads.
+- ``cloud_api.CloudApiTransport``: Meta's official WhatsApp Business Cloud API over HTTPS.
 
 The pipeline only sees ``Transport``; tests swap implementations freely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -25,9 +26,12 @@ class OutgoingMessage:
     """One message to send. ``user_id`` and ``job_key`` are for records and logs only."""
 
     destination: str  # E.164
-    text: str
+    text: str  # empty for a Cloud API template
     user_id: str
     job_key: str
+    #: a Cloud API approved template (``name``, ``language``, ``components``), validated by
+    #: the envelope; only transports with ``cloud_templates`` accept it
+    cloud_template: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 @attrs.frozen
@@ -54,6 +58,8 @@ class Transport(Protocol):
     """Send text to E.164 numbers from one WhatsApp account."""
 
     name: str
+    #: whether jobs may carry a Cloud API ``cloud_template`` (else dead-lettered at validation)
+    cloud_templates: bool
     #: called (trio thread) for each delivery/read receipt; set by the app before ``run``
     on_receipt: Callable[[ReceiptInfo], None] | None
 
@@ -76,6 +82,11 @@ class Transport(Protocol):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:
         """Own the connection for the worker's lifetime (connect, watch, reconnect)."""
+        ...
+
+    def health_problem(self) -> str | None:
+        """Why the account cannot send until an operator acts (an expired Cloud API token),
+        or None; /healthz reports it as failing."""
         ...
 
     def login_status(self) -> LoginStatus:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import trio
 from eliot import log_message
@@ -29,6 +29,7 @@ from wa_trio.transport.receipts import ReceiptInfo
 
 class DryRunTransport:
     name = "dry-run"
+    cloud_templates = True  # recorded: rehearse Cloud API jobs
 
     def __init__(
         self,
@@ -43,6 +44,9 @@ class DryRunTransport:
         self._fail = fail
         self.sent = 0
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # dry-run has none
+
+    def health_problem(self) -> str | None:
+        return None
 
     def login_status(self) -> LoginStatus:
         return LoginStatus(ConnectionState.CONNECTED, linkable=False)
@@ -67,7 +71,7 @@ class DryRunTransport:
             if self._file is None:
                 # full numbers and texts: private (0600, a folder we create 0700)
                 self._file = open_private_append(self._path)
-            record = {
+            record: dict[str, Any] = {
                 "message_id": message_id,
                 "destination": message.destination,
                 "text_message": message.text,
@@ -75,6 +79,8 @@ class DryRunTransport:
                 "job_key": message.job_key,
                 "sent_at": now,
             }
+            if message.cloud_template is not None:
+                record["cloud_template"] = dict(message.cloud_template)
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
         self.sent += 1

@@ -10,8 +10,9 @@ class ReceiptInfo:
     """A delivery/read receipt for messages we sent (for status events)."""
 
     message_ids: tuple[str, ...]
-    kind: str  # delivered | read | played | other
+    kind: str  # delivered | read | played | failed (Cloud API) | other
     timestamp: float
+    code: str | None = None  # failed: our code for the peer's reason
 
 
 #: neonize Receipt.ReceiptType values we report

@@ -81,6 +81,7 @@ class NeonizeTransport:
     """Transport over one linked WhatsApp account (see module docstring)."""
 
     name = "neonize"
+    cloud_templates = False
 
     def __init__(
         self,
@@ -173,6 +174,9 @@ class NeonizeTransport:
             # whatsmeow stopped reconnecting but connect() keeps blocking: end it, so the
             # watchdog reaches its re-login wait or its back-off
             self._nursery.start_soon(self._stop_client)
+
+    def health_problem(self) -> str | None:
+        return None  # a logged-out device waits for /login; /readyz reports the state
 
     def login_status(self) -> LoginStatus:
         return LoginStatus(

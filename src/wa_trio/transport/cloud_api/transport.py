@@ -1,0 +1,217 @@
+"""``CloudApiTransport``: sends through Meta's WhatsApp Business Cloud API (httpx on trio).
+
+- ``run`` holds one pooled HTTP client for the worker's life and checks the sending number
+  (``GET /<phone-number-id>``): CONNECTED once Meta answers; while Meta cannot be reached,
+  DISCONNECTED and checked again with backoff (jobs wait, no retry is spent).
+- ``send`` POSTs one message. Its answer is classified by ``meta_errors``: a job error becomes
+  a ``SendError`` with our code and retry class (a rate limit carries its reset hint); an
+  account error (token expired or revoked, permission removed, account restricted) stops the
+  account instead: the state turns LOGGED_OUT (or BANNED), ``health_problem`` says why
+  (/healthz red), the job is held (``NotConnectedError``), and nothing more is sent until the
+  number's check passes again (every ``STOPPED_RECHECK`` seconds, or at once on POST
+  /login/relogin) - never dead-lettering every job of the queue one by one.
+- A request that went out but got no answer (read timeout, connection dropped) is ambiguous
+  (``send_timed_out``: WHATSAPP_AMBIGUOUS decides); one that never left is transient.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+
+import eliot
+import trio
+
+from wa_trio import http_client
+from wa_trio.config import Settings
+from wa_trio.errors import NotConnectedError, SendError
+from wa_trio.log import Redactor
+from wa_trio.policy import Backoff
+from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
+from wa_trio.transport.cloud_api import messages
+from wa_trio.transport.cloud_api.meta_errors import Failure, classify
+from wa_trio.transport.receipts import ReceiptInfo
+
+REQUEST_TIMEOUT = 20.0  # seconds per request (connect, write, read): Meta answers in ~1 s
+STOPPED_RECHECK = 60.0  # seconds between checks of a stopped account
+
+
+class CloudApiTransport:
+    name = "cloud-api"
+    cloud_templates = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        redactor: Redactor,
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+        stopped_recheck: float = STOPPED_RECHECK,
+    ) -> None:
+        assert settings.cloud_phone_number_id and settings.cloud_access_token
+        self._base = settings.cloud_api_url.rstrip("/")
+        self._number_id = settings.cloud_phone_number_id
+        self._auth = {"Authorization": f"Bearer {settings.cloud_access_token}"}
+        self._redactor = redactor
+        self._timeout = timeout
+        self._stopped_recheck = stopped_recheck
+        self._session: http_client.Session | None = None
+        self._state = ConnectionState.CONNECTING
+        self._connected = trio.Event()
+        self._stopped = trio.Event()  # set when a send stopped the account
+        self._recheck = trio.Event()  # set by request_relogin
+        self._problem: str | None = None
+        self._linked_as: str | None = None
+        self.sent = 0
+        self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # set by the app
+
+    # ------------------------------------------------------------------ what others read
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def health_problem(self) -> str | None:
+        return self._problem
+
+    def login_status(self) -> LoginStatus:
+        return LoginStatus(self._state, linkable=False, linked_as=self._linked_as)
+
+    def request_relogin(self) -> None:
+        """Check the number again now (after fixing the token or the account at Meta)."""
+        self._recheck.set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # ------------------------------------------------------------------ the account's life
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with http_client.client(self._timeout) as session:
+            self._session = session
+            task_status.started()
+            backoff = Backoff(initial=1.0, cap=60.0)
+            while True:
+                wait = await self._check_number(backoff)
+                if self._state is ConnectionState.CONNECTED:
+                    await self._stopped.wait()  # until a send stops the account
+                    wait = self._stopped_recheck
+                self._recheck = trio.Event()
+                with trio.move_on_after(wait):
+                    await self._recheck.wait()
+
+    async def _check_number(self, backoff: Backoff) -> float:
+        """Ask Meta about the sending number; the state follows. Returns how long to wait
+        before the next check (inf while connected: a send's stop wakes the loop)."""
+        assert self._session is not None
+        try:
+            answer = await http_client.call_json(
+                self._session,
+                "GET",
+                f"{self._base}/{self._number_id}",
+                headers=self._auth,
+                params={"fields": "display_phone_number,verified_name,quality_rating"},
+            )
+        except http_client.HttpError as error:
+            self._set(ConnectionState.DISCONNECTED, None, f"Meta unreachable ({error.message})")
+            return backoff.next_delay()
+        if 200 <= answer.status < 300:
+            backoff.reset()
+            shown = (
+                answer.payload.get("display_phone_number")
+                if isinstance(answer.payload, dict)
+                else None
+            )
+            if isinstance(shown, str):
+                digits = re.sub(r"\D", "", shown)[:15]
+                self._linked_as = f"+{digits}" if digits else None
+            self._set(ConnectionState.CONNECTED, None, "the number answers")
+            return float("inf")
+        failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
+        if failure.rule.stops_account:
+            self._stop_account(failure)
+            return self._stopped_recheck
+        self._set(ConnectionState.DISCONNECTED, None, f"{failure.rule.code}: {failure.detail}")
+        return max(backoff.next_delay(), failure.retry_after or 0.0)
+
+    def _stop_account(self, failure: Failure) -> None:
+        state = (
+            ConnectionState.BANNED
+            if failure.rule.code == "cloud_account_restricted"
+            else ConnectionState.LOGGED_OUT
+        )
+        problem = (
+            f"Cloud API refuses this account: {failure.rule.code} (Meta code "
+            f"{failure.meta_code}: {failure.detail}). Jobs stay queued; fix it at Meta "
+            "(docs/cloud-api.md), then restart or POST /login/relogin."
+        )
+        if self._problem != problem:
+            eliot.log_message(
+                message_type="wa_trio:whatsapp:attention",
+                level="error",
+                state=state.value,
+                message=problem,
+            )
+            print(
+                f"wa-trio: WHATSAPP {state.value.upper()}: {problem}", file=sys.stderr, flush=True
+            )
+        self._set(state, problem, failure.rule.code)
+        self._stopped.set()
+
+    def _set(self, state: ConnectionState, problem: str | None, why: str) -> None:
+        old = self._state
+        self._state = state
+        self._problem = problem
+        if state is ConnectionState.CONNECTED:
+            self._stopped = trio.Event()
+            self._connected.set()
+        elif self._connected.is_set():
+            self._connected = trio.Event()
+        if old is not state:
+            eliot.log_message(
+                message_type="wa_trio:whatsapp:state", old=old.value, new=state.value, why=why
+            )
+
+    # ------------------------------------------------------------------ sends
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        if self._session is None or self._state is not ConnectionState.CONNECTED:
+            raise NotConnectedError(f"Cloud API account is {self._state.value}")
+        try:
+            answer = await http_client.call_json(
+                self._session,
+                "POST",
+                f"{self._base}/{self._number_id}/messages",
+                json_body=messages.message_body(message),
+                headers=self._auth,
+            )
+        except http_client.HttpError as error:
+            if error.written:
+                raise SendError(
+                    f"the Cloud API did not answer ({error.message}); it may have taken it",
+                    code="send_timed_out",
+                ) from None
+            raise SendError(
+                f"the Cloud API cannot be reached ({error.message})", code="cloud_api_unavailable"
+            ) from None
+        if 200 <= answer.status < 300:
+            found = messages.message_id(answer.payload)
+            if found is None:
+                eliot.log_message(message_type="wa_trio:cloud_api:no_message_id")
+            self.sent += 1
+            return SendResult(message_id=found or "", timestamp=time.time())
+        failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
+        if failure.rule.stops_account:
+            self._stop_account(failure)
+            raise NotConnectedError(failure.rule.code)
+        raise SendError(
+            f"Cloud API {failure.meta_code or answer.status}: {failure.detail}",
+            code=failure.rule.code,
+            transient=failure.rule.transient,
+            retry_after=failure.retry_after,
+        )
+
+
+__all__ = ["REQUEST_TIMEOUT", "STOPPED_RECHECK", "CloudApiTransport"]
