@@ -61,6 +61,28 @@ def _eliot_never_buffers() -> Iterator[None]:
     eliot.remove_destination(_discard)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@pytest.fixture(autouse=True)
+def _http_stays_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches Meta (or anyone): every request the worker's HTTP client makes must go
+    to loopback; any other host (the Graph API's default URL, a webhook URL left at a real
+    address) fails the test before a byte leaves."""
+    import httpx
+
+    original = httpx.AsyncClient.send
+
+    async def loopback_only(
+        self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
+    ) -> httpx.Response:
+        if request.url.host not in LOOPBACK:
+            pytest.fail(f"a test tried to reach {request.url.host}: only loopback is allowed")
+        return await original(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", loopback_only)
+
+
 @pytest.fixture
 def make_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
     """Environment for one worker with unique names; keyword arguments override."""

@@ -1,0 +1,155 @@
+"""A fake of Meta's Graph API (Cloud API) on loopback, for the tests' own use.
+
+It checks what a real one checks (method, path, the bearer token, the body's shape) and answers
+from a script: each POST to ``/<version>/<phone-number-id>/messages`` takes the next ``Answer``
+(then success); the number's check (``GET /<version>/<phone-number-id>``) answers with
+``number_answer``. Successful sends get ``wamid.<n>`` ids.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart import request
+from quart_trio import QuartTrio
+
+VERSION = "v24.0"
+NUMBER_ID = "106540352242922"
+TOKEN = "EAAtest-token-not-real-0123456789"
+
+
+@attrs.frozen
+class Answer:
+    status: int = 200
+    meta_code: int | None = None
+    delay: float = 0.0  # seconds before answering
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
+class FakeGraph:
+    def __init__(self, answers: list[Answer] | None = None) -> None:
+        self.answers = list(answers or [])
+        self.number_answer = Answer()
+        self.token = TOKEN
+        self.sends: list[dict[str, Any]] = []  # every POST body that passed the checks
+        self.accepted: list[str] = []  # wamid ids of the sends answered 200
+        self.checks = 0
+        self.problems: list[str] = []  # requests a real Graph API would refuse
+        self.app = QuartTrio("fake-graph")
+        self.port = 0
+
+        @self.app.get(f"/{VERSION}/<number_id>")
+        async def number(number_id: str) -> Any:
+            self.checks += 1
+            problem = self._auth_problem(number_id)
+            if problem:
+                return problem
+            return await self._answer(
+                self.number_answer,
+                {"display_phone_number": "+1 555-010-0000", "id": NUMBER_ID},
+            )
+
+        @self.app.post(f"/{VERSION}/<number_id>/messages")
+        async def messages(number_id: str) -> Any:
+            problem = self._auth_problem(number_id)
+            if problem:
+                return problem
+            body = await request.get_json(force=True, silent=True)
+            shape = _shape_problem(body)
+            if shape:
+                self.problems.append(shape)
+                return _error_body(400, 100, shape)
+            self.sends.append(body)
+            answer = self.answers.pop(0) if self.answers else Answer()
+            wamid = f"wamid.{len(self.sends)}"
+            ok = {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": wamid}],
+            }
+            result = await self._answer(answer, ok)
+            if answer.status == 200:
+                self.accepted.append(wamid)
+            return result
+
+    def _auth_problem(self, number_id: str) -> Any:
+        if number_id != NUMBER_ID:
+            self.problems.append(f"unknown number id {number_id}")
+            return _error_body(400, 100, "unknown phone number id")
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.problems.append("bad token")
+            return _error_body(401, 190, "Error validating access token")
+        return None
+
+    async def _answer(self, answer: Answer, ok: dict[str, Any]) -> Any:
+        if answer.delay:
+            await trio.sleep(answer.delay)
+        if answer.status == 200:
+            return ok, 200, answer.headers
+        code = answer.meta_code if answer.meta_code is not None else 131000
+        body, status = _error_body(answer.status, code, "scripted")
+        return body, status, answer.headers
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{VERSION}"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = config.errorlog = None
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(
+                lambda task_status: serve(self.app, config, task_status=task_status)
+            )
+            self.port = int(urls[0].rsplit(":", 1)[1])
+            task_status.started()
+
+
+def _error_body(status: int, code: int, details: str) -> tuple[dict[str, Any], int]:
+    return (
+        {
+            "error": {
+                "message": f"(#{code}) {details}",
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": details},
+                "fbtrace_id": "AbCdEf",
+            }
+        },
+        status,
+    )
+
+
+def _shape_problem(body: Any) -> str | None:
+    """What Meta's validation would refuse in a send body (the parts we rely on)."""
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    if body.get("messaging_product") != "whatsapp":
+        return "messaging_product must be whatsapp"
+    to = body.get("to")
+    if not isinstance(to, str) or not to.isdigit():
+        return "to must be the number's digits"
+    kind = body.get("type")
+    if kind == "text":
+        text = body.get("text")
+        if not isinstance(text, dict) or not isinstance(text.get("body"), str):
+            return "text.body is required"
+    elif kind == "template":
+        template = body.get("template")
+        if not isinstance(template, dict) or not isinstance(template.get("name"), str):
+            return "template.name is required"
+        if not isinstance(template.get("language"), dict):
+            return "template.language.code is required"
+    else:
+        return f"unsupported type {kind!r}"
+    return None
+
+
+def dump(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
