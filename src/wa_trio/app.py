@@ -32,11 +32,13 @@ from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, TransportError
 from wa_trio.files import StartupError, lock_session, private_dir
+from wa_trio.inbound_bus import InboundPublisher
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
 from wa_trio.meta_webhook import MetaWebhook
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline import Pipeline
+from wa_trio.safety import AccountSafety
 from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateError, TemplateSet
 from wa_trio.transport import Transport
@@ -99,6 +101,8 @@ class Worker:
     status: StatusPublisher
     ledger: AsyncLedger
     webhook: WebhookSink
+    safety: AccountSafety
+    inbound: InboundPublisher
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -133,7 +137,13 @@ async def run_worker(
     await trio.to_thread.run_sync(webhook.open)
     status = StatusPublisher(settings, metrics, ledger, webhook)
     transport.on_receipt = status.on_receipt
-    pipeline = Pipeline(settings, transport, metrics, ledger, status, templates=templates)
+    redactor = Redactor(settings.production)
+    safety = await AccountSafety.open(settings, metrics, redactor)
+    inbound = InboundPublisher(settings, metrics, redactor, safety)
+    transport.on_inbound = inbound.on_inbound
+    pipeline = Pipeline(
+        settings, transport, metrics, ledger, status, templates=templates, safety=safety
+    )
     monitor = BrokerMonitor(settings, metrics)
     app = create_app(
         consumer=pipeline,
@@ -141,9 +151,9 @@ async def run_worker(
         transport=transport,
         metrics=metrics,
         admin_token=admin_token(settings),
-        redactor=Redactor(settings.production),
+        redactor=redactor,
         session_path=settings.session_path,
-        meta_webhook=_meta_webhook(settings, metrics, status),
+        meta_webhook=_meta_webhook(settings, metrics, status, inbound),
     )
     eliot.log_message(
         message_type="wa_trio:start",
@@ -152,7 +162,19 @@ async def run_worker(
         queue=settings.queue_name,
         prefetch=settings.prefetch_count,
     )
-    parts = _Parts(settings, transport, pipeline, monitor, metrics, status, ledger, app, webhook)
+    parts = _Parts(
+        settings,
+        transport,
+        pipeline,
+        monitor,
+        metrics,
+        status,
+        ledger,
+        app,
+        webhook,
+        safety,
+        inbound,
+    )
     try:
         await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
     except* (TopologyError, StartupError, TransportError) as group:
@@ -162,19 +184,24 @@ async def run_worker(
         with trio.CancelScope(shield=True):
             await ledger.close()
         webhook.close()
+        safety.close()
         session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
 def _meta_webhook(
-    settings: Settings, metrics: Metrics, status: StatusPublisher
+    settings: Settings, metrics: Metrics, status: StatusPublisher, inbound: InboundPublisher
 ) -> MetaWebhook | None:
     """Meta's webhook routes, served only with the Cloud API transport."""
     if settings.transport != "cloud-api":
         return None
     assert settings.cloud_app_secret and settings.cloud_verify_token  # Settings requires them
     return MetaWebhook(
-        settings.cloud_app_secret, settings.cloud_verify_token, metrics, status.on_receipt
+        settings.cloud_app_secret,
+        settings.cloud_verify_token,
+        metrics,
+        status.on_receipt,
+        inbound.on_inbound,
     )
 
 
@@ -191,6 +218,8 @@ class _Parts:
     ledger: AsyncLedger
     app: QuartTrio
     webhook: WebhookSink
+    safety: AccountSafety
+    inbound: InboundPublisher
 
 
 async def _supervise(
@@ -231,6 +260,8 @@ async def _supervise(
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
         await nursery.start(parts.webhook.run)
+        await nursery.start(parts.inbound.run)
+        await nursery.start(parts.safety.run, parts.transport)
         urls = await nursery.start(http_task)
         eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
         if handle_signals:  # a person started it: say where to look
@@ -248,6 +279,8 @@ async def _supervise(
             parts.status,
             parts.ledger,
             parts.webhook,
+            parts.safety,
+            parts.inbound,
             urls,
             stop_event=stop,
         )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import attrs
 import trio
 
 from wa_trio import __version__
@@ -84,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     restore = session_sub.add_parser("import", help="restore the session database from FILE")
     restore.add_argument("file", type=Path)
     restore.add_argument("--force", action="store_true", help="overwrite a linked session")
+    optout = sub.add_parser("optout", help="the opt-out list: list, add, remove (no worker needed)")
+    optout_sub = optout.add_subparsers(dest="optout_command", required=True, metavar="ACTION")
+    optout_sub.add_parser("list", help="one JSON line per opted-out number")
+    for action in ("add", "remove"):
+        change = optout_sub.add_parser(action, help=f"{action} a number (any job destination form)")
+        change.add_argument("number")
+    sub.add_parser(
+        "relogin",
+        help="ask the running worker (HTTP_HOST:HTTP_PORT, WHATSAPP_ADMIN_TOKEN) to connect or "
+        "log in again: after a logout, or when it stopped trying (state failed)",
+    )
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     return parser
@@ -138,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _login(settings, args.timeout)
         if args.command == "templates":
             return _templates(settings, args)
+        if args.command == "optout":
+            return _optout(settings, args)
+        if args.command == "relogin":
+            return _relogin(settings)
     except (TopologyError, StartupError) as error:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -323,6 +339,73 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     report = trio.run(lambda: dlq.replay(settings, code=args.code, limit=args.limit))
     print(json.dumps({"replayed": report.replayed, "left": report.left}))
     return EXIT_OK
+
+
+def _optout(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from wa_trio.contacts import ContactStore
+    from wa_trio.envelope import clean_destination
+    from wa_trio.files import private_dir
+    from wa_trio.log import Redactor
+
+    private_dir(settings.session_path)
+    store = ContactStore(settings.session_path / "contacts.db")
+    try:
+        if args.optout_command == "list":
+            for entry in store.optouts():
+                print(json.dumps(attrs.asdict(entry)))
+            return EXIT_OK
+        try:
+            number = clean_destination(args.number)
+        except ValidationError as error:
+            print(f"wa-trio: {error.code}: {error.message}", file=sys.stderr)
+            return EXIT_FAILED
+        who = f"cli:{getpass.getuser()}"
+        if args.optout_command == "add":
+            changed = store.add_optout(number, who)
+        else:
+            changed = store.remove_optout(number)
+        shown = Redactor(settings.production).phone(number)
+        from eliot import log_message
+
+        log_message(
+            message_type=f"wa_trio:safety:optout_{args.optout_command}",
+            number=shown,
+            by=who,
+            changed=changed,
+        )
+        verb = "added to" if args.optout_command == "add" else "removed from"
+        state = "" if changed else " (nothing to change)"
+        print(f"wa-trio: {shown} {verb} the opt-out list{state}", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _relogin(settings: Settings) -> int:
+    from wa_trio import http_client
+
+    token = settings.admin_token
+    if not token:
+        print("wa-trio: relogin needs WHATSAPP_ADMIN_TOKEN (the running worker's)", file=sys.stderr)
+        return EXIT_CONFIG
+    host = "127.0.0.1" if settings.http_host in {"0.0.0.0", "::"} else settings.http_host  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.http_port}/login/relogin"
+
+    async def ask() -> int:
+        async with http_client.client(10.0) as session:
+            answer = await http_client.post(session, url, b"", {"Authorization": f"Bearer {token}"})
+        return answer.status
+
+    status = trio.run(ask)
+    if status == 303:
+        print("wa-trio: the worker connects (or logs in) again; see /login", file=sys.stderr)
+        return EXIT_OK
+    print(f"wa-trio: the worker answered HTTP {status}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _login(settings: Settings, timeout: float) -> int:

@@ -249,6 +249,25 @@ def _optional_secret(value: str) -> str | None:
     return value
 
 
+def _keywords(value: str) -> tuple[str, ...]:
+    words = tuple(part.strip() for part in value.split(",") if part.strip())
+    if any(len(word) > 64 for word in words):
+        raise ValueError
+    return words
+
+
+def _optional_text(value: str) -> str | None:
+    if len(value) > 1024:
+        raise ValueError
+    return value or None
+
+
+def _optional_count(value: str) -> int | None:
+    if value.strip().lower() == "off":
+        return None
+    return _positive_int(value)
+
+
 def _optional_phone(value: str) -> str | None:
     if not value:
         return None
@@ -564,6 +583,59 @@ class Settings:
         _positive_int,
         "Events the webhook outbox keeps at most; beyond, the oldest are dropped and counted.",
     )
+    inbound_routing_key: str = _setting(
+        "WHATSAPP_INBOUND_ROUTING_KEY",
+        "whatsapp.inbound",
+        "a routing key (empty disables)",
+        _str,
+        "Publish messages the account receives to WHATSAPP_EXCHANGE with this key "
+        "(docs/inbound.md).",
+    )
+    optout_keywords: tuple[str, ...] = _setting(
+        "WHATSAPP_OPTOUT_KEYWORDS",
+        "STOP,PARAR,SAIR,CANCELAR,UNSUBSCRIBE",
+        "comma-separated words (empty disables)",
+        _keywords,
+        "A reply that is exactly one of these (any case and accents) opts the sender out.",
+    )
+    optout_reply: str | None = _setting(
+        "WHATSAPP_OPTOUT_REPLY",
+        "",
+        "a text of at most 1024 characters (or empty)",
+        _optional_text,
+        "Answer an opt-out once with this text (empty: no answer).",
+    )
+    unanswered_limit: int | None = _setting(
+        "WHATSAPP_UNANSWERED_LIMIT",
+        "off",
+        "an integer >= 1, or off",
+        _optional_count,
+        "Messages to one recipient who never answered before a job is held back "
+        "(docs/account-safety.md).",
+    )
+    unanswered_action: str = _setting(
+        "WHATSAPP_UNANSWERED_ACTION",
+        "dlq",
+        "dlq or delay",
+        _choice("dlq", "delay"),
+        "Over the unanswered limit: dead-letter unanswered_limit, or park the job until the "
+        "recipient answers.",
+    )
+    reachout_pause: float = _setting(
+        "WHATSAPP_REACHOUT_PAUSE",
+        "24h",
+        "a duration like 24h",
+        _duration,
+        "After WhatsApp's error 463 (reach-out time lock), how long sends to new contacts wait.",
+    )
+    connect_max_failures: int = _setting(
+        "WHATSAPP_CONNECT_MAX_FAILURES",
+        "20",
+        "an integer >= 1",
+        _positive_int,
+        "Failed connects in a row before the account goes to state failed (health red) "
+        "instead of retrying forever; POST /login/relogin resets it.",
+    )
     ambiguous: str = _setting(
         "WHATSAPP_AMBIGUOUS",
         "resend",
@@ -691,8 +763,10 @@ class Settings:
             text = "" if value is None else str(value)
             if field.env == "WHATSAPP_RATE_LIMIT":
                 text = "off" if value is None else f"{value * 60:g}/min"
+            if field.env == "WHATSAPP_UNANSWERED_LIMIT" and value is None:
+                text = "off"
             if isinstance(value, tuple):
-                text = ",".join(f"{item:g}s" for item in value)
+                text = ",".join(item if isinstance(item, str) else f"{item:g}s" for item in value)
             if isinstance(value, bool):
                 text = ("on" if value else "off") if field.parse is _on_off else str(value).lower()
             shown[field.env] = redact_value(field.env, text)

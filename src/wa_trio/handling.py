@@ -31,7 +31,9 @@ from wa_trio.outcome import (
     defer_repeats,
 )
 from wa_trio.pacing import Pacer
-from wa_trio.schedule import next_hop
+from wa_trio.safety import AccountSafety
+from wa_trio.safety_rules import Verdict
+from wa_trio.schedule import LADDER, next_hop
 from wa_trio.sender import Sender
 from wa_trio.templates import TemplateSet
 from wa_trio.transport import OutgoingMessage, SendResult
@@ -76,7 +78,9 @@ class JobHandler:
         clock: Callable[[], float],
         stopping: trio.Event,
         templates: TemplateSet | None,
+        safety: AccountSafety | None = None,
     ) -> None:
+        self.safety = safety
         self.settings = settings
         self.metrics = metrics
         self._ledger = ledger
@@ -150,6 +154,10 @@ class JobHandler:
             early = await self._not_due(job, channel, envelope.send_at.timestamp())
             if early is not None:
                 return early
+        if self.safety is not None:
+            verdict = self.safety.verdict(envelope.destination)
+            if verdict is not None:
+                return await self._held_back(job, channel, verdict, message.user_id)
         check = self._check(job)
         if self.pacer.enabled:
             # duplicates, conflicts and invalid jobs never spend a send slot
@@ -182,12 +190,31 @@ class JobHandler:
             batch.marks.append(Mark(job.key, "held", body_hash=job.body_hash))
             raise
         except SendError as error:
+            if self.safety is not None:
+                self.safety.after_failure(error.code)
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
             return await self._copies.failed_send(job, channel, error, message.user_id, expires)
+        if self.safety is not None:
+            self.safety.after_send(message.destination)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
         return None
+
+    async def _held_back(
+        self, job: Job, channel: Channel, verdict: Verdict, user_id: str
+    ) -> Outcome:
+        """Account safety said no (``safety_rules.judge``): dead-lettered with its code, or
+        parked in a wait queue and looked at again when it comes back."""
+        if verdict.dead_letter:
+            await self._copies.dead_letter(job, channel, verdict.code, verdict.message, user_id)
+            self.metrics.failed(verdict.code)
+            return Outcome.FAILED
+        eliot.log_message(
+            message_type="wa_trio:job:held_back", code=verdict.code, wait=round(verdict.wait)
+        )
+        self.metrics.held_back.labels(verdict.code).inc()
+        return await self._copies.park(job, channel, next_hop(verdict.wait) or LADDER[-1])
 
     async def _not_due(self, job: Job, channel: Channel, send_at: float) -> Outcome | None:
         """Park a job that is not due (``schedule.next_hop``), wait out a last sub-second in

@@ -23,8 +23,9 @@ def render(status: LoginStatus, redactor: Redactor) -> str:
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     if not status.linkable:
         body = (
-            "<h1>Nothing to link</h1><p>This worker runs the dry-run transport: it never "
-            "touches WhatsApp, so there is no account to link.</p>"
+            "<h1>Nothing to link</h1><p>This worker's transport has no device to link: "
+            "dry-run never touches WhatsApp, and the Cloud API's account is its access "
+            f"token (state: {html.escape(state.value)}).</p>"
         )
         refresh = ""
     elif state is ConnectionState.CONNECTED:
@@ -35,6 +36,13 @@ def render(status: LoginStatus, redactor: Redactor) -> str:
         body = (
             "<h1>Logged out</h1><p>The phone unlinked this device. Start a new login:</p>"
             "<form method='post' action='/login/relogin'><button>Link again</button></form>"
+        )
+        refresh = ""
+    elif state is ConnectionState.FAILED:
+        body = (
+            "<h1>Connection failed</h1><p>Too many failed connects in a row; the worker "
+            "stopped trying. Check the network, proxy and session, then:</p>"
+            "<form method='post' action='/login/relogin'><button>Try again</button></form>"
         )
         refresh = ""
     elif state is ConnectionState.BANNED:

@@ -9,8 +9,9 @@
   signed -> 403, larger than ``MAX_BODY`` -> 413; all counted, nothing parsed;
 - a signed body's ``statuses`` become ``ReceiptInfo`` (delivered, read, failed with our code for
   Meta's error) handed to the status publisher, which maps them to jobs through the ledger by
-  WhatsApp message id (unknown ids are counted there); inbound ``messages`` are counted and
-  dropped until the inbound issue publishes them. The answer is 200 as soon as the body is
+  WhatsApp message id (unknown ids are counted there); inbound ``messages`` become
+  ``InboundMessage`` for ``InboundPublisher`` (the bus, opt-outs, the unanswered budget). The
+  answer is 200 as soon as the body is
   queued: the ledger look-ups happen after, in the status task.
 
 These routes are authenticated by Meta's signature, not by the operator token: they are the
@@ -29,11 +30,12 @@ import attrs
 
 from wa_trio.metrics import Metrics
 from wa_trio.transport.cloud_api.meta_errors import classify
+from wa_trio.transport.inbound import KINDS, MAX_TEXT, InboundMessage, e164
 from wa_trio.transport.receipts import ReceiptInfo
 
 MAX_BODY = 1 << 20  # bytes; Meta's notifications are a few KB
 SIGNATURE_HEADER = "X-Hub-Signature-256"
-KINDS = {"delivered": "delivered", "read": "read", "failed": "failed"}
+STATUS_KINDS = {"delivered": "delivered", "read": "read", "failed": "failed"}
 
 
 def signature(app_secret: str, body: bytes) -> str:
@@ -51,13 +53,14 @@ def signed(app_secret: str, body: bytes, header: str | None) -> bool:
 class Parsed:
     receipts: list[ReceiptInfo]
     sent: int  # "sent" statuses: we emitted ours when Meta accepted the request
-    inbound: int  # messages received (counted, dropped)
+    inbound: list[InboundMessage]
 
 
 def parse(payload: Any) -> Parsed:
     """The status updates and inbound messages of one notification (anything else ignored)."""
     receipts: list[ReceiptInfo] = []
-    sent = inbound = 0
+    inbound: list[InboundMessage] = []
+    sent = 0
     entries = payload.get("entry") if isinstance(payload, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         changes = entry.get("changes") if isinstance(entry, dict) else None
@@ -66,7 +69,10 @@ def parse(payload: Any) -> Parsed:
             if not isinstance(value, dict):
                 continue
             messages = value.get("messages")
-            inbound += len(messages) if isinstance(messages, list) else 0
+            for message in messages if isinstance(messages, list) else []:
+                received = _inbound(message)
+                if received is not None:
+                    inbound.append(received)
             statuses = value.get("statuses")
             for status in statuses if isinstance(statuses, list) else []:
                 receipt = _receipt(status)
@@ -77,10 +83,59 @@ def parse(payload: Any) -> Parsed:
     return Parsed(receipts, sent, inbound)
 
 
+_MEDIA_KINDS = {"image", "video", "audio", "document", "sticker"}
+
+
+def _inbound(message: Any) -> InboundMessage | None:
+    """One Cloud API ``messages[]`` entry (ids bounded, text capped, no media bytes)."""
+    if not isinstance(message, dict):
+        return None
+    message_id, sender = message.get("id"), message.get("from")
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= 256:
+        return None
+    kind = message.get("type") if isinstance(message.get("type"), str) else "other"
+    text, mime, size = None, None, None
+    if kind == "text":
+        body = message.get("text")
+        text = body.get("body") if isinstance(body, dict) else None
+    elif kind == "button":
+        body = message.get("button")
+        kind, text = "text", body.get("text") if isinstance(body, dict) else None
+    elif kind in _MEDIA_KINDS:
+        found = message.get(kind)
+        media: dict[str, Any] = found if isinstance(found, dict) else {}
+        text = media.get("caption")
+        mime = media.get("mime_type") if isinstance(media.get("mime_type"), str) else None
+        if kind == "audio" and media.get("voice") is True:
+            kind = "voice"
+    elif kind == "contacts":
+        kind = "contact"
+    elif kind not in KINDS:
+        kind = "other"
+    context = message.get("context")
+    reply_to = context.get("id") if isinstance(context, dict) else None
+    try:
+        timestamp = float(message.get("timestamp", 0))
+    except (TypeError, ValueError):
+        timestamp = 0.0
+    return InboundMessage(
+        account="default",
+        message_id=message_id,
+        sender=e164(sender) if isinstance(sender, str) else None,
+        timestamp=timestamp,
+        kind=kind,
+        text=text[:MAX_TEXT] if isinstance(text, str) and text else None,
+        reply_to=reply_to if isinstance(reply_to, str) and len(reply_to) <= 256 else None,
+        mime_type=mime,
+        size=size,
+        transport="cloud-api",
+    )
+
+
 def _receipt(status: Any) -> ReceiptInfo | None:
     if not isinstance(status, dict):
         return None
-    kind = KINDS.get(status.get("status"))  # type: ignore[arg-type]
+    kind = STATUS_KINDS.get(str(status.get("status")))
     message_id = status.get("id")
     if kind is None or not isinstance(message_id, str) or not 0 < len(message_id) <= 256:
         return None
@@ -106,7 +161,9 @@ class MetaWebhook:
         verify_token: str,
         metrics: Metrics,
         on_receipt: Callable[[ReceiptInfo], None],
+        on_inbound: Callable[[InboundMessage], None] | None = None,
     ) -> None:
+        self._on_inbound = on_inbound
         self._secret = app_secret
         self._verify_token = verify_token
         self._metrics = metrics
@@ -149,8 +206,12 @@ class MetaWebhook:
             self._on_receipt(receipt)
         if parsed.sent:
             self._metrics.meta_webhook_items.labels("status_sent").inc(parsed.sent)
-        if parsed.inbound:
-            self._metrics.meta_webhook_items.labels("inbound_dropped").inc(parsed.inbound)
+        for message in parsed.inbound:
+            if self._on_inbound is None:
+                self._metrics.meta_webhook_items.labels("inbound_dropped").inc()
+                continue
+            self._metrics.meta_webhook_items.labels("inbound").inc()
+            self._on_inbound(message)
         return 200
 
 

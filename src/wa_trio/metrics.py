@@ -150,6 +150,57 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.held_back = Counter(
+            "whatsapp_jobs_held_back",
+            "Jobs parked by account safety (unanswered_limit, reachout_paused), by code.",
+            ["code"],
+            registry=r,
+        )
+        self.optouts = Counter(
+            "whatsapp_optouts", "Recipients who opted out by replying a keyword.", registry=r
+        )
+        self.unanswered_highest = Gauge(
+            "whatsapp_unanswered_highest",
+            "Most messages sent to one recipient since they last wrote (compare with "
+            "whatsapp_unanswered_limit).",
+            registry=r,
+        )
+        self.unanswered_limit = Gauge(
+            "whatsapp_unanswered_limit", "WHATSAPP_UNANSWERED_LIMIT (0: off).", registry=r
+        )
+        self.reachout_paused_until = Gauge(
+            "whatsapp_reachout_paused_until_seconds",
+            "Until when (Unix time) sends to new contacts wait after WhatsApp's 463 (0: never).",
+            registry=r,
+        )
+        self.inbound = Counter(
+            "whatsapp_inbound_messages",
+            "Messages the account received, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.inbound_dropped = Counter(
+            "whatsapp_inbound_dropped",
+            "Inbound messages not published because the buffer was full (broker away for long).",
+            registry=r,
+        )
+        self.inbound_published = Counter(
+            "whatsapp_inbound_published",
+            "Inbound messages published and confirmed by the broker.",
+            registry=r,
+        )
+        self.whatsapp_state = Gauge(
+            "whatsapp_state",
+            "1 for the transport's current state (connecting, waiting_for_login, connected, "
+            "disconnected, logged_out, banned, failed), 0 for the others.",
+            ["state"],
+            registry=r,
+        )
+        self.account_blocked_until = Gauge(
+            "whatsapp_banned_until_seconds",
+            "Until when (Unix time) WhatsApp temporarily banned the account (0: not banned).",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

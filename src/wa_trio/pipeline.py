@@ -51,6 +51,7 @@ from wa_trio.outcome import (
 from wa_trio.pacing import Pacer
 from wa_trio.policy import Backoff
 from wa_trio.reconnect import keep_connected
+from wa_trio.safety import AccountSafety
 from wa_trio.sender import Sender
 from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateSet
@@ -78,6 +79,7 @@ class Pipeline:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         templates: TemplateSet | None = None,
+        safety: AccountSafety | None = None,
     ) -> None:
         self.settings = settings
         self.templates = templates
@@ -110,6 +112,7 @@ class Pipeline:
             clock,
             self._stopping,
             templates,
+            safety,
         )
         self._consume_scope: trio.CancelScope | None = None
         self._connected = False

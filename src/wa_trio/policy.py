@@ -144,6 +144,7 @@ _TRANSIENT = re.compile(
     r"server returned error 5\d\d|\b5\d\d\b|429|rate.?limit|try again|unavailable",
     re.IGNORECASE,
 )
+_REACHOUT = re.compile(r"server returned error 463\b|reach-?out.?time-?lock", re.IGNORECASE)
 _PERMANENT = re.compile(
     r"not on whatsapp|no such user|invalid jid|item-not-found|\b40[0346]\b|forbidden|"
     r"not-authorized|blocked|too long|not-acceptable",
@@ -159,6 +160,10 @@ def classify_send_error(text: str) -> tuple[str, bool]:
     Codes in ``AMBIGUOUS_CODES`` mean the message may have gone out: retried only under
     WHATSAPP_AMBIGUOUS=resend.
     """
+    if _REACHOUT.search(text):
+        # only the recipient can lift it (by writing to us): retrying burns the account's
+        # standing (go-whatsapp-web-multidevice removed its retry, #708)
+        return "reachout_timelocked", False
     if _AMBIGUOUS.search(text):
         return "send_timed_out", True  # in AMBIGUOUS_CODES: WHATSAPP_AMBIGUOUS decides
     if _TRANSIENT.search(text):

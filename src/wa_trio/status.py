@@ -12,21 +12,17 @@ the send ledger.
 
 from __future__ import annotations
 
-import collections
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import trio
 
-from wa_trio import amqp
 from wa_trio.amqp import BrokerAddress, Properties
+from wa_trio.bus_outbox import BusOutbox
 from wa_trio.config import Settings
 from wa_trio.ledger import AsyncLedger
 from wa_trio.metrics import STATUS_EVENTS, Metrics
-from wa_trio.policy import Backoff
-from wa_trio.reconnect import keep_connected
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.webhook import WebhookSink
 
@@ -82,24 +78,26 @@ class StatusPublisher:
         self.ledger = ledger
         self.enabled = bool(settings.status_routing_key)
         self.address = BrokerAddress.from_settings(settings)
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self._wake = trio.Event()
-        self._idle = trio.Event()  # set (and replaced) each time the buffer was emptied
+        self._outbox = BusOutbox(
+            self.address,
+            settings.exchange,
+            settings.status_routing_key,
+            what="wa_trio:status",
+            capacity=BUFFER,
+            properties_of=_properties,
+            on_confirmed=lambda event: metrics.status_events.labels(event["status"]).inc(),
+            on_drop=metrics.status_events_dropped.inc,
+        )
         self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
-        metrics.status_events_pending.set_function(lambda: len(self._pending))
+        metrics.status_events_pending.set_function(lambda: len(self._outbox.pending))
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an event; never blocks. With a webhook, the event is first stored in its
         durable outbox (callers emit before they ack)."""
         if self.webhook is not None:
             self.webhook.add(event)
-        if not self.enabled:
-            return
-        if len(self._pending) >= BUFFER:
-            self._pending.popleft()
-            self.metrics.status_events_dropped.inc()
-        self._pending.append(event)
-        self._wake.set()
+        if self.enabled:
+            self._outbox.put(event)
 
     def on_receipt(self, receipt: ReceiptInfo) -> None:
         """Receipt from the transport (trio thread); mapped to jobs by the publisher task."""
@@ -115,12 +113,12 @@ class StatusPublisher:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._outbox.pending)
 
     def statistics(self) -> StatusStatistics:
+        pending = self._outbox.pending
         return StatusStatistics(
-            pending=len(self._pending),
-            oldest_job_key=self._pending[0]["job_key"] if self._pending else None,
+            pending=len(pending), oldest_job_key=pending[0]["job_key"] if pending else None
         )
 
     async def drain(self) -> None:
@@ -128,8 +126,8 @@ class StatusPublisher:
 
         Graceful shutdown calls it after the last job, so the last jobs' events are not lost.
         """
-        while self.enabled and self._pending:
-            await self._idle.wait()
+        if self.enabled:
+            await self._outbox.drain()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -138,7 +136,7 @@ class StatusPublisher:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._map_receipts)
             if self.enabled:
-                await self._publish_forever()
+                await self._outbox.run()
 
     async def _map_receipts(self) -> None:
         async for receipt in self._receipts_out:
@@ -159,32 +157,10 @@ class StatusPublisher:
                     )
                 )
 
-    async def _publish_forever(self) -> None:
-        backoff = Backoff(initial=0.5, cap=30.0)
 
-        async def serve(connection: amqp.Connection) -> None:
-            async with connection.open_channel() as channel:
-                backoff.reset()
-                while True:
-                    while self._pending:
-                        event = self._pending[0]
-                        await amqp.publish(
-                            channel,
-                            self.settings.exchange,
-                            self.settings.status_routing_key,
-                            json.dumps(event).encode(),
-                            Properties(
-                                content_type="application/json",
-                                type_name=f"whatsapp.status.{event['status']}",
-                                message_id=f"{event['job_key']}:{event['status']}",
-                            ),
-                            mandatory=False,
-                        )
-                        self._pending.popleft()  # confirmed
-                        self.metrics.status_events.labels(event["status"]).inc()
-                    self._idle.set()
-                    self._idle = trio.Event()
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-
-        await keep_connected(self.address, serve, what="wa_trio:status", backoff=backoff)
+def _properties(event: dict[str, Any]) -> Properties:
+    return Properties(
+        content_type="application/json",
+        type_name=f"whatsapp.status.{event['status']}",
+        message_id=f"{event['job_key']}:{event['status']}",
+    )

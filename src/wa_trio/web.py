@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,6 +65,10 @@ def authorized(header: str | None, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
 
 
+def _is(transport: Transport, state: ConnectionState) -> float:
+    return 1.0 if transport.state is state else 0.0
+
+
 def _unauthorized() -> Response:
     return Response(
         "operator token required (HTTP Basic password, or Authorization: Bearer)\n",
@@ -92,6 +97,9 @@ def create_app(
     metrics.whatsapp_connected.set_function(
         lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
     )
+    metrics.account_blocked_until.set_function(lambda: transport.banned_until)
+    for each in ConnectionState:
+        metrics.whatsapp_state.labels(each.value).set_function(partial(_is, transport, each))
     rendered: list[tuple[float, bytes]] = []
 
     async def broker_checks() -> tuple[list[str], dict[str, str]]:

@@ -138,7 +138,7 @@ async def test_a_text_job_is_sent_and_its_statuses_come_back_by_webhook(
         await wait_for(
             lambda: _sample(worker, "whatsapp_receipts_unmatched_total") == 1, what="unmatched"
         )
-        assert _sample(worker, "whatsapp_cloud_webhook_items_total", kind="inbound_dropped") == 2
+        assert _sample(worker, "whatsapp_cloud_webhook_items_total", kind="inbound") == 2
         assert _sample(worker, "whatsapp_cloud_webhook_items_total", kind="status_sent") == 1
         assert job_metric(worker, "worker_jobs_processed_total", status="success") == 1
         assert graph.problems == []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import ConnectionState
 
@@ -62,6 +63,10 @@ class Transport(Protocol):
     cloud_templates: bool
     #: called (trio thread) for each delivery/read receipt; set by the app before ``run``
     on_receipt: Callable[[ReceiptInfo], None] | None
+    #: called (trio thread) for each message the account receives; set by the app
+    on_inbound: Callable[[InboundMessage], None] | None
+    #: Unix time a temporary ban ends (0.0: not banned)
+    banned_until: float
 
     @property
     def state(self) -> ConnectionState:

@@ -24,12 +24,14 @@ from wa_trio.errors import SendError
 from wa_trio.files import open_private_append
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
+from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 
 
 class DryRunTransport:
     name = "dry-run"
     cloud_templates = True  # recorded: rehearse Cloud API jobs
+    banned_until = 0.0
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class DryRunTransport:
         self._fail = fail
         self.sent = 0
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # dry-run has none
+        self.on_inbound: Callable[[InboundMessage], None] | None = None  # nor inbound
 
     def health_problem(self) -> str | None:
         return None

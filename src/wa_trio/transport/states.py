@@ -19,6 +19,7 @@ class ConnectionState(enum.Enum):
     DISCONNECTED = "disconnected"
     LOGGED_OUT = "logged_out"
     BANNED = "banned"
+    FAILED = "failed"  # WHATSAPP_CONNECT_MAX_FAILURES failed connects in a row: an operator acts
 
 
 # ConnectFailure.Reason values (neonize's ConnectFailureReason enum)
@@ -35,6 +36,7 @@ class Signal:
     #            connect_failure, client_outdated, dial_failed, connecting
     reason: int = 0
     detail: str = ""
+    seconds: float = 0.0  # temporary_ban: how long it lasts (0: unknown)
 
 
 @attrs.frozen
@@ -58,7 +60,7 @@ def next_state(current: ConnectionState, signal: Signal) -> Transition:
         # Connected event after that means messages can go out
         return Transition(ConnectionState.CONNECTING, True)
     if kind in {"disconnected", "keepalive_timeout", "dial_failed"}:
-        if current in {ConnectionState.LOGGED_OUT, ConnectionState.BANNED}:
+        if current in {ConnectionState.LOGGED_OUT, ConnectionState.BANNED, ConnectionState.FAILED}:
             return Transition(current, False)
         return Transition(ConnectionState.DISCONNECTED, True)
     if kind == "logged_out":
@@ -69,12 +71,25 @@ def next_state(current: ConnectionState, signal: Signal) -> Transition:
             "Link again: open /login or run `wa-trio login`.",
         )
     if kind == "temporary_ban":
+        after = (
+            "the worker reconnects by itself when it ends"
+            if signal.seconds > 0
+            else "restart the worker after the ban ends"
+        )
         return Transition(
             ConnectionState.BANNED,
             False,
             f"WhatsApp temporarily banned this account (code {signal.reason}: "
-            f"{signal.detail or 'no detail'}). Jobs stay queued. Stop sending, review "
-            "pacing (docs/account-safety.md), restart the worker after the ban ends.",
+            f"{signal.detail or 'no detail'}). Jobs stay queued, no reconnect until then; "
+            f"review pacing (docs/account-safety.md); {after}.",
+        )
+    if kind == "failed":
+        return Transition(
+            ConnectionState.FAILED,
+            False,
+            f"{signal.detail or 'too many failed connects in a row'}; not retrying any more "
+            "(WHATSAPP_CONNECT_MAX_FAILURES). Jobs stay queued. Check the network, proxy and "
+            "session, then POST /login/relogin or run `wa-trio relogin`.",
         )
     if kind == "stream_replaced":
         return Transition(

@@ -32,6 +32,7 @@ from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.cloud_api import messages
 from wa_trio.transport.cloud_api.meta_errors import Failure, classify
+from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 
 REQUEST_TIMEOUT = 20.0  # seconds per request (connect, write, read): Meta answers in ~1 s
@@ -41,6 +42,7 @@ STOPPED_RECHECK = 60.0  # seconds between checks of a stopped account
 class CloudApiTransport:
     name = "cloud-api"
     cloud_templates = True
+    banned_until = 0.0
 
     def __init__(
         self,
@@ -66,6 +68,8 @@ class CloudApiTransport:
         self._linked_as: str | None = None
         self.sent = 0
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # set by the app
+        #: inbound messages arrive by webhook (``meta_webhook``), which the app wires directly
+        self.on_inbound: Callable[[InboundMessage], None] | None = None
 
     # ------------------------------------------------------------------ what others read
 

@@ -1,7 +1,8 @@
 """neonize events -> what the rest of wa-trio needs (pure: no threads, no trio, no I/O).
 
 ``signal_of`` turns a neonize event object (a protobuf message: ``Connected``, ``LoggedOut``,
-...) into a state-machine ``Signal``; ``receipt_of`` turns a ``Receipt`` into ``ReceiptInfo``.
+...) into a state-machine ``Signal``; ``receipt_of`` turns a ``Receipt`` into ``ReceiptInfo``;
+``inbound_of`` turns a ``Message`` into an ``InboundMessage``.
 They run on Go-owned threads (the handlers call them there), so they touch nothing shared.
 Unit-tested with real neonize protobuf events (tests/unit/test_neonize_events.py).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wa_trio.transport.inbound import MAX_TEXT, InboundMessage, e164
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal
 
@@ -40,7 +42,8 @@ def signal_of(event: Any) -> Signal:
             reason = type(event).TempBanReason.Name(event.Code)
         except ValueError:
             reason = "unknown reason"
-        return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {event.Expire}s")
+        expire = max(0.0, float(event.Expire))
+        return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {expire:g}s", expire)
     if kind == "ConnectFailure":
         return Signal("connect_failure", int(event.Reason), str(event.Message)[:200])
     if kind == "ClientOutdated":
@@ -72,3 +75,78 @@ def receipt_of(event: Any) -> ReceiptInfo:
         kind=RECEIPT_KINDS.get(int(event.Type), "other"),
         timestamp=float(event.Timestamp),
     )
+
+
+#: waE2E.Message fields -> our kinds (the first present wins)
+_MEDIA = (
+    ("imageMessage", "image"),
+    ("videoMessage", "video"),
+    ("audioMessage", "audio"),
+    ("documentMessage", "document"),
+    ("stickerMessage", "sticker"),
+)
+
+
+def inbound_of(event: Any, account: str = "default") -> InboundMessage | None:
+    """A neonize ``Message`` event -> ``InboundMessage``; None for our own messages (sent from
+    the phone or by us) and for protocol messages that carry nothing to read."""
+    info = event.Info
+    source = info.MessageSource
+    if source.IsFromMe:
+        return None
+    body = event.Message
+    kind, text, mime, size, context = "other", None, None, None, None
+    if body.HasField("extendedTextMessage"):
+        kind, text = "text", body.extendedTextMessage.text
+        context = body.extendedTextMessage.contextInfo
+    elif body.conversation:
+        kind, text = "text", body.conversation
+    else:
+        for field, name in _MEDIA:
+            if body.HasField(field):
+                media = getattr(body, field)
+                kind = name
+                if field == "audioMessage" and media.PTT:
+                    kind = "voice"
+                text = getattr(media, "caption", None) or None
+                mime = media.mimetype or None
+                size = int(media.fileLength) if media.fileLength else None
+                context = media.contextInfo
+                break
+        else:
+            if body.HasField("locationMessage"):
+                kind = "location"
+            elif body.HasField("contactMessage"):
+                kind = "contact"
+            elif body.HasField("reactionMessage"):
+                kind = "reaction"
+            elif body.HasField("protocolMessage") or body.HasField("senderKeyDistributionMessage"):
+                return None
+    sender = _person(source.Sender, source.SenderAlt)
+    group = _jid(source.Chat) if source.IsGroup else None
+    reply_to = context.stanzaID if context is not None and context.stanzaID else None
+    return InboundMessage(
+        account=account,
+        message_id=str(info.ID),
+        sender=sender,
+        timestamp=float(info.Timestamp),
+        kind=kind,
+        text=text[:MAX_TEXT] if text else None,
+        group=group,
+        reply_to=reply_to,
+        mime_type=mime,
+        size=size,
+    )
+
+
+def _jid(jid: Any) -> str:
+    return f"{jid.User}@{jid.Server}"
+
+
+def _person(sender: Any, alternative: Any) -> str | None:
+    """The sender's number: the JID on the phone-number server (whatsmeow puts the other one,
+    a hidden ``@lid`` id, in ``SenderAlt`` or ``Sender`` depending on the addressing mode)."""
+    for jid in (sender, alternative):
+        if jid.Server == "s.whatsapp.net":
+            return e164(jid.User)
+    return None

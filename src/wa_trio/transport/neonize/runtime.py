@@ -67,7 +67,26 @@ def new_client(database: str) -> Any:
     root.handlers[:] = handlers  # neonize's import configures the root logger: undo it
     root.setLevel(level)
     _route_neonize_logs()
-    return NewClient(database, uuid=f"wa-trio-{secrets.token_hex(8)}")
+    return NewClient(database, props=send_only_props(), uuid=f"wa-trio-{secrets.token_hex(8)}")
+
+
+def send_only_props() -> Any:
+    """Device properties asking WhatsApp for the least history it allows: a send-only worker
+    reads none, and the full sync while linking is what makes memory spike (waha#1826). The
+    phone decides in the end; these are requests."""
+    from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
+
+    history = DeviceProps.HistorySyncConfig(
+        fullSyncDaysLimit=1,
+        fullSyncSizeMbLimit=1,
+        storageQuotaMb=1,
+        recentSyncDaysLimit=1,
+        inlineInitialPayloadInE2EeMsg=False,
+        supportCallLogHistory=False,
+        supportBotUserAgentChatHistory=False,
+        supportCagReactionsAndPolls=False,
+    )
+    return DeviceProps(os="wa-trio", requireFullSync=False, historySyncConfig=history)
 
 
 class _EliotBridge(logging.Handler):

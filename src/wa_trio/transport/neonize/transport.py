@@ -41,7 +41,14 @@ from wa_trio.number_cache import NumberCache, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import Backoff, classify_send_error
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
-from wa_trio.transport.neonize.events import EVENT_NAMES, TERMINAL, receipt_of, signal_of
+from wa_trio.transport.inbound import InboundMessage
+from wa_trio.transport.neonize.events import (
+    EVENT_NAMES,
+    TERMINAL,
+    inbound_of,
+    receipt_of,
+    signal_of,
+)
 from wa_trio.transport.neonize.runtime import (
     linked_number,
     neonize_errors,
@@ -92,6 +99,7 @@ class NeonizeTransport:
         backoff: Backoff | None = None,
         qr_out: TextIO | None = None,
         on_receipt: Callable[[ReceiptInfo], None] | None = None,
+        on_inbound: Callable[[InboundMessage], None] | None = None,
         qr_stale_after: float = QR_STALE_AFTER,
         max_connects: int = MAX_CONNECTS,
     ) -> None:
@@ -101,6 +109,7 @@ class NeonizeTransport:
         self.backoff = backoff or Backoff(initial=1.0, cap=120.0)
         self.qr_out = qr_out if qr_out is not None else sys.stderr
         self.on_receipt = on_receipt
+        self.on_inbound = on_inbound
         self.login = LoginInfo()
         self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
         self.connect_attempts = 0
@@ -117,6 +126,10 @@ class NeonizeTransport:
         self._qr_stale_after = qr_stale_after
         self._max_connects = max_connects
         self._last_code_at = 0.0
+        self._problem: str | None = None  # why only an operator (or time) can bring it back
+        self.banned_until = 0.0  # Unix time a temporary ban ends (0: not banned)
+        self.failures_in_a_row = 0  # connects that never reached WhatsApp (restart budget)
+        self._reached = False  # this connect reached WhatsApp (connected, or a login code)
 
     def statistics(self) -> NeonizeStatistics:
         return NeonizeStatistics(self._state, self.connect_attempts, self.login.qr_count)
@@ -141,6 +154,20 @@ class NeonizeTransport:
         self._may_reconnect = self._may_reconnect and transition.may_reconnect
         if signal.kind == "pair_success" and signal.detail:
             self.login.linked_as = "+" + signal.detail
+        if self._state in {ConnectionState.CONNECTED, ConnectionState.WAITING_FOR_LOGIN}:
+            self._reached = True
+            self.failures_in_a_row = 0
+        if signal.kind == "temporary_ban":
+            self.banned_until = time.time() + signal.seconds if signal.seconds > 0 else 0.0
+        stuck = self._state in {ConnectionState.BANNED, ConnectionState.FAILED} or signal.kind in {
+            "stream_replaced",
+            "client_outdated",
+        }
+        if transition.loud and stuck:
+            self._problem = transition.loud  # only an operator (or a ban's end) brings it back
+        elif self._state is ConnectionState.CONNECTED:
+            self._problem = None
+            self.banned_until = 0.0
         if self._state is ConnectionState.CONNECTED:
             self.login.qr = None
             self.login.pair_code = None
@@ -176,7 +203,10 @@ class NeonizeTransport:
             self._nursery.start_soon(self._stop_client)
 
     def health_problem(self) -> str | None:
-        return None  # a logged-out device waits for /login; /readyz reports the state
+        """Stream replaced, a temporary ban, the restart budget spent, an outdated client: red
+        on /healthz with the reason. A logged-out device is not: it waits for /login, and
+        /readyz reports it."""
+        return self._problem
 
     def login_status(self) -> LoginStatus:
         return LoginStatus(
@@ -256,9 +286,15 @@ class NeonizeTransport:
             if self.on_receipt is not None:
                 self._post(self.on_receipt, receipt_of(event))
 
+        def on_message(_client: Any, event: Any) -> None:
+            message = inbound_of(event)
+            if message is not None and self.on_inbound is not None:
+                self._post(self.on_inbound, message)
+
         for name in EVENT_NAMES:
             client.event(getattr(events, name))(on_event)
         client.event(events.ReceiptEv)(on_receipt)
+        client.event(events.MessageEv)(on_message)
         client.event.qr(on_qr)
 
     # -------------------------------------------------------------------------- lifecycle
@@ -301,11 +337,14 @@ class NeonizeTransport:
                 eliot.log_message(
                     message_type="wa_trio:whatsapp:waiting_for_operator", state=self._state.value
                 )
-                await self._relogin.wait()
+                with trio.move_on_after(self._until_ban_ends()):
+                    await self._relogin.wait()
                 self._relogin = trio.Event()
                 await self._stop_client()
                 self._client = None
                 self._may_reconnect = True
+                self.failures_in_a_row = 0
+                self._problem = None
             if self.connect_attempts >= self._max_connects:
                 raise TransportError(
                     f"{self.connect_attempts} connection attempts in this process; each leaks a "
@@ -315,6 +354,7 @@ class NeonizeTransport:
                 self._client = await trio.to_thread.run_sync(self.client_factory, database)
                 self.register_handlers(self._client)
             self.apply(Signal("connecting"))
+            self._reached = False
             self.connect_attempts += 1
             self._pair_requested = False
             started = trio.current_time()
@@ -337,12 +377,27 @@ class NeonizeTransport:
             await trio.to_thread.run_sync(tighten_session_files, self.settings.session_path)
             if trio.current_time() - started > _STABLE_AFTER:
                 self.backoff.reset()
+            if not self._reached and self._may_reconnect:
+                self.failures_in_a_row += 1
+                if self.failures_in_a_row >= self.settings.connect_max_failures:
+                    self.apply(
+                        Signal(
+                            "failed", detail=f"{self.failures_in_a_row} failed connects in a row"
+                        )
+                    )
             if not self._may_reconnect:
                 continue
             delay = self.backoff.next_delay()
             eliot.log_message(message_type="wa_trio:whatsapp:reconnect_in", seconds=round(delay, 3))
             with trio.move_on_after(delay):
                 await self._relogin.wait()
+
+    def _until_ban_ends(self) -> float:
+        """Seconds to wait before reconnecting by itself: a temporary ban's rest; otherwise
+        never (an operator acts)."""
+        if self._state is ConnectionState.BANNED and self.banned_until > 0:
+            return max(0.0, self.banned_until - time.time())
+        return float("inf")
 
     async def _watch_code_freshness(self) -> None:
         """While waiting for a login, restart it when no new QR / pair code came for

@@ -1,0 +1,177 @@
+"""Account safety at run time: opt-outs, the unanswered-message budget, the reach-out lock.
+
+The decisions are ``safety_rules``'s; this object keeps what they need in memory (loaded from
+``contacts.db`` at start) so the hot path costs a few dict look-ups:
+
+- ``verdict(number)`` before a send; ``after_send(number)`` after WhatsApp took one;
+  ``after_failure(code)`` when a send failed (WhatsApp's 463 starts the reach-out pause);
+- ``on_inbound(message)``: a reply resets the sender's count; an opt-out keyword suppresses the
+  sender (and queues the one answer, WHATSAPP_OPTOUT_REPLY);
+- ``run`` writes counts and opt-outs to ``contacts.db`` every ``FLUSH_EVERY`` seconds (one
+  transaction; a crash loses at most that much counting), reloads the file when another process
+  changed it (``wa-trio optout add/remove``: effective within that interval), and sends the
+  opt-out answers through the transport (outside pacing: one per opt-out, ever).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import eliot
+import trio
+
+from wa_trio.config import Settings
+from wa_trio.contacts import ContactStore
+from wa_trio.errors import SendError
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.safety_rules import Verdict, is_optout, judge, keyword_set
+from wa_trio.transport import OutgoingMessage, Transport
+from wa_trio.transport.inbound import InboundMessage
+
+FLUSH_EVERY = 1.0
+
+
+class AccountSafety:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        redactor: Redactor,
+        store: ContactStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.redactor = redactor
+        self.store = store
+        self._clock = clock
+        self._keywords = keyword_set(settings.optout_keywords)
+        snapshot = store.snapshot()
+        self._optouts = set(snapshot.optouts)
+        self._counts = dict(snapshot.unanswered)
+        self._version = store.data_version()
+        self._sent: dict[str, int] = {}  # not yet written
+        self._replies: dict[str, float] = {}
+        self._new_optouts: list[str] = []
+        self.reachout_until = 0.0
+        self._answers_in, self._answers_out = trio.open_memory_channel[str](1000)
+        metrics.unanswered_limit.set(settings.unanswered_limit or 0)
+        metrics.unanswered_highest.set_function(lambda: max(self._counts.values(), default=0))
+        metrics.reachout_paused_until.set_function(lambda: self.reachout_until)
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics, redactor: Redactor) -> AccountSafety:
+        store = await trio.to_thread.run_sync(ContactStore, settings.session_path / "contacts.db")
+        return await trio.to_thread.run_sync(lambda: cls(settings, metrics, redactor, store))
+
+    # ------------------------------------------------------------------ the hot path
+
+    def verdict(self, number: str) -> Verdict | None:
+        return judge(
+            opted_out=number in self._optouts,
+            unanswered=self._counts.get(number, 0),
+            known=number in self._counts,
+            limit=self.settings.unanswered_limit,
+            action=self.settings.unanswered_action,
+            reachout_until=self.reachout_until,
+            now=self._clock(),
+        )
+
+    def after_send(self, number: str) -> None:
+        self._counts[number] = self._counts.get(number, 0) + 1
+        self._sent[number] = self._sent.get(number, 0) + 1
+
+    def after_failure(self, code: str) -> None:
+        if code == "reachout_timelocked":
+            until = self._clock() + self.settings.reachout_pause
+            if until > self.reachout_until + 60:
+                eliot.log_message(
+                    message_type="wa_trio:safety:reachout_paused",
+                    level="warning",
+                    until=until,
+                    message="WhatsApp refused a new contact (463): sends to new contacts wait",
+                )
+            self.reachout_until = max(self.reachout_until, until)
+
+    # ------------------------------------------------------------------ what comes in
+
+    def on_inbound(self, message: InboundMessage) -> None:
+        if not message.direct or message.sender is None:
+            return
+        sender = message.sender
+        self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
+        self._replies[sender] = message.timestamp or self._clock()
+        if is_optout(message.text, self._keywords) and sender not in self._optouts:
+            self._optouts.add(sender)
+            self._new_optouts.append(sender)
+            self.metrics.optouts.inc()
+            eliot.log_message(
+                message_type="wa_trio:safety:opted_out",
+                number=self.redactor.phone(sender),
+                source="inbound",
+            )
+
+    # ------------------------------------------------------------------ the task
+
+    async def run(
+        self, transport: Transport, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._answer_optouts, transport)
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(FLUSH_EVERY)
+                    await self.flush()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.flush()
+
+    async def flush(self) -> None:
+        sent, self._sent = self._sent, {}
+        replies, self._replies = self._replies, {}
+        new, self._new_optouts = self._new_optouts, []
+
+        def write() -> int:
+            if sent or replies:
+                self.store.record(sent, replies, self._clock())
+            for number in new:
+                self.store.add_optout(number, "inbound")
+            return self.store.data_version()
+
+        version = await trio.to_thread.run_sync(write)
+        if self.settings.optout_reply:
+            for number in new:
+                self._answers_in.send_nowait(number)
+        if version != self._version:  # another process (the CLI) changed the file
+            self._version = version
+            snapshot = await trio.to_thread.run_sync(self.store.snapshot)
+            self._optouts = set(snapshot.optouts)
+            for number, count in snapshot.unanswered.items():
+                self._counts.setdefault(number, count)
+
+    async def _answer_optouts(self, transport: Transport) -> None:
+        reply = self.settings.optout_reply or ""
+        async for number in self._answers_out:
+            if not await trio.to_thread.run_sync(self.store.claim_reply, number):
+                continue  # answered before (once per opt-out, ever)
+            await transport.wait_connected()
+            digits = number.lstrip("+")
+            message = OutgoingMessage(number, reply, "wa-trio", f"optout-reply:{digits}")
+            try:
+                await transport.send(message)
+            except SendError as error:
+                eliot.log_message(
+                    message_type="wa_trio:safety:optout_reply_failed",
+                    number=self.redactor.phone(number),
+                    code=error.code,
+                )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+__all__ = ["FLUSH_EVERY", "AccountSafety"]
