@@ -19,6 +19,7 @@ WHATSAPP_SHUTDOWN_GRACE bounds the whole stop: a send still running then is aban
 from __future__ import annotations
 
 import secrets
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,9 @@ from wa_trio.files import StartupError, lock_session, private_dir
 from wa_trio.inbound_bus import InboundPublisher
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
+from wa_trio.media import NEEDS_FFMPEG
+from wa_trio.media_cache import MediaCache
+from wa_trio.media_fetch import MediaFetcher
 from wa_trio.meta_webhook import MetaWebhook
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline import Pipeline
@@ -64,6 +68,22 @@ def build_transport(settings: Settings) -> Transport:
     from wa_trio.transport.neonize import NeonizeTransport
 
     return NeonizeTransport(settings, redactor)
+
+
+def check_media_tools(
+    settings: Settings, which: Callable[[str], str | None] = shutil.which
+) -> None:
+    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe:
+    refuse to start without them when those kinds are enabled (one line)."""
+    if settings.transport != "neonize":
+        return
+    needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
+    if needing and missing:
+        raise StartupError(
+            f"{' and '.join(missing)} not found, needed by neonize for media kinds "
+            f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
+        )
 
 
 def load_templates(settings: Settings) -> TemplateSet:
@@ -103,6 +123,7 @@ class Worker:
     webhook: WebhookSink
     safety: AccountSafety
     inbound: InboundPublisher
+    media: MediaFetcher
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -125,6 +146,7 @@ async def run_worker(
     """Run the worker until stopped; returns normally after a graceful stop."""
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     templates = load_templates(settings)
+    check_media_tools(settings)
     transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
     session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
@@ -141,8 +163,19 @@ async def run_worker(
     safety = await AccountSafety.open(settings, metrics, redactor)
     inbound = InboundPublisher(settings, metrics, redactor, safety)
     transport.on_inbound = inbound.on_inbound
+    media_cache = await trio.to_thread.run_sync(
+        MediaCache, settings.session_path / "media", settings.media_cache_bytes
+    )
+    fetcher = MediaFetcher(settings, metrics, media_cache)
     pipeline = Pipeline(
-        settings, transport, metrics, ledger, status, templates=templates, safety=safety
+        settings,
+        transport,
+        metrics,
+        ledger,
+        status,
+        templates=templates,
+        safety=safety,
+        media=fetcher,
     )
     monitor = BrokerMonitor(settings, metrics)
     app = create_app(
@@ -174,6 +207,7 @@ async def run_worker(
         webhook,
         safety,
         inbound,
+        fetcher,
     )
     try:
         await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
@@ -185,6 +219,7 @@ async def run_worker(
             await ledger.close()
         webhook.close()
         safety.close()
+        media_cache.close()
         session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
@@ -220,6 +255,7 @@ class _Parts:
     webhook: WebhookSink
     safety: AccountSafety
     inbound: InboundPublisher
+    media: MediaFetcher
 
 
 async def _supervise(
@@ -262,6 +298,7 @@ async def _supervise(
         await nursery.start(parts.webhook.run)
         await nursery.start(parts.inbound.run)
         await nursery.start(parts.safety.run, parts.transport)
+        await nursery.start(parts.media.run)
         urls = await nursery.start(http_task)
         eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
         if handle_signals:  # a person started it: say where to look
@@ -281,6 +318,7 @@ async def _supervise(
             parts.webhook,
             parts.safety,
             parts.inbound,
+            parts.media,
             urls,
             stop_event=stop,
         )

@@ -249,6 +249,48 @@ def _optional_secret(value: str) -> str | None:
     return value
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {
+    None: 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(value: str) -> int:
+    """``"16MB"`` (powers of 1000), ``"1MiB"``, ``"5000"`` bytes -> bytes (at least 1)."""
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(value)
+    unit = match.group(2).lower() if match.group(2) else None
+    size = int(float(match.group(1)) * _SIZE_UNIT[unit])
+    if size < 1:
+        raise ValueError(value)
+    return size
+
+
+def _size(value: str) -> int:
+    return parse_size(value)
+
+
+def _optional_size(value: str) -> int | None:
+    return parse_size(value) if value.strip() else None
+
+
+def _media_kinds(value: str) -> tuple[str, ...]:
+    from wa_trio.media import KINDS
+
+    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
+    if any(kind not in KINDS for kind in kinds):
+        raise ValueError
+    return kinds
+
+
 def _keywords(value: str) -> tuple[str, ...]:
     words = tuple(part.strip() for part in value.split(",") if part.strip())
     if any(len(word) > 64 for word in words):
@@ -489,6 +531,50 @@ class Settings:
         _optional_path,
         "Message templates (NAME.txt, NAME.LANG.txt; Jinja2, sandboxed) for jobs that name a "
         "template; compiled at start (docs/templates.md).",
+    )
+    media_max_bytes: int | None = _setting(
+        "WHATSAPP_MEDIA_MAX_BYTES",
+        "",
+        "a size like 16MB or a byte count (or empty)",
+        _optional_size,
+        "One size cap for every media kind; empty: WhatsApp's own per-kind limits (docs/media.md).",
+    )
+    media_timeout: float = _setting(
+        "WHATSAPP_MEDIA_TIMEOUT",
+        "30s",
+        "a duration like 30s",
+        _duration,
+        "How long fetching one media URL may take, redirects included.",
+    )
+    media_allow_private: bool = _setting(
+        "WHATSAPP_MEDIA_ALLOW_PRIVATE",
+        "off",
+        "on or off",
+        _on_off,
+        "Allow media URLs that resolve to loopback, private, link-local or metadata addresses "
+        "(off: refused, media_url_refused).",
+    )
+    media_inline_max_bytes: int = _setting(
+        "WHATSAPP_MEDIA_INLINE_MAX_BYTES",
+        "1MB",
+        "a size like 1MB or a byte count",
+        _size,
+        "Cap of a job's inline base64 media (decoded); bigger belongs in a URL.",
+    )
+    media_kinds: tuple[str, ...] = _setting(
+        "WHATSAPP_MEDIA_KINDS",
+        "image,document,video,audio,voice,sticker",
+        "comma-separated media kinds (or empty: text only)",
+        _media_kinds,
+        "Media kinds this worker sends (others: media_unsupported). video, audio, voice and "
+        "sticker need ffmpeg with neonize.",
+    )
+    media_cache_bytes: int = _setting(
+        "WHATSAPP_MEDIA_CACHE_BYTES",
+        "256MB",
+        "a size like 256MB or a byte count",
+        _size,
+        "Fetched media kept on disk under the session path (by URL and content hash), at most.",
     )
     proxy: str | None = _setting(
         "WHATSAPP_PROXY",

@@ -23,6 +23,7 @@ from cattrs.preconf.json import make_converter
 from wa_trio import cloud_template
 from wa_trio.errors import WaTrioError
 from wa_trio.headers import utf8_ok
+from wa_trio.media import MediaProblem, MediaSpec, parse_media
 from wa_trio.policy import check_content
 from wa_trio.templates import TemplateProblem, TemplateSet
 
@@ -34,7 +35,7 @@ CODES: dict[str, str] = {
     "wrong_type": "the JSON is not an object, or a field has the wrong type",
     "missing_field": "a required field is missing",
     "invalid_user_id": "user_id is not a UUID",
-    "invalid_destination": "destination is not an international phone number",
+    "invalid_destination": "destination is not an international phone number or a group JID",
     "empty_text": "text_message is empty (or only whitespace and invisible characters)",
     "text_too_long": f"text_message is longer than {MAX_TEXT_CHARS} characters",
     "content_rejected": "text_message matches the SQL-injection / XSS content policy",
@@ -42,6 +43,14 @@ CODES: dict[str, str] = {
     "template_params_invalid": "the template's params are missing, extra, or not plain values",
     "invalid_schedule": "send_at is not an RFC 3339 time with an offset",
     "schedule_too_far": "send_at is further ahead than WHATSAPP_SCHEDULE_MAX",
+    "invalid_media": "media is not a well-formed media object (docs/media.md)",
+    "media_too_large": "the media is larger than its cap",
+    "media_unsupported": "WhatsApp does not take this type for this kind",
+    "media_type_mismatch": "the bytes are not what kind / mime_type claim",
+    "media_not_found": "the media URL answered 404, 410 or another permanent error",
+    "media_url_refused": "the media URL resolves to a private or metadata address (or redirects "
+    "too often)",
+    "media_fetch_failed": "the media could not be fetched (retried)",
     "cloud_template_invalid": "cloud_template is not a well-formed Cloud API template",
     "cloud_template_unsupported": "cloud_template needs WHATSAPP_TRANSPORT=cloud-api (or dry-run)",
     "invalid_expiry": "expires_at is not an RFC 3339 time with an offset, or ttl_seconds is not "
@@ -73,6 +82,12 @@ class WhatsAppEnvelope:
     send_at: datetime | None = None
     #: a Cloud API template (``cloud_template.check``'s shape); text_message is "" then
     cloud_template: dict[str, Any] | None = attrs.field(default=None, hash=False)
+    #: media to send (``text_message`` is its caption; "" for none)
+    media: MediaSpec | None = None
+
+    @property
+    def group(self) -> bool:
+        return self.destination.endswith("@g.us")
 
 
 @attrs.frozen
@@ -187,12 +202,34 @@ def _possible_number(cleaned: str) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+_GROUP = re.compile(r"\d{5,30}(-\d{5,20})?@g\.us")
+
+
+def clean_recipient(raw: str) -> str:
+    """A phone number (``clean_destination``) or a group JID (``<digits>@g.us``, or the older
+    ``<digits>-<digits>@g.us``).
+
+    Raises:
+        ValidationError: ``invalid_destination``.
+    """
+    if "@" in raw:
+        cleaned = raw.strip()
+        if not _GROUP.fullmatch(cleaned):
+            raise ValidationError(
+                "invalid_destination",
+                "a group destination is <digits>@g.us or <digits>-<digits>@g.us",
+            )
+        return cleaned
+    return clean_destination(raw)
+
+
 def parse_envelope(
     body: bytes,
     *,
     content_filter: bool = True,
     templates: TemplateSet | None = None,
     cloud_templates: bool = False,
+    media_inline_max: int = 1_000_000,
 ) -> WhatsAppEnvelope:
     """Decode and validate one job body.
 
@@ -210,6 +247,10 @@ def parse_envelope(
     if not isinstance(data, dict):
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
     cloud = None
+    media = None
+    if "media" in data:
+        media = _media(data, media_inline_max)
+        data = {**data, "text_message": data.get("text_message", "")}
     if "cloud_template" in data:
         cloud = _cloud_template(data, allowed=cloud_templates)
         data = {**data, "text_message": ""}
@@ -223,8 +264,8 @@ def parse_envelope(
         user_id = uuid.UUID(wire.user_id)
     except ValueError:
         raise ValidationError("invalid_user_id", CODES["invalid_user_id"]) from None
-    destination = clean_destination(wire.destination)
-    if cloud is None:
+    destination = clean_recipient(wire.destination)
+    if cloud is None and not (media is not None and wire.text_message == ""):
         validate_text(wire.text_message, content_filter=content_filter)
     expires_at, ttl_seconds = _expiry(wire.expires_at, wire.ttl_seconds)
     send_at = _instant(wire.send_at, "invalid_schedule")
@@ -236,7 +277,23 @@ def parse_envelope(
         ttl_seconds=ttl_seconds,
         send_at=send_at,
         cloud_template=cloud,
+        media=media,
     )
+
+
+def _media(data: dict[str, Any], inline_max: int) -> MediaSpec:
+    if "cloud_template" in data:
+        raise ValidationError("wrong_type", "a job carries media or cloud_template, not both")
+    try:
+        spec = parse_media(data["media"], inline_max=inline_max)
+    except MediaProblem as problem:
+        raise ValidationError(problem.code, problem.message) from None
+    text = data.get("text_message")
+    if text and spec.kind in {"audio", "voice", "sticker"}:
+        raise ValidationError(
+            "invalid_media", f"a {spec.kind} takes no caption: send the text as its own job"
+        )
+    return spec
 
 
 def _cloud_template(data: dict[str, Any], *, allowed: bool) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from wa_trio.expiry import deadline, is_expired
 from wa_trio.job import Job, retry_count
 from wa_trio.ledger import AsyncLedger, Begin, Mark
 from wa_trio.ledger_gate import Held, LedgerGate
+from wa_trio.media import MediaPayload, MediaProblem
+from wa_trio.media_fetch import MediaFetcher
 from wa_trio.metrics import Metrics
 from wa_trio.outcome import (
     Decision,
@@ -79,8 +81,10 @@ class JobHandler:
         stopping: trio.Event,
         templates: TemplateSet | None,
         safety: AccountSafety | None = None,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.safety = safety
+        self.media = media
         self.settings = settings
         self.metrics = metrics
         self._ledger = ledger
@@ -154,10 +158,15 @@ class JobHandler:
             early = await self._not_due(job, channel, envelope.send_at.timestamp())
             if early is not None:
                 return early
-        if self.safety is not None:
+        if self.safety is not None and not envelope.group:
             verdict = self.safety.verdict(envelope.destination)
             if verdict is not None:
                 return await self._held_back(job, channel, verdict, message.user_id)
+        if envelope.media is not None:
+            fetched = await self._media_of(job, channel, envelope, message.user_id)
+            if isinstance(fetched, Outcome):
+                return fetched
+            message = attrs.evolve(message, media=fetched)
         check = self._check(job)
         if self.pacer.enabled:
             # duplicates, conflicts and invalid jobs never spend a send slot
@@ -195,11 +204,31 @@ class JobHandler:
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
             return await self._copies.failed_send(job, channel, error, message.user_id, expires)
-        if self.safety is not None:
+        if self.safety is not None and not message.group:
             self.safety.after_send(message.destination)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         batch.sent.append((job, message, result))
         return None
+
+    async def _media_of(
+        self, job: Job, channel: Channel, envelope: WhatsAppEnvelope, user_id: str
+    ) -> MediaPayload | Outcome:
+        """The job's media bytes, or its end: a fetch that may work later goes through the
+        retry ladder; anything else about the media is dead-lettered with its code."""
+        assert envelope.media is not None
+        try:
+            if self.media is None:
+                raise MediaProblem("media_unsupported", "this worker fetches no media")
+            with eliot.start_action(action_type="wa_trio:job:media", kind=envelope.media.kind):
+                return await self.media.payload(envelope.media)
+        except MediaProblem as problem:
+            if problem.code == "media_fetch_failed":
+                error = SendError(problem.message, code=problem.code)
+                expires = self._deadline(job, envelope)
+                return await self._copies.failed_send(job, channel, error, user_id, expires)
+            await self._copies.dead_letter(job, channel, problem.code, problem.message, user_id)
+            self.metrics.failed(problem.code)
+            return Outcome.INVALID
 
     async def _held_back(
         self, job: Job, channel: Channel, verdict: Verdict, user_id: str
@@ -275,6 +304,7 @@ class JobHandler:
                     content_filter=self.settings.content_filter,
                     templates=self.templates,
                     cloud_templates=self._sender.transport.cloud_templates,
+                    media_inline_max=self.settings.media_inline_max_bytes,
                 )
         except ValidationError as error:
             await self._copies.dead_letter(job, channel, error.code, error.message)

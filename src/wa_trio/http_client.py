@@ -87,6 +87,8 @@ async def call_json(
     json_body: Any = None,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
+    files: Mapping[str, tuple[str, bytes, str]] | None = None,
+    form: Mapping[str, str] | None = None,
 ) -> JsonAnswer:
     """One request with a JSON body (or none); the answer's JSON, read up to
     ``MAX_JSON_ANSWER`` bytes.
@@ -95,7 +97,13 @@ async def call_json(
         HttpError: no answer; ``written`` tells whether the request had gone out.
     """
     request = session.build_request(
-        method, url, json=json_body, headers=dict(headers or {}), params=params
+        method,
+        url,
+        json=json_body,
+        headers=dict(headers or {}),
+        params=params,
+        files=dict(files) if files else None,  # multipart/form-data (uploads)
+        data=dict(form) if form else None,
     )
     try:
         response = await session.send(request, stream=True)
@@ -121,6 +129,54 @@ async def call_json(
     )
 
 
+@attrs.frozen
+class Fetched:
+    """A GET's answer: the body only for a 200 within the cap."""
+
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes | None = attrs.field(default=None, repr=False)
+    over_cap: bool = False  # the body (declared or as it streamed) passed ``max_bytes``
+
+
+async def fetch_capped(
+    session: httpx.AsyncClient,
+    url: str,
+    *,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+    sni_hostname: str | None = None,
+) -> Fetched:
+    """GET ``url`` (no redirects followed: the caller checks each hop), streaming the body and
+    stopping as soon as it passes ``max_bytes``. ``sni_hostname``: the TLS name when ``url``
+    names the host by the IP the caller resolved and checked (no second DNS look-up).
+
+    Raises:
+        HttpError: no answer (refused, timeout, reset).
+    """
+    extensions = {"sni_hostname": sni_hostname} if sni_hostname else None
+    request = session.build_request("GET", url, headers=dict(headers or {}), extensions=extensions)
+    try:
+        response = await session.send(request, stream=True)
+        try:
+            answer_headers = dict(response.headers)
+            if response.status_code != 200:
+                return Fetched(response.status_code, answer_headers)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                return Fetched(200, answer_headers, over_cap=True)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    return Fetched(200, answer_headers, over_cap=True)
+        finally:
+            await response.aclose()
+    except httpx.HTTPError as error:
+        raise HttpError(type(error).__name__, written=isinstance(error, _AFTER_WRITE)) from None
+    return Fetched(200, answer_headers, bytes(body))
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -133,4 +189,14 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-__all__ = ["Answer", "HttpError", "JsonAnswer", "Session", "call_json", "client", "post"]
+__all__ = [
+    "Answer",
+    "Fetched",
+    "HttpError",
+    "JsonAnswer",
+    "Session",
+    "call_json",
+    "client",
+    "fetch_capped",
+    "post",
+]

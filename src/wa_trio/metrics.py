@@ -150,6 +150,35 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.jobs_by_kind = Counter(
+            "whatsapp_media_jobs",
+            "Media jobs whose bytes passed every check, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.media_fetches = Counter(
+            "whatsapp_media_fetches",
+            "Media URL fetches by result (fetched, refused, not_found, server_error, "
+            "unreachable, timeout, too_large).",
+            ["result"],
+            registry=r,
+        )
+        self.media_fetch_seconds = Histogram(
+            "whatsapp_media_fetch_duration_seconds",
+            "Time to fetch one media URL (redirects included).",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.media_fetch_bytes = Counter(
+            "whatsapp_media_fetch_bytes", "Bytes of media downloaded.", registry=r
+        )
+        self.media_cache_hits = Counter(
+            "whatsapp_media_cache_hits",
+            "Media served without a download (url: fresh; revalidated: a 304) or sent without "
+            "an upload (upload).",
+            ["layer"],
+            registry=r,
+        )
         self.held_back = Counter(
             "whatsapp_jobs_held_back",
             "Jobs parked by account safety (unanswered_limit, reachout_paused), by code.",

@@ -44,6 +44,7 @@ from wa_trio.job import Job, body_hash, job_key, trace_id_of
 from wa_trio.ledger import AsyncLedger
 from wa_trio.ledger_gate import LedgerGate
 from wa_trio.log import Redactor
+from wa_trio.media_fetch import MediaFetcher
 from wa_trio.metrics import Metrics
 from wa_trio.outcome import (
     batch_size,
@@ -80,6 +81,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         templates: TemplateSet | None = None,
         safety: AccountSafety | None = None,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.settings = settings
         self.templates = templates
@@ -113,6 +115,7 @@ class Pipeline:
             self._stopping,
             templates,
             safety,
+            media,
         )
         self._consume_scope: trio.CancelScope | None = None
         self._connected = False

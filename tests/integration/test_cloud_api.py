@@ -433,7 +433,10 @@ async def test_the_webhook_routes_check_meta_not_the_operator(
         huge = b"{" + b" " * MAX_BODY + b"}"
         big = {SIGNATURE_HEADER: signature(APP_SECRET, huge)}
         async with httpx.AsyncClient(base_url=worker.http_url) as http:  # closed after a 413
-            assert (await http.post(post, content=huge, headers=big)).status_code == 413
+            try:
+                assert (await http.post(post, content=huge, headers=big)).status_code == 413
+            except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+                pass  # the 413 came and the server closed while the body was still going out
         assert (result("handshake"), result("handshake_refused")) == (1.0, 2.0)
         assert (result("unsigned"), result("bad_signature"), result("too_large")) == (1, 2, 1)
         assert result("accepted") == 1.0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from wa_trio.media import MediaPayload
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import ConnectionState
@@ -26,13 +27,19 @@ if TYPE_CHECKING:  # the pure parts (states, receipts) must import without trio
 class OutgoingMessage:
     """One message to send. ``user_id`` and ``job_key`` are for records and logs only."""
 
-    destination: str  # E.164
-    text: str  # empty for a Cloud API template
+    destination: str  # E.164, or a group JID (<digits>@g.us)
+    text: str  # empty for a Cloud API template; a media's caption (may be empty)
     user_id: str
     job_key: str
     #: a Cloud API approved template (``name``, ``language``, ``components``), validated by
     #: the envelope; only transports with ``cloud_templates`` accept it
     cloud_template: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+    #: fetched and checked media bytes (``media_fetch``); None for text
+    media: MediaPayload | None = None
+
+    @property
+    def group(self) -> bool:
+        return self.destination.endswith("@g.us")
 
 
 @attrs.frozen

@@ -2,9 +2,10 @@
 
 Each would-be send is logged (destination masked in production, text never) and, when
 WHATSAPP_DRY_RUN_FILE is set, appended to that file as one JSON line with ``message_id``,
-``destination``, ``text_message``, ``user_id``, ``job_key`` and ``sent_at``. The file is the
-record the fault tests count: a line is flushed to the OS before the send returns, so it survives
-``kill -9`` of the worker.
+``destination``, ``text_message``, ``user_id``, ``job_key`` and ``sent_at`` (and ``media``:
+kind, mime type, size, sha256 and filename, never the bytes; the caption is
+``text_message``). The file is the record the fault tests count: a line is flushed to the OS
+before the send returns, so it survives ``kill -9`` of the worker.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from eliot import log_message
 from wa_trio.errors import SendError
 from wa_trio.files import open_private_append
 from wa_trio.log import Redactor
+from wa_trio.media import MediaPayload
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
+from wa_trio.transport.upload_cache import UploadCache
 
 
 class DryRunTransport:
@@ -45,6 +48,7 @@ class DryRunTransport:
         self._redactor = redactor
         self._fail = fail
         self.sent = 0
+        self.uploads: UploadCache[str] = UploadCache()
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # dry-run has none
         self.on_inbound: Callable[[InboundMessage], None] | None = None  # nor inbound
 
@@ -70,6 +74,11 @@ class DryRunTransport:
             raise SendError("dry-run: simulated transient failure", code="simulated_failure")
         message_id = "DRY" + uuid.uuid4().hex[:17].upper()
         now = time.time()
+        if message.media is not None:  # a would-be upload, cached as the real transports do
+            media = message.media
+            key = (media.sha256, media.kind, media.filename)
+            if self.uploads.get(key, now) is None:
+                self.uploads.put(key, message_id, now)
         if self._path is not None:
             if self._file is None:
                 # full numbers and texts: private (0600, a folder we create 0700)
@@ -84,6 +93,8 @@ class DryRunTransport:
             }
             if message.cloud_template is not None:
                 record["cloud_template"] = dict(message.cloud_template)
+            if message.media is not None:
+                record["media"] = media_record(message.media)
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
         self.sent += 1
@@ -104,6 +115,17 @@ class DryRunTransport:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def media_record(media: MediaPayload) -> dict[str, Any]:
+    """What a dry-run line says about media (never the bytes)."""
+    return {
+        "kind": media.kind,
+        "mime_type": media.mime_type,
+        "size": media.size,
+        "sha256": media.sha256,
+        "filename": media.filename,
+    }
 
 
 class FailurePlan:

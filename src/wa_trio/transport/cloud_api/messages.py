@@ -8,17 +8,36 @@ from typing import Any
 
 from wa_trio.transport import OutgoingMessage
 
+#: our media kinds -> the Cloud API's message types (a voice note is audio in OGG/Opus)
+CLOUD_KINDS = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "voice": "audio",
+    "document": "document",
+    "sticker": "sticker",
+}
 
-def message_body(message: OutgoingMessage) -> dict[str, Any]:
-    """The JSON of one send: an approved template when the job carries ``cloud_template``,
-    otherwise text (link previews off, as with neonize)."""
+
+def message_body(message: OutgoingMessage, media_id: str | None = None) -> dict[str, Any]:
+    """The JSON of one send: media by its uploaded id, an approved template when the job
+    carries ``cloud_template``, otherwise text (link previews off, as with neonize)."""
     body: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
         "to": message.destination.lstrip("+"),
     }
     template = message.cloud_template
-    if template is not None:
+    if media_id is not None and message.media is not None:
+        kind = CLOUD_KINDS[message.media.kind]
+        media: dict[str, Any] = {"id": media_id}
+        if message.text and kind in {"image", "video", "document"}:
+            media["caption"] = message.text
+        if kind == "document" and message.media.filename:
+            media["filename"] = message.media.filename
+        body["type"] = kind
+        body[kind] = media
+    elif template is not None:
         body["type"] = "template"
         body["template"] = template_object(template)
     else:
@@ -38,6 +57,12 @@ def template_object(template: Mapping[str, Any]) -> dict[str, Any]:
     return shaped
 
 
+def uploaded_id(payload: Any) -> str | None:
+    """``id`` of a media upload's answer."""
+    found = payload.get("id") if isinstance(payload, dict) else None
+    return found if isinstance(found, str) and 0 < len(found) <= 256 else None
+
+
 def message_id(payload: Any) -> str | None:
     """``messages[0].id`` of a success answer (``wamid.…``), None when it has none."""
     if not isinstance(payload, dict):
@@ -49,4 +74,4 @@ def message_id(payload: Any) -> str | None:
     return found if isinstance(found, str) and 0 < len(found) <= 256 else None
 
 
-__all__ = ["message_body", "message_id", "template_object"]
+__all__ = ["CLOUD_KINDS", "message_body", "message_id", "template_object", "uploaded_id"]

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import eliot
 import trio
@@ -28,12 +29,14 @@ from wa_trio import http_client
 from wa_trio.config import Settings
 from wa_trio.errors import NotConnectedError, SendError
 from wa_trio.log import Redactor
+from wa_trio.media import MediaPayload
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.cloud_api import messages
 from wa_trio.transport.cloud_api.meta_errors import Failure, classify
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
+from wa_trio.transport.upload_cache import UploadCache
 
 REQUEST_TIMEOUT = 20.0  # seconds per request (connect, write, read): Meta answers in ~1 s
 STOPPED_RECHECK = 60.0  # seconds between checks of a stopped account
@@ -67,6 +70,7 @@ class CloudApiTransport:
         self._problem: str | None = None
         self._linked_as: str | None = None
         self.sent = 0
+        self.uploads: UploadCache[str] = UploadCache(ttl=29 * 86400.0)
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # set by the app
         #: inbound messages arrive by webhook (``meta_webhook``), which the app wires directly
         self.on_inbound: Callable[[InboundMessage], None] | None = None
@@ -183,13 +187,66 @@ class CloudApiTransport:
     async def send(self, message: OutgoingMessage) -> SendResult:
         if self._session is None or self._state is not ConnectionState.CONNECTED:
             raise NotConnectedError(f"Cloud API account is {self._state.value}")
+        if message.group:
+            raise SendError(
+                "the Cloud API transport sends to phone numbers only",
+                code="destination_unsupported",
+                transient=False,
+            )
+        media_id = await self._upload(message.media) if message.media is not None else None
+        answer = await self._call(
+            "POST",
+            f"{self._base}/{self._number_id}/messages",
+            json_body=messages.message_body(message, media_id),
+        )
+        if 200 <= answer.status < 300:
+            found = messages.message_id(answer.payload)
+            if found is None:
+                eliot.log_message(message_type="wa_trio:cloud_api:no_message_id")
+            self.sent += 1
+            return SendResult(message_id=found or "", timestamp=time.time())
+        raise self._failure(answer)
+
+    async def _upload(self, media: MediaPayload) -> str:
+        """The media's id at Meta: uploaded once per content (``UploadCache``, 29 days: Meta
+        keeps an uploaded media 30)."""
+        key = (media.sha256, media.kind, media.filename)
+        known = self.uploads.get(key, time.time())
+        if known is not None:
+            return known
+        name = media.filename or f"{media.kind}.{media.mime_type.rsplit('/', 1)[-1]}"
         try:
-            answer = await http_client.call_json(
-                self._session,
+            answer = await self._call(
                 "POST",
-                f"{self._base}/{self._number_id}/messages",
-                json_body=messages.message_body(message),
-                headers=self._auth,
+                f"{self._base}/{self._number_id}/media",
+                files={"file": (name, media.data, media.mime_type)},
+                form={"messaging_product": "whatsapp", "type": media.mime_type},
+            )
+        except SendError as error:  # an upload lost is not a message maybe sent
+            raise SendError(error.message, code="cloud_api_unavailable") from None
+        uploaded = messages.uploaded_id(answer.payload) if answer.status < 300 else None
+        if uploaded is None:
+            raise self._failure(answer)
+        self.uploads.put(key, uploaded, time.time())
+        return uploaded
+
+    def _failure(self, answer: http_client.JsonAnswer) -> SendError:
+        failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
+        if failure.rule.stops_account:
+            self._stop_account(failure)
+            return NotConnectedError(failure.rule.code)
+        return SendError(
+            f"Cloud API {failure.meta_code or answer.status}: {failure.detail}",
+            code=failure.rule.code,
+            transient=failure.rule.transient,
+            retry_after=failure.retry_after,
+        )
+
+    async def _call(self, method: str, url: str, **request: Any) -> http_client.JsonAnswer:
+        assert self._session is not None
+        try:
+            return await http_client.call_json(
+                self._session, method, url, headers=self._auth, **request
             )
         except http_client.HttpError as error:
             if error.written:
@@ -200,22 +257,6 @@ class CloudApiTransport:
             raise SendError(
                 f"the Cloud API cannot be reached ({error.message})", code="cloud_api_unavailable"
             ) from None
-        if 200 <= answer.status < 300:
-            found = messages.message_id(answer.payload)
-            if found is None:
-                eliot.log_message(message_type="wa_trio:cloud_api:no_message_id")
-            self.sent += 1
-            return SendResult(message_id=found or "", timestamp=time.time())
-        failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
-        if failure.rule.stops_account:
-            self._stop_account(failure)
-            raise NotConnectedError(failure.rule.code)
-        raise SendError(
-            f"Cloud API {failure.meta_code or answer.status}: {failure.detail}",
-            code=failure.rule.code,
-            transient=failure.rule.transient,
-            retry_after=failure.retry_after,
-        )
 
 
 __all__ = ["REQUEST_TIMEOUT", "STOPPED_RECHECK", "CloudApiTransport"]
