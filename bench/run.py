@@ -316,6 +316,64 @@ def idle_rss_neonize(tmp: Path) -> dict[str, float]:
     return {"idle_rss_mb": rss, "startup_s": startup}
 
 
+def bench_media_fanout(recipients: int, tmp: Path) -> dict[str, float]:
+    """One image to ``recipients`` people: how many fetches and uploads (goal: 1 and 1)."""
+    import base64
+    import http.server
+    import threading
+
+    png = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    hits = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            hits[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    queue = f"bench.{uuid.uuid4().hex[:8]}.media"
+    env = env_for(queue, tmp, WHATSAPP_PREFETCH_COUNT="100", WHATSAPP_MEDIA_ALLOW_PRIVATE="on")
+    settings = Settings.from_env(env)
+    url = f"http://127.0.0.1:{server.server_address[1]}/menu.png"
+    bodies = [json.dumps({"user_id": "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f",
+                          "destination": f"+55119{n:08d}",
+                          "media": {"kind": "image", "url": url}}).encode()
+              for n in range(recipients)]
+
+    async def publish_media() -> None:
+        async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
+            await amqp.declare_topology(connection, settings)
+            async with connection.open_channel() as channel:
+                for body in bodies:
+                    await amqp.publish(channel, settings.exchange, settings.routing_key, body,
+                                       Properties(message_id=str(uuid.uuid4())))
+
+    trio.run(publish_media)
+    proc, _ = start_worker(env)
+    try:
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        deadline = time.monotonic() + 300
+        while count_sent(path) < recipients and time.monotonic() < deadline:
+            time.sleep(0.25)
+        sent = records(path)
+    finally:
+        stop(proc)
+        server.shutdown()
+        trio.run(cleanup, settings)
+    uploads = sum(1 for r in sent if r.get("media", {}).get("uploaded"))
+    times = sorted(r["sent_at"] for r in sent)
+    return {"recipients": recipients, "sent": len(sent), "fetches": hits[0], "uploads": uploads,
+            "jobs_per_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -360,6 +418,8 @@ def main() -> None:
         aheads = (2.0, 30.0) if args.quick else (2.0, 30.0, 300.0)
         results["schedule"] = bench_schedule(aheads, tmp)
         print(f"scheduled sends: {results['schedule']}", flush=True)
+        results["media"] = bench_media_fanout(1000, tmp)
+        print(f"media fan-out: {results['media']}", flush=True)
         results["idle"] = idle_rss_neonize(tmp)
         print(f"idle (neonize loaded): {results['idle']}", flush=True)
     base_rate = results["bare_aio_pika_jobs_per_s"]
@@ -395,6 +455,9 @@ def main() -> None:
         f"{lat['p99_ms']:.2f} ms | <= 10 ms |",
         *(f"| send_at {a:g} s ahead: p99 send-time error | "
           f"{results['schedule'][f'{a:g}s_p99_ms']:.0f} ms | < 1000 ms |" for a in aheads),
+        f"| media fan-out: one image to {results['media']['recipients']} recipients, "
+        f"fetches / uploads | {results['media']['fetches']} / {results['media']['uploads']} "
+        "| 1 / 1 |",
         f"| RSS idle, neonize loaded | {idle['idle_rss_mb']:.0f} MB | <= 150 MB |",
         f"| RSS after {n} jobs (prefetch 100, dry-run) | "
         f"{results['worker_p100']['rss_after_mb']:.0f} MB | |",

@@ -39,6 +39,7 @@ class FakeGraph:
         self.sends: list[dict[str, Any]] = []  # every POST body that passed the checks
         self.accepted: list[str] = []  # wamid ids of the sends answered 200
         self.checks = 0
+        self.uploads: list[dict[str, Any]] = []
         self.problems: list[str] = []  # requests a real Graph API would refuse
         self.app = QuartTrio("fake-graph")
         self.port = 0
@@ -53,6 +54,23 @@ class FakeGraph:
                 self.number_answer,
                 {"display_phone_number": "+1 555-010-0000", "id": NUMBER_ID},
             )
+
+        @self.app.post(f"/{VERSION}/<number_id>/media")
+        async def media(number_id: str) -> Any:
+            problem = self._auth_problem(number_id)
+            if problem:
+                return problem
+            form = await request.form
+            files = await request.files
+            upload = files.get("file")
+            if form.get("messaging_product") != "whatsapp" or upload is None:
+                self.problems.append("a media upload without messaging_product or file")
+                return _error_body(400, 100, "bad upload")
+            data = upload.read()
+            self.uploads.append(
+                {"type": form.get("type"), "size": len(data), "name": upload.filename}
+            )
+            return {"id": f"media-{len(self.uploads)}"}, 200
 
         @self.app.post(f"/{VERSION}/<number_id>/messages")
         async def messages(number_id: str) -> Any:
@@ -140,6 +158,10 @@ def _shape_problem(body: Any) -> str | None:
         text = body.get("text")
         if not isinstance(text, dict) or not isinstance(text.get("body"), str):
             return "text.body is required"
+    elif kind in {"image", "video", "audio", "document", "sticker"}:
+        media = body.get(kind)
+        if not isinstance(media, dict) or not isinstance(media.get("id"), str):
+            return f"{kind}.id is required (we upload first)"
     elif kind == "template":
         template = body.get("template")
         if not isinstance(template, dict) or not isinstance(template.get("name"), str):

@@ -24,7 +24,8 @@ from typing import Any
 
 from neonize.events import EVENT_TO_INT, ConnectedEv
 from neonize.exc import IsOnWhatsAppError, NeonizeError, PairPhoneError
-from neonize.proto.Neonize_pb2 import JID, Device, IsOnWhatsAppResponse, SendResponse
+from neonize.proto.Neonize_pb2 import JID, Device, GroupInfo, IsOnWhatsAppResponse, SendResponse
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from wa_trio.config import Settings
 from wa_trio.log import Redactor
@@ -60,10 +61,15 @@ class FakeClient:
         answer_with_lid: bool = False,
         lookup_error: str | None = None,
         dial_error: str | None = None,
+        groups: set[str] | None = None,
     ) -> None:
+        self.groups = groups or set()  # "<digits>@g.us" the account is in
+        self.group_lookups = 0
+        self.built: list[dict[str, Any]] = []  # every builder call: kind, bytes, options
         self.database = database
         self.event = _EventRegistry()
         self.sent: list[tuple[str, str]] = []
+        self.sent_built: list[tuple[str, e2e.Message]] = []
         self.lookups: list[str] = []
         self.not_on_whatsapp = not_on_whatsapp or set()
         self.send_error = send_error
@@ -109,14 +115,61 @@ class FakeClient:
             for n in numbers
         ]
 
-    def send_message(self, to: JID, text: str) -> SendResponse:
+    def send_message(self, to: JID, message: Any) -> SendResponse:
+        """Text (a str) or a built message (a waE2E Message), as neonize's ``send_message``."""
         if self.send_gate is not None:
             self.sending += 1
             self.send_gate.wait(60)
         if self.send_error:
             raise RuntimeError(self.send_error)
-        self.sent.append((to.User, text))
+        if isinstance(message, str):
+            self.sent.append((to.User, message))
+        else:
+            self.sent_built.append((f"{to.User}@{to.Server}", message))
+            self.sent.append((to.User, ""))
         return SendResponse(ID=f"3EB0{len(self.sent):016X}", Timestamp=1_700_000_000)
+
+    # neonize's builders: each uploads the bytes (counted) and returns a real waE2E Message
+    def _built(self, kind: str, data: bytes, **options: Any) -> None:
+        assert isinstance(data, bytes), "a builder must get our bytes, never a URL or a path"
+        self.built.append({"kind": kind, "data": data, **options})
+
+    def build_image_message(self, file: bytes, caption: str | None = None) -> e2e.Message:
+        self._built("image", file, caption=caption)
+        return e2e.Message(imageMessage=e2e.ImageMessage(mimetype="image/png", caption=caption))
+
+    def build_video_message(self, file: bytes, caption: str | None = None) -> e2e.Message:
+        self._built("video", file, caption=caption)
+        return e2e.Message(videoMessage=e2e.VideoMessage(mimetype="video/mp4", caption=caption))
+
+    def build_audio_message(self, file: bytes, ptt: bool = False) -> e2e.Message:
+        self._built("audio", file, ptt=ptt)
+        return e2e.Message(audioMessage=e2e.AudioMessage(mimetype="audio/ogg", PTT=ptt))
+
+    def build_document_message(
+        self,
+        file: bytes,
+        caption: str | None = None,
+        title: str | None = None,
+        filename: str | None = None,
+        mimetype: str | None = None,
+    ) -> e2e.Message:
+        self._built("document", file, caption=caption, filename=filename, mimetype=mimetype)
+        return e2e.Message(
+            documentMessage=e2e.DocumentMessage(
+                mimetype=mimetype, fileName=filename, title=title, caption=caption
+            )
+        )
+
+    def build_sticker_message(self, file: bytes) -> e2e.Message:
+        self._built("sticker", file)
+        return e2e.Message(stickerMessage=e2e.StickerMessage(mimetype="image/webp"))
+
+    def get_joined_groups(self) -> list[GroupInfo]:
+        self.group_lookups += 1
+        return [
+            GroupInfo(JID=JID(User=jid.split("@")[0], Server="g.us")) for jid in sorted(self.groups)
+        ]
 
     def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
         self.presences.append((jid.User, state.name))

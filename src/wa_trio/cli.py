@@ -44,8 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate one job JSON (file or - for stdin)")
     validate.add_argument("file", help="path to a JSON file, or - to read stdin")
     send = sub.add_parser("send", help="publish one job to the configured exchange")
-    send.add_argument("--destination", required=True, help="e.g. +5511999999999")
-    send.add_argument("--text", required=True, help="message text")
+    send.add_argument(
+        "--destination", required=True, help="e.g. +5511999999999, or a group: <digits>@g.us"
+    )
+    send.add_argument("--text", default=None, help="message text (a media's caption)")
+    send.add_argument(
+        "--media", default=None, help="a file (sent inline, base64) or an http(s) URL"
+    )
+    send.add_argument(
+        "--kind",
+        default=None,
+        choices=("image", "document", "video", "audio", "voice", "sticker"),
+        help="with --media: what it is",
+    )
+    send.add_argument("--filename", default=None, help="with --media: the name shown")
     send.add_argument("--user-id", default=None, help="UUID (default: a random one)")
     send.add_argument("--message-id", default=None, help="AMQP message_id (the job key)")
     send.add_argument(
@@ -261,16 +273,25 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.job_publisher import publish_job
 
     user_id = args.user_id or str(uuid.uuid4())
-    body = json.dumps(
-        {"user_id": user_id, "text_message": args.text, "destination": args.destination},
-        ensure_ascii=False,
-    ).encode()
+    job: dict[str, object] = {"user_id": user_id, "destination": args.destination}
+    if args.text is not None:
+        job["text_message"] = args.text
+    if (args.media is None) != (args.kind is None):
+        print("wa-trio: --media and --kind go together", file=sys.stderr)
+        return EXIT_FAILED
+    if args.media is None and args.text is None:
+        print("wa-trio: give --text, or --media with --kind", file=sys.stderr)
+        return EXIT_FAILED
+    if args.media is not None:
+        job["media"] = _media_field(args)
+    body = json.dumps(job, ensure_ascii=False).encode()
     if not args.no_validate:
         try:
             parse_envelope(
                 body,
                 content_filter=settings.content_filter,
                 cloud_templates=settings.transport != "neonize",
+                media_inline_max=settings.media_inline_max_bytes,
             )
         except ValidationError as error:
             print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
@@ -306,6 +327,22 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
         )
     )
     return EXIT_OK
+
+
+def _media_field(args: argparse.Namespace) -> dict[str, str]:
+    """``--media``: a URL is passed on; a file is read and sent inline (base64)."""
+    import base64
+
+    media: dict[str, str] = {"kind": args.kind}
+    if args.media.startswith(("http://", "https://")):
+        media["url"] = args.media
+    else:
+        path = Path(args.media)
+        media["data"] = base64.b64encode(path.read_bytes()).decode()
+        media["filename"] = path.name
+    if args.filename:
+        media["filename"] = args.filename
+    return media
 
 
 def _session(settings: Settings, args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import eliot
@@ -63,6 +64,10 @@ class MediaFetcher:
         self.metrics = metrics
         self.cache = cache
         self._session: http_client.Session | None = None
+        #: why an address may not be fetched (``media.refusal`` under the settings)
+        self.refusal: Callable[[str], str | None] = partial(
+            refusal, allow_private=settings.media_allow_private
+        )
         self.resolver = resolver
         self.fetches = 0  # requests that downloaded a body (the bench counts them)
 
@@ -200,7 +205,7 @@ class MediaFetcher:
         if not addresses:
             raise MediaProblem("media_fetch_failed", "the media host has no address")
         for address in addresses:
-            why = refusal(address, allow_private=self.settings.media_allow_private)
+            why = self.refusal(address)
             if why is not None:
                 self.metrics.media_fetches.labels("refused").inc()
                 eliot.log_message(message_type="wa_trio:media:refused", reason=why)

@@ -74,11 +74,13 @@ class DryRunTransport:
             raise SendError("dry-run: simulated transient failure", code="simulated_failure")
         message_id = "DRY" + uuid.uuid4().hex[:17].upper()
         now = time.time()
+        uploaded = False
         if message.media is not None:  # a would-be upload, cached as the real transports do
             media = message.media
             key = (media.sha256, media.kind, media.filename)
             if self.uploads.get(key, now) is None:
                 self.uploads.put(key, message_id, now)
+                uploaded = True
         if self._path is not None:
             if self._file is None:
                 # full numbers and texts: private (0600, a folder we create 0700)
@@ -94,7 +96,7 @@ class DryRunTransport:
             if message.cloud_template is not None:
                 record["cloud_template"] = dict(message.cloud_template)
             if message.media is not None:
-                record["media"] = media_record(message.media)
+                record["media"] = {**media_record(message.media), "uploaded": uploaded}
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
         self.sent += 1

@@ -1,0 +1,101 @@
+"""The neonize adapter with media and groups (issue 14): each kind reaches neonize's own builder
+with our bytes, caption, filename and mime type; the same content is built (uploaded) once;
+groups are checked against the account's joined groups. The client double at the client
+boundary; everything above it is the real transport."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import trio
+from neonize.events import ConnectedEv
+
+from tests.fakes import FakeClient, fake_neonize_transport
+from tests.helpers import wait_for
+from tests.media_samples import BY_KIND
+from wa_trio.config import Settings
+from wa_trio.errors import SendError
+from wa_trio.media import MediaPayload
+from wa_trio.transport import ConnectionState as S
+from wa_trio.transport import OutgoingMessage
+from wa_trio.transport.neonize import NeonizeTransport
+from wa_trio.transport.neonize.runtime import MEDIA_FIELDS
+
+GROUP = "120363025246125486@g.us"
+
+
+def payload(kind: str, filename: str | None = None) -> MediaPayload:
+    data, mime = BY_KIND[kind]
+    return MediaPayload(kind, data, mime, hashlib.sha256(data).hexdigest(), filename)
+
+
+@pytest.fixture
+async def connected(
+    make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> AsyncIterator[tuple[NeonizeTransport, FakeClient]]:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_TYPING="off"))
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(settings, clients, groups={GROUP})
+    await nursery.start(transport.run)
+    await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+    await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+    await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+    yield transport, clients[0]
+
+
+@pytest.mark.parametrize("kind", sorted(BY_KIND))
+async def test_each_kind_reaches_its_builder_with_our_bytes(
+    connected: tuple[NeonizeTransport, FakeClient], kind: str
+) -> None:
+    transport, client = connected
+    caption = "" if kind in {"audio", "voice", "sticker"} else "Your receipt"
+    media = payload(kind, "receipt.pdf" if kind == "document" else None)
+    result = await transport.send(OutgoingMessage("+5511999999999", caption, "u", "k", media=media))
+    assert result.message_id.startswith("3EB0")
+    [built] = client.built
+    assert built["kind"] == ("audio" if kind == "voice" else kind)
+    assert built["data"] == media.data  # our bytes, not a URL
+    if kind == "voice":
+        assert built["ptt"] is True
+    if kind == "audio":
+        assert built["ptt"] is False
+    if kind == "document":
+        assert (built["filename"], built["mimetype"]) == ("receipt.pdf", "application/pdf")
+    [(to, message)] = client.sent_built
+    assert to == "5511999999999@s.whatsapp.net"
+    field = getattr(message, MEDIA_FIELDS[kind])
+    if caption:
+        assert field.caption == caption
+
+
+async def test_the_same_content_is_uploaded_once_with_each_caption(
+    connected: tuple[NeonizeTransport, FakeClient],
+) -> None:
+    transport, client = connected
+    media = payload("image")
+    for n in range(5):
+        message = OutgoingMessage(f"+55119999900{n:02d}", f"for {n}", "u", f"k{n}", media=media)
+        await transport.send(message)
+    assert len(client.built) == 1 and transport.uploads.uploads == 1
+    captions = [message.imageMessage.caption for _, message in client.sent_built]
+    assert captions == [f"for {n}" for n in range(5)]
+
+
+async def test_groups_are_checked_against_the_joined_list(
+    connected: tuple[NeonizeTransport, FakeClient],
+) -> None:
+    transport, client = connected
+    await transport.send(OutgoingMessage(GROUP, "hello group", "u", "k1"))
+    assert client.sent[-1] == (GROUP.removesuffix("@g.us"), "hello group")
+    assert client.lookups == []  # a group skips the number look-up
+    with pytest.raises(SendError) as caught:
+        await transport.send(OutgoingMessage("120363000000000001@g.us", "hi", "u", "k2"))
+    assert (caught.value.code, caught.value.transient) == ("not_in_group", False)
+    lookups = client.group_lookups
+    with pytest.raises(SendError):  # asked again at most every 30 s, not per job
+        await transport.send(OutgoingMessage("120363000000000001@g.us", "hi", "u", "k3"))
+    assert client.group_lookups == lookups
+    await transport.send(OutgoingMessage(GROUP, "", "u", "k4", media=payload("image")))
+    assert client.sent_built[-1][0] == GROUP
