@@ -291,21 +291,19 @@ class JobHandler:
         for tag, multiple in ack_plan(by_tag, (batch.open - by_tag.keys()) | batch.held):
             await by_tag[tag].delivery.ack(multiple=multiple)
         for job, _message, _result in batch.sent:
-            with job.action.context():
-                eliot.log_message(message_type="wa_trio:job:acked")
+            job.action.addSuccessFields(acked=True)  # in the job's end message: one fewer
             self._finish(batch, job, Outcome.SUCCESS)
 
     async def _validate(self, job: Job, channel: Channel) -> WhatsAppEnvelope | None:
         """The envelope, or None after dead-lettering an invalid job (acked, counted)."""
-        try:
-            with eliot.start_action(action_type="wa_trio:job:validate"):
-                return parse_envelope(
-                    job.delivery.body,
-                    content_filter=self.settings.content_filter,
-                    templates=self.templates,
-                    cloud_templates=self._sender.transport.cloud_templates,
-                    media_inline_max=self.settings.media_inline_max_bytes,
-                )
+        try:  # no action of its own: a rejection shows as the job's dead_letter child
+            return parse_envelope(
+                job.delivery.body,
+                content_filter=self.settings.content_filter,
+                templates=self.templates,
+                cloud_templates=self._sender.transport.cloud_templates,
+                media_inline_max=self.settings.media_inline_max_bytes,
+            )
         except ValidationError as error:
             await self._copies.dead_letter(job, channel, error.code, error.message)
             self.metrics.failed(error.code)

@@ -50,6 +50,7 @@ class InboundPublisher:
             properties_of=_properties,
             on_confirmed=lambda _event: metrics.inbound_published.inc(),
             on_drop=metrics.inbound_dropped.inc,
+            key=lambda event: str(event["sender"] or event["group"] or ""),  # per-sender order
         )
 
     def on_inbound(self, message: InboundMessage) -> None:

@@ -87,9 +87,10 @@ class StatusPublisher:
             properties_of=_properties,
             on_confirmed=lambda event: metrics.status_events.labels(event["status"]).inc(),
             on_drop=metrics.status_events_dropped.inc,
+            key=lambda event: str(event["job_key"]),
         )
         self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
-        metrics.status_events_pending.set_function(lambda: len(self._outbox.pending))
+        metrics.status_events_pending.set_function(lambda: len(self._outbox))
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an event; never blocks. With a webhook, the event is first stored in its
@@ -113,12 +114,12 @@ class StatusPublisher:
 
     @property
     def pending(self) -> int:
-        return len(self._outbox.pending)
+        return len(self._outbox)
 
     def statistics(self) -> StatusStatistics:
-        pending = self._outbox.pending
+        oldest = self._outbox.oldest()
         return StatusStatistics(
-            pending=len(pending), oldest_job_key=pending[0]["job_key"] if pending else None
+            pending=len(self._outbox), oldest_job_key=oldest["job_key"] if oldest else None
         )
 
     async def drain(self) -> None:
