@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 import attrs
 import eliot
@@ -32,7 +32,13 @@ import trio
 from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, TransportError
-from wa_trio.files import StartupError, lock_session, private_dir
+from wa_trio.files import (
+    StartupError,
+    lock_session,
+    private_dir,
+    try_lock_session,
+    wait_lock_session,
+)
 from wa_trio.inbound_bus import InboundPublisher
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
@@ -46,7 +52,7 @@ from wa_trio.safety import AccountSafety
 from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateError, TemplateSet
 from wa_trio.transport import Transport
-from wa_trio.web import create_app, run_http
+from wa_trio.web import create_app, create_standby_app, run_http
 from wa_trio.webhook import WebhookSink
 
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
@@ -84,6 +90,41 @@ def check_media_tools(
             f"{' and '.join(missing)} not found, needed by neonize for media kinds "
             f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
         )
+
+
+async def stand_by(settings: Settings, metrics: Metrics) -> IO[bytes]:
+    """Wait for the session lock another worker holds (WHATSAPP_STANDBY=on), serving /livez,
+    /healthz (200: alive) and /readyz (503: not ready) meanwhile; return the lock once taken.
+    The lock is the kernel's: it is free the moment its holder's process ends, kill -9
+    included, and the kernel wakes the waiting thread then: the takeover is start-up time."""
+    reason = f"standby: another worker holds the session {settings.session_path}"
+    metrics.standby.set(1)
+    shutdown = trio.Event()
+    print(f"wa-trio: {reason}; waiting to take over", file=sys.stderr, flush=True)
+    eliot.log_message(message_type="wa_trio:standby:waiting", session=str(settings.session_path))
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(
+                run_http,
+                create_standby_app(metrics, reason),
+                settings.http_host,
+                settings.http_port,
+                shutdown,
+            )
+        except* OSError as group:
+            error = _first(group)
+            raise StartupError(
+                f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP_HOST, "
+                f"HTTP_PORT): {getattr(error, 'strerror', None) or error}"
+            ) from None
+        lock = await trio.to_thread.run_sync(
+            wait_lock_session, settings.session_path, abandon_on_cancel=True
+        )
+        shutdown.set()  # the standby's server goes; the worker's takes the port
+    metrics.standby.set(0)
+    eliot.log_message(message_type="wa_trio:standby:took_over")
+    print("wa-trio: took over the session", file=sys.stderr, flush=True)
+    return lock
 
 
 def load_templates(settings: Settings) -> TemplateSet:
@@ -149,7 +190,12 @@ async def run_worker(
     check_media_tools(settings)
     transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
-    session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
+    session_lock = await trio.to_thread.run_sync(try_lock_session, settings.session_path)
+    if session_lock is None:
+        if not settings.standby:
+            session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
+        else:
+            session_lock = await stand_by(settings, metrics)
     try:
         ledger = await AsyncLedger.open(settings.ledger_db)
     except LedgerError as error:

@@ -722,6 +722,14 @@ class Settings:
         "Failed connects in a row before the account goes to state failed (health red) "
         "instead of retrying forever; POST /login/relogin resets it.",
     )
+    standby: bool = _setting(
+        "WHATSAPP_STANDBY",
+        "off",
+        "on or off",
+        _on_off,
+        "When another worker holds this session: wait as its standby (take over the moment it "
+        "ends, kill -9 included) instead of refusing to start (docs/scaling.md).",
+    )
     ambiguous: str = _setting(
         "WHATSAPP_AMBIGUOUS",
         "resend",

@@ -65,19 +65,39 @@ def lock_session(path: Path) -> IO[bytes]:
     """Take the session folder's exclusive lock (``.lock``), held while the file stays open.
 
     Two whatsmeow clients on one device session fight and get the session replaced; a second
-    worker on the same folder is refused here with one line.
+    worker on the same folder is refused here with one line (or, with WHATSAPP_STANDBY=on,
+    waits for the lock: ``try_lock_session``).
 
     Raises:
         StartupError: another process holds the lock.
     """
+    handle = try_lock_session(path)
+    if handle is None:
+        raise StartupError(
+            f"another wa-trio process uses the session folder {path}; one worker per session "
+            "(stop the other, give this one its own WHATSAPP_SESSION_PATH, or run it as the "
+            "other's standby: WHATSAPP_STANDBY=on)"
+        )
+    return handle
+
+
+def wait_lock_session(path: Path) -> IO[bytes]:
+    """The session lock, waiting (blocking: a worker thread) until its holder's process ends;
+    the kernel wakes the waiter at once, so a standby takes over without polling."""
+    handle = open(path / ".lock", "ab")  # noqa: SIM115 - held open for the worker's life
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    os.chmod(path / ".lock", 0o600)
+    return handle
+
+
+def try_lock_session(path: Path) -> IO[bytes] | None:
+    """The session lock, or None when another process holds it. The kernel releases it when
+    its holder's process ends, however it ends (kill -9 included): the lease of a standby."""
     handle = open(path / ".lock", "ab")  # noqa: SIM115 - held open for the worker's life
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise StartupError(
-            f"another wa-trio process uses the session folder {path}; one worker per session "
-            "(stop the other, or give this one its own WHATSAPP_SESSION_PATH)"
-        ) from None
+        return None
     os.chmod(path / ".lock", 0o600)
     return handle

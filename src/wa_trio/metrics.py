@@ -230,6 +230,11 @@ class Metrics:
             "Until when (Unix time) WhatsApp temporarily banned the account (0: not banned).",
             registry=r,
         )
+        self.standby = Gauge(
+            "wa_trio_standby",
+            "1 while this worker waits as another's standby for the session lock.",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

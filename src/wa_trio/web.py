@@ -197,6 +197,27 @@ def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
         return Response("", status=hook.receive(body, header))
 
 
+def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:
+    """What a standby serves while it waits for the session: alive (/livez, /healthz 200, so
+    no supervisor restarts it), not ready (/readyz 503), and its metrics (``wa_trio_standby``)."""
+    app = QuartTrio("wa_trio_standby")
+
+    @app.get("/livez")
+    @app.get("/healthz")
+    async def alive() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {}, "standby": reason}, 200
+
+    @app.get("/readyz")
+    async def not_ready() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {"standby": reason}, "standby": reason}, 503
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
 async def run_http(
     app: QuartTrio,
     host: str,

@@ -112,3 +112,11 @@ def test_the_wheels_never_land_in_a_layer_of_the_final_image() -> None:
     final = [(k, r) for k, r in instructions()][-30:]
     assert not any(k == "COPY" and "/wheels" in r for k, r in final)
     assert any(k == "RUN" and "--mount=type=bind,from=build" in r for k, r in final)
+
+
+def test_compose_offers_a_standby_on_the_same_volume() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    standby = compose["services"]["wa-trio-standby"]
+    assert standby["profiles"] == ["standby"]  # not started unless asked for
+    assert standby["environment"]["WHATSAPP_STANDBY"] == "on"
+    assert standby["volumes"] == compose["services"]["wa-trio"]["volumes"]
