@@ -111,13 +111,16 @@ class BusOutbox:
     async def _publish_window(self, channels: list[amqp.Channel]) -> None:
         """Publish the oldest ``WINDOW`` events over the lanes; drop them once all confirmed."""
         window = list(itertools.islice(self._queue, WINDOW))
-        lanes: list[list[dict[str, Any]]] = [[] for _ in channels]
-        for _, event in window:
-            lanes[hash(self._key(event)) % len(channels)].append(event)
-        async with trio.open_nursery() as nursery:
-            for channel, lane in zip(channels, lanes, strict=True):
-                if lane:
-                    nursery.start_soon(self._publish_lane, channel, lane)
+        if len(window) == 1:  # the common case when events trickle in: no task to spawn
+            await self._publish_lane(channels[0], [window[0][1]])
+        else:
+            lanes: list[list[dict[str, Any]]] = [[] for _ in channels]
+            for _, event in window:
+                lanes[hash(self._key(event)) % len(channels)].append(event)
+            async with trio.open_nursery() as nursery:
+                for channel, lane in zip(channels, lanes, strict=True):
+                    if lane:
+                        nursery.start_soon(self._publish_lane, channel, lane)
         last = window[-1][0]
         while self._queue and self._queue[0][0] <= last:  # some may have been dropped meanwhile
             _, event = self._queue.popleft()
