@@ -207,7 +207,8 @@ class JobHandler:
         if self.safety is not None and not message.group:
             self.safety.after_send(message.destination)
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
-        batch.sent.append((job, message, result))
+        # kept until the batch is acked: without the media bytes (a batch of 100 videos)
+        batch.sent.append((job, attrs.evolve(message, media=None), result))
         return None
 
     async def _media_of(
