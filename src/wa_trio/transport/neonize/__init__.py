@@ -1,6 +1,7 @@
 """The neonize transport: the only package that imports neonize.
 
-- ``transport.py``: ``NeonizeTransport`` (threads, trio bridge, watchdog, sends);
+- ``transport.py``: ``NeonizeTransport`` (threads, trio bridge, watchdog, states);
+- ``sending.py``: ``NeonizeSender`` (number and group look-ups, media built once, typing, sends);
 - ``events.py``: neonize event objects -> state-machine signals and receipts (pure);
 - ``runtime.py``: the bundled library guard, the client factory, log routing, the error
   boundary for neonize calls.

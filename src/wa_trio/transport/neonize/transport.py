@@ -24,7 +24,6 @@ Threads and trio:
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -38,10 +37,8 @@ import trio
 from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, TransportError
 from wa_trio.log import Redactor
-from wa_trio.media import MediaPayload
-from wa_trio.number_cache import NumberCache, Resolution
-from wa_trio.pacing import typing_seconds
-from wa_trio.policy import Backoff, classify_send_error
+from wa_trio.number_cache import NumberCache
+from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.neonize.events import (
@@ -52,19 +49,14 @@ from wa_trio.transport.neonize.events import (
     signal_of,
 )
 from wa_trio.transport.neonize.runtime import (
-    build_media,
-    joined_groups,
     linked_number,
     neonize_errors,
     new_client,
     prepare_session_dir,
     print_qr,
-    send_built,
-    send_text,
-    show_composing,
     tighten_session_files,
-    with_caption,
 )
+from wa_trio.transport.neonize.sending import NeonizeSender
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 from wa_trio.transport.upload_cache import UploadCache
@@ -74,8 +66,6 @@ STOP_TIMEOUT = 5.0
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
 _STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
-GROUPS_TTL = 600.0  # seconds the joined-groups list is trusted
-GROUPS_RECHECK = 30.0  # a group not in the list: ask again at most this often
 
 
 @attrs.frozen
@@ -128,7 +118,6 @@ class NeonizeTransport:
         self._relogin = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._client: Any = None
-        self._numbers: NumberCache | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         self._pair_requested = False
@@ -139,9 +128,7 @@ class NeonizeTransport:
         self.banned_until = 0.0  # Unix time a temporary ban ends (0: not banned)
         self.failures_in_a_row = 0  # connects that never reached WhatsApp (restart budget)
         self._reached = False  # this connect reached WhatsApp (connected, or a login code)
-        self.uploads: UploadCache[Any] = UploadCache()
-        self._groups: set[str] = set()
-        self._groups_at = -math.inf
+        self.sending = NeonizeSender(settings, redactor, self._limiter)
 
     def statistics(self) -> NeonizeStatistics:
         return NeonizeStatistics(self._state, self.connect_attempts, self.login.qr_count)
@@ -319,7 +306,7 @@ class NeonizeTransport:
         self._token = trio.lowlevel.current_trio_token()
         session = self.settings.session_path
         await trio.to_thread.run_sync(prepare_session_dir, session)
-        self._numbers = await trio.to_thread.run_sync(
+        self.sending.numbers = await trio.to_thread.run_sync(
             NumberCache, session / "numbers.db", NUMBER_CACHE_TTL
         )
         try:
@@ -332,8 +319,8 @@ class NeonizeTransport:
         finally:
             with trio.CancelScope(shield=True):
                 await self._stop_client()
-                if self._numbers is not None:
-                    self._numbers.close()
+                if self.sending.numbers is not None:
+                    self.sending.numbers.close()
 
     def _proxy(self) -> Any:
         if not self.settings.proxy:
@@ -449,125 +436,8 @@ class NeonizeTransport:
         client = self._client
         if self._state is not ConnectionState.CONNECTED or client is None:
             raise NotConnectedError(f"WhatsApp is {self._state.value}")
-        if message.group:
-            user, server = await self._group(message.destination), "g.us"
-        else:
-            user, server = await self.resolve(message.destination), ""
-        media = message.media
-        if self.settings.typing:
-            voice = media is not None and media.kind == "voice"
-            await self._show_typing(client, user, len(message.text), voice=voice, server=server)
-        try:
-            with neonize_errors(
-                "WhatsApp send failed", code="send_failed", mask=self.redactor.text
-            ):
-                if media is None:
-                    response = await trio.to_thread.run_sync(
-                        send_text,
-                        client,
-                        user,
-                        message.text,
-                        server,
-                        limiter=self._limiter,
-                        abandon_on_cancel=True,  # see the module docstring
-                    )
-                else:
-                    built = await self._built(client, media)
-                    response = await trio.to_thread.run_sync(
-                        send_built,
-                        client,
-                        user,
-                        with_caption(built, media.kind, message.text),
-                        server,
-                        limiter=self._limiter,
-                        abandon_on_cancel=True,
-                    )
-        except SendError as error:
-            code, transient = classify_send_error(error.message)
-            raise SendError(error.message, code=code, transient=transient) from None
-        return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
+        return await self.sending.send(client, message)
 
-    async def _built(self, client: Any, media: MediaPayload) -> Any:
-        """The media message built and uploaded once per content (``UploadCache``)."""
-        key = (media.sha256, media.kind, media.filename)
-        built = self.uploads.get(key, time.time())
-        if built is None:
-            built = await trio.to_thread.run_sync(
-                build_media,
-                client,
-                media.kind,
-                media.data,
-                media.mime_type,
-                media.filename,
-                limiter=self._limiter,
-                abandon_on_cancel=True,
-            )
-            self.uploads.put(key, built, time.time())
-        return built
-
-    async def _group(self, jid: str) -> str:
-        """The group's JID user once the account is known to be in it (the joined-groups list
-        is cached ``GROUPS_TTL`` seconds and asked again on a miss, at most every
-        ``GROUPS_RECHECK``); SendError ``not_in_group`` otherwise."""
-        now = trio.current_time()
-        stale = now - self._groups_at > GROUPS_TTL
-        missing = jid not in self._groups and now - self._groups_at > GROUPS_RECHECK
-        if stale or missing:
-            client = self._client
-            with neonize_errors(
-                "joined groups look-up failed", code="lookup_failed", mask=self.redactor.text
-            ):
-                self._groups = await trio.to_thread.run_sync(
-                    joined_groups, client, limiter=self._limiter, abandon_on_cancel=True
-                )
-            self._groups_at = now
-        if jid not in self._groups:
-            raise SendError(
-                "this account is not in the group", code="not_in_group", transient=False
-            )
-        return jid.removesuffix("@g.us")
-
-    async def _show_typing(
-        self, client: Any, jid_user: str, chars: int, *, voice: bool = False, server: str = ""
-    ) -> None:
-        """WHATSAPP_TYPING=on: "composing" presence ("recording audio" before a voice note)
-        for a time growing with the text."""
-        try:
-            with neonize_errors("typing", code="typing_failed", mask=self.redactor.text):
-                await trio.to_thread.run_sync(
-                    partial(show_composing, audio=voice, server=server),
-                    client,
-                    jid_user,
-                    True,
-                    limiter=self._limiter,
-                    abandon_on_cancel=True,
-                )
-            await trio.sleep(typing_seconds(chars))
-        except SendError as error:  # typing is cosmetic; never fail the send
-            eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=error.message)
-
-    async def resolve(self, number: str) -> str:
-        """The JID user to send to (the number's digits) once WhatsApp says the number is on
-        WhatsApp (cached); SendError if it is not."""
-        cache = self._numbers
-        cached = await trio.to_thread.run_sync(cache.get, number) if cache else None
-        if cached is None:
-            client = self._client
-            with neonize_errors(
-                "number look-up failed", code="lookup_failed", mask=self.redactor.text
-            ):
-                answers = await trio.to_thread.run_sync(
-                    client.is_on_whatsapp, number, limiter=self._limiter, abandon_on_cancel=True
-                )
-            answer = answers[0] if answers else None
-            on = bool(answer is not None and answer.IsIn)
-            # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID
-            # (<id>@lid), not a number; we send to the number's JID, whatsmeow maps it
-            cached = Resolution(number, on, number.lstrip("+") if on else "", time.time())
-            if cache is not None:
-                await trio.to_thread.run_sync(cache.put, cached)
-        if not cached.on_whatsapp:
-            raise SendError(
-                "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
-            )
-        return cached.jid_user
+    @property
+    def uploads(self) -> UploadCache[Any]:
+        return self.sending.uploads

@@ -1,0 +1,171 @@
+"""One account's sends through its neonize client: number look-ups (cached), joined groups
+(cached), media built and uploaded once per content, typing, and the send itself - each
+blocking neonize call in a worker thread sharing the transport's ``CapacityLimiter(1)`` and
+abandoned on cancel (see ``transport.py``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Any
+
+import eliot
+import trio
+
+from wa_trio.config import Settings
+from wa_trio.errors import SendError
+from wa_trio.log import Redactor
+from wa_trio.media import MediaPayload
+from wa_trio.number_cache import NumberCache, Resolution
+from wa_trio.pacing import typing_seconds
+from wa_trio.policy import classify_send_error
+from wa_trio.transport import OutgoingMessage, SendResult
+from wa_trio.transport.neonize.runtime import (
+    build_media,
+    joined_groups,
+    neonize_errors,
+    send_built,
+    send_text,
+    show_composing,
+    with_caption,
+)
+from wa_trio.transport.upload_cache import UploadCache
+
+GROUPS_TTL = 600.0  # seconds the joined-groups list is trusted
+GROUPS_RECHECK = 30.0  # a group not in the list: ask again at most this often
+
+
+class NeonizeSender:
+    def __init__(
+        self, settings: Settings, redactor: Redactor, limiter: trio.CapacityLimiter
+    ) -> None:
+        self.settings = settings
+        self.redactor = redactor
+        self._limiter = limiter
+        self.numbers: NumberCache | None = None  # opened by the transport's ``run``
+        self.uploads: UploadCache[Any] = UploadCache()
+        self._groups: set[str] = set()
+        self._groups_at = -math.inf
+
+    async def send(self, client: Any, message: OutgoingMessage) -> SendResult:
+        if message.group:
+            user, server = await self._group(client, message.destination), "g.us"
+        else:
+            user, server = await self.resolve(client, message.destination), ""
+        media = message.media
+        if self.settings.typing:
+            voice = media is not None and media.kind == "voice"
+            await self._show_typing(client, user, len(message.text), voice=voice, server=server)
+        try:
+            with neonize_errors(
+                "WhatsApp send failed", code="send_failed", mask=self.redactor.text
+            ):
+                if media is None:
+                    response = await trio.to_thread.run_sync(
+                        send_text,
+                        client,
+                        user,
+                        message.text,
+                        server,
+                        limiter=self._limiter,
+                        abandon_on_cancel=True,  # see the module docstring
+                    )
+                else:
+                    built = await self._built(client, media)
+                    response = await trio.to_thread.run_sync(
+                        send_built,
+                        client,
+                        user,
+                        with_caption(built, media.kind, message.text),
+                        server,
+                        limiter=self._limiter,
+                        abandon_on_cancel=True,
+                    )
+        except SendError as error:
+            code, transient = classify_send_error(error.message)
+            raise SendError(error.message, code=code, transient=transient) from None
+        return SendResult(message_id=str(response.ID), timestamp=float(response.Timestamp))
+
+    async def _built(self, client: Any, media: MediaPayload) -> Any:
+        """The media message built and uploaded once per content (``UploadCache``)."""
+        key = (media.sha256, media.kind, media.filename)
+        built = self.uploads.get(key, time.time())
+        if built is None:
+            built = await trio.to_thread.run_sync(
+                build_media,
+                client,
+                media.kind,
+                media.data,
+                media.mime_type,
+                media.filename,
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+            self.uploads.put(key, built, time.time())
+        return built
+
+    async def _group(self, client: Any, jid: str) -> str:
+        """The group's JID user once the account is known to be in it (the joined-groups list
+        is cached ``GROUPS_TTL`` seconds and asked again on a miss, at most every
+        ``GROUPS_RECHECK``); SendError ``not_in_group`` otherwise."""
+        now = trio.current_time()
+        stale = now - self._groups_at > GROUPS_TTL
+        missing = jid not in self._groups and now - self._groups_at > GROUPS_RECHECK
+        if stale or missing:
+            with neonize_errors(
+                "joined groups look-up failed", code="lookup_failed", mask=self.redactor.text
+            ):
+                self._groups = await trio.to_thread.run_sync(
+                    joined_groups, client, limiter=self._limiter, abandon_on_cancel=True
+                )
+            self._groups_at = now
+        if jid not in self._groups:
+            raise SendError(
+                "this account is not in the group", code="not_in_group", transient=False
+            )
+        return jid.removesuffix("@g.us")
+
+    async def _show_typing(
+        self, client: Any, jid_user: str, chars: int, *, voice: bool = False, server: str = ""
+    ) -> None:
+        """WHATSAPP_TYPING=on: "composing" presence ("recording audio" before a voice note)
+        for a time growing with the text."""
+        try:
+            with neonize_errors("typing", code="typing_failed", mask=self.redactor.text):
+                await trio.to_thread.run_sync(
+                    partial(show_composing, audio=voice, server=server),
+                    client,
+                    jid_user,
+                    True,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+            await trio.sleep(typing_seconds(chars))
+        except SendError as error:  # typing is cosmetic; never fail the send
+            eliot.log_message(message_type="wa_trio:whatsapp:typing_failed", error=error.message)
+
+    async def resolve(self, client: Any, number: str) -> str:
+        """The JID user to send to (the number's digits) once WhatsApp says the number is on
+        WhatsApp (cached); SendError if it is not."""
+        cache = self.numbers
+        cached = await trio.to_thread.run_sync(cache.get, number) if cache else None
+        if cached is None:
+            with neonize_errors(
+                "number look-up failed", code="lookup_failed", mask=self.redactor.text
+            ):
+                answers = await trio.to_thread.run_sync(
+                    client.is_on_whatsapp, number, limiter=self._limiter, abandon_on_cancel=True
+                )
+            answer = answers[0] if answers else None
+            on = bool(answer is not None and answer.IsIn)
+            # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID
+            # (<id>@lid), not a number; we send to the number's JID, whatsmeow maps it
+            cached = Resolution(number, on, number.lstrip("+") if on else "", time.time())
+            if cache is not None:
+                await trio.to_thread.run_sync(cache.put, cached)
+        if not cached.on_whatsapp:
+            raise SendError(
+                "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
+            )
+        return cached.jid_user
