@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import IO, TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import attrs
 import eliot
@@ -66,7 +66,9 @@ def build_transport(settings: Settings) -> Transport:
         from wa_trio.transport.dry_run import DryRunTransport, FailurePlan
 
         fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
-        return DryRunTransport(settings.dry_run_file, redactor, fail=fail)
+        return DryRunTransport(
+            settings.dry_run_file, redactor, fail=fail, account=settings.account or "default"
+        )
     if settings.transport == "cloud-api":
         from wa_trio.transport.cloud_api import CloudApiTransport
 
@@ -92,7 +94,7 @@ def check_media_tools(
         )
 
 
-async def stand_by(settings: Settings, metrics: Metrics) -> IO[bytes]:
+async def stand_by(settings: Settings, metrics: Metrics, *, serve_http: bool = True) -> IO[bytes]:
     """Wait for the session lock another worker holds (WHATSAPP_STANDBY=on), serving /livez,
     /healthz (200: alive) and /readyz (503: not ready) meanwhile; return the lock once taken.
     The lock is the kernel's: it is free the moment its holder's process ends, kill -9
@@ -104,13 +106,14 @@ async def stand_by(settings: Settings, metrics: Metrics) -> IO[bytes]:
     eliot.log_message(message_type="wa_trio:standby:waiting", session=str(settings.session_path))
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(
-                run_http,
-                create_standby_app(metrics, reason),
-                settings.http_host,
-                settings.http_port,
-                shutdown,
-            )
+            if serve_http:  # several accounts: the process's one server reports it instead
+                await nursery.start(
+                    run_http,
+                    create_standby_app(metrics, reason),
+                    settings.http_host,
+                    settings.http_port,
+                    shutdown,
+                )
         except* OSError as group:
             error = _first(group)
             raise StartupError(
@@ -182,9 +185,20 @@ async def run_worker(
     *,
     transport: Transport | None = None,
     handle_signals: bool = True,
+    serve_http: bool = True,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the worker until stopped; returns normally after a graceful stop."""
+    """Run the worker until stopped; returns normally after a graceful stop. With several
+    accounts (WHATSAPP_ACCOUNTS), one worker per account and the pool router (``accounts.py``)."""
+    if settings.multi_account and not settings.account:
+        from wa_trio.accounts import run_accounts
+
+        await run_accounts(
+            settings,
+            handle_signals=handle_signals,
+            task_status=cast("trio.TaskStatus[Any]", task_status),  # an Accounts handle
+        )
+        return
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     templates = load_templates(settings)
     check_media_tools(settings)
@@ -195,7 +209,7 @@ async def run_worker(
         if not settings.standby:
             session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
         else:
-            session_lock = await stand_by(settings, metrics)
+            session_lock = await stand_by(settings, metrics, serve_http=serve_http)
     try:
         ledger = await AsyncLedger.open(settings.ledger_db)
     except LedgerError as error:
@@ -256,7 +270,9 @@ async def run_worker(
         fetcher,
     )
     try:
-        await _supervise(parts, handle_signals=handle_signals, task_status=task_status)
+        await _supervise(
+            parts, handle_signals=handle_signals, serve_http=serve_http, task_status=task_status
+        )
     except* (TopologyError, StartupError, TransportError) as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
         raise _first(group) from None
@@ -305,7 +321,11 @@ class _Parts:
 
 
 async def _supervise(
-    parts: _Parts, *, handle_signals: bool, task_status: trio.TaskStatus[Worker]
+    parts: _Parts,
+    *,
+    handle_signals: bool,
+    serve_http: bool = True,
+    task_status: trio.TaskStatus[Worker],
 ) -> None:
     settings, pipeline = parts.settings, parts.pipeline
     stop = trio.Event()
@@ -345,14 +365,18 @@ async def _supervise(
         await nursery.start(parts.inbound.run)
         await nursery.start(parts.safety.run, parts.transport)
         await nursery.start(parts.media.run)
-        urls = await nursery.start(http_task)
-        eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
+        urls: list[str] = []
+        if serve_http:
+            urls = await nursery.start(http_task)
+            eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
+        else:
+            http_done.set()
         if handle_signals:  # a person started it: say where to look
             print(f"wa-trio: HTTP listening on {', '.join(urls)}", file=sys.stderr, flush=True)
         nursery.start_soon(_broker_side, pipeline_then_done, parts.monitor)
         nursery.start_soon(_prune_ledger, parts.ledger, settings.dedup_window)
         if handle_signals:
-            nursery.start_soon(_watch_signals, stop)
+            nursery.start_soon(watch_signals, stop)
         worker = Worker(
             settings,
             parts.transport,
@@ -422,7 +446,7 @@ async def _prune_ledger(ledger: AsyncLedger, window: float, every: float = 3600.
         await trio.sleep(every)
 
 
-async def _watch_signals(stop: trio.Event) -> None:
+async def watch_signals(stop: trio.Event) -> None:
     """SIGTERM, SIGINT and SIGHUP start a graceful stop (there is no reload: a supervisor
     restarts the worker with its new configuration); a second signal stops at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -387,7 +387,9 @@ def _optout(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.log import Redactor
 
     private_dir(settings.session_path)
-    store = ContactStore(settings.session_path / "contacts.db")
+    # several accounts share one opt-out list in the session folder (docs/scaling.md)
+    name = "optouts.db" if settings.multi_account else "contacts.db"
+    store = ContactStore(settings.session_path / name)
     try:
         if args.optout_command == "list":
             for entry in store.optouts():

@@ -291,6 +291,16 @@ def _media_kinds(value: str) -> tuple[str, ...]:
     return kinds
 
 
+_ACCOUNT = re.compile(r"[a-z0-9-]{1,32}")
+
+
+def _accounts(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names or len(set(names)) != len(names) or not all(_ACCOUNT.fullmatch(n) for n in names):
+        raise ValueError
+    return names
+
+
 def _keywords(value: str) -> tuple[str, ...]:
     words = tuple(part.strip() for part in value.split(",") if part.strip())
     if any(len(word) > 64 for word in words):
@@ -722,6 +732,14 @@ class Settings:
         "Failed connects in a row before the account goes to state failed (health red) "
         "instead of retrying forever; POST /login/relogin resets it.",
     )
+    accounts: tuple[str, ...] = _setting(
+        "WHATSAPP_ACCOUNTS",
+        "default",
+        "comma-separated names of a-z, 0-9 and - (1-32 each)",
+        _accounts,
+        "The WhatsApp accounts this worker runs; more than one: a queue per account and the "
+        "main queue as their pool (docs/scaling.md).",
+    )
     standby: bool = _setting(
         "WHATSAPP_STANDBY",
         "off",
@@ -797,9 +815,38 @@ class Settings:
         repr=False,
     )
 
+    #: the account these settings are for (``for_account``; "" before it: the process, or
+    #: the one account); not an environment variable
+    account: str = attrs.field(default="")
+    #: with several accounts: the process's session folder (the opt-out list every account
+    #: shares lives there); None with one account
+    shared_session_path: Path | None = attrs.field(default=None)
+
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def multi_account(self) -> bool:
+        return len(self.accounts) > 1
+
+    def for_account(self, name: str) -> Settings:
+        """One account's settings: with several accounts, its own queue
+        (``<WHATSAPP_QUEUE_NAME>.<name>``), routing key (``<WHATSAPP_ROUTING_KEY>.<name>``) and
+        session folder (``<WHATSAPP_SESSION_PATH>/accounts/<name>``; ``default`` keeps the
+        folder itself), sharing the exchange and the dead-letter queue. With one account:
+        these settings as they are."""
+        if not self.multi_account:
+            return self
+        folder = self.session_path if name == "default" else self.session_path / "accounts" / name
+        return attrs.evolve(
+            self,
+            account=name,
+            queue_name=f"{self.queue_name}.{name}",
+            routing_key=f"{self.routing_key}.{name}",
+            session_path=folder,
+            shared_session_path=self.session_path,
+        )
 
     @property
     def session_db(self) -> Path:
@@ -843,6 +890,13 @@ class Settings:
             )
         if values["transport"] == "cloud-api":
             _require_cloud(values)
+        if len(values["accounts"]) > 1 and values["exchange_type"] in {"fanout", "headers"}:
+            raise ConfigError(
+                "WHATSAPP_EXCHANGE_TYPE",
+                values["exchange_type"],
+                "direct or topic with several WHATSAPP_ACCOUNTS (a queue per account is bound "
+                "by routing key)",
+            )
         return cls(**values)
 
     @property
@@ -870,6 +924,7 @@ class Settings:
 FIELDS: tuple[Field, ...] = tuple(
     Field(field.metadata["setting"][0], field.name, *field.metadata["setting"][1:])
     for field in attrs.fields(Settings)
+    if "setting" in field.metadata
 )
 
 

@@ -7,6 +7,8 @@ phone number, a user id or free text.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,6 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 from wa_trio import __version__
 
@@ -230,6 +233,12 @@ class Metrics:
             "Until when (Unix time) WhatsApp temporarily banned the account (0: not banned).",
             registry=r,
         )
+        self.pool_forwarded = Counter(
+            "whatsapp_pool_forwarded",
+            "Pool jobs forwarded to an account's queue (several accounts), by account.",
+            ["account"],
+            registry=r,
+        )
         self.standby = Gauge(
             "wa_trio_standby",
             "1 while this worker waits as another's standby for the session lock.",
@@ -262,3 +271,37 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Labelled:
+    """A collector re-exposing other registries' samples with an ``account`` label (one
+    family per name across accounts: what Prometheus expects of one target)."""
+
+    def __init__(self, by_account: Callable[[], Mapping[str, Metrics]], own: Metrics) -> None:
+        self._by_account = by_account
+        self._own = own
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sources = [("", self._own), *self._by_account().items()]
+        for account, metrics in sources:
+            for family in metrics.registry.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    labels = {"account": account or "pool", **sample.labels}  # its own wins
+                    merged.add_sample(
+                        sample.name, labels, sample.value, sample.timestamp, sample.exemplar
+                    )
+        yield from families.values()
+
+
+def accounts_exposition(by_account: Callable[[], Mapping[str, Metrics]], own: Metrics) -> bytes:
+    """/metrics of a multi-account process: every account's series with ``account``; the
+    process's own (the pool's) with ``account="pool"``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Labelled(by_account, own))
+    return generate_latest(registry)

@@ -42,17 +42,21 @@ class AccountSafety:
         store: ContactStore,
         *,
         clock: Callable[[], float] = time.time,
+        optout_store: ContactStore | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.redactor = redactor
-        self.store = store
+        self.store = store  # this account's counts
+        #: the opt-out list: one for every account of the session (a STOP to one account
+        #: stops them all); the account's own store when there is one account
+        self.optout_store = optout_store or store
         self._clock = clock
         self._keywords = keyword_set(settings.optout_keywords)
         snapshot = store.snapshot()
-        self._optouts = set(snapshot.optouts)
+        self._optouts = set(self.optout_store.snapshot().optouts)
         self._counts = dict(snapshot.unanswered)
-        self._version = store.data_version()
+        self._version = (store.data_version(), self.optout_store.data_version())
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
         self._new_optouts: list[str] = []
@@ -65,7 +69,14 @@ class AccountSafety:
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, redactor: Redactor) -> AccountSafety:
         store = await trio.to_thread.run_sync(ContactStore, settings.session_path / "contacts.db")
-        return await trio.to_thread.run_sync(lambda: cls(settings, metrics, redactor, store))
+        shared = None
+        if settings.shared_session_path is not None:  # several accounts: one opt-out list
+            shared = await trio.to_thread.run_sync(
+                ContactStore, settings.shared_session_path / "optouts.db"
+            )
+        return await trio.to_thread.run_sync(
+            lambda: cls(settings, metrics, redactor, store, optout_store=shared)
+        )
 
     # ------------------------------------------------------------------ the hot path
 
@@ -135,28 +146,31 @@ class AccountSafety:
         replies, self._replies = self._replies, {}
         new, self._new_optouts = self._new_optouts, []
 
-        def write() -> int:
+        def write() -> tuple[int, int]:
             if sent or replies:
                 self.store.record(sent, replies, self._clock())
             for number in new:
-                self.store.add_optout(number, "inbound")
-            return self.store.data_version()
+                self.optout_store.add_optout(
+                    number, f"inbound:{self.settings.account or 'default'}"
+                )
+            return self.store.data_version(), self.optout_store.data_version()
 
         version = await trio.to_thread.run_sync(write)
         if self.settings.optout_reply:
             for number in new:
                 self._answers_in.send_nowait(number)
-        if version != self._version:  # another process (the CLI) changed the file
+        if version != self._version:  # another connection (the CLI, an account) changed them
             self._version = version
             snapshot = await trio.to_thread.run_sync(self.store.snapshot)
-            self._optouts = set(snapshot.optouts)
+            shared = await trio.to_thread.run_sync(self.optout_store.snapshot)
+            self._optouts = set(shared.optouts)
             for number, count in snapshot.unanswered.items():
                 self._counts.setdefault(number, count)
 
     async def _answer_optouts(self, transport: Transport) -> None:
         reply = self.settings.optout_reply or ""
         async for number in self._answers_out:
-            if not await trio.to_thread.run_sync(self.store.claim_reply, number):
+            if not await trio.to_thread.run_sync(self.optout_store.claim_reply, number):
                 continue  # answered before (once per opt-out, ever)
             await transport.wait_connected()
             digits = number.lstrip("+")
@@ -172,6 +186,8 @@ class AccountSafety:
 
     def close(self) -> None:
         self.store.close()
+        if self.optout_store is not self.store:
+            self.optout_store.close()
 
 
 __all__ = ["FLUSH_EVERY", "AccountSafety"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +34,7 @@ from wa_trio import login_page
 from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.log import Redactor
 from wa_trio.meta_webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
-from wa_trio.metrics import Metrics
+from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
 
 METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)
@@ -195,6 +196,112 @@ def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
             return Response("", status=hook.refuse("too_large"))
         body = raw if isinstance(raw, bytes) else raw.encode()
         return Response("", status=hook.receive(body, header))
+
+
+class AccountParts(Protocol):
+    """What the multi-account app reads of each account's worker (``app.Worker``)."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def pipeline(self) -> ConsumerState: ...
+
+    @property
+    def monitor(self) -> BrokerMonitor: ...
+
+
+def create_accounts_app(
+    *,
+    workers: Mapping[str, AccountParts],
+    accounts: tuple[str, ...],
+    metrics: Metrics,
+    admin_token: str,
+    redactor: Redactor,
+) -> QuartTrio:
+    """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
+    account still waiting as a standby is reported so), /metrics with an ``account`` label,
+    /login?account=NAME and POST /login/relogin?account=NAME (operator token)."""
+    app = QuartTrio("wa_trio_accounts")
+
+    async def report() -> tuple[dict[str, Any], bool, bool]:
+        body: dict[str, Any] = {}
+        healthy, ready = True, False
+        for name in accounts:
+            worker = workers.get(name)
+            if worker is None:
+                body[name] = {"state": "standby", "failing": {}}
+                continue
+            failing: dict[str, str] = {}
+            if not worker.pipeline.connected:
+                failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
+            result = await worker.monitor.check()
+            if not result.ok:
+                failing["broker"] = result.detail
+            problem = worker.transport.health_problem()
+            if problem:
+                failing["whatsapp"] = problem
+            state = worker.transport.state
+            body[name] = {"state": state.value, "failing": failing}
+            healthy = healthy and not failing
+            ready = ready or (not failing and state is ConnectionState.CONNECTED)
+        return body, healthy, ready
+
+    @app.get("/livez")
+    async def livez() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {}}, 200
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, Any], int]:
+        body, healthy, _ready = await report()
+        return {"accounts": body}, (200 if healthy else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, Any], int]:
+        body, _healthy, ready = await report()  # ready: some account can take pool jobs
+        return {"accounts": body}, (200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        text = accounts_exposition(
+            lambda: {name: worker.metrics for name, worker in workers.items()}, metrics
+        )
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
+
+    def chosen() -> AccountParts | None:
+        return workers.get(request.args.get("account", accounts[0]))
+
+    @app.get("/login")
+    async def login() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        worker = chosen()
+        if worker is None:
+            return Response("no such account (or a standby)\n", status=404)
+        page = login_page.render(worker.transport.login_status(), redactor)
+        return Response(
+            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/login/relogin")
+    async def relogin() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        worker = chosen()
+        if worker is None:
+            return Response("no such account (or a standby)\n", status=404)
+        worker.transport.request_relogin()
+        name = request.args.get("account", accounts[0])
+        return Response(
+            "",
+            status=303,
+            headers={"Location": f"/login?account={name}", "Cache-Control": "no-store"},
+        )
+
+    return app
 
 
 def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:

@@ -42,7 +42,9 @@ class DryRunTransport:
         redactor: Redactor,
         *,
         fail: FailurePlan | None = None,
+        account: str = "default",
     ) -> None:
+        self.account = account
         self._path = record_file
         self._file: IO[str] | None = None
         self._redactor = redactor
@@ -92,6 +94,7 @@ class DryRunTransport:
                 "user_id": message.user_id,
                 "job_key": message.job_key,
                 "sent_at": now,
+                "account": self.account,
             }
             if message.cloud_template is not None:
                 record["cloud_template"] = dict(message.cloud_template)
