@@ -243,7 +243,8 @@ async def run_worker(
         monitor=monitor,
         transport=transport,
         metrics=metrics,
-        admin_token=admin_token(settings),
+        # an account of several: the process's server has the token (printed once, there)
+        admin_token=admin_token(settings) if serve_http else secrets.token_urlsafe(24),
         redactor=redactor,
         session_path=settings.session_path,
         meta_webhook=_meta_webhook(settings, metrics, status, inbound),
