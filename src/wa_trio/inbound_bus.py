@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import eliot
 import trio
 
@@ -38,6 +39,7 @@ class InboundPublisher:
         safety: AccountSafety | None,
     ) -> None:
         self.enabled = bool(settings.inbound_routing_key)
+        self.account = settings.account or "default"
         self.metrics = metrics
         self.redactor = redactor
         self.safety = safety
@@ -55,6 +57,8 @@ class InboundPublisher:
 
     def on_inbound(self, message: InboundMessage) -> None:
         """From the transport (trio thread); never blocks."""
+        if message.account != self.account:  # transports do not know their account's name
+            message = attrs.evolve(message, account=self.account)
         self.metrics.inbound.labels(message.kind if message.kind in KINDS else "other").inc()
         if self.safety is not None:
             self.safety.on_inbound(message)
