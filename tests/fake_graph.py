@@ -13,10 +13,10 @@ from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from quart import request
 from quart_trio import QuartTrio
+
+from tests.helpers import serve_app
 
 VERSION = "v24.0"
 NUMBER_ID = "106540352242922"
@@ -118,14 +118,8 @@ class FakeGraph:
         return f"http://127.0.0.1:{self.port}/{VERSION}"
 
     async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = config.errorlog = None
         async with trio.open_nursery() as nursery:
-            urls: list[str] = await nursery.start(
-                lambda task_status: serve(self.app, config, task_status=task_status)
-            )
-            self.port = int(urls[0].rsplit(":", 1)[1])
+            self.port = await nursery.start(serve_app, self.app)
             task_status.started()
 
 

@@ -116,6 +116,22 @@ async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) 
                 await channel.exchange_delete(exchange)
 
 
+async def serve_app(app: Any, *, task_status: trio.TaskStatus[int]) -> None:
+    """Serve a Quart-Trio ``app`` of a test's own on a free loopback port (``started`` gets
+    the port) until cancelled."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(
+            lambda task_status: serve(app, config, task_status=task_status)
+        )
+        task_status.started(int(urls[0].rsplit(":", 1)[1]))
+
+
 def sent_records(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
@@ -155,11 +171,13 @@ def ensure_broker_running(timeout: float = 120) -> None:
 
 
 class EventTap:
-    """A queue bound to the status routing key; ``poll()`` moves its messages into ``events``."""
+    """A queue bound to ``routing_key`` (default: the status events'); ``at_least(n)`` moves
+    its messages into ``events``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, routing_key: str | None = None) -> None:
         self.settings = settings
-        self.queue = f"{settings.queue_name}.status-tap"
+        self.routing_key = routing_key or settings.status_routing_key
+        self.queue = f"{settings.queue_name}.tap.{self.routing_key}"
         self.events: list[dict[str, Any]] = []
 
     async def bind(self) -> None:
@@ -167,9 +185,7 @@ class EventTap:
             await amqp.declare_topology(connection, self.settings)
             async with connection.open_channel() as channel:
                 await channel.queue_declare(self.queue)
-                await channel.queue_bind(
-                    self.queue, self.settings.exchange, self.settings.status_routing_key
-                )
+                await channel.queue_bind(self.queue, self.settings.exchange, self.routing_key)
 
     async def at_least(self, n: int) -> bool:
         for message in await drain_queue(self.settings, self.queue):

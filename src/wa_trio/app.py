@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import IO, TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import attrs
 import eliot
@@ -32,12 +32,12 @@ import trio
 from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.errors import TopologyError, TransportError
+from wa_trio.errors import first_leaf as _first
 from wa_trio.files import (
     StartupError,
     lock_session,
     private_dir,
     try_lock_session,
-    wait_lock_session,
 )
 from wa_trio.inbound_bus import InboundPublisher
 from wa_trio.ledger import AsyncLedger, LedgerError
@@ -52,7 +52,7 @@ from wa_trio.safety import AccountSafety
 from wa_trio.status import StatusPublisher
 from wa_trio.templates import TemplateError, TemplateSet
 from wa_trio.transport import Transport
-from wa_trio.web import create_app, create_standby_app, run_http
+from wa_trio.web import create_app, run_http
 from wa_trio.webhook import WebhookSink
 
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
@@ -92,42 +92,6 @@ def check_media_tools(
             f"{' and '.join(missing)} not found, needed by neonize for media kinds "
             f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
         )
-
-
-async def stand_by(settings: Settings, metrics: Metrics, *, serve_http: bool = True) -> IO[bytes]:
-    """Wait for the session lock another worker holds (WHATSAPP_STANDBY=on), serving /livez,
-    /healthz (200: alive) and /readyz (503: not ready) meanwhile; return the lock once taken.
-    The lock is the kernel's: it is free the moment its holder's process ends, kill -9
-    included, and the kernel wakes the waiting thread then: the takeover is start-up time."""
-    reason = f"standby: another worker holds the session {settings.session_path}"
-    metrics.standby.set(1)
-    shutdown = trio.Event()
-    print(f"wa-trio: {reason}; waiting to take over", file=sys.stderr, flush=True)
-    eliot.log_message(message_type="wa_trio:standby:waiting", session=str(settings.session_path))
-    async with trio.open_nursery() as nursery:
-        try:
-            if serve_http:  # several accounts: the process's one server reports it instead
-                await nursery.start(
-                    run_http,
-                    create_standby_app(metrics, reason),
-                    settings.http_host,
-                    settings.http_port,
-                    shutdown,
-                )
-        except* OSError as group:
-            error = _first(group)
-            raise StartupError(
-                f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP_HOST, "
-                f"HTTP_PORT): {getattr(error, 'strerror', None) or error}"
-            ) from None
-        lock = await trio.to_thread.run_sync(
-            wait_lock_session, settings.session_path, abandon_on_cancel=True
-        )
-        shutdown.set()  # the standby's server goes; the worker's takes the port
-    metrics.standby.set(0)
-    eliot.log_message(message_type="wa_trio:standby:took_over")
-    print("wa-trio: took over the session", file=sys.stderr, flush=True)
-    return lock
 
 
 def load_templates(settings: Settings) -> TemplateSet:
@@ -209,6 +173,8 @@ async def run_worker(
         if not settings.standby:
             session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
         else:
+            from wa_trio.standby import stand_by
+
             session_lock = await stand_by(settings, metrics, serve_http=serve_http)
     try:
         ledger = await AsyncLedger.open(settings.ledger_db)
@@ -406,13 +372,6 @@ async def _supervise(
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
-
-
-def _first(error: BaseException) -> BaseException:
-    """The first leaf of an exception group (the one line the CLI prints)."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 async def _broker_side(

@@ -70,3 +70,10 @@ class TransportError(WaTrioError):
     reconnects: a clean restart by the supervisor is the cure); the worker exits non-zero."""
 
     code = "transport_unavailable"
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first leaf of an exception group (the one line the CLI prints)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

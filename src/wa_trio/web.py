@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,11 +153,30 @@ def create_app(
             rendered[:] = [(now, metrics.exposition())]
         return Response(rendered[0][1], content_type=CONTENT_TYPE_LATEST)
 
+    _login_routes(app, admin_token, redactor, lambda: (transport, "/login"))
+
+    if meta_webhook is not None:
+        _meta_routes(app, meta_webhook)
+    return app
+
+
+def _login_routes(
+    app: QuartTrio,
+    admin_token: str,
+    redactor: Redactor,
+    pick: Callable[[], tuple[Transport, str] | None],
+) -> None:
+    """GET /login and POST /login/relogin (operator token) for the transport ``pick`` names
+    with the page's own address (None: no such account here, 404)."""
+
     @app.get("/login")
     async def login() -> Response:
         if not authorized(request.headers.get("Authorization"), admin_token):
             return _unauthorized()
-        page = login_page.render(transport.login_status(), redactor)
+        picked = pick()
+        if picked is None:
+            return Response("no such account (or a standby)\n", status=404)
+        page = login_page.render(picked[0].login_status(), redactor)
         return Response(
             page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
         )
@@ -166,12 +185,13 @@ def create_app(
     async def relogin() -> Response:
         if not authorized(request.headers.get("Authorization"), admin_token):
             return _unauthorized()
-        transport.request_relogin()
-        return Response("", status=303, headers={"Location": "/login", "Cache-Control": "no-store"})
-
-    if meta_webhook is not None:
-        _meta_routes(app, meta_webhook)
-    return app
+        picked = pick()
+        if picked is None:
+            return Response("no such account (or a standby)\n", status=404)
+        picked[0].request_relogin()
+        return Response(
+            "", status=303, headers={"Location": picked[1], "Cache-Control": "no-store"}
+        )
 
 
 def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
@@ -271,36 +291,12 @@ def create_accounts_app(
         )
         return Response(text, content_type=CONTENT_TYPE_LATEST)
 
-    def chosen() -> AccountParts | None:
-        return workers.get(request.args.get("account", accounts[0]))
-
-    @app.get("/login")
-    async def login() -> Response:
-        if not authorized(request.headers.get("Authorization"), admin_token):
-            return _unauthorized()
-        worker = chosen()
-        if worker is None:
-            return Response("no such account (or a standby)\n", status=404)
-        page = login_page.render(worker.transport.login_status(), redactor)
-        return Response(
-            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
-        )
-
-    @app.post("/login/relogin")
-    async def relogin() -> Response:
-        if not authorized(request.headers.get("Authorization"), admin_token):
-            return _unauthorized()
-        worker = chosen()
-        if worker is None:
-            return Response("no such account (or a standby)\n", status=404)
-        worker.transport.request_relogin()
+    def chosen() -> tuple[Transport, str] | None:
         name = request.args.get("account", accounts[0])
-        return Response(
-            "",
-            status=303,
-            headers={"Location": f"/login?account={name}", "Cache-Control": "no-store"},
-        )
+        worker = workers.get(name)  # only a running account's name: safe in a Location
+        return None if worker is None else (worker.transport, f"/login?account={name}")
 
+    _login_routes(app, admin_token, redactor, chosen)
     return app
 
 

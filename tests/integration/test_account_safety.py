@@ -18,6 +18,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
+    EventTap,
     delete_topology,
     drain_queue,
     job_body,
@@ -27,7 +28,6 @@ from tests.helpers import (
     wait_for,
 )
 from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress
 from wa_trio.app import Worker
 from wa_trio.config import Settings
 from wa_trio.schedule import LADDER
@@ -76,32 +76,11 @@ async def _connected(
     return worker, clients[0]
 
 
-class InboundTap:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.queue = f"{settings.queue_name}.inbound-tap"
-        self.events: list[dict[str, Any]] = []
-
-    async def bind(self) -> None:
-        async with amqp.connect(BrokerAddress.from_settings(self.settings)) as connection:
-            await amqp.declare_topology(connection, self.settings)
-            async with connection.open_channel() as channel:
-                await channel.queue_declare(self.queue)
-                await channel.queue_bind(
-                    self.queue, self.settings.exchange, self.settings.inbound_routing_key
-                )
-
-    async def at_least(self, n: int) -> bool:
-        for message in await drain_queue(self.settings, self.queue):
-            self.events.append(json.loads(message.body))
-        return len(self.events) >= n
-
-
 async def test_received_messages_are_published_with_their_schema(
     topology: Settings, start_worker: StartWorker
 ) -> None:
     settings = attrs.evolve(topology, transport="neonize")
-    tap = InboundTap(settings)
+    tap = EventTap(settings, settings.inbound_routing_key)
     await tap.bind()
     worker, client = await _connected(settings, start_worker)
     try:

@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -24,6 +22,7 @@ from tests.helpers import (
     job_metric,
     publish_many,
     sent_records,
+    serve_app,
     wait_for,
 )
 from tests.media_samples import BY_KIND, GIF, PNG, b64
@@ -103,14 +102,8 @@ class MediaServer:
         return f"http://127.0.0.1:{self.port}/{path}"
 
     async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = config.errorlog = None
         async with trio.open_nursery() as nursery:
-            urls: list[str] = await nursery.start(
-                lambda task_status: serve(self.app, config, task_status=task_status)
-            )
-            self.port = int(urls[0].rsplit(":", 1)[1])
+            self.port = await nursery.start(serve_app, self.app)
             task_status.started()
 
 
