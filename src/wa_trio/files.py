@@ -7,6 +7,8 @@ import fcntl
 import os
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -42,16 +44,38 @@ def private_dir(path: Path) -> None:
         raise StartupError(f"cannot create the folder {path}: {error.strerror}") from None
 
 
+_OPENING = threading.Lock()  # one database opened at a time in this process
+
+
 def open_private_db(path: Path) -> sqlite3.Connection:
     """An autocommit connection usable from any thread (callers serialise with a lock), the file
-    0600, journal in WAL mode."""
+    0600, journal in WAL mode.
+
+    Several connections may open one file at once (the accounts of one process share the
+    opt-out list; the CLI edits it beside a worker): switching to WAL needs the file alone for
+    a moment and SQLite may answer "locked" at once instead of waiting, so the switch is
+    retried (50 ms apart, for at most ``OPEN_WAIT`` seconds) and opens in this process take
+    turns."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    path.chmod(0o600)
-    db.execute("PRAGMA journal_mode=WAL")
+    with _OPENING:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        path.chmod(0o600)
+        deadline = time.monotonic() + OPEN_WAIT
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.05)
     return db
+
+
+OPEN_WAIT = 10.0  # seconds an opening may wait for the file
 
 
 def open_private_append(path: Path) -> IO[str]:

@@ -250,3 +250,39 @@ def test_the_optout_command(cli_settings: Settings, capsys: pytest.CaptureFixtur
     assert "+5511988887777" not in err  # masked in production
     assert main(["optout", "list"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_many_accounts_open_the_shared_list_at_once(tmp_path: Path) -> None:
+    """The accounts of one process open optouts.db together; two connections switching one
+    file to WAL at the same moment make SQLite answer "locked" at once (no busy wait: it would
+    deadlock), which failed start-up on a loaded CI machine. Opens now take turns and retry."""
+    import threading
+
+    for round_ in range(5):
+        path = tmp_path / f"optouts-{round_}.db"
+        start = threading.Barrier(12)
+        stores: list[ContactStore] = []
+        errors: list[BaseException] = []
+
+        def open_one(
+            path: Path = path,
+            start: threading.Barrier = start,
+            stores: list[ContactStore] = stores,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                stores.append(ContactStore(path))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=open_one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(stores) == 12
+        stores[0].add_optout("+5511988887777", "inbound:a")
+        assert all(store.snapshot().optouts == {"+5511988887777"} for store in stores)
+        for store in stores:
+            store.close()
