@@ -94,6 +94,22 @@ def job_metric(worker: Worker, name: str, **labels: str) -> float | None:
     return worker.metrics.registry.get_sample_value(name, {"worker": WORKER, **labels})
 
 
+def failed_count(worker: Worker, code: str) -> float:
+    """``worker_jobs_failed_total`` for one error code (0 when never counted)."""
+    return job_metric(worker, "worker_jobs_failed_total", error_type=code) or 0.0
+
+
+def sample(worker: Worker, name: str, **labels: str) -> float:
+    """A metric sample of a running worker without the ``worker`` label (0 when absent)."""
+    return worker.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def error_code(message: Any) -> str:
+    """The ``x-error-code`` of a dead-lettered message (bytes or text, as the client gives)."""
+    value = message.header.headers["x-error-code"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 async def queue_count(settings: Settings, queue: str) -> int:
     async with (
         amqp.connect(BrokerAddress.from_settings(settings)) as connection,

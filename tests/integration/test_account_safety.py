@@ -27,6 +27,9 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
+from tests.helpers import (
+    error_code as _code,
+)
 from wa_trio import amqp
 from wa_trio.app import Worker
 from wa_trio.config import Settings
@@ -37,11 +40,6 @@ TOKEN = "operator-token-0123456789"
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs" / "inbound-message.schema.json").read_text()
 )
-
-
-def _code(message: Any) -> str:
-    value = message.header.headers["x-error-code"]
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def incoming(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import attrs
 import httpx
@@ -27,6 +26,9 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
+from tests.helpers import (
+    error_code as _code,
+)
 from wa_trio import amqp
 from wa_trio.accounts import Accounts, run_accounts
 from wa_trio.amqp import BrokerAddress, Properties
@@ -43,11 +45,6 @@ async def three(make_env: Callable[..., dict[str, str]]) -> AsyncIterator[Settin
     for name in settings.accounts:
         await delete_topology(settings.for_account(name))
     await delete_topology(settings)
-
-
-def _code(message: Any) -> str:
-    value = message.header.headers["x-error-code"]
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def test_pool_pinned_and_unknown_routing(three: Settings, nursery: trio.Nursery) -> None:

@@ -23,6 +23,12 @@ from tests.helpers import (
     publish_many,
     wait_for,
 )
+from tests.helpers import (
+    error_code as _code,
+)
+from tests.helpers import (
+    sample as _sample,
+)
 from wa_trio import http_client
 from wa_trio.app import Worker
 from wa_trio.config import Settings
@@ -51,11 +57,6 @@ def _settings(make_env: Callable[..., dict[str, str]], graph: FakeGraph, **over:
     )
 
 
-def _code(message: Any) -> str:
-    value = message.header.headers["x-error-code"]
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def notification(statuses: list[dict[str, Any]], messages: int = 0) -> dict[str, Any]:
     value: dict[str, Any] = {"messaging_product": "whatsapp", "statuses": statuses}
     if messages:
@@ -67,10 +68,6 @@ def notification(statuses: list[dict[str, Any]], messages: int = 0) -> dict[str,
         "object": "whatsapp_business_account",
         "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": value}]}],
     }
-
-
-def _sample(worker: Worker, name: str, **labels: str) -> float:
-    return worker.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def _start(

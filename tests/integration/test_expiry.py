@@ -17,18 +17,15 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
+from tests.helpers import (
+    error_code as _code,
+)
+from tests.helpers import (
+    failed_count as _failed,
+)
 from wa_trio.amqp import retry_queue_name
 from wa_trio.config import Settings
 from wa_trio.transport import ConnectionState as S
-
-
-def _code(message: object) -> str:
-    value = message.header.headers["x-error-code"]  # type: ignore[attr-defined]
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _failed(worker: object, code: str) -> float:
-    return job_metric(worker, "worker_jobs_failed_total", error_type=code) or 0.0  # type: ignore[arg-type]
 
 
 async def test_a_job_past_its_expiry_is_dead_lettered_never_sent(

@@ -18,12 +18,16 @@ from tests.conftest import StartWorker
 from tests.helpers import (
     delete_topology,
     drain_queue,
+    error_code,
     job_body,
     job_metric,
     publish_many,
     sent_records,
     serve_app,
     wait_for,
+)
+from tests.helpers import (
+    failed_count as _failed,
 )
 from tests.media_samples import BY_KIND, GIF, PNG, b64
 from wa_trio.app import Worker
@@ -127,11 +131,7 @@ async def _start(
 
 
 def _codes(messages: list[Any]) -> list[str]:
-    out = []
-    for message in messages:
-        value = message.header.headers["x-error-code"]
-        out.append(value.decode() if isinstance(value, bytes) else str(value))
-    return sorted(out)
+    return sorted(error_code(message) for message in messages)
 
 
 def _media(**fields: Any) -> dict[str, Any]:
@@ -206,10 +206,6 @@ async def test_a_group_destination(
         await wait_for(lambda: _failed(_worker, "invalid_destination") == 1, what="malformed group")
     finally:
         await delete_topology(settings)
-
-
-def _failed(worker: Worker, code: str) -> float:
-    return job_metric(worker, "worker_jobs_failed_total", error_type=code) or 0.0
 
 
 async def test_every_media_failure_has_its_code(
