@@ -82,8 +82,11 @@ class Podman:
 def image() -> Iterator[tuple[Podman, str]]:
     podman = Podman()
     tag = f"localhost/wa-trio:test-{uuid.uuid4().hex[:8]}"
+    # --layers=false: Podman's layer cache can reuse the build stage without mounting it, and
+    # the final stage's `RUN --mount=...,from=build` then finds no /wheels (seen when only
+    # tests/ changed between two builds); a fresh machine builds it anyway
     podman(
-        "build", *podman.build_flags, "--format", "docker", "-t", tag, "-f",
+        "build", *podman.build_flags, "--layers=false", "--format", "docker", "-t", tag, "-f",
         str(ROOT / "Containerfile"), str(ROOT), timeout=1800,
     )  # fmt: skip
     try:
