@@ -57,6 +57,17 @@ def _settings(make_env: Callable[..., dict[str, str]], graph: FakeGraph, **over:
     )
 
 
+async def _stop_then_delete(
+    worker: Worker, settings: Settings, extra_queues: list[str] | None = None
+) -> None:
+    """Stop the worker first: a queue deleted under a running consumer makes it reconnect and
+    declare its topology again (retry and wait queues left behind on the shared broker)."""
+    worker.stop()
+    with trio.move_on_after(15):
+        await wait_for(lambda: not worker.pipeline.connected, what="the worker stopped")
+    await delete_topology(settings, extra_queues or [])
+
+
 def notification(statuses: list[dict[str, Any]], messages: int = 0) -> dict[str, Any]:
     value: dict[str, Any] = {"messaging_product": "whatsapp", "statuses": statuses}
     if messages:
@@ -141,7 +152,7 @@ async def test_a_text_job_is_sent_and_its_statuses_come_back_by_webhook(
         assert job_metric(worker, "worker_jobs_processed_total", status="success") == 1
         assert graph.problems == []
     finally:
-        await delete_topology(settings, extra_queues=[tap.queue])
+        await _stop_then_delete(worker, settings, extra_queues=[tap.queue])
 
 
 async def test_a_failed_status_after_acceptance_becomes_a_failed_event_with_our_code(
@@ -173,7 +184,7 @@ async def test_a_failed_status_after_acceptance_becomes_a_failed_event_with_our_
         assert tap.events[1]["status"] == "failed" and tap.events[1]["code"] == "undeliverable"
         assert tap.events[1]["job_key"] == "f-1"
     finally:
-        await delete_topology(settings, extra_queues=[tap.queue])
+        await _stop_then_delete(worker, settings, extra_queues=[tap.queue])
 
 
 async def test_permanent_meta_errors_are_dead_lettered_with_our_codes(
@@ -199,7 +210,7 @@ async def test_permanent_meta_errors_are_dead_lettered_with_our_codes(
         assert len(graph.sends) == 4  # one attempt each: none retried
         assert job_metric(worker, "worker_jobs_retried_total") == 0
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_rate_limits_and_5xx_are_retried_through_the_ladder_then_sent(
@@ -222,7 +233,7 @@ async def test_rate_limits_and_5xx_are_retried_through_the_ladder_then_sent(
             assert (job_metric(worker, "worker_jobs_failed_total", error_type=code) or 0) >= 1
         assert await drain_queue(settings, settings.dlq_name) == []
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_an_expired_token_stops_the_account_and_health_instead_of_dead_lettering(
@@ -252,7 +263,7 @@ async def test_an_expired_token_stops_the_account_and_health_instead_of_dead_let
             assert (await http.get("/healthz")).status_code == 200
         assert job_metric(worker, "worker_jobs_processed_total", status="success") == 3
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_no_answer_after_the_request_was_written_is_ambiguous(
@@ -276,7 +287,7 @@ async def test_no_answer_after_the_request_was_written_is_ambiguous(
         assert [_code(m) for m in dead] == ["send_timed_out"]
         assert len(graph.sends) == 1  # Meta did get it: a retry could have sent it twice
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 class DroppingServer:
@@ -333,7 +344,7 @@ async def test_a_dropped_connection_after_the_request_is_ambiguous(
         dead = await drain_queue(settings, settings.dlq_name)
         assert [_code(m) for m in dead] == ["send_timed_out"] and server.posts == 1
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_a_request_that_never_left_is_not_ambiguous() -> None:
@@ -360,7 +371,7 @@ async def test_an_unreachable_graph_api_holds_jobs_until_it_answers(
         assert job_metric(worker, "worker_jobs_processed_total", status="failed") == 0
         assert await drain_queue(settings, settings.dlq_name) == []
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_a_cloud_template_job_reaches_meta_as_a_template(
@@ -396,7 +407,7 @@ async def test_a_cloud_template_job_reaches_meta_as_a_template(
         assert [_code(m) for m in dead] == ["cloud_template_invalid"]
         assert graph.problems == []
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_the_webhook_routes_check_meta_not_the_operator(
@@ -438,7 +449,7 @@ async def test_the_webhook_routes_check_meta_not_the_operator(
         assert (result("unsigned"), result("bad_signature"), result("too_large")) == (1, 2, 1)
         assert result("accepted") == 1.0
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
 
 
 async def test_webhook_routes_exist_only_with_the_cloud_api(
@@ -510,4 +521,4 @@ async def test_media_is_uploaded_once_and_sent_by_id(
         )
         assert graph.problems == []
     finally:
-        await delete_topology(settings)
+        await _stop_then_delete(worker, settings)
