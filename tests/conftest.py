@@ -113,6 +113,21 @@ def make_env(tmp_path: Path) -> Callable[..., dict[str, str]]:
 
 
 @pytest.fixture
+def pg_store() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL (started when down), dropped after
+    the test (its connections ended first): the WHATSAPP_STORE URL."""
+    from tests.helpers import ensure_postgres_running, pg_admin
+
+    ensure_postgres_running()
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    pg_admin(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
+    finally:
+        pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
 def settings(make_env: Callable[..., dict[str, str]]) -> Iterator[Settings]:
     yield Settings.from_env(make_env())
 

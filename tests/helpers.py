@@ -207,3 +207,66 @@ class EventTap:
         for message in await drain_queue(self.settings, self.queue):
             self.events.append(json.loads(message.body))
         return len(self.events) >= n
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+
+def ensure_postgres_running(timeout: float = 60) -> None:
+    """Start the local PostgreSQL cluster if it is down (as CI must), then wait until it
+    accepts connections."""
+    import socket
+
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    if accepting():
+        return
+    for version in sorted(Path("/etc/postgresql").glob("*"), reverse=True):
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version.name, "main", "start"],
+            check=False,
+            timeout=60,
+        )
+        break
+    deadline = time.monotonic() + timeout
+    while not accepting():
+        if time.monotonic() > deadline:
+            raise RuntimeError("PostgreSQL did not start")
+        time.sleep(0.5)
+
+
+def pg_admin(*statements: str) -> list[Any]:
+    """Run statements on the server's ``postgres`` database (autocommit: CREATE/DROP DATABASE);
+    the rows of the last one that returns rows."""
+    import psycopg
+
+    rows: list[Any] = []
+    with psycopg.connect(PG_ADMIN, autocommit=True) as db:
+        for statement in statements:
+            cursor = db.execute(statement)
+            if cursor.description is not None:
+                rows = cursor.fetchall()
+    return rows
+
+
+def pg_query(url: str, statement: str, *params: Any) -> list[Any]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        return db.execute(statement, params).fetchall()
+
+
+def terminate_backends(url: str, application_name: str) -> int:
+    """pg_terminate_backend for the connections whose application_name starts with the given
+    text (how tests cut a lease connection); how many."""
+    database = url.rsplit("/", 1)[1].split("?", 1)[0]
+    rows = pg_admin(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+        f"'{database}' AND application_name LIKE '{application_name}%'"
+    )
+    return int(rows[0][0])

@@ -61,22 +61,25 @@ async def run_accounts(
     stop = trio.Event()
     http_shutdown = trio.Event()
 
+    def running(name: str, worker: Worker | None) -> None:
+        """An account's worker (re)started, or stopped sending (a stop, a lost lease)."""
+        if worker is None:
+            live.pop(name, None)
+            return
+        workers[name] = worker
+        live[name] = worker.transport
+
     async def one(name: str) -> None:
         """One account's worker, for as long as it runs (started without waiting: an account
         waiting as a standby must not hold the others back)."""
         with trio.CancelScope() as scopes[name]:
-            async with trio.open_nursery() as inner:
-                worker: Worker = await inner.start(
-                    partial(
-                        run_worker,
-                        settings.for_account(name),
-                        transport=(transports or {}).get(name),
-                        handle_signals=False,
-                        serve_http=False,
-                    )
-                )
-                workers[name] = worker
-                live[name] = worker.transport
+            await run_worker(
+                settings.for_account(name),
+                transport=(transports or {}).get(name),
+                handle_signals=False,
+                serve_http=False,
+                on_running=partial(running, name),
+            )
 
     token = admin_token(settings)
     async with trio.open_nursery() as root:

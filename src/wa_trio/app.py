@@ -58,6 +58,8 @@ from wa_trio.webhook import WebhookSink
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
     from quart_trio import QuartTrio
 
+    from wa_trio.lease import Lease
+
 
 def build_transport(settings: Settings) -> Transport:
     """The transport WHATSAPP_TRANSPORT names."""
@@ -67,7 +69,7 @@ def build_transport(settings: Settings) -> Transport:
 
         fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
         return DryRunTransport(
-            settings.dry_run_file, redactor, fail=fail, account=settings.account or "default"
+            settings.dry_run_file, redactor, fail=fail, account=settings.account_name
         )
     if settings.transport == "cloud-api":
         from wa_trio.transport.cloud_api import CloudApiTransport
@@ -150,10 +152,13 @@ async def run_worker(
     transport: Transport | None = None,
     handle_signals: bool = True,
     serve_http: bool = True,
+    on_running: Callable[[Worker | None], None] | None = None,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the worker until stopped; returns normally after a graceful stop. With several
-    accounts (WHATSAPP_ACCOUNTS), one worker per account and the pool router (``accounts.py``)."""
+    accounts (WHATSAPP_ACCOUNTS), one worker per account and the pool router (``accounts.py``).
+    With WHATSAPP_STORE=postgresql, the account's lease comes first (``_run_replica``).
+    ``on_running`` hears of each (re)start of the worker, and None when it stops sending."""
     if settings.multi_account and not settings.account:
         from wa_trio.accounts import run_accounts
 
@@ -166,8 +171,11 @@ async def run_worker(
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     templates = load_templates(settings)
     check_media_tools(settings)
-    transport = transport if transport is not None else build_transport(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
+    run = _Run(settings, metrics, templates, trio.Event(), handle_signals, serve_http, on_running)
+    if settings.store is not None:
+        await _run_replica(run, settings.store, transport, task_status)
+        return
     session_lock = await trio.to_thread.run_sync(try_lock_session, settings.session_path)
     if session_lock is None:
         if not settings.standby:
@@ -177,12 +185,129 @@ async def run_worker(
 
             session_lock = await stand_by(settings, metrics, serve_http=serve_http)
     try:
-        ledger = await AsyncLedger.open(settings.ledger_db)
-    except LedgerError as error:
+        try:
+            ledger = await AsyncLedger.open(settings.ledger_db)
+        except LedgerError as error:
+            raise StartupError(error.message) from None
+        await _run_once(run, transport or build_transport(settings), ledger, None, task_status)
+    finally:
         session_lock.close()
+
+
+@attrs.frozen
+class _Run:
+    """What every (re)start of the worker shares: one stop event (a ``Worker.stop()`` on any
+    handle stops the worker, or its standby), one metrics registry."""
+
+    settings: Settings
+    metrics: Metrics
+    templates: TemplateSet
+    stop: trio.Event
+    handle_signals: bool
+    serve_http: bool
+    on_running: Callable[[Worker | None], None] | None
+
+
+async def _run_replica(
+    run: _Run,
+    store: str,
+    transport: Transport | None,
+    task_status: trio.TaskStatus[Worker],
+) -> None:
+    """One account on the PostgreSQL store: migrate, then take the account's lease (a standby
+    until it is free), run the worker while the lease holds; a lost lease fences the worker
+    (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
+    replica stands by again. The timings: ``lease_rules``."""
+    from wa_trio.lease import take_lease
+    from wa_trio.pg import LeaseLost, PgLedger, StoreError, ensure_session_schema, migrate
+
+    settings, metrics = run.settings, run.metrics
+    account = settings.account_name
+    try:
+        await trio.to_thread.run_sync(migrate, store)
+        if settings.transport == "neonize":
+            await trio.to_thread.run_sync(ensure_session_schema, store, account)
+    except StoreError as error:
         raise StartupError(error.message) from None
-    webhook = WebhookSink(settings, metrics)
-    await trio.to_thread.run_sync(webhook.open)
+    first = True
+    while not run.stop.is_set():
+        lease = None
+        async with trio.open_nursery() as waiting:  # a stop ends a standby at once
+            waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
+            try:
+                lease = await take_lease(settings, store, metrics, serve_http=run.serve_http)
+            except StoreError as error:
+                raise StartupError(error.message) from None
+            waiting.cancel_scope.cancel()
+        if lease is None:
+            return
+        clean = False
+        try:
+            try:
+                pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
+                inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
+            except LedgerError as error:
+                raise StartupError(error.message) from None
+            ledger = AsyncLedger(pg_ledger)
+            metrics.inherited_sending.set(inherited)
+            if inherited:
+                eliot.log_message(
+                    message_type="wa_trio:lease:inherited_sending",
+                    account=account,
+                    rows=inherited,
+                    ambiguous=settings.ambiguous,
+                )
+            used = transport if transport is not None else build_transport(settings)
+            await _run_once(
+                run,
+                used,
+                ledger,
+                lease,
+                task_status if first else trio.TASK_STATUS_IGNORED,
+            )
+            clean = True
+        except* LeaseLost as group:
+            metrics.leases_lost.inc()
+            metrics.lease_epoch.set(0)
+            eliot.log_message(
+                message_type="wa_trio:lease:fenced",
+                level="error",
+                account=account,
+                epoch=lease.epoch,
+                error=str(_first(group)),
+            )
+            print(
+                f"wa-trio: lost the lease of account {account}; stopped its client and its "
+                "consumer, standing by again",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            await lease.release(clean=clean)
+        first = False
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _run_once(
+    run: _Run,
+    transport: Transport,
+    ledger: AsyncLedger,
+    lease: Lease | None,
+    task_status: trio.TaskStatus[Worker],
+) -> None:
+    """Build the parts around ``ledger`` and run them until stopped (or fenced: ``lease``)."""
+    settings, metrics = run.settings, run.metrics
+    try:
+        webhook = WebhookSink(settings, metrics)
+        await trio.to_thread.run_sync(webhook.open)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await ledger.close()
+        raise
     status = StatusPublisher(settings, metrics, ledger, webhook)
     transport.on_receipt = status.on_receipt
     redactor = Redactor(settings.production)
@@ -199,7 +324,7 @@ async def run_worker(
         metrics,
         ledger,
         status,
-        templates=templates,
+        templates=run.templates,
         safety=safety,
         media=fetcher,
     )
@@ -210,7 +335,7 @@ async def run_worker(
         transport=transport,
         metrics=metrics,
         # an account of several: the process's server has the token (printed once, there)
-        admin_token=admin_token(settings) if serve_http else secrets.token_urlsafe(24),
+        admin_token=admin_token(settings) if run.serve_http else secrets.token_urlsafe(24),
         redactor=redactor,
         session_path=settings.session_path,
         meta_webhook=_meta_webhook(settings, metrics, status, inbound),
@@ -237,19 +362,18 @@ async def run_worker(
         fetcher,
     )
     try:
-        await _supervise(
-            parts, handle_signals=handle_signals, serve_http=serve_http, task_status=task_status
-        )
+        await _supervise(parts, run, lease, task_status=task_status)
     except* (TopologyError, StartupError, TransportError) as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
         raise _first(group) from None
     finally:
+        if run.on_running is not None:
+            run.on_running(None)
         with trio.CancelScope(shield=True):
             await ledger.close()
         webhook.close()
         safety.close()
         media_cache.close()
-        session_lock.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
@@ -289,13 +413,13 @@ class _Parts:
 
 async def _supervise(
     parts: _Parts,
+    run: _Run,
+    lease: Lease | None,
     *,
-    handle_signals: bool,
-    serve_http: bool = True,
     task_status: trio.TaskStatus[Worker],
 ) -> None:
     settings, pipeline = parts.settings, parts.pipeline
-    stop = trio.Event()
+    stop, handle_signals, serve_http = run.stop, run.handle_signals, run.serve_http
     http_shutdown = trio.Event()
     http_done = trio.Event()
     pipeline_done = trio.Event()
@@ -326,6 +450,8 @@ async def _supervise(
             pipeline_done.set()
 
     async with trio.open_nursery() as nursery:
+        if lease is not None:  # first: a lost lease cancels everything below (the fence)
+            await nursery.start(lease.keep)
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
         await nursery.start(parts.webhook.run)
@@ -360,6 +486,8 @@ async def _supervise(
             stop_event=stop,
         )
         task_status.started(worker)
+        if run.on_running is not None:
+            run.on_running(worker)
 
         await stop.wait()
         eliot.log_message(message_type="wa_trio:stopping", grace=settings.shutdown_grace)

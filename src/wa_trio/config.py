@@ -22,6 +22,7 @@ SECRET_VARS = frozenset(
         "RABBITMQ_PASSWORD",
         "RABBITMQ_URL",
         "WHATSAPP_PROXY",
+        "WHATSAPP_STORE",
         "WHATSAPP_ADMIN_TOKEN",
         "WHATSAPP_STATUS_WEBHOOK_SECRET",
         "WHATSAPP_STATUS_WEBHOOK_URL",
@@ -221,6 +222,16 @@ def _proxy_url(value: str) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https", "socks5"} or not parts.hostname:
+        raise ValueError
+    _ = parts.port
+    return value
+
+
+def _store(value: str) -> str | None:
+    if value == "sqlite":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"postgres", "postgresql"} or not parts.hostname or not parts.path[1:]:
         raise ValueError
     _ = parts.port
     return value
@@ -458,6 +469,15 @@ class Settings:
         "a directory path",
         Path,
         "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).",
+    )
+    store: str | None = _setting(
+        "WHATSAPP_STORE",
+        "sqlite",
+        "sqlite or a postgresql://user:password@host:port/database URL",
+        _store,
+        "Where sessions and the send ledger live: files under WHATSAPP_SESSION_PATH, or "
+        "PostgreSQL (replicas on several hosts, a lease per account; docs/scaling.md).",
+        repr=False,
     )
     transport: str = _setting(
         "WHATSAPP_TRANSPORT",
@@ -827,6 +847,11 @@ class Settings:
         return self.env == "production"
 
     @property
+    def account_name(self) -> str:
+        """The account these settings are for (the one configured, with a single account)."""
+        return self.account or self.accounts[0]
+
+    @property
     def multi_account(self) -> bool:
         return len(self.accounts) > 1
 
@@ -851,6 +876,16 @@ class Settings:
     @property
     def session_db(self) -> Path:
         return self.session_path / "whatsapp.db"
+
+    @property
+    def session_database(self) -> str:
+        """What neonize opens for this account's WhatsApp session: the SQLite file, or the
+        store's URL with the account's schema as ``search_path``."""
+        if self.store is None:
+            return str(self.session_db)
+        from wa_trio.lease_rules import session_store_url
+
+        return session_store_url(self.store, self.account_name)
 
     @property
     def ledger_db(self) -> Path:
@@ -913,6 +948,8 @@ class Settings:
                 text = "off" if value is None else f"{value * 60:g}/min"
             if field.env == "WHATSAPP_UNANSWERED_LIMIT" and value is None:
                 text = "off"
+            if field.env == "WHATSAPP_STORE" and value is None:
+                text = "sqlite"
             if isinstance(value, tuple):
                 text = ",".join(item if isinstance(item, str) else f"{item:g}s" for item in value)
             if isinstance(value, bool):

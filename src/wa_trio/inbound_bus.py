@@ -39,7 +39,7 @@ class InboundPublisher:
         safety: AccountSafety | None,
     ) -> None:
         self.enabled = bool(settings.inbound_routing_key)
-        self.account = settings.account or "default"
+        self.account = settings.account_name
         self.metrics = metrics
         self.redactor = redactor
         self.safety = safety

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -75,8 +76,40 @@ class Mark:
 _COLUMNS = "(key, state, whatsapp_id, updated_at, user_id, body_hash)"
 
 
-class Ledger:
+class LedgerStore(Protocol):
+    """What ``AsyncLedger`` needs of a blocking ledger: this SQLite one, or ``pg.PgLedger``."""
+
+    #: whether ``step`` is cheap enough for the trio thread (a local commit; not a round trip)
+    inline: bool
+
+    def get(self, key: str) -> Entry | None: ...
+    def peek(self, key: str) -> Found | None: ...
+    def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]: ...
+    def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None: ...
+    def prune(self, older_than: float) -> int: ...
+    def count(self, state: str) -> int: ...
+    def close(self) -> None: ...
+
+
+class Shortcuts:
+    """One begin, one mark: a ``step`` of one (tests and the CLI)."""
+
+    def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]:
+        raise NotImplementedError
+
+    def begin(self, key: str, *, check: bool, body_hash: str | None = None) -> Found | None:
+        return self.step([], [Begin(key, check, body_hash)])[0]
+
+    def mark(
+        self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
+    ) -> None:
+        self.step([Mark(key, state, whatsapp_id, user_id)], [])
+
+
+class Ledger(Shortcuts):
     """Blocking ledger (call from a worker thread)."""
+
+    inline = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -151,14 +184,6 @@ class Ledger:
                 raise
         return found
 
-    def begin(self, key: str, *, check: bool, body_hash: str | None = None) -> Found | None:
-        return self.step([], [Begin(key, check, body_hash)])[0]
-
-    def mark(
-        self, key: str, state: str, whatsapp_id: str | None = None, user_id: str | None = None
-    ) -> None:
-        self.step([Mark(key, state, whatsapp_id, user_id)], [])
-
     def find_by_whatsapp_id(self, whatsapp_id: str) -> tuple[str, str | None] | None:
         """(job key, user id) of the job WhatsApp knows as ``whatsapp_id`` (for receipts)."""
         with self._lock, _errors("read"):
@@ -203,7 +228,7 @@ def _errors(doing: str) -> Iterator[None]:
 class AsyncLedger:
     """The ledger from trio: each call in a worker thread, one at a time."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerStore) -> None:
         self.ledger = ledger
         self._limiter = trio.CapacityLimiter(1)
 
@@ -215,7 +240,12 @@ class AsyncLedger:
         """On the trio thread: a commit in WAL mode with ``synchronous=NORMAL`` is a write to
         the OS page cache (tens of microseconds, no fsync), far cheaper than the thread hop it
         would cost per job on the hot path (measured: docs/performance.md). Held by the same
-        limiter, so it never interleaves with a call running in a worker thread."""
+        limiter, so it never interleaves with a call running in a worker thread. A ledger
+        across the network (PostgreSQL) steps in a worker thread like every other call."""
+        if not self.ledger.inline:
+            return await trio.to_thread.run_sync(
+                self.ledger.step, marks, begins, limiter=self._limiter
+            )
         try:
             self._limiter.acquire_nowait()  # the common case: no scheduling pass
         except trio.WouldBlock:

@@ -244,6 +244,22 @@ class Metrics:
             "1 while this worker waits as another's standby for the session lock.",
             registry=r,
         )
+        self.lease_epoch = Gauge(
+            "wa_trio_lease_epoch",
+            "The account's lease epoch this worker holds (WHATSAPP_STORE=postgresql; 0: none).",
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "wa_trio_leases_lost_total",
+            "Times this worker fenced itself: its account's lease connection failed.",
+            registry=r,
+        )
+        self.inherited_sending = Gauge(
+            "wa_trio_lease_inherited_sending",
+            "sending rows of earlier lease epochs found at takeover (the dead holder's "
+            "ambiguous window; WHATSAPP_AMBIGUOUS decides them).",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

@@ -330,7 +330,7 @@ class NeonizeTransport:
         return ProxySettings(proxy_address=self.settings.proxy)
 
     async def _watchdog(self) -> None:
-        database = str(self.settings.session_db)
+        database = self.settings.session_database
         while True:
             if not self._may_reconnect:
                 eliot.log_message(

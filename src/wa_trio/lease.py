@@ -1,0 +1,105 @@
+"""An account's lease across replicas (WHATSAPP_STORE=postgresql://...): taken (a standby
+tries every ``RETRY_EVERY`` s), kept (pinged; lost -> ``LeaseLost`` fences the holder),
+released. The timings and why they are safe: ``lease_rules``."""
+
+from __future__ import annotations
+
+import eliot
+import trio
+
+from wa_trio.config import Settings
+from wa_trio.lease_rules import FENCE_AFTER, PING_EVERY, RETRY_EVERY, TAKEOVER_GRACE, must_fence
+from wa_trio.metrics import Metrics
+from wa_trio.pg import LeaseConnection, LeaseLost, StoreError
+from wa_trio.standby import wait_as_standby
+
+
+class Lease:
+    """A held lease: its connection and epoch."""
+
+    def __init__(self, connection: LeaseConnection) -> None:
+        self.connection = connection
+        self.account = connection.account
+        self.epoch = connection.epoch
+        self.inherited_from = connection.inherited_from
+
+    async def keep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Ping the lease connection every ``PING_EVERY`` s; raise ``LeaseLost`` (the caller's
+        nursery then cancels the account's worker: the fence) when a ping fails or none has
+        answered for ``FENCE_AFTER`` s."""
+        last_good = trio.current_time()
+        task_status.started()
+        while True:
+            with trio.move_on_after(max(0.0, last_good + FENCE_AFTER - trio.current_time())):
+                try:
+                    await trio.to_thread.run_sync(self.connection.ping, abandon_on_cancel=True)
+                except StoreError as error:
+                    raise LeaseLost(f"lease of {self.account} lost: {error.message}") from None
+                last_good = trio.current_time()
+            if must_fence(last_good, trio.current_time()):
+                raise LeaseLost(
+                    f"lease of {self.account} lost: no answer from the store for {FENCE_AFTER} s"
+                )
+            await trio.sleep(PING_EVERY)
+
+    async def release(self, *, clean: bool) -> None:
+        """End the lease (shielded: it runs while the worker is being cancelled)."""
+        with trio.CancelScope(shield=True):
+            close = self.connection.release if clean else self.connection.close
+            await trio.to_thread.run_sync(close)
+
+
+async def take_lease(
+    settings: Settings, store: str, metrics: Metrics, *, serve_http: bool
+) -> Lease:
+    """The account's lease: at once when it is free, else as a standby trying every
+    ``RETRY_EVERY`` s. When its last holder did not release it (killed, cut off), wait
+    ``TAKEOVER_GRACE`` s more: a holder cut off by the server has fenced itself by then.
+
+    Raises:
+        StoreError: the store cannot be reached at all when starting (one line).
+    """
+    account = settings.account_name
+    connection = await trio.to_thread.run_sync(LeaseConnection, store, account)
+    epoch = await trio.to_thread.run_sync(connection.try_take)
+    if epoch is None:
+
+        async def retry() -> LeaseConnection:
+            current = connection
+            while True:
+                await trio.sleep(RETRY_EVERY)
+                try:
+                    if await trio.to_thread.run_sync(current.try_take) is not None:
+                        return current
+                except StoreError as error:  # the store went away: a new connection
+                    eliot.log_message(
+                        message_type="wa_trio:lease:store_failing", error=error.message
+                    )
+                    current.close()
+                    try:
+                        current = await trio.to_thread.run_sync(LeaseConnection, store, account)
+                    except StoreError:
+                        continue
+
+        reason = f"standby: another replica holds account {account}"
+        try:
+            connection = await wait_as_standby(
+                settings, metrics, retry, reason, serve_http=serve_http
+            )
+        except BaseException:
+            connection.close()
+            raise
+    lease = Lease(connection)
+    metrics.lease_epoch.set(lease.epoch)
+    eliot.log_message(
+        message_type="wa_trio:lease:taken",
+        account=account,
+        epoch=lease.epoch,
+        inherited_from=lease.inherited_from,
+    )
+    if lease.inherited_from:
+        await trio.sleep(TAKEOVER_GRACE)
+    return lease
+
+
+__all__ = ["Lease", "LeaseLost", "take_lease"]

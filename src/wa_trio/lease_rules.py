@@ -1,0 +1,59 @@
+"""The lease of an account across replicas (WHATSAPP_STORE=postgresql://...): its timings and
+names, decided without I/O (docs/scaling.md, "Replicas on several hosts").
+
+The order that keeps a session from being live twice:
+
+1. The holder pings its lease connection every ``PING_EVERY`` s. A ping that fails, or that
+   has not answered ``FENCE_AFTER`` s after the last good one, fences the holder: its worker
+   for that account is cancelled (the WhatsApp client stopped, the consumer's channel
+   closed: its unacked jobs go back to the queue). So the holder has fenced itself at most
+   ``FENCED_WITHIN`` s after its connection last worked.
+2. The server releases the lock when the connection ends: at once when the holder's process
+   dies (its kernel closes the socket), else when the server's TCP keepalives give up:
+   ``SERVER_DROPS_AFTER`` s of silence, longer than ``FENCED_WITHIN``.
+3. A standby tries the lock every ``RETRY_EVERY`` s; once it has it, it waits
+   ``TAKEOVER_GRACE`` (>= ``FENCED_WITHIN``) before connecting the client and consuming, for
+   a holder whose connection was cut by the server while it still ran.
+4. Belt and braces: each ledger write checks the lease epoch under a row lock; a holder that
+   somehow still runs cannot start a send once the epoch moved on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+RETRY_EVERY = 2.0  # a standby tries the lease this often (the issue's figure)
+PING_EVERY = 0.5
+FENCE_AFTER = 1.5  # no good ping for this long: fence
+FENCED_WITHIN = FENCE_AFTER + PING_EVERY
+TAKEOVER_GRACE = FENCED_WITHIN
+
+SERVER_KEEPALIVE_IDLE = 3  # seconds (integers: libpq and the server take whole seconds)
+SERVER_KEEPALIVE_INTERVAL = 1
+SERVER_KEEPALIVE_COUNT = 2
+SERVER_DROPS_AFTER = SERVER_KEEPALIVE_IDLE + SERVER_KEEPALIVE_INTERVAL * SERVER_KEEPALIVE_COUNT
+
+#: advisory locks of wa-trio: (LOCK_NAMESPACE, lease id); (LOCK_NAMESPACE, 0) guards migrations
+LOCK_NAMESPACE = int.from_bytes(hashlib.blake2b(b"wa-trio", digest_size=4).digest()) >> 1
+
+
+def must_fence(last_good_ping: float, now: float) -> bool:
+    """Whether a holder whose lease connection last answered at ``last_good_ping`` must stop."""
+    return now - last_good_ping >= FENCE_AFTER
+
+
+def session_schema(account: str) -> str:
+    """The PostgreSQL schema of an account's WhatsApp session (names are ``[a-z0-9-]``:
+    ``-`` becomes ``_``, which names never hold, so two accounts never share one)."""
+    return f"wa_trio_session_{account.replace('-', '_')}"
+
+
+def session_store_url(store: str, account: str) -> str:
+    """The URL neonize (whatsmeow, lib/pq) opens for ``account``'s session: the store's, with
+    ``search_path`` set to the account's schema (lib/pq passes unknown parameters to the
+    server as run-time settings)."""
+    parts = urlsplit(store)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"]
+    query.append(("search_path", session_schema(account)))
+    return urlunsplit(("postgres", parts.netloc, parts.path, urlencode(query), ""))

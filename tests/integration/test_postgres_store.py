@@ -1,0 +1,271 @@
+"""WHATSAPP_STORE=postgresql on the machine's PostgreSQL (issue 16): migrations under a lock,
+the ledger's semantics (the SQLite ledger's, plus the lease epoch as a fencing token), the
+lease (advisory lock, epoch, clean release), the fence of a holder whose lease connection is
+cut, and the real neonize client keeping its session in the account's schema. Each test has a
+database of its own (``pg_store``), dropped afterwards."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+import trio
+
+from tests.helpers import (
+    delete_topology,
+    job_body,
+    pg_query,
+    publish_many,
+    sample,
+    sent_records,
+    terminate_backends,
+    wait_for,
+)
+from wa_trio.app import Worker, run_worker
+from wa_trio.config import Settings
+from wa_trio.lease import Lease, take_lease
+from wa_trio.lease_rules import FENCED_WITHIN, session_schema
+from wa_trio.ledger import AsyncLedger, Begin, Mark
+from wa_trio.metrics import Metrics
+from wa_trio.outcome import Found
+from wa_trio.pg import (
+    MIGRATIONS,
+    LeaseConnection,
+    LeaseLost,
+    PgLedger,
+    StoreError,
+    connect,
+    lease_table,
+    migrate,
+)
+
+
+def _taken(store: str, account: str = "default") -> LeaseConnection:
+    lease = LeaseConnection(store, account)
+    assert lease.try_take() is not None
+    return lease
+
+
+def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store: str) -> None:
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            versions.append(migrate(pg_store))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert versions == [max(MIGRATIONS)] * 6
+    rows = pg_query(pg_store, "SELECT version FROM wa_trio_schema ORDER BY version")
+    assert [r[0] for r in rows] == sorted(MIGRATIONS)  # each version applied exactly once
+    assert migrate(pg_store) == max(MIGRATIONS)  # and again: nothing to do
+
+
+def test_the_ledger_keeps_the_sqlite_ledgers_semantics(pg_store: str) -> None:
+    migrate(pg_store)
+    lease = _taken(pg_store)
+    ledger = PgLedger(pg_store, "default", lease.epoch)
+    try:
+        assert ledger.begin("a", check=True, body_hash="h1") is None
+        found = ledger.step([Mark("a", "sent", "WA1", "u", "h1")], [Begin("a", True, "h1")])
+        assert found == [Found("sent", "h1")]  # the mark is visible to the same step's begin
+        assert ledger.step([], [Begin("a", True, "h2")]) == [Found("sent", "h1")]  # conflict
+        assert ledger.get("a").whatsapp_id == "WA1"  # type: ignore[union-attr]
+        assert ledger.peek("a") == Found("sent", "h1")
+        assert ledger.find_by_whatsapp_id("WA1") == ("a", "u")
+        assert ledger.begin("b", check=True) is None  # left "sending": a crash
+        assert ledger.peek("b") == Found("sending", None)
+        assert ledger.begin("b", check=False) is None  # unchecked: first delivery without id
+        assert ledger.count("sending") == 1
+        other = PgLedger(pg_store, "other", 0)  # another account's rows are its own
+        assert other.peek("a") is None
+        other.close()
+        assert ledger.prune(older_than=3600) == 0
+        assert ledger.prune(older_than=-1) == 2
+        assert ledger.get("a") is None
+    finally:
+        ledger.close()
+        lease.close()
+
+
+def test_a_fenced_holder_records_what_it_sent_but_cannot_begin_a_send(pg_store: str) -> None:
+    migrate(pg_store)
+    first = _taken(pg_store)
+    old = PgLedger(pg_store, "default", first.epoch)
+    old.begin("in-flight", check=True)  # the send the holder had in flight
+    old.begin("sent-late", check=True)
+    first.close()  # the holder's lease connection is gone (cut, or the holder died)
+    second = _taken(pg_store)
+    assert second.epoch == first.epoch + 1
+    assert second.inherited_from is not None  # not released: the taker waits its grace
+    new = PgLedger(pg_store, "default", second.epoch)
+    try:
+        assert new.inherited_sending() == 2
+        with pytest.raises(LeaseLost):
+            old.step([Mark("sent-late", "sent", "WA9")], [Begin("next", True)])
+        assert new.peek("sent-late") == Found("sent", None)  # the truth kept
+        assert new.peek("next") is None  # but no new send began under the old epoch
+        assert new.inherited_sending() == 1  # exactly the ambiguous one
+    finally:
+        for closing in (old.close, new.close, second.close):
+            closing()
+
+
+def test_a_lease_is_held_by_one_connection_and_a_clean_release_says_so(pg_store: str) -> None:
+    migrate(pg_store)
+    first = _taken(pg_store, "acct-a")
+    second = LeaseConnection(pg_store, "acct-a")
+    third = LeaseConnection(pg_store, "acct-b")
+    try:
+        assert second.try_take() is None
+        assert third.try_take() is not None  # another account's lease is its own
+        table = {row[0]: row for row in lease_table(pg_store)}
+        assert table["acct-a"][3] is True and table["acct-b"][3] is True
+        first.release()
+        assert second.try_take() == first.epoch + 1
+        assert second.inherited_from is None  # released cleanly: no grace needed
+        assert {row[0]: row[3] for row in lease_table(pg_store)} == {"acct-a": True, "acct-b": True}
+        second.close()
+        assert {row[0]: row[3] for row in lease_table(pg_store)}["acct-a"] is False
+    finally:
+        for lease in (first, second, third):
+            lease.close()
+
+
+def test_an_unreachable_store_is_one_line() -> None:
+    with pytest.raises(StoreError) as caught:
+        connect("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2", purpose="test")
+    assert "\n" not in caught.value.message
+    assert caught.value.message.startswith("cannot connect to WHATSAPP_STORE")
+
+
+async def test_a_holder_whose_lease_connection_is_cut_fences_itself_in_time(
+    pg_store: str, make_env: Callable[..., dict[str, str]]
+) -> None:
+    await trio.to_thread.run_sync(migrate, pg_store)
+    settings = Settings.from_env(make_env(WHATSAPP_STORE=pg_store))
+    metrics = Metrics(settings.queue_name, settings.dlq_name)
+    lease: Lease = await take_lease(settings, pg_store, metrics, serve_http=False)
+    assert metrics.lease_epoch._value.get() == lease.epoch
+    cut_at = 0.0
+    lost: list[BaseException] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lease.keep)
+            await trio.sleep(0.3)
+            assert await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio lease") == 1
+            cut_at = trio.current_time()
+    except* LeaseLost as group:
+        lost.extend(group.exceptions)
+    assert len(lost) == 1
+    fenced_after = trio.current_time() - cut_at
+    print(f"\nfenced {fenced_after:.2f} s after the lease connection was cut")
+    assert fenced_after <= FENCED_WITHIN
+    await lease.release(clean=False)
+
+
+async def test_a_fenced_worker_stops_then_takes_its_lease_again_and_goes_on(
+    pg_store: str, make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> None:
+    env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_RATE_LIMIT="100/s", WHATSAPP_RATE_BURST="1")
+    settings = Settings.from_env(env)
+    workers: list[Worker | None] = []
+    worker: Worker = await nursery.start(
+        partial(run_worker, settings, handle_signals=False, on_running=workers.append)
+    )
+    try:
+        ids = [f"job-{i}" for i in range(200)]
+        await publish_many(settings, (job_body(i) for i in range(200)), message_ids=ids)
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 20, what="20 sent")
+        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio lease")
+        await wait_for(lambda: None in workers, what="the fence")
+        await wait_for(lambda: isinstance(workers[-1], Worker), timeout=20, what="taken again")
+        assert sample(worker, "wa_trio_leases_lost_total") == 1
+        assert sample(worker, "wa_trio_lease_epoch") == 2
+        await wait_for(
+            lambda: {r["job_key"] for r in sent_records(settings.dry_run_file)} >= set(ids),
+            timeout=60,
+            what="every job sent",
+        )
+        keys = [r["job_key"] for r in sent_records(settings.dry_run_file)]
+        assert len(keys) - len(set(keys)) <= 1  # at most the one send in flight at the fence
+        rows = pg_query(pg_store, "SELECT epoch, count(*) FROM wa_trio_sends GROUP BY epoch")
+        assert {epoch for epoch, _ in rows} == {1, 2}  # the ledger says which epoch sent what
+    finally:
+        worker.stop()
+        await wait_for(lambda: workers[-1] is None, timeout=30, what="stopped")
+        await delete_topology(settings)
+
+
+@pytest.mark.real_client
+async def test_the_real_neonize_client_keeps_its_session_in_the_accounts_schema(
+    pg_store: str, make_env: Callable[..., dict[str, str]]
+) -> None:
+    from wa_trio.log import Redactor
+    from wa_trio.pg import ensure_session_schema
+    from wa_trio.transport.neonize import NeonizeTransport
+
+    settings = Settings.from_env(
+        make_env(WHATSAPP_TRANSPORT="neonize", WHATSAPP_STORE=pg_store, WHATSAPP_ACCOUNTS="x-1")
+    )
+    assert settings.session_database.startswith("postgres://")
+    await trio.to_thread.run_sync(ensure_session_schema, pg_store, "x-1")
+    transport = NeonizeTransport(settings, Redactor(True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: transport.connect_attempts >= 1, timeout=30, what="a connect")
+
+        def tables() -> set[str]:
+            rows = pg_query(
+                pg_store,
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                session_schema("x-1"),
+            )
+            return {r[0] for r in rows}
+
+        await wait_for(
+            lambda: "whatsmeow_device" in tables(), timeout=30, what="whatsmeow's tables"
+        )
+        nursery.cancel_scope.cancel()
+    assert {"whatsmeow_sessions", "whatsmeow_identity_keys", "whatsmeow_pre_keys"} <= tables()
+    assert not (settings.session_path / "whatsapp.db").exists() or (
+        (settings.session_path / "whatsapp.db").stat().st_size == 0
+    )
+    # nothing of ours went to the server's default schema
+    assert pg_query(
+        pg_store,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' "
+        "AND table_name LIKE 'whatsmeow%%'",
+    ) == [(0,)]
+
+
+async def test_the_async_ledger_runs_the_pg_step_in_a_thread(pg_store: str) -> None:
+    await trio.to_thread.run_sync(migrate, pg_store)
+    lease = await trio.to_thread.run_sync(_taken, pg_store)
+    ledger = AsyncLedger(await trio.to_thread.run_sync(PgLedger, pg_store, "default", lease.epoch))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0)
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        for i in range(20):
+            await ledger.step([], [Begin(f"k{i}", True)])
+        nursery.cancel_scope.cancel()
+    assert ticks >= 20  # the loop ran while each step waited on the network
+    assert await ledger.peek("k19") == Found("sending", None)
+    await ledger.close()
+    lease.close()
