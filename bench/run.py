@@ -455,6 +455,122 @@ def bench_media_fanout(recipients: int, tmp: Path) -> dict[str, float]:
             "jobs_per_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0}
 
 
+def spread_body(i: int, recipients: int) -> bytes:
+    body = json.loads(BODY)
+    body["destination"] = f"+5511999{i % recipients:06d}"
+    return json.dumps(body).encode()
+
+
+async def publish_bodies(settings: Settings, bodies: list[bytes], prefix: str) -> None:
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as conn:
+        await amqp.declare_topology(conn, settings)
+        async with conn.open_channel() as channel:
+            for i, body in enumerate(bodies):
+                await amqp.publish(channel, settings.exchange, settings.routing_key, body,
+                                   Properties(message_id=f"{prefix}-{i}"))
+
+
+def pool_spread(jobs: int, recipients: int, tmp: Path) -> dict[str, Any]:
+    """3 dry-run accounts, ``jobs`` pool jobs to ``recipients`` recipients: how evenly the
+    pool spreads them, and whether each recipient stays with one account."""
+    queue = f"bench.{uuid.uuid4().hex[:8]}.pool"
+    env = env_for(queue, tmp, WHATSAPP_ACCOUNTS="a,b,c", WHATSAPP_PREFETCH_COUNT="100")
+    settings = Settings.from_env(env)
+    proc, _ = start_worker(env)
+    try:
+        trio.run(publish_bodies, settings, [spread_body(i, recipients) for i in range(jobs)], "p")
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        deadline = time.monotonic() + 300
+        while count_sent(path) < jobs and time.monotonic() < deadline:
+            time.sleep(0.25)
+        sent = records(path)
+    finally:
+        stop(proc)
+        for each in (settings, *(settings.for_account(a) for a in settings.accounts)):
+            trio.run(cleanup, each)
+    per_account: dict[str, int] = {}
+    owners: dict[str, set[str]] = {}
+    for record in sent:
+        per_account[record["account"]] = per_account.get(record["account"], 0) + 1
+        owners.setdefault(record["destination"], set()).add(record["account"])
+    counts = sorted(per_account.values())
+    return {"jobs": jobs, "recipients": recipients, "sent": len(sent), "per_account": per_account,
+            "max_over_min": counts[-1] / counts[0] if counts else float("nan"),
+            "recipients_on_one_account": sum(len(v) == 1 for v in owners.values())}
+
+
+def accounts_rss(counts: tuple[int, ...], tmp: Path) -> dict[str, float]:
+    """RSS of a worker running N neonize accounts (clients created and connecting through a
+    closed loopback proxy), after 5 s."""
+    out: dict[str, float] = {}
+    for count in counts:
+        queue = f"bench.{uuid.uuid4().hex[:8]}.rss{count}"
+        names = ",".join(f"acct-{i}" for i in range(count))
+        env = env_for(queue, tmp, WHATSAPP_TRANSPORT="neonize", WHATSAPP_ACCOUNTS=names,
+                      WHATSAPP_PROXY=f"http://127.0.0.1:{free_port()}")
+        settings = Settings.from_env(env)
+        proc, _ = start_worker(env)
+        try:
+            time.sleep(5)
+            out[f"rss_{count}_mb"] = rss_mb(proc.pid)
+        finally:
+            stop(proc)
+            for each in (settings, *(settings.for_account(a) for a in settings.accounts)):
+                trio.run(cleanup, each)
+    low, high = min(counts), max(counts)
+    out["per_extra_account_mb"] = (out[f"rss_{high}_mb"] - out[f"rss_{low}_mb"]) / (high - low)
+    return out
+
+
+def failover_postgres(jobs: int, tmp: Path) -> dict[str, float]:
+    """Two replicas on a PostgreSQL store of their own (the machine's server), one account,
+    ``jobs`` jobs paced at 400/s; kill -9 of the holder after a quarter: seconds to the
+    standby's first send, jobs sent twice, jobs lost."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    store = f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
+    queue = f"bench.{uuid.uuid4().hex[:8]}.failover"
+    env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
+                  WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1")
+    settings = Settings.from_env(env)
+    path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+    first, _ = start_worker(env)
+    second_env = {**env, "HTTP_PORT": str(free_port()),
+                  "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}
+    second = subprocess.Popen([sys.executable, "-m", "wa_trio", "run"],
+                              env={**os.environ, **second_env}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        trio.run(publish, settings, jobs)
+        while count_sent(path) < jobs // 4:
+            time.sleep(0.01)
+        first.kill()
+        killed = time.time()
+        first.wait()
+        at_kill = count_sent(path)
+        deadline = time.monotonic() + 300
+        while count_sent(path) < jobs and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        sent = records(path)
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                stop(proc)
+        trio.run(cleanup, settings)
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    keys = [r["job_key"] for r in sent]
+    after = [r["sent_at"] for r in sent[at_kill:]]
+    return {"jobs": jobs, "takeover_s": (min(after) - killed) if after else float("nan"),
+            "sent_twice": len(keys) - len(set(keys)), "lost": jobs - len(set(keys))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -511,6 +627,12 @@ def main() -> None:
         print(f"media fan-out: {results['media']}", flush=True)
         results["idle"] = idle_rss_neonize(tmp)
         print(f"idle (neonize loaded): {results['idle']}", flush=True)
+        results["pool"] = pool_spread(3000, 300, tmp)
+        print(f"pool spread: {results['pool']}", flush=True)
+        results["accounts_rss"] = accounts_rss((1, 5) if args.quick else (1, 5, 20), tmp)
+        print(f"accounts RSS: {results['accounts_rss']}", flush=True)
+        results["failover"] = failover_postgres(2000, tmp)
+        print(f"failover on PostgreSQL: {results['failover']}", flush=True)
     base_rate = results["bare_aio_pika_jobs_per_s"]
     rows = [
         ("bare aio-pika consumer (asyncio, prefetch 100)", base_rate,
@@ -568,6 +690,23 @@ def main() -> None:
         f"{results['worker_p100']['rss_after_mb']:.0f} MB | |",
         f"| start -> /healthz 200 (neonize) | {idle['startup_s']:.2f} s | <= 2 s |",
         f"| start -> /healthz 200 (dry-run) | {results['worker_p100']['startup_s']:.2f} s | |",
+        f"| pool: {results['pool']['jobs']:,} jobs to {results['pool']['recipients']} "
+        f"recipients over 3 accounts: busiest / quietest account | "
+        f"{results['pool']['max_over_min']:.2f}x | <= 1.2x: "
+        f"{met(results['pool']['max_over_min'] <= 1.2)} |",
+        f"| pool: recipients served by one account | "
+        f"{results['pool']['recipients_on_one_account']} / {results['pool']['recipients']} | "
+        "all |",
+        *(f"| RSS with {k.split('_')[1]} neonize account(s) | {v:.0f} MB | |"
+          for k, v in results["accounts_rss"].items() if k.startswith("rss_")),
+        f"| RSS per extra neonize account | "
+        f"{results['accounts_rss']['per_extra_account_mb']:.1f} MB | <= 25 MB: "
+        f"{met(results['accounts_rss']['per_extra_account_mb'] <= 25)} |",
+        f"| failover on PostgreSQL: kill -9 of the holder mid {results['failover']['jobs']:,} "
+        f"jobs -> standby's first send | {results['failover']['takeover_s']:.2f} s | < 5 s: "
+        f"{met(results['failover']['takeover_s'] < 5)} |",
+        f"| failover: jobs sent twice / lost | {results['failover']['sent_twice']} / "
+        f"{results['failover']['lost']} | <= 1 / 0 |",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -63,8 +63,9 @@ async def run_accounts(
 
     def running(name: str, worker: Worker | None) -> None:
         """An account's worker (re)started, or stopped sending (a stop, a lost lease)."""
-        if worker is None:
+        if worker is None:  # reported as a standby until it runs again
             live.pop(name, None)
+            workers.pop(name, None)
             return
         workers[name] = worker
         live[name] = worker.transport

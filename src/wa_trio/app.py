@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import attrs
@@ -219,7 +220,7 @@ async def _run_replica(
     (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
     replica stands by again. The timings: ``lease_rules``."""
     from wa_trio.lease import take_lease
-    from wa_trio.pg import LeaseLost, PgLedger, StoreError, ensure_session_schema, migrate
+    from wa_trio.postgres import LeaseLost, PgLedger, StoreError, ensure_session_schema, migrate
 
     settings, metrics = run.settings, run.metrics
     account = settings.account_name
@@ -451,7 +452,7 @@ async def _supervise(
 
     async with trio.open_nursery() as nursery:
         if lease is not None:  # first: a lost lease cancels everything below (the fence)
-            await nursery.start(lease.keep)
+            await nursery.start(lease.keep, partial(_heartbeat, parts.transport, settings))
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
         await nursery.start(parts.webhook.run)
@@ -500,6 +501,13 @@ async def _supervise(
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+def _heartbeat(transport: Transport, settings: Settings) -> tuple[str | None, str | None]:
+    """What the lease's heartbeat records (``wa-trio accounts``): the state, the linked
+    number (masked in production)."""
+    linked = transport.login_status().linked_as
+    return transport.state.value, Redactor(settings.production).phone(linked) if linked else None
 
 
 async def _broker_side(

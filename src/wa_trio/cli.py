@@ -93,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     export = session_sub.add_parser("export", help="copy the session database to FILE (online)")
     export.add_argument("file", type=Path)
     export.add_argument("--force", action="store_true", help="overwrite FILE")
+    export.add_argument("--account", default=None, help="with several WHATSAPP_ACCOUNTS")
     restore = session_sub.add_parser("import", help="restore the session database from FILE")
     restore.add_argument("file", type=Path)
     restore.add_argument("--force", action="store_true", help="overwrite a linked session")
+    restore.add_argument("--account", default=None, help="with several WHATSAPP_ACCOUNTS")
     optout = sub.add_parser("optout", help="the opt-out list: list, add, remove (no worker needed)")
     optout_sub = optout.add_subparsers(dest="optout_command", required=True, metavar="ACTION")
     optout_sub.add_parser("list", help="one JSON line per opted-out number")
@@ -109,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
+    login.add_argument("--account", default=None, help="which of WHATSAPP_ACCOUNTS to link")
+    accounts = sub.add_parser(
+        "accounts", help="each account: state, linked number (masked in production), holder"
+    )
+    accounts.add_argument("--json", action="store_true", help="one JSON line per account")
     return parser
 
 
@@ -153,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings)
         if args.command == "send":
             return _send(settings, args)
+        if args.command in {"session", "login"}:
+            settings = one_account(settings, args.account)
         if args.command == "session":
             return _session(settings, args)
         if args.command == "dlq":
@@ -169,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wa_trio.cli_accounts import relogin
 
             return relogin(settings)
+        if args.command == "accounts":
+            from wa_trio.cli_accounts import accounts
+
+            return accounts(settings, as_json=args.json)
     except (TopologyError, StartupError) as error:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -183,6 +196,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wa-trio: {error.code}: {error}", file=sys.stderr)
         return EXIT_FAILED
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def one_account(settings: Settings, name: str | None) -> Settings:
+    """The settings of account ``name`` (default: the first of WHATSAPP_ACCOUNTS).
+
+    Raises:
+        StartupError: no such account in WHATSAPP_ACCOUNTS (one line).
+    """
+    name = name or settings.accounts[0]
+    if name not in settings.accounts:
+        raise StartupError(
+            f"no account {name!r} in WHATSAPP_ACCOUNTS ({', '.join(settings.accounts)})"
+        )
+    return settings.for_account(name) if settings.multi_account else settings
 
 
 def _check(settings: Settings) -> int:

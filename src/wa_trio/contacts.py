@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -35,6 +36,20 @@ class OptOut:
 class Snapshot:
     optouts: frozenset[str]
     unanswered: dict[str, int]  # every known contact (0 when they answered last)
+
+
+class Contacts(Protocol):
+    """What account safety and the CLI need: this SQLite store, or ``postgres.PgContactStore``
+    (WHATSAPP_STORE=postgresql: one opt-out list for every replica)."""
+
+    def close(self) -> None: ...
+    def data_version(self) -> int: ...
+    def snapshot(self) -> Snapshot: ...
+    def add_optout(self, number: str, source: str, now: float | None = None) -> bool: ...
+    def remove_optout(self, number: str) -> bool: ...
+    def optouts(self) -> list[OptOut]: ...
+    def claim_reply(self, number: str) -> bool: ...
+    def record(self, sent: Mapping[str, int], replies: Mapping[str, float], now: float) -> None: ...
 
 
 class ContactStore:
@@ -117,4 +132,4 @@ class ContactStore:
             self._db.execute("COMMIT")
 
 
-__all__ = ["ContactStore", "OptOut", "Snapshot"]
+__all__ = ["ContactStore", "Contacts", "OptOut", "Snapshot"]

@@ -4,13 +4,15 @@ released. The timings and why they are safe: ``lease_rules``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import eliot
 import trio
 
 from wa_trio.config import Settings
 from wa_trio.lease_rules import FENCE_AFTER, PING_EVERY, RETRY_EVERY, TAKEOVER_GRACE, must_fence
 from wa_trio.metrics import Metrics
-from wa_trio.pg import LeaseConnection, LeaseLost, StoreError
+from wa_trio.postgres import LeaseConnection, LeaseLost, StoreError
 from wa_trio.standby import wait_as_standby
 
 
@@ -23,16 +25,24 @@ class Lease:
         self.epoch = connection.epoch
         self.inherited_from = connection.inherited_from
 
-    async def keep(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Ping the lease connection every ``PING_EVERY`` s; raise ``LeaseLost`` (the caller's
-        nursery then cancels the account's worker: the fence) when a ping fails or none has
-        answered for ``FENCE_AFTER`` s."""
+    async def keep(
+        self,
+        describe: Callable[[], tuple[str | None, str | None]] = lambda: (None, None),
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Ping the lease connection every ``PING_EVERY`` s with the account's heartbeat
+        (``describe``: its state and masked linked number); raise ``LeaseLost`` (the caller's
+        nursery then cancels the account's worker: the fence) when a ping fails, finds the
+        epoch moved on, or none has answered for ``FENCE_AFTER`` s."""
         last_good = trio.current_time()
         task_status.started()
         while True:
             with trio.move_on_after(max(0.0, last_good + FENCE_AFTER - trio.current_time())):
                 try:
-                    await trio.to_thread.run_sync(self.connection.ping, abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(
+                        self.connection.ping, *describe(), abandon_on_cancel=True
+                    )
                 except StoreError as error:
                     raise LeaseLost(f"lease of {self.account} lost: {error.message}") from None
                 last_good = trio.current_time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -27,6 +28,14 @@ class Resolution:
     on_whatsapp: bool
     jid_user: str  # the phone number's digits, the JID user we send to ("" when not on WhatsApp)
     checked_at: float
+
+
+class Numbers(Protocol):
+    """This SQLite cache, or ``postgres.PgNumberCache`` (shared by every replica)."""
+
+    def get(self, number: str, now: float | None = None) -> Resolution | None: ...
+    def put(self, resolution: Resolution) -> None: ...
+    def close(self) -> None: ...
 
 
 class NumberCache:

@@ -15,6 +15,7 @@ The decisions are ``safety_rules``'s; this object keeps what they need in memory
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -22,8 +23,8 @@ import eliot
 import trio
 
 from wa_trio.config import Settings
-from wa_trio.contacts import ContactStore
-from wa_trio.errors import SendError
+from wa_trio.contacts import Contacts, ContactStore
+from wa_trio.errors import SendError, WaTrioError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.safety_rules import Verdict, is_optout, judge, keyword_set
@@ -39,10 +40,10 @@ class AccountSafety:
         settings: Settings,
         metrics: Metrics,
         redactor: Redactor,
-        store: ContactStore,
+        store: Contacts,
         *,
         clock: Callable[[], float] = time.time,
-        optout_store: ContactStore | None = None,
+        optout_store: Contacts | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -68,8 +69,16 @@ class AccountSafety:
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, redactor: Redactor) -> AccountSafety:
+        store: Contacts
+        shared: Contacts | None = None
+        if settings.store is not None:  # PostgreSQL: one opt-out list for every replica
+            from wa_trio.postgres import PgContactStore
+
+            store = await trio.to_thread.run_sync(
+                PgContactStore, settings.store, settings.account_name
+            )
+            return await trio.to_thread.run_sync(lambda: cls(settings, metrics, redactor, store))
         store = await trio.to_thread.run_sync(ContactStore, settings.session_path / "contacts.db")
-        shared = None
         if settings.shared_session_path is not None:  # several accounts: one opt-out list
             shared = await trio.to_thread.run_sync(
                 ContactStore, settings.shared_session_path / "optouts.db"
@@ -150,12 +159,20 @@ class AccountSafety:
             if sent or replies:
                 self.store.record(sent, replies, self._clock())
             for number in new:
-                self.optout_store.add_optout(
-                    number, f"inbound:{self.settings.account or 'default'}"
-                )
+                self.optout_store.add_optout(number, f"inbound:{self.settings.account_name}")
             return self.store.data_version(), self.optout_store.data_version()
 
-        version = await trio.to_thread.run_sync(write)
+        try:
+            version = await trio.to_thread.run_sync(write)
+        except (sqlite3.Error, WaTrioError) as error:  # a disk or the store failing: next time
+            for number, count in sent.items():
+                self._sent[number] = self._sent.get(number, 0) + count
+            self._replies = {**replies, **self._replies}
+            self._new_optouts[:0] = new
+            eliot.log_message(
+                message_type="wa_trio:safety:flush_failed", level="error", error=str(error)[:200]
+            )
+            return
         if self.settings.optout_reply:
             for number in new:
                 self._answers_in.send_nowait(number)

@@ -32,7 +32,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from wa_trio import login_page
 from wa_trio.broker_monitor import BrokerMonitor
-from wa_trio.log import Redactor
+from wa_trio.log import Redactor, mask_phone
 from wa_trio.meta_webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
@@ -133,7 +133,12 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, Any], int]:
         ok, failing = await broker_checks()
-        body = {"ok": ok, "failing": failing, "whatsapp": transport.state.value}
+        body = {
+            "ok": ok,
+            "failing": failing,
+            "whatsapp": transport.state.value,
+            "linked": _masked_linked(transport),
+        }
         return body, (200 if not failing else 503)
 
     @app.get("/readyz")
@@ -265,7 +270,8 @@ def create_accounts_app(
             if problem:
                 failing["whatsapp"] = problem
             state = worker.transport.state
-            body[name] = {"state": state.value, "failing": failing}
+            linked = _masked_linked(worker.transport)
+            body[name] = {"state": state.value, "failing": failing, "linked": linked}
             healthy = healthy and not failing
             ready = ready or (not failing and state is ConnectionState.CONNECTED)
         return body, healthy, ready
@@ -298,6 +304,12 @@ def create_accounts_app(
 
     _login_routes(app, admin_token, redactor, chosen)
     return app
+
+
+def _masked_linked(transport: Transport) -> str | None:
+    """The linked number as health shows it (no token needed there: always masked)."""
+    linked = transport.login_status().linked_as
+    return mask_phone(linked) if linked else None
 
 
 def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:

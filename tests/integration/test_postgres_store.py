@@ -30,7 +30,7 @@ from wa_trio.lease_rules import FENCED_WITHIN, session_schema
 from wa_trio.ledger import AsyncLedger, Begin, Mark
 from wa_trio.metrics import Metrics
 from wa_trio.outcome import Found
-from wa_trio.pg import (
+from wa_trio.postgres import (
     MIGRATIONS,
     LeaseConnection,
     LeaseLost,
@@ -128,14 +128,14 @@ def test_a_lease_is_held_by_one_connection_and_a_clean_release_says_so(pg_store:
     try:
         assert second.try_take() is None
         assert third.try_take() is not None  # another account's lease is its own
-        table = {row[0]: row for row in lease_table(pg_store)}
-        assert table["acct-a"][3] is True and table["acct-b"][3] is True
+        table = {row.account: row for row in lease_table(pg_store)}
+        assert table["acct-a"].held and table["acct-b"].held
         first.release()
         assert second.try_take() == first.epoch + 1
         assert second.inherited_from is None  # released cleanly: no grace needed
-        assert {row[0]: row[3] for row in lease_table(pg_store)} == {"acct-a": True, "acct-b": True}
+        assert {row.account: row.held for row in lease_table(pg_store)} == {"acct-a": True, "acct-b": True}
         second.close()
-        assert {row[0]: row[3] for row in lease_table(pg_store)}["acct-a"] is False
+        assert {row.account: row.held for row in lease_table(pg_store)}["acct-a"] is False
     finally:
         for lease in (first, second, third):
             lease.close()
@@ -211,7 +211,7 @@ async def test_the_real_neonize_client_keeps_its_session_in_the_accounts_schema(
     pg_store: str, make_env: Callable[..., dict[str, str]]
 ) -> None:
     from wa_trio.log import Redactor
-    from wa_trio.pg import ensure_session_schema
+    from wa_trio.postgres import ensure_session_schema
     from wa_trio.transport.neonize import NeonizeTransport
 
     settings = Settings.from_env(

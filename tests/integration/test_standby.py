@@ -1,6 +1,8 @@
-"""A standby per account on one session (issue 16, the SQLite lease): the second worker on a
-session waits (WHATSAPP_STANDBY=on) and takes over when the first dies, kill -9 included, with
-nothing lost and nothing sent twice outside the counted ambiguous window."""
+"""A standby per account (issue 16): on one SQLite session (same host, the session lock,
+WHATSAPP_STANDBY=on) and across replicas on PostgreSQL (WHATSAPP_STORE, each replica with its
+own session folder as on another host, the account's advisory-lock lease). The second worker
+waits and takes over when the first dies, kill -9 included, with nothing lost and nothing sent
+twice outside the counted ambiguous window."""
 
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ async def _get(port: int, path: str) -> httpx.Response | None:
         return None
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_a_standby_takes_over_after_kill_9_with_nothing_lost(
-    make_env: Callable[..., dict[str, str]],
+    make_env: Callable[..., dict[str, str]], request: pytest.FixtureRequest, store: str
 ) -> None:
     first_port, second_port = closed_port(), closed_port()
     # paced (400/s) so that the kill lands mid-stream however fast the machine is
@@ -50,6 +53,10 @@ async def test_a_standby_takes_over_after_kill_9_with_nothing_lost(
         WHATSAPP_RATE_LIMIT="400/s",
         WHATSAPP_RATE_BURST="1",
     )
+    second_env = env
+    if store == "postgresql":  # two hosts: a session folder each, one store
+        env["WHATSAPP_STORE"] = request.getfixturevalue("pg_store")
+        second_env = {**env, "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}
     settings = Settings.from_env(env)
     total = 2000
     ids = [f"job-{i}" for i in range(total)]
@@ -62,7 +69,7 @@ async def test_a_standby_takes_over_after_kill_9_with_nothing_lost(
             return answer is not None and answer.status_code == status
 
         await wait_for(lambda: serving(first_port, "/readyz", 200), what="the holder ready")
-        second = _worker({**env, "HTTP_PORT": str(second_port)})
+        second = _worker({**second_env, "HTTP_PORT": str(second_port)})
         await wait_for(lambda: serving(second_port, "/healthz", 200), what="the standby alive")
         ready = await _get(second_port, "/readyz")
         assert ready is not None and ready.status_code == 503
@@ -97,7 +104,7 @@ async def test_a_standby_takes_over_after_kill_9_with_nothing_lost(
         sent = Counter(r["job_key"] for r in sent_records(settings.dry_run_file))
         twice = sum(n - 1 for n in sent.values() if n > 1)
         print(
-            f"\nstandby took over {taken_over - killed_at:.2f} s after kill -9; "
+            f"\n{store}: standby took over {taken_over - killed_at:.2f} s after kill -9; "
             f"{twice} sent twice, {ambiguous:g} ambiguous (WHATSAPP_AMBIGUOUS=resend)"
         )
         assert taken_over - killed_at < 5.0  # the issue's goal

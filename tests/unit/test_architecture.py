@@ -46,5 +46,5 @@ def test_one_boundary_module_per_dependency() -> None:
     assert _importers("quart") | _importers("hypercorn") | _importers("quart_trio") <= {"web.py"}
     assert _importers("httpx") <= {"http_client.py"}
     assert _importers("magic") == {"sniff.py"}
-    assert _importers("psycopg") == {"pg.py"}
+    assert {p.split("/")[0] for p in _importers("psycopg")} == {"postgres"}
     assert _importers("werkzeug") <= {"web.py"}

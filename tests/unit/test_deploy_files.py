@@ -83,7 +83,7 @@ def test_compose_runs_broker_and_worker_with_a_named_volume() -> None:
 def test_kubernetes_example_one_replica_recreate_probes_and_pvc() -> None:
     docs = list(yaml.safe_load_all((ROOT / "docs/deploy/kubernetes.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    deployment = kinds["Deployment"]
+    deployment = next(d for d in docs if d["metadata"]["name"] == "wa-trio")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     pod = deployment["spec"]["template"]["spec"]
@@ -120,3 +120,43 @@ def test_compose_offers_a_standby_on_the_same_volume() -> None:
     assert standby["profiles"] == ["standby"]  # not started unless asked for
     assert standby["environment"]["WHATSAPP_STANDBY"] == "on"
     assert standby["volumes"] == compose["services"]["wa-trio"]["volumes"]
+
+
+def test_compose_offers_two_replicas_on_postgresql_each_with_its_own_volume() -> None:
+    from wa_trio.config import Settings
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["postgres"]["profiles"] == ["replicas"]
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    a, b = services["wa-trio-replica-a"], services["wa-trio-replica-b"]
+    assert a["profiles"] == b["profiles"] == ["replicas"]
+    assert a["environment"] == b["environment"]  # the same configuration: accounts spread
+    assert a["volumes"] != b["volumes"]  # as on two hosts
+    for replica in (a, b):
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        env = {
+            k: str(v).replace("${WA_POSTGRES_PASSWORD:-wa-change-me}", "pw")
+            for k, v in replica["environment"].items()
+            if "${WHATSAPP_ADMIN_TOKEN" not in str(v)
+        }
+        settings = Settings.from_env(env)
+        assert settings.store is not None and settings.store.startswith("postgresql://")
+        assert settings.multi_account
+
+
+def test_kubernetes_shows_replicas_on_postgresql_with_a_volume_per_pod() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "docs/deploy/kubernetes.yaml").read_text()))
+    replicas = next(d for d in docs if d["metadata"]["name"] == "wa-trio-replicas")
+    assert replicas["kind"] == "StatefulSet"
+    assert replicas["spec"]["replicas"] >= 2
+    pod = replicas["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert {"secretRef": {"name": "wa-trio-replicas"}} in container["envFrom"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "," in env["WHATSAPP_ACCOUNTS"]
+    claim = replicas["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert {"mountPath": "/app/session", "name": claim} in container["volumeMounts"]
+    text = (ROOT / "docs/deploy/kubernetes.yaml").read_text()
+    assert "WHATSAPP_STORE='postgresql://" in text

@@ -21,7 +21,7 @@ from typing import IO, Any
 import trio
 from eliot import log_message
 
-from wa_trio.errors import SendError
+from wa_trio.errors import NotConnectedError, SendError
 from wa_trio.files import open_private_append
 from wa_trio.log import Redactor
 from wa_trio.media import MediaPayload
@@ -47,6 +47,7 @@ class DryRunTransport:
         self.account = account
         self._path = record_file
         self._file: IO[str] | None = None
+        self._stopped = False  # ``run`` ended: a late send (a fenced worker's) is refused
         self._redactor = redactor
         self._fail = fail
         self.sent = 0
@@ -72,6 +73,8 @@ class DryRunTransport:
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         await trio.lowlevel.checkpoint()
+        if self._stopped:
+            raise NotConnectedError("dry-run: the transport stopped")
         if self._fail is not None and self._fail.should_fail():
             raise SendError("dry-run: simulated transient failure", code="simulated_failure")
         message_id = "DRY" + uuid.uuid4().hex[:17].upper()
@@ -113,10 +116,12 @@ class DryRunTransport:
         return SendResult(message_id=message_id, timestamp=now)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = False
         task_status.started()
         try:
             await trio.sleep_forever()
         finally:
+            self._stopped = True
             if self._file is not None:
                 self._file.close()
                 self._file = None

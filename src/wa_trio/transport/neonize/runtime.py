@@ -236,3 +236,17 @@ def print_qr(payload: str, out: TextIO) -> None:
     )
     segno.make_qr(payload).terminal(out=out, compact=True)
     out.flush()
+
+
+def create_session_store(database: str, closed_proxy: str) -> None:
+    """Have whatsmeow create (or upgrade) its session tables in ``database`` (a SQLite file or
+    a ``postgres://`` URL) without reaching WhatsApp: one connect through ``closed_proxy`` (a
+    loopback port nobody listens on) opens the store, then fails to dial. How ``wa-trio session``
+    gets whatsmeow's own schema in the store it copies a session into (blocking)."""
+    from neonize._binder import ProxySettings
+
+    client = new_client(database)
+    with contextlib.suppress(Exception):  # the dial fails by design; the store is open by then
+        client.connect(ProxySettings(proxy_address=closed_proxy))
+    with contextlib.suppress(Exception):
+        client.stop()

@@ -17,7 +17,7 @@ from wa_trio.config import Settings
 from wa_trio.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.media import MediaPayload
-from wa_trio.number_cache import NumberCache, Resolution
+from wa_trio.number_cache import Numbers, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import classify_send_error
 from wa_trio.transport import OutgoingMessage, SendResult
@@ -43,7 +43,7 @@ class NeonizeSender:
         self.settings = settings
         self.redactor = redactor
         self._limiter = limiter
-        self.numbers: NumberCache | None = None  # opened by the transport's ``run``
+        self.numbers: Numbers | None = None  # opened by the transport's ``run``
         self.uploads: UploadCache[Any] = UploadCache()
         self._groups: set[str] = set()
         self._groups_at = -math.inf

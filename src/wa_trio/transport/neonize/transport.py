@@ -37,7 +37,7 @@ import trio
 from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, TransportError
 from wa_trio.log import Redactor
-from wa_trio.number_cache import NumberCache
+from wa_trio.number_cache import NumberCache, Numbers
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
@@ -306,9 +306,7 @@ class NeonizeTransport:
         self._token = trio.lowlevel.current_trio_token()
         session = self.settings.session_path
         await trio.to_thread.run_sync(prepare_session_dir, session)
-        self.sending.numbers = await trio.to_thread.run_sync(
-            NumberCache, session / "numbers.db", NUMBER_CACHE_TTL
-        )
+        self.sending.numbers = await trio.to_thread.run_sync(self._open_numbers)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -321,6 +319,14 @@ class NeonizeTransport:
                 await self._stop_client()
                 if self.sending.numbers is not None:
                     self.sending.numbers.close()
+
+    def _open_numbers(self) -> Numbers:
+        """The number cache: the session folder's, or the store's (every replica shares it)."""
+        if self.settings.store is not None:
+            from wa_trio.postgres import PgNumberCache
+
+            return PgNumberCache(self.settings.store, NUMBER_CACHE_TTL)
+        return NumberCache(self.settings.session_path / "numbers.db", NUMBER_CACHE_TTL)
 
     def _proxy(self) -> Any:
         if not self.settings.proxy:

@@ -1,0 +1,37 @@
+"""PostgreSQL, the store for replicas (WHATSAPP_STORE=postgresql://...): **the only psycopg
+importer** (this package). Blocking (psycopg 3, sync): call it from a worker thread.
+
+- ``db``: connections (keepalives), errors, versioned migrations under an advisory lock, the
+  account's session schema;
+- ``leases``: an account's lease (advisory lock + epoch) on a dedicated connection;
+- ``ledger``: the send ledger, fenced by the lease epoch;
+- ``contacts``: the opt-out list (shared by every account and replica), unanswered counts,
+  the "is it on WhatsApp" cache.
+"""
+
+from wa_trio.postgres.contacts import PgContactStore, PgNumberCache
+from wa_trio.postgres.db import (
+    MIGRATIONS,
+    LeaseLost,
+    StoreError,
+    connect,
+    ensure_session_schema,
+    migrate,
+)
+from wa_trio.postgres.leases import LeaseConnection, holder_name, lease_table
+from wa_trio.postgres.ledger import PgLedger
+
+__all__ = [
+    "MIGRATIONS",
+    "LeaseConnection",
+    "LeaseLost",
+    "PgContactStore",
+    "PgLedger",
+    "PgNumberCache",
+    "StoreError",
+    "connect",
+    "ensure_session_schema",
+    "holder_name",
+    "lease_table",
+    "migrate",
+]
