@@ -133,7 +133,10 @@ def test_a_lease_is_held_by_one_connection_and_a_clean_release_says_so(pg_store:
         first.release()
         assert second.try_take() == first.epoch + 1
         assert second.inherited_from is None  # released cleanly: no grace needed
-        assert {row.account: row.held for row in lease_table(pg_store)} == {"acct-a": True, "acct-b": True}
+        assert {row.account: row.held for row in lease_table(pg_store)} == {
+            "acct-a": True,
+            "acct-b": True,
+        }
         second.close()
         assert {row.account: row.held for row in lease_table(pg_store)}["acct-a"] is False
     finally:
