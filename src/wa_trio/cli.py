@@ -376,21 +376,20 @@ def _media_field(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _session(settings: Settings, args: argparse.Namespace) -> int:
-    from wa_trio.session_backup import export_session, import_session
+    from wa_trio.config import redact_url
+    from wa_trio.session_backup import export_account, import_account
 
+    where = redact_url(settings.session_database)
     if args.session_command == "export":
-        tables = export_session(settings.session_db, args.file, force=args.force)
+        tables = export_account(settings, args.file, force=args.force)
         print(
-            f"wa-trio: exported {settings.session_db} -> {args.file} ({tables} tables); "
+            f"wa-trio: exported {where} -> {args.file} ({tables} tables); "
             "keep it secret: it is the account's credential",
             file=sys.stderr,
         )
     else:
-        tables = import_session(args.file, settings.session_db, force=args.force)
-        print(
-            f"wa-trio: imported {args.file} -> {settings.session_db} ({tables} tables)",
-            file=sys.stderr,
-        )
+        tables = import_account(settings, args.file, force=args.force)
+        print(f"wa-trio: imported {args.file} -> {where} ({tables} tables)", file=sys.stderr)
     return EXIT_OK
 
 

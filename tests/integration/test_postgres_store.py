@@ -6,9 +6,13 @@ database of its own (``pg_store``), dropped afterwards."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -272,3 +276,74 @@ async def test_the_async_ledger_runs_the_pg_step_in_a_thread(pg_store: str) -> N
     assert await ledger.peek("k19") == Found("sending", None)
     await ledger.close()
     lease.close()
+
+
+def _fake_linked_session(path: Path) -> None:
+    """whatsmeow's own SQLite schema (made by whatsmeow) holding one device as pairing would
+    leave it (random keys of the lengths whatsmeow checks), a peer's identity and a chat's
+    settings (booleans: SQLite's 0/1 become PostgreSQL booleans and back)."""
+    from wa_trio.session_backup import _create_store
+
+    _create_store(str(path))
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key, "
+            "signed_pre_key, signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, "
+            "adv_account_sig, adv_account_sig_key, adv_device_sig, push_name) VALUES "
+            "(?, 7, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, 'wa-trio')",
+            (
+                "5511999990000.0:3@s.whatsapp.net",
+                *(os.urandom(n) for n in (32, 32, 32, 64, 16, 40, 64, 32, 64)),
+            ),
+        )
+        db.execute(
+            "INSERT INTO whatsmeow_identity_keys VALUES (?, ?, ?)",
+            ("5511999990000.0:3@s.whatsapp.net", "5511888880000:0", os.urandom(32)),
+        )
+        db.execute(
+            "INSERT INTO whatsmeow_chat_settings (our_jid, chat_jid, muted_until, pinned, "
+            "archived) VALUES (?, ?, 0, 1, 0)",
+            ("5511999990000.0:3@s.whatsapp.net", "5511888880000@s.whatsapp.net"),
+        )
+    db.close()
+
+
+def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    from wa_trio.session_backup import _read_sqlite
+
+    return {table: sorted(rows) for table, (_, rows) in _read_sqlite(path).items() if rows}
+
+
+@pytest.mark.real_client
+def test_a_session_moves_from_sqlite_files_to_postgresql_and_back(
+    pg_store: str, make_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    from wa_trio.postgres.sessions import device_count
+    from wa_trio.session_backup import SessionError, export_account, import_account
+
+    files = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="sales"))
+    store = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="sales", WHATSAPP_STORE=pg_store))
+    files.session_path.mkdir(mode=0o700, parents=True)
+    _fake_linked_session(files.session_db)
+    exported = tmp_path / "sales.db"
+    assert export_account(files, exported) > 10
+    assert import_account(store, exported) > 10  # whatsmeow made its tables in the schema
+    assert device_count(pg_store, "sales") == 1
+    with pytest.raises(SessionError, match="already has a session"):
+        import_account(store, exported)
+    back = tmp_path / "back.db"
+    export_account(store, back)
+    assert stat.S_IMODE(back.stat().st_mode) == 0o600
+    before, after = _rows(files.session_db), _rows(back)
+    assert set(before) == {"whatsmeow_device", "whatsmeow_identity_keys", "whatsmeow_chat_settings"}
+    assert after == before  # every row, every byte, the booleans as they were
+    # a worker holding the account: an import is refused
+    holder = LeaseConnection(pg_store, "sales")
+    assert holder.try_take() is not None
+    try:
+        with pytest.raises(SessionError, match="running worker holds"):
+            import_account(store, exported, force=True)
+    finally:
+        holder.close()
+    assert import_account(store, exported, force=True) > 10

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from wa_trio.lease_rules import session_schema
@@ -38,19 +39,22 @@ def column_types(url: str, account: str) -> dict[str, dict[str, str]]:
 
 
 def read_session(url: str, account: str) -> Tables:
+    """Every whatsmeow table of the account (but its version), from one snapshot."""
     schema = session_schema(account)
     out: Tables = {}
     with contextlib.closing(connect(url, purpose="session")) as db, store_errors("read a session"):
-        for table, columns in _columns(db, schema).items():
-            if table == VERSION_TABLE:
-                continue
-            names = list(columns)
-            query = sql.SQL("SELECT {} FROM {}.{}").format(
-                sql.SQL(", ").join(map(sql.Identifier, names)),
-                sql.Identifier(schema),
-                sql.Identifier(table),
-            )
-            out[table] = (names, [tuple(row) for row in db.execute(query).fetchall()])
+        db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with db.transaction():
+            for table, columns in _columns(db, schema).items():
+                if table == VERSION_TABLE:
+                    continue
+                names = list(columns)
+                query = sql.SQL("SELECT {} FROM {}.{}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, names)),
+                    sql.Identifier(schema),
+                    sql.Identifier(table),
+                )
+                out[table] = (names, [tuple(row) for row in db.execute(query).fetchall()])
     return out
 
 
