@@ -89,6 +89,11 @@ class Metrics:
         self.pacing_tokens = Gauge(
             "whatsapp_pacing_tokens", "Sends the account-wide token bucket holds now.", registry=r
         )
+        self.connect_attempts = Gauge(
+            "whatsapp_connect_attempts",
+            "WhatsApp connection attempts by this process (neonize; a rising count: flapping).",
+            registry=r,
+        )
         self.whatsapp_connected = Gauge(
             "whatsapp_connected", "1 when the WhatsApp transport can send.", registry=r
         )

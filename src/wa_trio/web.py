@@ -99,6 +99,7 @@ def create_app(
         lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
     )
     metrics.account_blocked_until.set_function(lambda: transport.banned_until)
+    metrics.connect_attempts.set_function(lambda: float(getattr(transport, "connect_attempts", 0)))
     for each in ConnectionState:
         metrics.whatsapp_state.labels(each.value).set_function(partial(_is, transport, each))
     rendered: list[tuple[float, bytes]] = []

@@ -23,6 +23,7 @@ from wa_trio.policy import classify_send_error
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.neonize.runtime import (
     build_media,
+    go_call,
     joined_groups,
     neonize_errors,
     send_built,
@@ -62,25 +63,18 @@ class NeonizeSender:
                 "WhatsApp send failed", code="send_failed", mask=self.redactor.text
             ):
                 if media is None:
-                    response = await trio.to_thread.run_sync(
-                        send_text,
-                        client,
-                        user,
-                        message.text,
-                        server,
-                        limiter=self._limiter,
-                        abandon_on_cancel=True,  # see the module docstring
+                    response = await go_call(  # abandoned on cancel: the module docstring
+                        send_text, client, user, message.text, server, limiter=self._limiter
                     )
                 else:
                     built = await self._built(client, media)
-                    response = await trio.to_thread.run_sync(
+                    response = await go_call(
                         send_built,
                         client,
                         user,
                         with_caption(built, media.kind, message.text),
                         server,
                         limiter=self._limiter,
-                        abandon_on_cancel=True,
                     )
         except SendError as error:
             code, transient = classify_send_error(error.message)
@@ -92,7 +86,7 @@ class NeonizeSender:
         key = (media.sha256, media.kind, media.filename)
         built = self.uploads.get(key, time.time())
         if built is None:
-            built = await trio.to_thread.run_sync(
+            built = await go_call(
                 build_media,
                 client,
                 media.kind,
@@ -100,7 +94,6 @@ class NeonizeSender:
                 media.mime_type,
                 media.filename,
                 limiter=self._limiter,
-                abandon_on_cancel=True,
             )
             self.uploads.put(key, built, time.time())
         return built
@@ -116,9 +109,7 @@ class NeonizeSender:
             with neonize_errors(
                 "joined groups look-up failed", code="lookup_failed", mask=self.redactor.text
             ):
-                self._groups = await trio.to_thread.run_sync(
-                    joined_groups, client, limiter=self._limiter, abandon_on_cancel=True
-                )
+                self._groups = await go_call(joined_groups, client, limiter=self._limiter)
             self._groups_at = now
         if jid not in self._groups:
             raise SendError(
@@ -133,13 +124,12 @@ class NeonizeSender:
         for a time growing with the text."""
         try:
             with neonize_errors("typing", code="typing_failed", mask=self.redactor.text):
-                await trio.to_thread.run_sync(
+                await go_call(
                     partial(show_composing, audio=voice, server=server),
                     client,
                     jid_user,
                     True,
                     limiter=self._limiter,
-                    abandon_on_cancel=True,
                 )
             await trio.sleep(typing_seconds(chars))
         except SendError as error:  # typing is cosmetic; never fail the send
@@ -154,9 +144,7 @@ class NeonizeSender:
             with neonize_errors(
                 "number look-up failed", code="lookup_failed", mask=self.redactor.text
             ):
-                answers = await trio.to_thread.run_sync(
-                    client.is_on_whatsapp, number, limiter=self._limiter, abandon_on_cancel=True
-                )
+                answers = await go_call(client.is_on_whatsapp, number, limiter=self._limiter)
             answer = answers[0] if answers else None
             on = bool(answer is not None and answer.IsIn)
             # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID

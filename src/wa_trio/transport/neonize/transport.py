@@ -49,6 +49,8 @@ from wa_trio.transport.neonize.events import (
     signal_of,
 )
 from wa_trio.transport.neonize.runtime import (
+    GO_MAPS,
+    go_call,
     linked_number,
     neonize_errors,
     new_client,
@@ -66,6 +68,7 @@ STOP_TIMEOUT = 5.0
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
 _STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
+REGISTER_WINDOW = 3.0  # at most this long a starting client holds neonize's maps (GoMaps)
 
 
 @attrs.frozen
@@ -120,6 +123,7 @@ class NeonizeTransport:
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        self._registered = trio.Event()  # the client being connected wrote neonize's maps
         self._pair_requested = False
         self._qr_stale_after = qr_stale_after
         self._max_connects = max_connects
@@ -145,6 +149,8 @@ class NeonizeTransport:
 
     def apply(self, signal: Signal) -> None:
         """Apply one signal (trio thread only)."""
+        if signal.kind != "connecting":
+            self._registered.set()  # the client is running: its maps are written
         transition = next_state(self._state, signal)
         old = self._state
         self._state = transition.state
@@ -239,10 +245,8 @@ class NeonizeTransport:
         client = self._client
         try:
             with neonize_errors("pair code", code="pair_code_failed", mask=self.redactor.text):
-                code = await trio.to_thread.run_sync(
-                    partial(client.PairPhone, phone.lstrip("+"), True),
-                    limiter=self._limiter,
-                    abandon_on_cancel=True,
+                code = await go_call(
+                    partial(client.PairPhone, phone.lstrip("+"), True), limiter=self._limiter
                 )
         except SendError as error:
             self._pair_requested = False
@@ -370,9 +374,7 @@ class NeonizeTransport:
             ):
                 try:
                     with neonize_errors("connect", code="dial_failed", mask=self.redactor.text):
-                        await trio.to_thread.run_sync(
-                            partial(self._client.connect, self._proxy()), abandon_on_cancel=True
-                        )
+                        await self._connect(self._client)
                     self.apply(Signal("disconnected"))
                 except SendError as error:
                     self.apply(Signal("dial_failed", detail=error.message[:200]))
@@ -396,6 +398,27 @@ class NeonizeTransport:
             eliot.log_message(message_type="wa_trio:whatsapp:reconnect_in", seconds=round(delay, 3))
             with trio.move_on_after(delay):
                 await self._relogin.wait()
+
+    async def _connect(self, client: Any) -> None:
+        """``client.connect`` (blocking for as long as the connection lives), as a writer of
+        neonize's client maps (``runtime.GoMaps``) until the client registered itself: the
+        connect returned, or the client said anything (an event), or ``REGISTER_WINDOW``."""
+        registered = self._registered = trio.Event()
+
+        async def hold(*, task_status: trio.TaskStatus[None]) -> None:
+            async with GO_MAPS.writing():
+                task_status.started()
+                with trio.move_on_after(REGISTER_WINDOW):
+                    await registered.wait()
+
+        assert self._nursery is not None
+        await self._nursery.start(hold)
+        try:
+            await trio.to_thread.run_sync(
+                partial(client.connect, self._proxy()), abandon_on_cancel=True
+            )
+        finally:
+            registered.set()
 
     def _until_ban_ends(self) -> float:
         """Seconds to wait before reconnecting by itself: a temporary ban's rest; otherwise
@@ -428,7 +451,8 @@ class NeonizeTransport:
         with trio.move_on_after(STOP_TIMEOUT) as scope:
             try:
                 with neonize_errors("stop", code="stop_failed", mask=self.redactor.text):
-                    await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
+                    async with GO_MAPS.writing():  # Stop deletes from neonize's client maps
+                        await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
             except SendError as error:
                 eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
         if scope.cancelled_caught:
