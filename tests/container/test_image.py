@@ -174,3 +174,54 @@ def test_the_image_runs_as_promised(image: tuple[Podman, str]) -> None:
         podman("rm", "-f", name, check=False)
         podman("volume", "rm", "-f", volume, check=False)
         trio.run(delete_topology, settings)
+
+
+def test_the_image_runs_a_replica_on_postgresql(image: tuple[Podman, str], pg_store: str) -> None:
+    """The image's psycopg (its own libpq, from the binary wheel) against the host's
+    PostgreSQL: the container takes the account's lease, records its send in the store's
+    ledger under its epoch, and releases the lease cleanly on stop."""
+    from tests.helpers import pg_query
+
+    podman, tag = image
+    ensure_broker_running()
+    suffix = uuid.uuid4().hex[:8]
+    port = closed_port()
+    name = f"wa-trio-test-pg-{suffix}"
+    env = {
+        "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
+        "WHATSAPP_QUEUE_NAME": f"container.{suffix}.q",
+        "WHATSAPP_EXCHANGE": f"container.{suffix}.x",
+        "WHATSAPP_TRANSPORT": "dry-run",
+        "WHATSAPP_STORE": pg_store,
+        "WHATSAPP_RATE_LIMIT": "off",
+        "WHATSAPP_ADMIN_TOKEN": TOKEN,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": str(port),
+    }
+    settings = Settings.from_env(env)
+    try:
+        run = ["run", "-d", "--name", name, "--network", "host", "--stop-timeout", "15"]
+        for key, value in env.items():
+            run += ["-e", f"{key}={value}"]
+        podman("volume", "create", name)
+        podman(*run, "-v", f"{name}:/app/session", tag)
+        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "/healthz 200")
+        trio.run(publish_many, settings, [job_body(1)], ["container-pg-1"])
+
+        def recorded() -> bool:
+            rows = pg_query(pg_store, "SELECT state, epoch FROM wa_trio_sends WHERE key = %s",
+                            "container-pg-1")  # fmt: skip
+            return rows == [("sent", 1)]
+
+        _wait(recorded, "the send in the store's ledger")
+        held = pg_query(pg_store, "SELECT holder FROM wa_trio_leases WHERE account = 'default'")
+        assert held and held[0][0] and held[0][0].endswith(":1")  # wa-trio is the container's PID 1
+        podman("stop", "-t", "15", name, timeout=60)
+        code = podman("inspect", name, "--format", "{{.State.ExitCode}}").strip()
+        assert code == "0", podman("logs", name, check=False)[-2000:]
+        released = pg_query(pg_store, "SELECT holder FROM wa_trio_leases")
+        assert released == [(None,)]  # a clean release: the next holder need not wait
+    finally:
+        podman("rm", "-f", name, check=False)
+        podman("volume", "rm", "-f", name, check=False)
+        trio.run(delete_topology, settings)

@@ -208,9 +208,12 @@ def joined_groups(client: Any) -> set[str]:
     return {f"{group.JID.User}@{group.JID.Server}" for group in client.get_joined_groups()}
 
 
-def prepare_session_dir(path: Path) -> None:
-    """Create the session folder 0700 and the session database 0600 (before neonize opens it)."""
+def prepare_session_dir(path: Path, *, sqlite: bool = True) -> None:
+    """Create the session folder 0700 and (with the SQLite store) the session database 0600
+    before neonize opens it."""
     private_dir(path)
+    if not sqlite:  # the session lives in PostgreSQL; the folder keeps caches only
+        return
     database = path / "whatsapp.db"
     fd = os.open(database, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)

@@ -309,7 +309,9 @@ class NeonizeTransport:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         session = self.settings.session_path
-        await trio.to_thread.run_sync(prepare_session_dir, session)
+        await trio.to_thread.run_sync(
+            partial(prepare_session_dir, session, sqlite=self.settings.store is None)
+        )
         self.sending.numbers = await trio.to_thread.run_sync(self._open_numbers)
         try:
             async with trio.open_nursery() as nursery:
