@@ -232,14 +232,20 @@ async def _run_replica(
         raise StartupError(error.message) from None
     first = True
     while not run.stop.is_set():
-        lease = None
+        lease: Lease | None = None
+        failed: StoreError | None = None
         async with trio.open_nursery() as waiting:  # a stop ends a standby at once
             waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
             try:
                 lease = await take_lease(settings, store, metrics, serve_http=run.serve_http)
             except StoreError as error:
-                raise StartupError(error.message) from None
+                failed = error
             waiting.cancel_scope.cancel()
+        if failed is not None:
+            if first:  # cannot start at all: one line
+                raise StartupError(failed.message)
+            await _store_failing(run, failed.message)  # it held the account before: retry
+            continue
         if lease is None:
             return
         clean = False
@@ -248,7 +254,10 @@ async def _run_replica(
                 pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
                 inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
             except LedgerError as error:
-                raise StartupError(error.message) from None
+                if first:
+                    raise StartupError(error.message) from None
+                await _store_failing(run, error.message)
+                continue
             ledger = AsyncLedger(pg_ledger)
             metrics.inherited_sending.set(inherited)
             if inherited:
@@ -286,6 +295,21 @@ async def _run_replica(
         finally:
             await lease.release(clean=clean)
         first = False
+
+
+async def _store_failing(run: _Run, error: str) -> None:
+    """The store failed after this replica had run the account: wait, then stand by again
+    (a replica outlives a PostgreSQL restart; only a start without the store is fatal)."""
+    from wa_trio.lease_rules import RETRY_EVERY
+
+    eliot.log_message(
+        message_type="wa_trio:lease:store_failing",
+        level="error",
+        account=run.settings.account_name,
+        error=error,
+    )
+    with trio.move_on_after(RETRY_EVERY):
+        await run.stop.wait()
 
 
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:

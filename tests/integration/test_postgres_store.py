@@ -345,3 +345,64 @@ def test_a_session_moves_from_sqlite_files_to_postgresql_and_back(
     finally:
         holder.close()
     assert import_account(store, exported, force=True) > 10
+
+
+async def test_a_replica_outlives_a_store_outage_and_goes_on(
+    pg_store: str, make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> None:
+    """The store refuses every connection for a while (as when PostgreSQL restarts): the
+    holder fences itself, keeps trying, takes its account back when the store returns and
+    sends the rest; nothing is lost."""
+    from tests.helpers import pg_admin
+
+    env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_RATE_LIMIT="100/s", WHATSAPP_RATE_BURST="1")
+    settings = Settings.from_env(env)
+    database = pg_store.rsplit("/", 1)[1].split("?", 1)[0]
+    workers: list[Worker | None] = []
+    worker: Worker = await nursery.start(
+        partial(run_worker, settings, handle_signals=False, on_running=workers.append)
+    )
+    try:
+        ids = [f"job-{i}" for i in range(300)]
+        await publish_many(settings, (job_body(i) for i in range(300)), message_ids=ids)
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 20, what="20 sent")
+        await trio.to_thread.run_sync(
+            pg_admin,
+            f"ALTER DATABASE {database} ALLOW_CONNECTIONS false",
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'",
+        )
+        await wait_for(lambda: None in workers, what="the fence")
+        during = len(sent_records(settings.dry_run_file))
+        await trio.sleep(3)  # the store stays away: nothing is sent, the worker keeps trying
+        assert len(sent_records(settings.dry_run_file)) <= during + 1
+        await trio.to_thread.run_sync(pg_admin, f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await wait_for(
+            lambda: {r["job_key"] for r in sent_records(settings.dry_run_file)} >= set(ids),
+            timeout=60,
+            what="every job sent after the store came back",
+        )
+        assert sample(worker, "wa_trio_leases_lost_total") == 1
+        keys = [r["job_key"] for r in sent_records(settings.dry_run_file)]
+        assert len(keys) - len(set(keys)) <= 1  # at most the one send in flight at the fence
+    finally:
+        worker.stop()
+        await wait_for(lambda: bool(workers) and workers[-1] is None, timeout=30, what="stopped")
+        await delete_topology(settings)
+
+
+def test_a_start_without_the_store_is_one_line(make_env: Callable[..., dict[str, str]]) -> None:
+    import subprocess
+    import sys
+
+    env = make_env(WHATSAPP_STORE="postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2")
+    done = subprocess.run(
+        [sys.executable, "-m", "wa_trio", "run"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("wa-trio: cannot connect to WHATSAPP_STORE")
