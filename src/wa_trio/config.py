@@ -475,8 +475,9 @@ class Settings:
         "sqlite",
         "sqlite or a postgresql://user:password@host:port/database URL",
         _store,
-        "Where sessions and the send ledger live: files under WHATSAPP_SESSION_PATH, or "
-        "PostgreSQL (replicas on several hosts, a lease per account; docs/scaling.md).",
+        "Where sessions, the send ledger, the opt-out list and the caches live: files under "
+        "WHATSAPP_SESSION_PATH, or PostgreSQL (replicas on several hosts, a lease per account; "
+        "docs/scaling.md).",
         repr=False,
     )
     transport: str = _setting(
