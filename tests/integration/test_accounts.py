@@ -38,9 +38,15 @@ from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import Transport
 
 
-@pytest.fixture
-async def three(make_env: Callable[..., dict[str, str]]) -> AsyncIterator[Settings]:
-    settings = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="a,b,c"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def three(
+    make_env: Callable[..., dict[str, str]], request: pytest.FixtureRequest
+) -> AsyncIterator[Settings]:
+    """Three accounts on either store (PostgreSQL: a database of the test's own)."""
+    store = (
+        {"WHATSAPP_STORE": request.getfixturevalue("pg_store")} if request.param != "sqlite" else {}
+    )
+    settings = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="a,b,c", **store))
     yield settings
     for name in settings.accounts:
         await delete_topology(settings.for_account(name))

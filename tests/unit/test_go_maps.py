@@ -43,7 +43,7 @@ async def test_readers_share_writers_are_alone_and_go_first() -> None:
     assert most["readers"] == 2
     assert log.index("w1 in") < log.index("r3 in")
     assert log.index("w2 in") < log.index("r3 in")  # writers first, one at a time
-    assert log[:2] == ["r1 in", "r2 in"]
+    assert set(log[:2]) == {"r1 in", "r2 in"}  # trio may start them in either order
 
 
 async def test_a_cancelled_waiter_leaves_the_guard_usable() -> None:
