@@ -121,3 +121,6 @@ class Sender:
                     return result
             except NotConnectedError:
                 eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")
+                # an unshielded checkpoint: a transport that says "connected" but refuses
+                # (it just stopped) must not turn this loop into a spin a cancel cannot end
+                await trio.lowlevel.checkpoint()

