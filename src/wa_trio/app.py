@@ -251,8 +251,13 @@ async def _run_replica(
         clean = False
         try:
             try:
-                pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
-                inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
+                with trio.CancelScope(shield=True):  # made: ours to close (connect_timeout)
+                    pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
+                try:
+                    inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
+                except BaseException:
+                    pg_ledger.close()
+                    raise
             except LedgerError as error:
                 if first:
                     raise StartupError(error.message) from None
@@ -476,7 +481,7 @@ async def _supervise(
 
     async with trio.open_nursery() as nursery:
         if lease is not None:  # first: a lost lease cancels everything below (the fence)
-            await nursery.start(lease.keep, partial(_heartbeat, parts.transport, settings))
+            await nursery.start(_fence_on_loss, lease, parts)
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
         await nursery.start(parts.webhook.run)
@@ -525,6 +530,24 @@ async def _supervise(
         with trio.move_on_after(3):  # let hypercorn close its listeners and connections
             await http_done.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _fence_on_loss(
+    lease: Lease, parts: _Parts, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keep the lease; when it is lost, fence: the pipeline stops now (its shielded sends and
+    records are cut at once: a record the store cannot take is left ``sending``, the taker's
+    ambiguous window), then ``LeaseLost`` cancels every task of the worker."""
+    from wa_trio.postgres import LeaseLost
+
+    try:
+        await lease.keep(
+            partial(_heartbeat, parts.transport, parts.settings), task_status=task_status
+        )
+    except LeaseLost:
+        parts.pipeline.set_hard_deadline(trio.current_time())
+        parts.pipeline.stop()
+        raise
 
 
 def _heartbeat(transport: Transport, settings: Settings) -> tuple[str | None, str | None]:

@@ -70,46 +70,50 @@ async def take_lease(
         StoreError: the store cannot be reached at all when starting (one line).
     """
     account = settings.account_name
-    connection = await trio.to_thread.run_sync(LeaseConnection, store, account)
-    epoch = await trio.to_thread.run_sync(connection.try_take)
-    if epoch is None:
+    held = [await _open(store, account)]  # the connection in use (closed unless returned)
+    try:
+        if await trio.to_thread.run_sync(held[0].try_take) is None:
 
-        async def retry() -> LeaseConnection:
-            current = connection
-            while True:
-                await trio.sleep(RETRY_EVERY)
-                try:
-                    if await trio.to_thread.run_sync(current.try_take) is not None:
-                        return current
-                except StoreError as error:  # the store went away: a new connection
-                    eliot.log_message(
-                        message_type="wa_trio:lease:store_failing", error=error.message
-                    )
-                    current.close()
+            async def retry() -> LeaseConnection:
+                while True:
+                    await trio.sleep(RETRY_EVERY)
                     try:
-                        current = await trio.to_thread.run_sync(LeaseConnection, store, account)
-                    except StoreError:
-                        continue
+                        if await trio.to_thread.run_sync(held[0].try_take) is not None:
+                            return held[0]
+                    except StoreError as error:  # the store went away: a new connection
+                        eliot.log_message(
+                            message_type="wa_trio:lease:store_failing", error=error.message
+                        )
+                        held[0].close()
+                        try:
+                            held[0] = await _open(store, account)
+                        except StoreError:
+                            continue
 
-        reason = f"standby: another replica holds account {account}"
-        try:
-            connection = await wait_as_standby(
-                settings, metrics, retry, reason, serve_http=serve_http
-            )
-        except BaseException:
-            connection.close()
-            raise
-    lease = Lease(connection)
-    metrics.lease_epoch.set(lease.epoch)
-    eliot.log_message(
-        message_type="wa_trio:lease:taken",
-        account=account,
-        epoch=lease.epoch,
-        inherited_from=lease.inherited_from,
-    )
-    if lease.inherited_from:
-        await trio.sleep(TAKEOVER_GRACE)
+            reason = f"standby: another replica holds account {account}"
+            await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
+        lease = Lease(held[0])
+        metrics.lease_epoch.set(lease.epoch)
+        eliot.log_message(
+            message_type="wa_trio:lease:taken",
+            account=account,
+            epoch=lease.epoch,
+            inherited_from=lease.inherited_from,
+        )
+        if lease.inherited_from:
+            await trio.sleep(TAKEOVER_GRACE)
+    except BaseException:  # cancelled (a stop) or failed: the lock goes with the connection
+        held[0].close()
+        raise
     return lease
+
+
+async def _open(store: str, account: str) -> LeaseConnection:
+    """A lease connection; shielded while it is made (a cancel then would drop an open
+    connection on the floor); ``connect_timeout`` bounds it."""
+    with trio.CancelScope(shield=True):
+        connection = await trio.to_thread.run_sync(LeaseConnection, store, account)
+    return connection
 
 
 __all__ = ["Lease", "LeaseLost", "take_lease"]

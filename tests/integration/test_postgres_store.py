@@ -44,6 +44,8 @@ from wa_trio.postgres import (
     lease_table,
     migrate,
 )
+from wa_trio.transport import OutgoingMessage, SendResult
+from wa_trio.transport.dry_run import DryRunTransport
 
 
 def _taken(store: str, account: str = "default") -> LeaseConnection:
@@ -366,12 +368,19 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
         ids = [f"job-{i}" for i in range(300)]
         await publish_many(settings, (job_body(i) for i in range(300)), message_ids=ids)
         await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 20, what="20 sent")
+        # the ledger's connection goes first: the next record of a send WhatsApp took fails
+        # and is retried inside its shield; the fence must still cut it (it once hung here)
+        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio ledger")
+        await wait_for(
+            lambda: worker.pipeline.statistics().ledger_problem is not None,
+            what="the ledger failing",
+        )
         await trio.to_thread.run_sync(
             pg_admin,
             f"ALTER DATABASE {database} ALLOW_CONNECTIONS false",
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'",
         )
-        await wait_for(lambda: None in workers, what="the fence")
+        await wait_for(lambda: None in workers, timeout=10, what="the fence")
         during = len(sent_records(settings.dry_run_file))
         await trio.sleep(3)  # the store stays away: nothing is sent, the worker keeps trying
         assert len(sent_records(settings.dry_run_file)) <= during + 1
@@ -406,3 +415,53 @@ def test_a_start_without_the_store_is_one_line(make_env: Callable[..., dict[str,
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("wa-trio: cannot connect to WHATSAPP_STORE")
+
+
+class _SlowDryRun(DryRunTransport):
+    """Each send takes 0.3 s: whenever the test acts, a send is in flight."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        await trio.sleep(0.3)
+        return await super().send(message)
+
+
+async def test_the_fence_cuts_a_record_the_store_cannot_take(
+    pg_store: str, make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> None:
+    """A send WhatsApp took is recorded inside a shield, retried while the ledger fails; when
+    the ledger's connection died mid-send and then the lease is lost, the fence must still stop
+    the worker at once (the record stays ``sending``: the taker's ambiguous window)."""
+    from wa_trio.log import Redactor
+
+    settings = Settings.from_env(make_env(WHATSAPP_STORE=pg_store))
+    transport = _SlowDryRun(settings.dry_run_file, Redactor(True))
+    workers: list[Worker | None] = []
+    worker: Worker = await nursery.start(
+        partial(
+            run_worker,
+            settings,
+            transport=transport,
+            handle_signals=False,
+            on_running=workers.append,
+        )
+    )
+    try:
+        await publish_many(
+            settings, (job_body(i) for i in range(20)), message_ids=[f"slow-{i}" for i in range(20)]
+        )
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 1, what="a send")
+        await trio.sleep(0.1)  # the next send is in flight now
+        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio ledger")
+        await wait_for(
+            lambda: worker.pipeline.statistics().ledger_problem is not None,
+            what="the record failing",
+        )
+        cut_at = trio.current_time()
+        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio lease")
+        await wait_for(lambda: None in workers, timeout=10, what="the fence")
+        assert trio.current_time() - cut_at < 5
+        rows = pg_query(pg_store, "SELECT count(*) FROM wa_trio_sends WHERE state = 'sending'")
+        assert rows[0][0] >= 1  # the send it could not record: ambiguous for the taker
+    finally:
+        worker.stop()
+        await delete_topology(settings)
