@@ -122,9 +122,11 @@ def test_every_replica_obeys_one_opt_out_list(pg_store: str) -> None:
         there.close()
 
 
-def test_the_number_cache_is_shared_and_expires(pg_store: str) -> None:
+def test_the_number_cache_is_the_accounts_on_every_replica_and_expires(pg_store: str) -> None:
     migrate(pg_store)
-    one, two = PgNumberCache(pg_store, ttl=60), PgNumberCache(pg_store, ttl=60)
+    # two replicas running account a (one after the other), and account b
+    one, two = PgNumberCache(pg_store, "a", ttl=60), PgNumberCache(pg_store, "a", ttl=60)
+    other = PgNumberCache(pg_store, "b", ttl=60)
     try:
         now = time.time()
         one.put(Resolution("+5511999990003", True, "5511999990003", now))
@@ -132,11 +134,12 @@ def test_the_number_cache_is_shared_and_expires(pg_store: str) -> None:
             "+5511999990003", True, "5511999990003", now
         )
         assert two.get("+5511999990003", now + 61) is None
+        assert other.get("+5511999990003", now + 1) is None  # each account its own cache
         one.put(Resolution("+5511999990003", False, "", now + 2))
         assert two.get("+5511999990003", now + 3).on_whatsapp is False  # type: ignore[union-attr]
     finally:
-        one.close()
-        two.close()
+        for cache in (one, two, other):
+            cache.close()
 
 
 async def test_an_opt_out_added_from_the_cli_stops_a_replicas_sends(

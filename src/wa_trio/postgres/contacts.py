@@ -1,7 +1,7 @@
 """What the accounts know about the people they write to, in PostgreSQL: the opt-out list
 (one for every account and every replica: a STOP to one account stops them all, wherever it
-runs), each account's unanswered counts, and the "is it on WhatsApp" cache (the answer does not
-depend on the asking account). The same calls as ``contacts.ContactStore`` and
+runs), and each account's unanswered counts and "is it on WhatsApp" cache (every replica that
+runs the account sees them). The same calls as ``contacts.ContactStore`` and
 ``number_cache.NumberCache``.
 
 ``data_version`` follows SQLite's ``PRAGMA data_version``: it changes when *another* connection
@@ -128,9 +128,10 @@ class PgContactStore:
 
 
 class PgNumberCache:
-    """``number_cache.NumberCache`` in PostgreSQL, shared by every account and replica."""
+    """``number_cache.NumberCache`` of one account in PostgreSQL (every replica sees it)."""
 
-    def __init__(self, url: str, ttl: float) -> None:
+    def __init__(self, url: str, account: str, ttl: float) -> None:
+        self.account = account
         self.ttl = ttl
         self._lock = threading.Lock()
         self._db = connect(url, purpose="number cache")
@@ -139,8 +140,9 @@ class PgNumberCache:
         now = time.time() if now is None else now
         with self._lock, store_errors("read the number cache"):
             row = self._db.execute(
-                "SELECT on_whatsapp, jid_user, checked_at FROM wa_trio_numbers WHERE number = %s",
-                (number,),
+                "SELECT on_whatsapp, jid_user, checked_at FROM wa_trio_numbers "
+                "WHERE account = %s AND number = %s",
+                (self.account, number),
             ).fetchone()
         if row is None or now - row[2] > self.ttl:
             return None
@@ -149,10 +151,11 @@ class PgNumberCache:
     def put(self, resolution: Resolution) -> None:
         with self._lock, store_errors("write the number cache"):
             self._db.execute(
-                "INSERT INTO wa_trio_numbers VALUES (%s, %s, %s, %s) ON CONFLICT (number) DO "
-                "UPDATE SET on_whatsapp = EXCLUDED.on_whatsapp, jid_user = EXCLUDED.jid_user, "
-                "checked_at = EXCLUDED.checked_at",
+                "INSERT INTO wa_trio_numbers VALUES (%s, %s, %s, %s, %s) ON CONFLICT "
+                "(account, number) DO UPDATE SET on_whatsapp = EXCLUDED.on_whatsapp, "
+                "jid_user = EXCLUDED.jid_user, checked_at = EXCLUDED.checked_at",
                 (
+                    self.account,
                     resolution.number,
                     resolution.on_whatsapp,
                     resolution.jid_user,

@@ -96,8 +96,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "last_reply_at DOUBLE PRECISION, PRIMARY KEY (account, number))",
         "CREATE TABLE wa_trio_changes (name TEXT PRIMARY KEY, version BIGINT NOT NULL)",
         "INSERT INTO wa_trio_changes VALUES ('contacts', 0)",
-        "CREATE TABLE wa_trio_numbers (number TEXT PRIMARY KEY, on_whatsapp BOOLEAN NOT NULL, "
-        "jid_user TEXT NOT NULL, checked_at DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE wa_trio_numbers (account TEXT NOT NULL, number TEXT NOT NULL, "
+        "on_whatsapp BOOLEAN NOT NULL, jid_user TEXT NOT NULL, checked_at DOUBLE PRECISION "
+        "NOT NULL, PRIMARY KEY (account, number))",
     ),
     3: (  # the holder's heartbeat: what ``wa-trio accounts`` shows
         "ALTER TABLE wa_trio_leases ADD COLUMN state TEXT, ADD COLUMN linked TEXT, "

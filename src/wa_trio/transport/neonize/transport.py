@@ -327,11 +327,12 @@ class NeonizeTransport:
                     self.sending.numbers.close()
 
     def _open_numbers(self) -> Numbers:
-        """The number cache: the session folder's, or the store's (every replica shares it)."""
+        """The account's number cache: in the session folder, or in the store (every replica
+        that runs the account sees it)."""
         if self.settings.store is not None:
             from wa_trio.postgres import PgNumberCache
 
-            return PgNumberCache(self.settings.store, NUMBER_CACHE_TTL)
+            return PgNumberCache(self.settings.store, self.settings.account_name, NUMBER_CACHE_TTL)
         return NumberCache(self.settings.session_path / "numbers.db", NUMBER_CACHE_TTL)
 
     def _proxy(self) -> Any:
