@@ -2,7 +2,9 @@
 
 - Durable and at-least-once: an event goes into an outbox (a table in the ledger's SQLite file)
   before its job is acked, and stays there until the receiver answers 2xx. A restart delivers
-  what was pending.
+  what was pending. With WHATSAPP_STORE=postgresql a relay moves events from that local outbox
+  into the account's outbox in PostgreSQL (a batch in a worker thread, within a second), and
+  delivery is from there: whichever replica holds the account delivers its events.
 - Signed: ``X-Wa-Trio-Timestamp: <unix seconds>`` and ``X-Wa-Trio-Signature: sha256=<hex of
   HMAC-SHA256(secret, "<timestamp>.<raw body>")>`` (``sign``; ``verify`` is what a receiver
   does: constant-time compare, 5-minute window; docs/status-events.md).
@@ -23,7 +25,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import eliot
@@ -31,14 +33,21 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config import Settings
+from wa_trio.errors import WaTrioError
 from wa_trio.files import open_private_db
 from wa_trio.metrics import Metrics
 from wa_trio.policy import Backoff
+
+if TYPE_CHECKING:
+    from wa_trio.postgres import PgOutbox
 
 SIGNATURE = "X-Wa-Trio-Signature"
 TIMESTAMP = "X-Wa-Trio-Timestamp"
 WINDOW = 300.0  # seconds a receiver accepts a timestamp
 RETRY_AFTER_CAP = 3600.0
+RELAY_EVERY = 1.0  # seconds between moves of local events to the store (woken by new ones)
+RELAY_BATCH = 200
+RELAY_LAST = 2.0  # seconds the last move may take when the worker stops
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -136,6 +145,19 @@ class Outbox:
                 (next_at, event_id),
             )
 
+    def oldest(self, limit: int) -> list[tuple[int, str, bytes, float]]:
+        """(id, job key, body, created) of the oldest events (the relay's next batch)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, job_key, body, created FROM webhook_outbox ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
+
+    def remove_many(self, ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM webhook_outbox WHERE id = ?", [(i,) for i in ids])
+
     def stats(self) -> tuple[int, float | None]:
         """(pending events, creation time of the oldest)."""
         with self._lock:
@@ -158,13 +180,19 @@ class WebhookSink:
         self.enabled = bool(settings.status_webhook_url)
         self.backoff = backoff or Backoff(initial=1.0, cap=300.0)
         self._outbox: Outbox | None = None
+        self._shared: PgOutbox | None = None  # WHATSAPP_STORE=postgresql: delivered from here
+        self._shared_stats: tuple[int, float | None] = (0, None)
         self._wake = trio.Event()
         if self.enabled:
             metrics.webhook_pending.set_function(lambda: float(self._stats()[0]))
             metrics.webhook_oldest.set_function(self._oldest_age)
 
     def _stats(self) -> tuple[int, float | None]:
-        return self._outbox.stats() if self._outbox is not None else (0, None)
+        """Local, plus the store's as last read (a scrape never waits on the network)."""
+        local = self._outbox.stats() if self._outbox is not None else (0, None)
+        shared = self._shared_stats
+        oldest = [t for t in (local[1], shared[1]) if t is not None]
+        return local[0] + shared[0], min(oldest) if oldest else None
 
     def _oldest_age(self) -> float:
         oldest = self._stats()[1]
@@ -173,6 +201,14 @@ class WebhookSink:
     def open(self) -> None:
         if self.enabled and self._outbox is None:
             self._outbox = Outbox(self.settings.ledger_db, self.settings.status_webhook_max_pending)
+            if self.settings.store is not None:
+                from wa_trio.postgres import PgOutbox
+
+                self._shared = PgOutbox(
+                    self.settings.store,
+                    self.settings.account_name,
+                    self.settings.status_webhook_max_pending,
+                )
 
     def add(self, event: dict[str, Any]) -> None:
         """Store one event durably (a short commit on the trio thread: it precedes an ack)."""
@@ -181,7 +217,7 @@ class WebhookSink:
         body = json.dumps(event, separators=(",", ":")).encode()
         dropped = self._outbox.add([(str(event.get("job_key", "")), body)], time.time())
         if dropped:
-            self.metrics.webhook_deliveries.labels("dropped").inc(dropped)
+            self.metrics.webhook_deliveries.labels("dropped").inc()
             eliot.log_message(message_type="wa_trio:webhook:dropped", events=dropped)
         self._wake.set()
 
@@ -189,24 +225,87 @@ class WebhookSink:
         task_status.started()
         if self._outbox is None:
             return
-        async with http_client.client() as session:
+        async with trio.open_nursery() as nursery:
+            if self._shared is not None:
+                nursery.start_soon(self._relay)
+            async with http_client.client() as session:
+                while True:
+                    try:
+                        item = await self._io("next_due", time.time())
+                    except WaTrioError as error:  # the store is away: try again shortly
+                        eliot.log_message(message_type="wa_trio:webhook:store_failing",
+                                          error=error.message)  # fmt: skip
+                        await trio.sleep(RELAY_EVERY)
+                        continue
+                    if item is None:
+                        await self._sleep_until_due()
+                        continue
+                    await self._deliver(session, item)
+
+    async def _io(self, call: str, *args: Any) -> Any:
+        """A delivery call on the outbox delivered from: the local one on the trio thread (a
+        local read), the store's in a worker thread."""
+        if self._shared is None:
+            assert self._outbox is not None
+            return getattr(self._outbox, call)(*args)
+        result = await trio.to_thread.run_sync(getattr(self._shared, call), *args)
+        if call == "next_due" and result is not None:
+            return Pending(*result)
+        return result
+
+    async def _relay(self) -> None:
+        """Move events from the local outbox to the store's, a batch at a time (an event is
+        removed locally only once the store has it: at least once, never lost). On the way out
+        (a stop, a fence) one last move is tried, bounded: what stays waits for this volume."""
+        try:
             while True:
-                item = self._outbox.next_due(time.time())
-                if item is None:
-                    await self._sleep_until_due()
+                try:
+                    moved = await self._relay_once()
+                except WaTrioError as error:
+                    eliot.log_message(message_type="wa_trio:webhook:relay_failing",
+                                      error=error.message)  # fmt: skip
+                    await trio.sleep(RELAY_EVERY)
                     continue
-                await self._deliver(session, item)
+                if moved:
+                    self._wake.set()
+                    continue
+                with trio.move_on_after(RELAY_EVERY):
+                    await self._wake.wait()
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(RELAY_LAST),
+                contextlib.suppress(WaTrioError),
+            ):
+                while await self._relay_once():
+                    pass
+
+    async def _relay_once(self) -> int:
+        """One batch moved to the store (its size; 0: nothing to move)."""
+        if self._outbox is None or self._shared is None:
+            return 0
+        shared = self._shared
+        batch = self._outbox.oldest(RELAY_BATCH)
+        if batch:
+            dropped = await trio.to_thread.run_sync(  # abandoned on a cancel: kept locally
+                shared.add_relayed,
+                [(k, b, c) for _, k, b, c in batch],
+                abandon_on_cancel=True,
+            )
+            self._outbox.remove_many([i for i, _, _, _ in batch])
+            if dropped:
+                self.metrics.webhook_deliveries.labels("dropped").inc(dropped)
+        self._shared_stats = await trio.to_thread.run_sync(shared.stats, abandon_on_cancel=True)
+        return len(batch)
 
     async def _sleep_until_due(self) -> None:
-        assert self._outbox is not None
-        when = self._outbox.next_time()
+        when = await self._io("next_time")
         wait = 5.0 if when is None else min(5.0, max(0.01, when - time.time()))
         with trio.move_on_after(wait):
             await self._wake.wait()
         self._wake = trio.Event()
 
     async def _deliver(self, session: Any, item: Pending) -> None:
-        assert self._outbox is not None
         now = int(time.time())
         headers = {
             "Content-Type": "application/json",
@@ -217,26 +316,25 @@ class WebhookSink:
         try:
             answer = await http_client.post(session, url, item.body, headers)
         except http_client.HttpError as error:
-            self._retry(item, None, error.message)
+            await self._retry(item, None, error.message)
             return
         if 200 <= answer.status < 300:
-            self._outbox.remove(item.id)
+            await self._io("remove", item.id)
             self.metrics.webhook_deliveries.labels("delivered").inc()
         elif transient(answer.status):
-            self._retry(item, answer.retry_after, f"HTTP {answer.status}")
+            await self._retry(item, answer.retry_after, f"HTTP {answer.status}")
         else:
-            self._outbox.remove(item.id)
+            await self._io("remove", item.id)
             self.metrics.webhook_deliveries.labels("rejected").inc()
             eliot.log_message(
                 message_type="wa_trio:webhook:rejected", status=answer.status, job_key=item.job_key
             )
 
-    def _retry(self, item: Pending, retry_after: float | None, why: str) -> None:
-        assert self._outbox is not None
+    async def _retry(self, item: Pending, retry_after: float | None, why: str) -> None:
         delay = self.backoff.delay_for(item.attempts)
         if retry_after is not None:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-        self._outbox.later(item.id, time.time() + delay)
+        await self._io("later", item.id, time.time() + delay)
         self.metrics.webhook_deliveries.labels("retried").inc()
         eliot.log_message(
             message_type="wa_trio:webhook:retry", why=why, attempt=item.attempts + 1,
@@ -247,6 +345,9 @@ class WebhookSink:
         if self._outbox is not None:
             self._outbox.close()
             self._outbox = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
 
 __all__ = ["SIGNATURE", "TIMESTAMP", "Outbox", "WebhookSink", "sign", "transient", "verify"]

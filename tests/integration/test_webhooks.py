@@ -144,3 +144,58 @@ async def test_pending_events_are_delivered_after_a_restart(
             worker.stop()
     finally:
         await delete_topology(settings)
+
+
+async def test_with_postgresql_the_holder_of_the_account_delivers_its_events(
+    make_env: Callable[..., dict[str, str]], pg_store: str, nursery: trio.Nursery
+) -> None:
+    """Events move from the replica's local outbox into the account's outbox in PostgreSQL;
+    the receiver is down while the first replica runs, so they wait there; a replica on
+    another host (its own session folder, no local events) takes the account over and
+    delivers them, signed, in order."""
+    from functools import partial
+
+    from tests.helpers import pg_query
+
+    port = closed_port()
+    env = make_env(
+        WHATSAPP_STATUS_WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
+        WHATSAPP_STATUS_WEBHOOK_SECRET=SECRET,
+        WHATSAPP_STORE=pg_store,
+    )
+    first_settings = Settings.from_env(env)
+    first: Worker = await nursery.start(partial(run_worker, first_settings, handle_signals=False))
+    try:
+        await publish_many(first_settings, [job_body(i) for i in range(3)],
+                           message_ids=["pg-w-0", "pg-w-1", "pg-w-2"])  # fmt: skip
+
+        def in_store() -> bool:
+            rows = pg_query(pg_store, "SELECT count(*) FROM wa_trio_webhook_outbox "
+                            "WHERE account = 'default'")  # fmt: skip
+            return bool(rows[0][0] == 3)
+
+        await wait_for(in_store, what="the events in the store's outbox")
+        assert first.webhook._outbox is not None
+        assert first.webhook._outbox.stats()[0] == 0  # moved: nothing left on this volume
+    finally:
+        first.stop()
+    await trio.sleep(1)  # the first replica released the account
+    receiver = Receiver([])
+    await nursery.start(receiver.serve, port)
+    second_settings = Settings.from_env(
+        {**env, "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-other-host"}
+    )
+    second: Worker = await nursery.start(partial(run_worker, second_settings, handle_signals=False))
+    try:
+        await wait_for(lambda: len(receiver.delivered()) == 3, what="delivered by the taker")
+        assert [c["event"]["job_key"] for c in receiver.delivered()] == [
+            "pg-w-0",
+            "pg-w-1",
+            "pg-w-2",
+        ]
+        assert all(c["verified"] for c in receiver.calls)
+        await wait_for(lambda: _result(second, "delivered") == 3, what="counted")
+        assert pg_query(pg_store, "SELECT count(*) FROM wa_trio_webhook_outbox") == [(0,)]
+    finally:
+        second.stop()
+        await delete_topology(first_settings)

@@ -20,6 +20,7 @@ from wa_trio.postgres.db import (
 )
 from wa_trio.postgres.leases import LeaseConnection, holder_name, lease_table
 from wa_trio.postgres.ledger import PgLedger
+from wa_trio.postgres.outbox import PgOutbox
 
 __all__ = [
     "MIGRATIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "PgContactStore",
     "PgLedger",
     "PgNumberCache",
+    "PgOutbox",
     "StoreError",
     "connect",
     "ensure_session_schema",

@@ -104,6 +104,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE wa_trio_leases ADD COLUMN state TEXT, ADD COLUMN linked TEXT, "
         "ADD COLUMN seen_at TIMESTAMPTZ",
     ),
+    4: (  # signed webhooks: delivered by whichever replica holds the account
+        "CREATE TABLE wa_trio_webhook_outbox (id BIGSERIAL PRIMARY KEY, account TEXT NOT NULL, "
+        "job_key TEXT NOT NULL, body BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, next_at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX wa_trio_webhook_outbox_due ON wa_trio_webhook_outbox (account, next_at)",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 
