@@ -18,12 +18,13 @@ import attrs
 import eliot
 import trio
 
-from wa_trio.app import Worker, admin_token, run_worker, watch_signals
+from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings
 from wa_trio.files import StartupError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pool import PoolRouter
+from wa_trio.startup import admin_token, watch_signals
 from wa_trio.transport import Transport
 from wa_trio.web import create_accounts_app, run_http
 

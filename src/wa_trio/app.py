@@ -19,12 +19,10 @@ WHATSAPP_SHUTDOWN_GRACE bounds the whole stop: a send still running then is aban
 from __future__ import annotations
 
 import secrets
-import shutil
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import eliot
@@ -43,15 +41,21 @@ from wa_trio.files import (
 from wa_trio.inbound_bus import InboundPublisher
 from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.log import Redactor
-from wa_trio.media import NEEDS_FFMPEG
 from wa_trio.media_cache import MediaCache
 from wa_trio.media_fetch import MediaFetcher
 from wa_trio.meta_webhook import MetaWebhook
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline import Pipeline
 from wa_trio.safety import AccountSafety
+from wa_trio.startup import (
+    admin_token,
+    build_transport,
+    check_media_tools,
+    load_templates,
+    watch_signals,
+)
 from wa_trio.status import StatusPublisher
-from wa_trio.templates import TemplateError, TemplateSet
+from wa_trio.templates import TemplateSet
 from wa_trio.transport import Transport
 from wa_trio.web import create_app, run_http
 from wa_trio.webhook import WebhookSink
@@ -60,64 +64,6 @@ if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
     from quart_trio import QuartTrio
 
     from wa_trio.lease import Lease
-
-
-def build_transport(settings: Settings) -> Transport:
-    """The transport WHATSAPP_TRANSPORT names."""
-    redactor = Redactor(settings.production)
-    if settings.transport == "dry-run":
-        from wa_trio.transport.dry_run import DryRunTransport, FailurePlan
-
-        fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
-        return DryRunTransport(
-            settings.dry_run_file, redactor, fail=fail, account=settings.account_name
-        )
-    if settings.transport == "cloud-api":
-        from wa_trio.transport.cloud_api import CloudApiTransport
-
-        return CloudApiTransport(settings, redactor)
-    from wa_trio.transport.neonize import NeonizeTransport
-
-    return NeonizeTransport(settings, redactor)
-
-
-def check_media_tools(
-    settings: Settings, which: Callable[[str], str | None] = shutil.which
-) -> None:
-    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe:
-    refuse to start without them when those kinds are enabled (one line)."""
-    if settings.transport != "neonize":
-        return
-    needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
-    missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
-    if needing and missing:
-        raise StartupError(
-            f"{' and '.join(missing)} not found, needed by neonize for media kinds "
-            f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
-        )
-
-
-def load_templates(settings: Settings) -> TemplateSet:
-    """Every template compiled (a broken one stops start-up with one line: file and line)."""
-    try:
-        return TemplateSet.load(settings.templates_dir)
-    except TemplateError as error:
-        raise StartupError(f"templates: {error.message}") from None
-
-
-def admin_token(settings: Settings, out: TextIO | None = None) -> str:
-    """WHATSAPP_ADMIN_TOKEN, or one made for this run and printed once to the terminal (never
-    to the log), as an operator needs it to open /login."""
-    if settings.admin_token:
-        return settings.admin_token
-    token = secrets.token_urlsafe(24)
-    print(
-        "wa-trio: WHATSAPP_ADMIN_TOKEN is unset; the operator token for /login for this run is "
-        f"{token} (HTTP Basic password, any user name)",
-        file=out or sys.stderr,
-        flush=True,
-    )
-    return token
 
 
 @attrs.define
@@ -173,9 +119,11 @@ async def run_worker(
     templates = load_templates(settings)
     check_media_tools(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
-    run = _Run(settings, metrics, templates, trio.Event(), handle_signals, serve_http, on_running)
+    run = Run(settings, metrics, templates, trio.Event(), handle_signals, serve_http, on_running)
     if settings.store is not None:
-        await _run_replica(run, settings.store, transport, task_status)
+        from wa_trio.replica import run_replica
+
+        await run_replica(run, settings.store, transport, task_status)
         return
     session_lock = await trio.to_thread.run_sync(try_lock_session, settings.session_path)
     if session_lock is None:
@@ -190,13 +138,13 @@ async def run_worker(
             ledger = await AsyncLedger.open(settings.ledger_db)
         except LedgerError as error:
             raise StartupError(error.message) from None
-        await _run_once(run, transport or build_transport(settings), ledger, None, task_status)
+        await run_once(run, transport or build_transport(settings), ledger, None, task_status)
     finally:
         session_lock.close()
 
 
 @attrs.frozen
-class _Run:
+class Run:
     """What every (re)start of the worker shares: one stop event (a ``Worker.stop()`` on any
     handle stops the worker, or its standby), one metrics registry."""
 
@@ -209,121 +157,8 @@ class _Run:
     on_running: Callable[[Worker | None], None] | None
 
 
-async def _run_replica(
-    run: _Run,
-    store: str,
-    transport: Transport | None,
-    task_status: trio.TaskStatus[Worker],
-) -> None:
-    """One account on the PostgreSQL store: migrate, then take the account's lease (a standby
-    until it is free), run the worker while the lease holds; a lost lease fences the worker
-    (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
-    replica stands by again. The timings: ``lease_rules``."""
-    from wa_trio.lease import take_lease
-    from wa_trio.postgres import LeaseLost, PgLedger, StoreError, ensure_session_schema, migrate
-
-    settings, metrics = run.settings, run.metrics
-    account = settings.account_name
-    try:
-        await trio.to_thread.run_sync(migrate, store)
-        if settings.transport == "neonize":
-            await trio.to_thread.run_sync(ensure_session_schema, store, account)
-    except StoreError as error:
-        raise StartupError(error.message) from None
-    first = True
-    while not run.stop.is_set():
-        lease: Lease | None = None
-        failed: StoreError | None = None
-        async with trio.open_nursery() as waiting:  # a stop ends a standby at once
-            waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
-            try:
-                lease = await take_lease(settings, store, metrics, serve_http=run.serve_http)
-            except StoreError as error:
-                failed = error
-            waiting.cancel_scope.cancel()
-        if failed is not None:
-            if first:  # cannot start at all: one line
-                raise StartupError(failed.message)
-            await _store_failing(run, failed.message)  # it held the account before: retry
-            continue
-        if lease is None:
-            return
-        clean = False
-        try:
-            try:
-                with trio.CancelScope(shield=True):  # made: ours to close (connect_timeout)
-                    pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
-                try:
-                    inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
-                except BaseException:
-                    pg_ledger.close()
-                    raise
-            except LedgerError as error:
-                if first:
-                    raise StartupError(error.message) from None
-                await _store_failing(run, error.message)
-                continue
-            ledger = AsyncLedger(pg_ledger)
-            metrics.inherited_sending.set(inherited)
-            if inherited:
-                eliot.log_message(
-                    message_type="wa_trio:lease:inherited_sending",
-                    account=account,
-                    rows=inherited,
-                    ambiguous=settings.ambiguous,
-                )
-            used = transport if transport is not None else build_transport(settings)
-            await _run_once(
-                run,
-                used,
-                ledger,
-                lease,
-                task_status if first else trio.TASK_STATUS_IGNORED,
-            )
-            clean = True
-        except* LeaseLost as group:
-            metrics.leases_lost.inc()
-            metrics.lease_epoch.set(0)
-            eliot.log_message(
-                message_type="wa_trio:lease:fenced",
-                level="error",
-                account=account,
-                epoch=lease.epoch,
-                error=str(_first(group)),
-            )
-            print(
-                f"wa-trio: lost the lease of account {account}; stopped its client and its "
-                "consumer, standing by again",
-                file=sys.stderr,
-                flush=True,
-            )
-        finally:
-            await lease.release(clean=clean)
-        first = False
-
-
-async def _store_failing(run: _Run, error: str) -> None:
-    """The store failed after this replica had run the account: wait, then stand by again
-    (a replica outlives a PostgreSQL restart; only a start without the store is fatal)."""
-    from wa_trio.lease_rules import RETRY_EVERY
-
-    eliot.log_message(
-        message_type="wa_trio:lease:store_failing",
-        level="error",
-        account=run.settings.account_name,
-        error=error,
-    )
-    with trio.move_on_after(RETRY_EVERY):
-        await run.stop.wait()
-
-
-async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
-async def _run_once(
-    run: _Run,
+async def run_once(
+    run: Run,
     transport: Transport,
     ledger: AsyncLedger,
     lease: Lease | None,
@@ -443,7 +278,7 @@ class _Parts:
 
 async def _supervise(
     parts: _Parts,
-    run: _Run,
+    run: Run,
     lease: Lease | None,
     *,
     task_status: trio.TaskStatus[Worker],
@@ -481,7 +316,13 @@ async def _supervise(
 
     async with trio.open_nursery() as nursery:
         if lease is not None:  # first: a lost lease cancels everything below (the fence)
-            await nursery.start(_fence_on_loss, lease, parts)
+            await nursery.start(
+                partial(
+                    lease.keep,
+                    partial(_heartbeat, parts.transport, settings),
+                    on_lost=partial(_fence, pipeline),
+                )
+            )
         await nursery.start(parts.transport.run)
         await nursery.start(parts.status.run)
         await nursery.start(parts.webhook.run)
@@ -532,22 +373,12 @@ async def _supervise(
         nursery.cancel_scope.cancel()
 
 
-async def _fence_on_loss(
-    lease: Lease, parts: _Parts, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Keep the lease; when it is lost, fence: the pipeline stops now (its shielded sends and
-    records are cut at once: a record the store cannot take is left ``sending``, the taker's
-    ambiguous window), then ``LeaseLost`` cancels every task of the worker."""
-    from wa_trio.postgres import LeaseLost
-
-    try:
-        await lease.keep(
-            partial(_heartbeat, parts.transport, parts.settings), task_status=task_status
-        )
-    except LeaseLost:
-        parts.pipeline.set_hard_deadline(trio.current_time())
-        parts.pipeline.stop()
-        raise
+def _fence(pipeline: Pipeline) -> None:
+    """The lease is lost: the pipeline stops now (its shielded sends and records are cut at
+    once: a record the store cannot take stays ``sending``, the taker's ambiguous window);
+    ``LeaseLost`` then cancels every task of the worker."""
+    pipeline.set_hard_deadline(trio.current_time())
+    pipeline.stop()
 
 
 def _heartbeat(transport: Transport, settings: Settings) -> tuple[str | None, str | None]:
@@ -587,16 +418,3 @@ async def _prune_ledger(ledger: AsyncLedger, window: float, every: float = 3600.
             if removed:
                 eliot.log_message(message_type="wa_trio:ledger:pruned", removed=removed)
         await trio.sleep(every)
-
-
-async def watch_signals(stop: trio.Event) -> None:
-    """SIGTERM, SIGINT and SIGHUP start a graceful stop (there is no reload: a supervisor
-    restarts the worker with its new configuration); a second signal stops at once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if stop.is_set():  # a second signal: the operator will not wait for the drain
-                eliot.log_message(message_type="wa_trio:signal", signal=name, action="stop now")
-                raise KeyboardInterrupt
-            eliot.log_message(message_type="wa_trio:signal", signal=name)
-            stop.set()

@@ -215,7 +215,7 @@ def one_account(settings: Settings, name: str | None) -> Settings:
 def _check(settings: Settings) -> int:
     for name, value in settings.as_redacted_dict().items():
         print(f"{name}={value}")
-    from wa_trio.app import load_templates
+    from wa_trio.startup import load_templates
 
     count = len(load_templates(settings).templates)  # a broken template: one line, exit 2
     if settings.templates_dir is not None:
@@ -224,7 +224,7 @@ def _check(settings: Settings) -> int:
 
 
 def _templates(settings: Settings, args: argparse.Namespace) -> int:
-    from wa_trio.app import load_templates
+    from wa_trio.startup import load_templates
     from wa_trio.templates import TemplateProblem
 
     templates = load_templates(settings)
@@ -263,7 +263,7 @@ def _validate(file: str) -> int:
         return EXIT_CONFIG
     try:
         settings = Settings.from_env(os.environ)
-        from wa_trio.app import load_templates
+        from wa_trio.startup import load_templates
 
         templates = load_templates(settings)
     except (ConfigError, StartupError) as error:

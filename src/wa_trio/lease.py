@@ -29,12 +29,25 @@ class Lease:
         self,
         describe: Callable[[], tuple[str | None, str | None]] = lambda: (None, None),
         *,
+        on_lost: Callable[[], None] = lambda: None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Ping the lease connection every ``PING_EVERY`` s with the account's heartbeat
         (``describe``: its state and masked linked number); raise ``LeaseLost`` (the caller's
         nursery then cancels the account's worker: the fence) when a ping fails, finds the
-        epoch moved on, or none has answered for ``FENCE_AFTER`` s."""
+        epoch moved on, or none has answered for ``FENCE_AFTER`` s; ``on_lost`` runs first
+        (the worker stops what a cancel cannot reach: its shielded sends)."""
+        try:
+            await self._keep(describe, task_status)
+        except LeaseLost:
+            on_lost()
+            raise
+
+    async def _keep(
+        self,
+        describe: Callable[[], tuple[str | None, str | None]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         last_good = trio.current_time()
         task_status.started()
         while True:

@@ -1,0 +1,96 @@
+"""What start-up checks and builds before the root nursery (``app.py``): the transport
+WHATSAPP_TRANSPORT names, the media tools neonize needs, the templates, the operator token, and
+the signals that start a graceful stop."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import eliot
+import trio
+
+from wa_trio.config import Settings
+from wa_trio.files import StartupError
+from wa_trio.log import Redactor
+from wa_trio.media import NEEDS_FFMPEG
+from wa_trio.templates import TemplateError, TemplateSet
+from wa_trio.transport import Transport
+
+
+def build_transport(settings: Settings) -> Transport:
+    """The transport WHATSAPP_TRANSPORT names."""
+    redactor = Redactor(settings.production)
+    if settings.transport == "dry-run":
+        from wa_trio.transport.dry_run import DryRunTransport, FailurePlan
+
+        fail = FailurePlan(settings.dry_run_fail_rate) if settings.dry_run_fail_rate else None
+        return DryRunTransport(
+            settings.dry_run_file, redactor, fail=fail, account=settings.account_name
+        )
+    if settings.transport == "cloud-api":
+        from wa_trio.transport.cloud_api import CloudApiTransport
+
+        return CloudApiTransport(settings, redactor)
+    from wa_trio.transport.neonize import NeonizeTransport
+
+    return NeonizeTransport(settings, redactor)
+
+
+def check_media_tools(
+    settings: Settings, which: Callable[[str], str | None] = shutil.which
+) -> None:
+    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe:
+    refuse to start without them when those kinds are enabled (one line)."""
+    if settings.transport != "neonize":
+        return
+    needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
+    if needing and missing:
+        raise StartupError(
+            f"{' and '.join(missing)} not found, needed by neonize for media kinds "
+            f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
+        )
+
+
+def load_templates(settings: Settings) -> TemplateSet:
+    """Every template compiled (a broken one stops start-up with one line: file and line)."""
+    try:
+        return TemplateSet.load(settings.templates_dir)
+    except TemplateError as error:
+        raise StartupError(f"templates: {error.message}") from None
+
+
+def admin_token(settings: Settings, out: TextIO | None = None) -> str:
+    """WHATSAPP_ADMIN_TOKEN, or one made for this run and printed once to the terminal (never
+    to the log), as an operator needs it to open /login."""
+    if settings.admin_token:
+        return settings.admin_token
+    token = secrets.token_urlsafe(24)
+    print(
+        "wa-trio: WHATSAPP_ADMIN_TOKEN is unset; the operator token for /login for this run is "
+        f"{token} (HTTP Basic password, any user name)",
+        file=out or sys.stderr,
+        flush=True,
+    )
+    return token
+
+
+async def watch_signals(stop: trio.Event) -> None:
+    """SIGTERM, SIGINT and SIGHUP start a graceful stop (there is no reload: a supervisor
+    restarts the worker with its new configuration); a second signal stops at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.is_set():  # a second signal: the operator will not wait for the drain
+                eliot.log_message(message_type="wa_trio:signal", signal=name, action="stop now")
+                raise KeyboardInterrupt
+            eliot.log_message(message_type="wa_trio:signal", signal=name)
+            stop.set()
+
+
+__all__ = ["admin_token", "build_transport", "check_media_tools", "load_templates", "watch_signals"]
