@@ -10,6 +10,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -49,9 +50,21 @@ from wa_trio.transport.dry_run import DryRunTransport
 
 
 def _taken(store: str, account: str = "default") -> LeaseConnection:
+    """The account's lease (a lease closed just before is freed by the server a moment
+    after its connection ends: tried for up to 10 s)."""
     lease = LeaseConnection(store, account)
-    assert lease.try_take() is not None
+    deadline = time.monotonic() + 10
+    while lease.try_take() is None:
+        assert time.monotonic() < deadline, f"the lease of {account} stayed held"
+        time.sleep(0.05)
     return lease
+
+
+def _wait_released(store: str, account: str) -> None:
+    deadline = time.monotonic() + 10
+    while {row.account: row.held for row in lease_table(store)}.get(account):
+        assert time.monotonic() < deadline, f"the lease of {account} stayed held"
+        time.sleep(0.05)
 
 
 def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store: str) -> None:
@@ -137,14 +150,15 @@ def test_a_lease_is_held_by_one_connection_and_a_clean_release_says_so(pg_store:
         table = {row.account: row for row in lease_table(pg_store)}
         assert table["acct-a"].held and table["acct-b"].held
         first.release()
+        _wait_released(pg_store, "acct-a")
         assert second.try_take() == first.epoch + 1
         assert second.inherited_from is None  # released cleanly: no grace needed
         assert {row.account: row.held for row in lease_table(pg_store)} == {
             "acct-a": True,
             "acct-b": True,
         }
-        second.close()
-        assert {row.account: row.held for row in lease_table(pg_store)}["acct-a"] is False
+        second.close()  # the server ends the backend (and its locks) a moment after
+        _wait_released(pg_store, "acct-a")
     finally:
         for lease in (first, second, third):
             lease.close()
@@ -346,6 +360,7 @@ def test_a_session_moves_from_sqlite_files_to_postgresql_and_back(
             import_account(store, exported, force=True)
     finally:
         holder.close()
+    _wait_released(pg_store, "sales")
     assert import_account(store, exported, force=True) > 10
 
 
