@@ -225,8 +225,10 @@ async def test_a_fenced_worker_stops_then_takes_its_lease_again_and_goes_on(
         assert {epoch for epoch, _ in rows} == {1, 2}  # the ledger says which epoch sent what
     finally:
         worker.stop()
-        await wait_for(lambda: workers[-1] is None, timeout=30, what="stopped")
-        await delete_topology(settings)
+        try:
+            await wait_for(lambda: workers[-1] is None, timeout=30, what="stopped")
+        finally:
+            await delete_topology(settings)
 
 
 @pytest.mark.real_client
@@ -410,8 +412,12 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
         assert len(keys) - len(set(keys)) <= 1  # at most the one send in flight at the fence
     finally:
         worker.stop()
-        await wait_for(lambda: bool(workers) and workers[-1] is None, timeout=30, what="stopped")
-        await delete_topology(settings)
+        try:
+            await wait_for(
+                lambda: bool(workers) and workers[-1] is None, timeout=30, what="stopped"
+            )
+        finally:
+            await delete_topology(settings)
 
 
 def test_a_start_without_the_store_is_one_line(make_env: Callable[..., dict[str, str]]) -> None:

@@ -75,14 +75,16 @@ async def test_wa_trio_accounts_shows_who_holds_each_account_and_its_state(
     finally:
         handle.stop()
         await wait_for(lambda: not handle.workers, timeout=30, what="stopped")
+        try:
 
-    async def released() -> bool:  # the server drops a lock a moment after its connection
-        _, out, _ = await _cli(env, "accounts", "--json")
-        return {row["state"] for row in _by_account(out).values()} == {"not held"}
+            async def released() -> bool:  # the server drops a lock a moment after
+                _, out, _ = await _cli(env, "accounts", "--json")
+                return {row["state"] for row in _by_account(out).values()} == {"not held"}
 
-    await wait_for(released, what="both leases released")
-    for name in (None, "a", "b"):
-        await delete_topology(settings if name is None else settings.for_account(name))
+            await wait_for(released, what="both leases released")
+        finally:
+            for name in (None, "a", "b"):
+                await delete_topology(settings if name is None else settings.for_account(name))
 
 
 async def test_wa_trio_accounts_with_files_reads_the_local_worker(
@@ -225,6 +227,8 @@ async def test_a_pool_of_accounts_on_either_store_sends_each_job_once(
         assert {r["account"] for r in records} == {"a", "b", "c"}
     finally:
         handle.stop()
-        await wait_for(lambda: not handle.workers, timeout=30, what="stopped")
-        for name in (None, "a", "b", "c"):
-            await delete_topology(settings if name is None else settings.for_account(name))
+        try:
+            await wait_for(lambda: not handle.workers, timeout=30, what="stopped")
+        finally:
+            for name in (None, "a", "b", "c"):
+                await delete_topology(settings if name is None else settings.for_account(name))
