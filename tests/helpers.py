@@ -270,3 +270,10 @@ def terminate_backends(url: str, application_name: str) -> int:
         f"'{database}' AND application_name LIKE '{application_name}%'"
     )
     return int(rows[0][0])
+
+
+async def stop_worker(worker: Worker, timeout: float = 30) -> None:
+    """Stop a worker and wait until its consuming connection is down: its queues may then be
+    deleted (a consumer whose queue vanishes declares the topology again)."""
+    worker.stop()
+    await wait_for(lambda: not worker.pipeline.connected, timeout=timeout, what="stopped")

@@ -485,4 +485,7 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
         assert rows[0][0] >= 1  # the send it could not record: ambiguous for the taker
     finally:
         worker.stop()
-        await delete_topology(settings)
+        try:
+            await wait_for(lambda: workers[-1] is None, timeout=30, what="stopped")
+        finally:
+            await delete_topology(settings)

@@ -23,6 +23,7 @@ from tests.helpers import (
     job_body,
     publish_many,
     sent_records,
+    stop_worker,
     wait_for,
 )
 from wa_trio.accounts import Accounts
@@ -101,8 +102,10 @@ async def test_wa_trio_accounts_with_files_reads_the_local_worker(
         assert row["state"] == "connected"
         assert row["holder"] == "a worker on this host"
     finally:
-        worker.stop()
-        await delete_topology(settings)
+        try:
+            await stop_worker(worker)
+        finally:
+            await delete_topology(settings)
 
 
 def test_every_replica_obeys_one_opt_out_list(pg_store: str) -> None:
@@ -164,8 +167,10 @@ async def test_an_opt_out_added_from_the_cli_stops_a_replicas_sends(
         assert [error_code(letter) for letter in letters] == ["opted_out"]
         assert sent_records(settings.dry_run_file) == []
     finally:
-        worker.stop()
-        await delete_topology(settings)
+        try:
+            await stop_worker(worker)
+        finally:
+            await delete_topology(settings)
 
 
 async def drain_queue_until(settings: Settings, count: int) -> list[Any]:

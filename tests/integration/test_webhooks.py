@@ -14,7 +14,14 @@ from quart import request
 from quart_trio import QuartTrio
 
 from tests.conftest import StartWorker, closed_port
-from tests.helpers import delete_topology, job_body, job_metric, publish_many, wait_for
+from tests.helpers import (
+    delete_topology,
+    job_body,
+    job_metric,
+    publish_many,
+    stop_worker,
+    wait_for,
+)
 from wa_trio.app import Worker, run_worker
 from wa_trio.config import Settings
 from wa_trio.webhook import SIGNATURE, TIMESTAMP, verify
@@ -178,8 +185,7 @@ async def test_with_postgresql_the_holder_of_the_account_delivers_its_events(
         assert first.webhook._outbox is not None
         assert first.webhook._outbox.stats()[0] == 0  # moved: nothing left on this volume
     finally:
-        first.stop()
-    await trio.sleep(1)  # the first replica released the account
+        await stop_worker(first)  # it releases the account
     receiver = Receiver([])
     await nursery.start(receiver.serve, port)
     second_settings = Settings.from_env(
@@ -194,5 +200,7 @@ async def test_with_postgresql_the_holder_of_the_account_delivers_its_events(
         await wait_for(lambda: _result(second, "delivered") == 3, what="counted")
         assert pg_query(pg_store, "SELECT count(*) FROM wa_trio_webhook_outbox") == [(0,)]
     finally:
-        second.stop()
-        await delete_topology(first_settings)
+        try:
+            await stop_worker(second)
+        finally:
+            await delete_topology(first_settings)
