@@ -163,16 +163,22 @@ def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     ).stdout
 
 
-def ensure_broker_running(timeout: float = 120) -> None:
-    """Start the local RabbitMQ if it is down (as CI must), then wait until it accepts."""
+def _accepting(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port``."""
     import socket
 
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_broker_running(timeout: float = 120) -> None:
+    """Start the local RabbitMQ if it is down (as CI must), then wait until it accepts."""
+
     def accepting() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-                return True
-        except OSError:
-            return False
+        return _accepting(5672)
 
     if accepting():
         return
@@ -215,14 +221,9 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 def ensure_postgres_running(timeout: float = 60) -> None:
     """Start the local PostgreSQL cluster if it is down (as CI must), then wait until it
     accepts connections."""
-    import socket
 
     def accepting() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-                return True
-        except OSError:
-            return False
+        return _accepting(5432)
 
     if accepting():
         return
@@ -274,6 +275,12 @@ def terminate_backends(url: str, application_name: str) -> int:
 
 async def stop_worker(worker: Worker, timeout: float = 30) -> None:
     """Stop a worker and wait until its consuming connection is down: its queues may then be
-    deleted (a consumer whose queue vanishes declares the topology again)."""
+    deleted (a consumer whose queue vanishes declares the topology again). A worker that has
+    not connected yet is let connect first: its first declaration would come after the
+    deletion otherwise."""
+    with trio.move_on_after(timeout):
+        await wait_for(
+            lambda: worker.pipeline.statistics().connections >= 1, timeout=timeout, what="up"
+        )
     worker.stop()
     await wait_for(lambda: not worker.pipeline.connected, timeout=timeout, what="stopped")

@@ -21,6 +21,7 @@ from tests.helpers import (
     job_body,
     job_metric,
     publish_many,
+    stop_worker,
     wait_for,
 )
 from tests.helpers import (
@@ -62,10 +63,11 @@ async def _stop_then_delete(
 ) -> None:
     """Stop the worker first: a queue deleted under a running consumer makes it reconnect and
     declare its topology again (retry and wait queues left behind on the shared broker)."""
-    worker.stop()
-    with trio.move_on_after(15):
-        await wait_for(lambda: not worker.pipeline.connected, what="the worker stopped")
-    await delete_topology(settings, extra_queues or [])
+    try:
+        with trio.move_on_after(15):
+            await stop_worker(worker)
+    finally:
+        await delete_topology(settings, extra_queues or [])
 
 
 def notification(statuses: list[dict[str, Any]], messages: int = 0) -> dict[str, Any]:

@@ -67,6 +67,23 @@ def _wait_released(store: str, account: str) -> None:
         time.sleep(0.05)
 
 
+async def _tracked(
+    nursery: trio.Nursery, settings: Settings, transport: DryRunTransport | None = None
+) -> tuple[Worker, list[Worker | None]]:
+    """A worker in ``nursery`` and the list of its (re)starts (None: it stopped sending)."""
+    workers: list[Worker | None] = []
+    worker: Worker = await nursery.start(
+        partial(
+            run_worker,
+            settings,
+            transport=transport,
+            handle_signals=False,
+            on_running=workers.append,
+        )
+    )
+    return worker, workers
+
+
 def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store: str) -> None:
     versions: list[int] = []
     errors: list[BaseException] = []
@@ -201,10 +218,7 @@ async def test_a_fenced_worker_stops_then_takes_its_lease_again_and_goes_on(
 ) -> None:
     env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_RATE_LIMIT="100/s", WHATSAPP_RATE_BURST="1")
     settings = Settings.from_env(env)
-    workers: list[Worker | None] = []
-    worker: Worker = await nursery.start(
-        partial(run_worker, settings, handle_signals=False, on_running=workers.append)
-    )
+    worker, workers = await _tracked(nursery, settings)
     try:
         ids = [f"job-{i}" for i in range(200)]
         await publish_many(settings, (job_body(i) for i in range(200)), message_ids=ids)
@@ -377,10 +391,7 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
     env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_RATE_LIMIT="100/s", WHATSAPP_RATE_BURST="1")
     settings = Settings.from_env(env)
     database = pg_store.rsplit("/", 1)[1].split("?", 1)[0]
-    workers: list[Worker | None] = []
-    worker: Worker = await nursery.start(
-        partial(run_worker, settings, handle_signals=False, on_running=workers.append)
-    )
+    worker, workers = await _tracked(nursery, settings)
     try:
         ids = [f"job-{i}" for i in range(300)]
         await publish_many(settings, (job_body(i) for i in range(300)), message_ids=ids)
@@ -456,16 +467,7 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
 
     settings = Settings.from_env(make_env(WHATSAPP_STORE=pg_store))
     transport = _SlowDryRun(settings.dry_run_file, Redactor(True))
-    workers: list[Worker | None] = []
-    worker: Worker = await nursery.start(
-        partial(
-            run_worker,
-            settings,
-            transport=transport,
-            handle_signals=False,
-            on_running=workers.append,
-        )
-    )
+    worker, workers = await _tracked(nursery, settings, transport)
     try:
         await publish_many(
             settings, (job_body(i) for i in range(20)), message_ids=[f"slow-{i}" for i in range(20)]

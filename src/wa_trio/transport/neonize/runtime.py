@@ -242,16 +242,23 @@ def print_qr(payload: str, out: TextIO) -> None:
     out.flush()
 
 
+def proxy_settings(address: str | None) -> Any:
+    """neonize's proxy settings for WHATSAPP_PROXY (None: connect directly)."""
+    if not address:
+        return None
+    from neonize._binder import ProxySettings
+
+    return ProxySettings(proxy_address=address)
+
+
 def create_session_store(database: str, closed_proxy: str) -> None:
     """Have whatsmeow create (or upgrade) its session tables in ``database`` (a SQLite file or
     a ``postgres://`` URL) without reaching WhatsApp: one connect through ``closed_proxy`` (a
     loopback port nobody listens on) opens the store, then fails to dial. How ``wa-trio session``
     gets whatsmeow's own schema in the store it copies a session into (blocking)."""
-    from neonize._binder import ProxySettings
-
     client = new_client(database)
     with contextlib.suppress(Exception):  # the dial fails by design; the store is open by then
-        client.connect(ProxySettings(proxy_address=closed_proxy))
+        client.connect(proxy_settings(closed_proxy))
     with contextlib.suppress(Exception):
         client.stop()
 
@@ -315,3 +322,27 @@ async def go_call(
     worker thread (abandoned on cancel: a Go call cannot be interrupted)."""
     async with GO_MAPS.reading():
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
+
+
+REGISTER_WINDOW = 3.0  # at most this long a starting client holds neonize's maps (GoMaps)
+
+
+async def connect_registered(
+    nursery: trio.Nursery, connect: Callable[[], Any], registered: trio.Event
+) -> None:
+    """Run ``connect`` (neonize's blocking connect, for as long as the connection lives) in a
+    worker thread as a writer of neonize's client maps until the client registered itself:
+    ``connect`` returned, or ``registered`` was set (the client said anything: an event), or
+    ``REGISTER_WINDOW`` passed. The writer's hold runs in ``nursery``."""
+
+    async def hold(*, task_status: trio.TaskStatus[None]) -> None:
+        async with GO_MAPS.writing():
+            task_status.started()
+            with trio.move_on_after(REGISTER_WINDOW):
+                await registered.wait()
+
+    await nursery.start(hold)
+    try:
+        await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
+    finally:
+        registered.set()

@@ -17,7 +17,7 @@ from wa_trio.config import Settings
 from wa_trio.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.media import MediaPayload
-from wa_trio.number_cache import Numbers, Resolution
+from wa_trio.number_cache import NumberCache, Numbers, Resolution
 from wa_trio.pacing import typing_seconds
 from wa_trio.policy import classify_send_error
 from wa_trio.transport import OutgoingMessage, SendResult
@@ -157,3 +157,13 @@ class NeonizeSender:
                 "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
             )
         return cached.jid_user
+
+
+def open_numbers(settings: Settings, ttl: float) -> Numbers:
+    """The account's number cache (blocking): in the session folder, or in the store (every
+    replica that runs the account sees it)."""
+    if settings.store is not None:
+        from wa_trio.postgres import PgNumberCache
+
+        return PgNumberCache(settings.store, settings.account_name, ttl)
+    return NumberCache(settings.session_path / "numbers.db", ttl)

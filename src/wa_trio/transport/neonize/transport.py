@@ -37,7 +37,6 @@ import trio
 from wa_trio.config import Settings, redact_url
 from wa_trio.errors import NotConnectedError, SendError, TransportError
 from wa_trio.log import Redactor
-from wa_trio.number_cache import NumberCache, Numbers
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
@@ -50,15 +49,17 @@ from wa_trio.transport.neonize.events import (
 )
 from wa_trio.transport.neonize.runtime import (
     GO_MAPS,
+    connect_registered,
     go_call,
     linked_number,
     neonize_errors,
     new_client,
     prepare_session_dir,
     print_qr,
+    proxy_settings,
     tighten_session_files,
 )
-from wa_trio.transport.neonize.sending import NeonizeSender
+from wa_trio.transport.neonize.sending import NeonizeSender, open_numbers
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 from wa_trio.transport.upload_cache import UploadCache
@@ -68,7 +69,6 @@ STOP_TIMEOUT = 5.0
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
 _STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
-REGISTER_WINDOW = 3.0  # at most this long a starting client holds neonize's maps (GoMaps)
 
 
 @attrs.frozen
@@ -312,7 +312,9 @@ class NeonizeTransport:
         await trio.to_thread.run_sync(
             partial(prepare_session_dir, session, sqlite=self.settings.store is None)
         )
-        self.sending.numbers = await trio.to_thread.run_sync(self._open_numbers)
+        self.sending.numbers = await trio.to_thread.run_sync(
+            open_numbers, self.settings, NUMBER_CACHE_TTL
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -325,22 +327,6 @@ class NeonizeTransport:
                 await self._stop_client()
                 if self.sending.numbers is not None:
                     self.sending.numbers.close()
-
-    def _open_numbers(self) -> Numbers:
-        """The account's number cache: in the session folder, or in the store (every replica
-        that runs the account sees it)."""
-        if self.settings.store is not None:
-            from wa_trio.postgres import PgNumberCache
-
-            return PgNumberCache(self.settings.store, self.settings.account_name, NUMBER_CACHE_TTL)
-        return NumberCache(self.settings.session_path / "numbers.db", NUMBER_CACHE_TTL)
-
-    def _proxy(self) -> Any:
-        if not self.settings.proxy:
-            return None
-        from neonize._binder import ProxySettings
-
-        return ProxySettings(proxy_address=self.settings.proxy)
 
     async def _watchdog(self) -> None:
         database = self.settings.session_database
@@ -377,7 +363,10 @@ class NeonizeTransport:
             ):
                 try:
                     with neonize_errors("connect", code="dial_failed", mask=self.redactor.text):
-                        await self._connect(self._client)
+                        self._registered = trio.Event()  # set by the client's first event
+                        assert self._nursery is not None
+                        connect = partial(self._client.connect, proxy_settings(self.settings.proxy))
+                        await connect_registered(self._nursery, connect, self._registered)
                     self.apply(Signal("disconnected"))
                 except SendError as error:
                     self.apply(Signal("dial_failed", detail=error.message[:200]))
@@ -401,27 +390,6 @@ class NeonizeTransport:
             eliot.log_message(message_type="wa_trio:whatsapp:reconnect_in", seconds=round(delay, 3))
             with trio.move_on_after(delay):
                 await self._relogin.wait()
-
-    async def _connect(self, client: Any) -> None:
-        """``client.connect`` (blocking for as long as the connection lives), as a writer of
-        neonize's client maps (``runtime.GoMaps``) until the client registered itself: the
-        connect returned, or the client said anything (an event), or ``REGISTER_WINDOW``."""
-        registered = self._registered = trio.Event()
-
-        async def hold(*, task_status: trio.TaskStatus[None]) -> None:
-            async with GO_MAPS.writing():
-                task_status.started()
-                with trio.move_on_after(REGISTER_WINDOW):
-                    await registered.wait()
-
-        assert self._nursery is not None
-        await self._nursery.start(hold)
-        try:
-            await trio.to_thread.run_sync(
-                partial(client.connect, self._proxy()), abandon_on_cancel=True
-            )
-        finally:
-            registered.set()
 
     def _until_ban_ends(self) -> float:
         """Seconds to wait before reconnecting by itself: a temporary ban's rest; otherwise
