@@ -179,6 +179,8 @@ async def run_once(
     safety = await AccountSafety.open(settings, metrics, redactor)
     inbound = InboundPublisher(settings, metrics, redactor, safety)
     transport.on_inbound = inbound.on_inbound
+    if hasattr(transport, "on_callback_error"):  # neonize: callbacks from Go threads
+        transport.on_callback_error = lambda kind: metrics.callback_errors.labels(kind).inc()
     media_cache = await trio.to_thread.run_sync(
         MediaCache, settings.session_path / "media", settings.media_cache_bytes
     )

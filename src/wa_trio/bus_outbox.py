@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import eliot
 import trio
 
 from wa_trio import amqp
@@ -128,14 +129,28 @@ class BusOutbox:
 
     async def _publish_lane(self, channel: amqp.Channel, events: list[dict[str, Any]]) -> None:
         for event in events:
-            await amqp.publish(
-                channel,
-                self.exchange,
-                self.routing_key,
-                json.dumps(event, ensure_ascii=False).encode(),
-                self._properties_of(event),
-                mandatory=False,
-            )
+            try:
+                await amqp.publish(
+                    channel,
+                    self.exchange,
+                    self.routing_key,
+                    encoded(event),
+                    self._properties_of(event),
+                    mandatory=False,
+                )
+            except amqp.EncodeError as error:  # one event our client cannot encode: not the rest
+                eliot.log_message(
+                    message_type=f"{self._what}:unpublishable", error=error.message[:200]
+                )
+
+
+def encoded(event: dict[str, Any]) -> bytes:
+    """The event as UTF-8 JSON; a string that cannot be UTF-8 (a lone surrogate a peer sent
+    as ``\\ud800``) is kept as JSON's own escape instead of failing the publish."""
+    try:
+        return json.dumps(event, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(event).encode()
 
 
 __all__ = ["LANES", "WINDOW", "BusOutbox"]

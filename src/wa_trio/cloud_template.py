@@ -79,29 +79,39 @@ def check(value: Any) -> dict[str, Any]:
 
 def _component(index: int, component: Any) -> None:
     where = f"components[{index}]"
-    if not isinstance(component, dict) or component.get("type") not in COMPONENT_TYPES:
+    if not isinstance(component, dict) or not _one_of(component.get("type"), COMPONENT_TYPES):
         raise TemplateShapeError(f"{where}.type must be one of {sorted(COMPONENT_TYPES)}")
     if component["type"] == "button":
-        if component.get("sub_type") not in BUTTON_SUB_TYPES:
+        if not _one_of(component.get("sub_type"), BUTTON_SUB_TYPES):
             raise TemplateShapeError(f"{where}.sub_type must be one of {sorted(BUTTON_SUB_TYPES)}")
-        button = component.get("index")
-        if (
-            isinstance(button, bool)
-            or not isinstance(button, int | str)
-            or not (str(button).isdigit() and 0 <= int(button) < 10)
-        ):
+        if not _button_index(component.get("index")):
             raise TemplateShapeError(f"{where}.index must be a button position 0-9")
     parameters = component.get("parameters", [])
     if not isinstance(parameters, list) or len(parameters) > MAX_PARAMETERS:
         raise TemplateShapeError(f"{where}.parameters must be a list of at most {MAX_PARAMETERS}")
     for number, parameter in enumerate(parameters):
-        if not isinstance(parameter, dict) or parameter.get("type") not in PARAMETER_TYPES:
+        if not isinstance(parameter, dict) or not _one_of(parameter.get("type"), PARAMETER_TYPES):
             raise TemplateShapeError(
                 f"{where}.parameters[{number}].type must be one of {sorted(PARAMETER_TYPES)}"
             )
         kind = parameter["type"]
         if kind == "text" and not isinstance(parameter.get("text"), str):
             raise TemplateShapeError(f"{where}.parameters[{number}].text must be a string")
+
+
+def _one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """``value`` is one of ``allowed`` (a list or an object is not: never hashed)."""
+    return isinstance(value, str) and value in allowed
+
+
+def _button_index(value: Any) -> bool:
+    """A button position: 0-9 as an int or one ASCII digit (``"²"`` is a digit to
+    ``str.isdigit`` but not to ``int``)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 10
+    return isinstance(value, str) and len(value) == 1 and "0" <= value <= "9"
 
 
 __all__ = ["TemplateShapeError", "check"]

@@ -246,6 +246,8 @@ def parse_envelope(
         raise ValidationError("invalid_json", CODES["invalid_json"]) from None
     if not isinstance(data, dict):
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
+    if not _all_encodable(data):
+        raise ValidationError("invalid_encoding", "a string of the job holds an unpaired surrogate")
     cloud = None
     media = None
     if "media" in data:
@@ -358,6 +360,24 @@ def _structure(data: dict[str, Any]) -> _WireEnvelope:
                 "missing_field", f"missing field(s) {', '.join(missing)}: {details}"
             ) from None
         raise ValidationError("wrong_type", details) from None
+
+
+def _all_encodable(data: Any) -> bool:
+    """Every string of the decoded JSON (keys too, at any depth) encodes as UTF-8: JSON's
+    ``\\ud800`` escapes decode to lone surrogates, which every later encode (SQLite binds, a
+    file, a hash, the HTTP client) refuses. Iterative: the depth json.loads allowed."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not utf8_ok(value):
+                return False
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
 
 
 def _kind(value: Any) -> str:

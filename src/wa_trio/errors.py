@@ -4,6 +4,8 @@ and to logs, so the set of codes is closed and documented (README, docs/health-a
 
 from __future__ import annotations
 
+import traceback
+
 from wa_trio.policy import AMBIGUOUS_CODES
 
 
@@ -70,6 +72,13 @@ class TransportError(WaTrioError):
     reconnects: a clean restart by the supervisor is the cure); the worker exits non-zero."""
 
     code = "transport_unavailable"
+
+
+def tidy_traceback(error: BaseException, frames: int = 12) -> str:
+    """Where ``error`` was raised: the last ``frames`` frames and its type, never its message
+    (a message may quote a job's text or number: the logs must not)."""
+    stack = traceback.extract_tb(error.__traceback__)[-frames:]
+    return "".join(traceback.format_list(stack)) + type(error).__name__
 
 
 def first_leaf(error: BaseException) -> BaseException:

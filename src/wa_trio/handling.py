@@ -13,14 +13,14 @@ import attrs
 import eliot
 import trio
 
-from wa_trio.amqp import Channel
+from wa_trio.amqp import BrokerError, Channel
 from wa_trio.config import Settings
 from wa_trio.copies import Copies
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
-from wa_trio.errors import SendError
+from wa_trio.errors import SendError, TransportError, tidy_traceback
 from wa_trio.expiry import deadline, is_expired
 from wa_trio.job import Job, retry_count
-from wa_trio.ledger import AsyncLedger, Begin, Mark
+from wa_trio.ledger import AsyncLedger, Begin, LedgerError, Mark
 from wa_trio.ledger_gate import Held, LedgerGate
 from wa_trio.media import MediaPayload, MediaProblem
 from wa_trio.media_fetch import MediaFetcher
@@ -40,6 +40,10 @@ from wa_trio.sender import Sender
 from wa_trio.templates import TemplateSet
 from wa_trio.transport import OutgoingMessage, SendResult
 
+#: failures of what the worker stands on, not of a job: they propagate (reconnect, hold, fence,
+#: exit) instead of being pinned on the job in hand
+_INFRASTRUCTURE = (BrokerError, TransportError, LedgerError)
+
 
 @attrs.define
 class _Batch:
@@ -50,6 +54,7 @@ class _Batch:
     sent: list[tuple[Job, OutgoingMessage, SendResult]] = attrs.field(factory=list)
     open: set[int] = attrs.field(factory=set)  # tags of jobs not yet settled
     held: set[int] = attrs.field(factory=set)  # tags left unacked (stop)
+    begun: set[int] = attrs.field(factory=set)  # tags whose `sending` row is written, unsent
 
     def __attrs_post_init__(self) -> None:
         self.open = {job.tag for job in self.jobs}
@@ -123,6 +128,10 @@ class JobHandler:
                             outcome = await self._take(job, publish_channel, batch)
                         except Held:
                             outcome = Outcome.HELD
+                        except _INFRASTRUCTURE:
+                            raise
+                        except Exception as error:  # noqa: BLE001 - the job's bulkhead
+                            outcome = await self._contain(job, publish_channel, batch, error)
                     if outcome is not None:
                         self._finish(batch, job, outcome)
                 pending = [] if self.stopping else [pending[index] for index in later]
@@ -192,24 +201,56 @@ class JobHandler:
             return await self._copies.not_sent(job, channel, decision)
         if decision is Decision.AMBIGUOUS_RESEND:
             self._copies.note_ambiguous(job, "resend")
+        batch.begun.add(job.tag)
         try:
             result = await self._sender.send(message)
         except Held:
             # never sent (WhatsApp went away again, then a stop): not ambiguous on redelivery
+            batch.begun.discard(job.tag)
             batch.marks.append(Mark(job.key, "held", body_hash=job.body_hash))
             raise
         except SendError as error:
+            batch.begun.discard(job.tag)
             if self.safety is not None:
                 self.safety.after_failure(error.code)
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
             return await self._copies.failed_send(job, channel, error, message.user_id, expires)
+        batch.begun.discard(job.tag)
+        batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         if self.safety is not None and not message.group:
             self.safety.after_send(message.destination)
-        batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         # kept until the batch is acked: without the media bytes (a batch of 100 videos)
         batch.sent.append((job, attrs.evolve(message, media=None), result))
         return None
+
+    async def _contain(
+        self, job: Job, channel: Channel, batch: _Batch, error: Exception
+    ) -> Outcome:
+        """The bulkhead: whatever a job's handling raised that is not a broker loss, a stop or
+        a cancel ends here, once. Before its ``sending`` row: dead-lettered ``internal_error``
+        (the exception's type in ``x-error-reason``). After it: WhatsApp may have taken it, so
+        it is an ambiguous failed send and WHATSAPP_AMBIGUOUS decides (``on_send_failure``)."""
+        kind = type(error).__name__
+        self.metrics.contained.labels("job").inc()
+        with eliot.start_action(action_type="wa_trio:job:contained", exception=kind) as action:
+            eliot.log_message(message_type="wa_trio:job:traceback", traceback=tidy_traceback(error))
+            if job.tag in batch.begun:
+                batch.begun.discard(job.tag)
+                batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
+                await self._gate.flush(batch.marks)
+                failure = SendError(
+                    f"internal error after the send began ({kind})", code="internal_error"
+                )
+                outcome = await self._copies.failed_send(job, channel, failure, "", None)
+            else:
+                await self._copies.dead_letter(
+                    job, channel, "internal_error", f"the worker could not handle this job ({kind})"
+                )
+                self.metrics.failed("internal_error")
+                outcome = Outcome.FAILED
+            action.addSuccessFields(outcome=outcome.value)
+        return outcome
 
     async def _media_of(
         self, job: Job, channel: Channel, envelope: WhatsAppEnvelope, user_id: str

@@ -68,12 +68,26 @@ async def client(seconds: float = 10.0) -> AsyncIterator[httpx.AsyncClient]:
 async def post(
     session: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str]
 ) -> Answer:
-    """POST ``body``; the status and Retry-After (the body of the answer is not read far)."""
+    """POST ``body``; the status and Retry-After. At most ``MAX_ANSWER_READ`` bytes of the
+    answer are read (decoded: a gzip answer is bounded the same way), then it is closed: a
+    receiver that streams a huge answer costs us nothing."""
     try:
-        response = await session.post(url, content=body, headers=dict(headers))
-    except httpx.HTTPError as error:
+        request = session.build_request("POST", url, content=body, headers=dict(headers))
+        response = await session.send(request, stream=True)
+        try:
+            read = 0
+            async for chunk in response.aiter_bytes():
+                read += len(chunk)
+                if read > MAX_ANSWER_READ:
+                    break
+        finally:
+            await response.aclose()
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise HttpError(f"{type(error).__name__}") from None
     return Answer(response.status_code, _retry_after(response.headers.get("retry-after")))
+
+
+MAX_ANSWER_READ = 4096  # bytes of a webhook receiver's answer read at most
 
 
 MAX_JSON_ANSWER = 1 << 20  # bytes of an answer body read at most
@@ -156,15 +170,17 @@ async def fetch_capped(
         HttpError: no answer (refused, timeout, reset).
     """
     extensions = {"sni_hostname": sni_hostname} if sni_hostname else None
-    request = session.build_request("GET", url, headers=dict(headers or {}), extensions=extensions)
     try:
+        request = session.build_request(
+            "GET", url, headers=dict(headers or {}), extensions=extensions
+        )
         response = await session.send(request, stream=True)
         try:
             answer_headers = dict(response.headers)
             if response.status_code != 200:
                 return Fetched(response.status_code, answer_headers)
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                 return Fetched(200, answer_headers, over_cap=True)
             body = bytearray()
             async for chunk in response.aiter_bytes():
@@ -173,7 +189,7 @@ async def fetch_capped(
                     return Fetched(200, answer_headers, over_cap=True)
         finally:
             await response.aclose()
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise HttpError(type(error).__name__, written=isinstance(error, _AFTER_WRITE)) from None
     return Fetched(200, answer_headers, bytes(body))
 
@@ -181,7 +197,7 @@ async def fetch_capped(
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
-    if value.strip().isdigit():
+    if value.strip().isascii() and value.strip().isdigit():
         return float(value.strip())
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import idna
 
 KINDS = ("image", "document", "video", "audio", "voice", "sticker")
 
@@ -132,16 +133,55 @@ def parse_media(value: Any, *, inline_max: int) -> MediaSpec:
 def _url(url: Any) -> str:
     if not isinstance(url, str) or len(url) > MAX_URL:
         raise MediaProblem("invalid_media", f"media.url must be a URL of at most {MAX_URL} chars")
+    why = url_problem(url)
+    if why is not None:
+        raise MediaProblem("invalid_media", f"media.url {why}")
+    return url
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+#: C0 controls, DEL, C1 controls, spaces and lone surrogates: httpx refuses them (InvalidURL)
+#: and a surrogate cannot even be encoded
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\ud800-\udfff]")
+
+
+def ascii_host(host: str) -> str | None:
+    """``host`` as it goes to DNS (an IP literal, an ASCII name, or a name in IDNA's ASCII
+    form), or None when it is no valid host name: an empty or over-long label, a character
+    IDNA refuses. Checked before any request (the resolver raised ``UnicodeError`` on these,
+    and not as an ``OSError``)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return host
+    except ValueError:
+        pass
+    try:
+        name = host if host.isascii() else idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched as it is (None: it can be tried): its scheme, its
+    characters, its host, credentials in it."""
+    if _BAD_URL_CHARS.search(url):
+        return "holds a control character, a space or an unpaired surrogate"
     try:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError:
-        raise MediaProblem("invalid_media", "media.url is not a valid URL") from None
+        return "is not a valid URL"
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise MediaProblem("invalid_media", "media.url must be http:// or https://")
+        return "must be http:// or https://"
     if parts.username or parts.password:
-        raise MediaProblem("invalid_media", "media.url must not carry credentials")
-    return url
+        return "must not carry credentials"
+    if ascii_host(parts.hostname) is None:
+        return "has a host name that is not a valid DNS or IDNA name"
+    return None
 
 
 def _inline(data: Any, inline_max: int) -> bytes:
@@ -236,6 +276,26 @@ def refusal(address: str, *, allow_private: bool) -> str | None:
             return what
     if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
         return "a shared (carrier-grade NAT) address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return _tunnelled(ip)
+    return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _tunnelled(ip: ipaddress.IPv6Address) -> str | None:
+    """IPv6 forms that carry an IPv4 address (6to4 can wrap 127.0.0.1 or the metadata
+    address; Teredo the same) or that are private by another name (site-local ``fec0::/10``)."""
+    if ip.is_site_local:
+        return "a site-local address"
+    if ip.sixtofour is not None:
+        return "a 6to4 address (it wraps an IPv4 address)"
+    if ip.teredo is not None:
+        return "a Teredo address (it wraps an IPv4 address)"
+    if ip in _NAT64:
+        inner = refusal(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)), allow_private=False)
+        return f"a NAT64 address wrapping {inner}" if inner else None
     return None
 
 

@@ -28,7 +28,16 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config import Settings
-from wa_trio.media import MediaPayload, MediaProblem, MediaSpec, cap, payload, refusal
+from wa_trio.media import (
+    MediaPayload,
+    MediaProblem,
+    MediaSpec,
+    ascii_host,
+    cap,
+    payload,
+    refusal,
+    url_problem,
+)
 from wa_trio.media_cache import MediaCache, UrlEntry
 from wa_trio.metrics import Metrics
 from wa_trio.sniff import mime_of
@@ -127,12 +136,19 @@ class MediaFetcher:
     async def _fetch(self, url: str, limit: int, entry: UrlEntry | None) -> bytes:
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
+            why = url_problem(current)
+            if why is not None:  # the job's URL was checked: this is a redirect's
+                self.metrics.media_fetches.labels("refused").inc()
+                raise MediaProblem("media_url_refused", f"a redirect's URL {why}")
             parts = urlsplit(current)
-            if parts.scheme not in {"http", "https"} or not parts.hostname:
-                raise MediaProblem("media_url_refused", "a redirect left http/https")
+            name = ascii_host(parts.hostname or "") or ""
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = await self._checked_address(parts.hostname, port)
-            headers = {"Host": parts.netloc.rpartition("@")[2], "Accept-Encoding": "identity"}
+            address = await self._checked_address(name, port)
+            shown = f"[{name}]" if ":" in name else name
+            headers = {
+                "Host": shown if parts.port is None else f"{shown}:{parts.port}",
+                "Accept-Encoding": "identity",
+            }
             if entry is not None and current == url:
                 if entry.etag:
                     headers["If-None-Match"] = entry.etag
@@ -150,7 +166,7 @@ class MediaFetcher:
                     pinned,
                     max_bytes=limit,
                     headers=headers,
-                    sni_hostname=parts.hostname if parts.scheme == "https" else None,
+                    sni_hostname=name if parts.scheme == "https" else None,
                 )
             except http_client.HttpError as error:
                 self.metrics.media_fetches.labels("unreachable").inc()
@@ -158,7 +174,10 @@ class MediaFetcher:
                     "media_fetch_failed", f"the media server did not answer ({error.message})"
                 ) from None
             if answer.status in _REDIRECTS and answer.headers.get("location"):
-                current = urljoin(current, answer.headers["location"])
+                try:
+                    current = urljoin(current, answer.headers["location"])
+                except ValueError:
+                    current = "unparseable redirect"  # refused by url_problem on the next hop
                 continue
             return await self._settle(url, answer, entry, limit)
         self.metrics.media_fetches.labels("refused").inc()

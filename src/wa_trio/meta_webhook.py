@@ -27,7 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import eliot
 
+from wa_trio.errors import tidy_traceback
+from wa_trio.instants import epoch_seconds
 from wa_trio.metrics import Metrics
 from wa_trio.transport.cloud_api.meta_errors import classify
 from wa_trio.transport.inbound import KINDS, MAX_TEXT, InboundMessage, e164
@@ -54,13 +57,14 @@ class Parsed:
     receipts: list[ReceiptInfo]
     sent: int  # "sent" statuses: we emitted ours when Meta accepted the request
     inbound: list[InboundMessage]
+    skipped: int = 0  # items that could not be read (counted, the rest went on)
 
 
 def parse(payload: Any) -> Parsed:
     """The status updates and inbound messages of one notification (anything else ignored)."""
     receipts: list[ReceiptInfo] = []
     inbound: list[InboundMessage] = []
-    sent = 0
+    sent = skipped = 0
     entries = payload.get("entry") if isinstance(payload, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         changes = entry.get("changes") if isinstance(entry, dict) else None
@@ -70,17 +74,31 @@ def parse(payload: Any) -> Parsed:
                 continue
             messages = value.get("messages")
             for message in messages if isinstance(messages, list) else []:
-                received = _inbound(message)
-                if received is not None:
+                received = _each(_inbound, message)
+                if isinstance(received, InboundMessage):
                     inbound.append(received)
+                skipped += received is _SKIPPED
             statuses = value.get("statuses")
             for status in statuses if isinstance(statuses, list) else []:
-                receipt = _receipt(status)
-                if receipt is not None:
+                receipt = _each(_receipt, status)
+                if isinstance(receipt, ReceiptInfo):
                     receipts.append(receipt)
                 elif isinstance(status, dict) and status.get("status") == "sent":
                     sent += 1
-    return Parsed(receipts, sent, inbound)
+                skipped += receipt is _SKIPPED
+    return Parsed(receipts, sent, inbound, skipped)
+
+
+_SKIPPED = object()
+
+
+def _each(read: Callable[[Any], Any], item: Any) -> Any:
+    """One item of a notification read on its own: one that cannot be read is skipped
+    (``_SKIPPED``), the others go on (issue 26)."""
+    try:
+        return read(item)
+    except Exception:  # noqa: BLE001 - one item's bulkhead
+        return _SKIPPED
 
 
 _MEDIA_KINDS = {"image", "video", "audio", "document", "sticker"}
@@ -114,10 +132,7 @@ def _inbound(message: Any) -> InboundMessage | None:
         kind = "other"
     context = message.get("context")
     reply_to = context.get("id") if isinstance(context, dict) else None
-    try:
-        timestamp = float(message.get("timestamp", 0))
-    except (TypeError, ValueError):
-        timestamp = 0.0
+    timestamp = epoch_seconds(message.get("timestamp"))
     return InboundMessage(
         account="default",
         message_id=message_id,
@@ -139,10 +154,7 @@ def _receipt(status: Any) -> ReceiptInfo | None:
     message_id = status.get("id")
     if kind is None or not isinstance(message_id, str) or not 0 < len(message_id) <= 256:
         return None
-    try:
-        timestamp = float(status.get("timestamp", 0))
-    except (TypeError, ValueError):
-        timestamp = 0.0
+    timestamp = epoch_seconds(status.get("timestamp"))
     code = None
     if kind == "failed":
         errors = status.get("errors")
@@ -201,9 +213,11 @@ class MetaWebhook:
             return 400
         self._metrics.meta_webhook.labels("accepted").inc()
         parsed = parse(payload)
+        if parsed.skipped:
+            self._metrics.contained.labels("webhook_item").inc(parsed.skipped)
         for receipt in parsed.receipts:
             self._metrics.meta_webhook_items.labels(f"status_{receipt.kind}").inc()
-            self._on_receipt(receipt)
+            self._hand(self._on_receipt, receipt)
         if parsed.sent:
             self._metrics.meta_webhook_items.labels("status_sent").inc(parsed.sent)
         for message in parsed.inbound:
@@ -211,8 +225,20 @@ class MetaWebhook:
                 self._metrics.meta_webhook_items.labels("inbound_dropped").inc()
                 continue
             self._metrics.meta_webhook_items.labels("inbound").inc()
-            self._on_inbound(message)
+            self._hand(self._on_inbound, message)
         return 200
+
+    def _hand(self, to: Callable[[Any], None], item: Any) -> None:
+        """Hand one item on; one that fails is counted and the others still go."""
+        try:
+            to(item)
+        except Exception as error:  # noqa: BLE001 - one item's bulkhead
+            self._metrics.contained.labels("webhook_item").inc()
+            eliot.log_message(
+                message_type="wa_trio:meta_webhook:item_failed",
+                exception=type(error).__name__,
+                traceback=tidy_traceback(error),
+            )
 
 
 __all__ = ["MAX_BODY", "SIGNATURE_HEADER", "MetaWebhook", "Parsed", "parse", "signature", "signed"]

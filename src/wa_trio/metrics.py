@@ -265,6 +265,20 @@ class Metrics:
             "ambiguous window; WHATSAPP_AMBIGUOUS decides them).",
             registry=r,
         )
+        self.contained = Counter(
+            "wa_trio_contained_errors_total",
+            "Units of work whose handling raised and were ended at their boundary (a job: "
+            "dead-lettered internal_error; a request: 500; a webhook item: skipped).",
+            ["boundary"],
+            registry=r,
+        )
+        self.callback_errors = Counter(
+            "wa_trio_callback_errors_total",
+            "Callbacks from a foreign thread (neonize events, receipts, QR codes, messages) "
+            "that raised; logged and dropped, never raised into trio.",
+            ["kind"],
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

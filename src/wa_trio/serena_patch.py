@@ -8,7 +8,13 @@ delayed retries go through dead-lettering, so this is not optional. serena also 
 fields (``D``). This module replaces ``DecodingBuffer.read_field_value`` with a complete
 implementation of the spec's field types (RabbitMQ's errata names), nothing else; the encoder
 is untouched (``headers.encodable`` keeps what we publish within what serena can encode).
-Remove when serena fixes it upstream (docs/decisions.md).
+
+Two more, because a publisher controls these bytes and serena decodes them in the connection's
+reader (an exception there ended the process, issue 26): short strings (``message_id``,
+``correlation_id``, ``type``, ``content_type``, ``app_id``, every header key) that are not UTF-8
+decode with U+FFFD in place of the bad bytes instead of raising; tables and arrays nested deeper
+than ``MAX_DEPTH`` are skipped by their length prefix and replaced by ``TOO_DEEP`` instead of
+recursing until ``RecursionError``. Remove when serena fixes it upstream (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -18,8 +24,26 @@ from typing import Any
 
 from serena.utils.buffer import DecodingBuffer
 
+#: nesting a header value may have (RabbitMQ's own x-death is 2 deep)
+MAX_DEPTH = 32
+TOO_DEEP = "(nested deeper than 32 levels: not decoded)"
 
-def _read_field_value(self: DecodingBuffer) -> Any:
+
+def _read_short_string(self: DecodingBuffer) -> str:
+    size = self.read_octet()
+    return self._read_size(size).decode("utf-8", "replace")
+
+
+def _read_table(self: DecodingBuffer, depth: int = 0) -> dict[str, Any]:
+    inner = DecodingBuffer(self.read_long_string())
+    result: dict[str, Any] = {}
+    while inner.has_data:
+        key = _read_short_string(inner)
+        result[key] = _read_field_value(inner, depth)
+    return result
+
+
+def _read_field_value(self: DecodingBuffer, depth: int = 0) -> Any:
     kind = chr(self.read_octet())
     if kind == "t":
         return self.read_octet() != 0
@@ -50,15 +74,21 @@ def _read_field_value(self: DecodingBuffer) -> Any:
     if kind in {"S", "x"}:
         return self.read_long_string()
     if kind == "A":
-        inner = DecodingBuffer(self.read_long_string())
+        raw = self.read_long_string()
+        if depth >= MAX_DEPTH:
+            return TOO_DEEP
+        inner = DecodingBuffer(raw)
         items = []
         while inner.has_data:
-            items.append(_read_field_value(inner))
+            items.append(_read_field_value(inner, depth + 1))
         return items
     if kind == "T":
         return self.read_longlong()
     if kind == "F":
-        return self.read_table()
+        if depth >= MAX_DEPTH:
+            self.read_long_string()
+            return TOO_DEEP
+        return _read_table(self, depth + 1)
     if kind == "V":
         return None
     raise ValueError(f"unknown AMQP field type {kind!r}")
@@ -66,3 +96,5 @@ def _read_field_value(self: DecodingBuffer) -> Any:
 
 def apply() -> None:
     DecodingBuffer.read_field_value = _read_field_value  # type: ignore[method-assign]
+    DecodingBuffer.read_table = _read_table  # type: ignore[method-assign]
+    DecodingBuffer.read_short_string = _read_short_string  # type: ignore[method-assign]

@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import eliot
 import trio
 
 from wa_trio.amqp import BrokerAddress, Properties
 from wa_trio.bus_outbox import BusOutbox
 from wa_trio.config import Settings
-from wa_trio.ledger import AsyncLedger
+from wa_trio.errors import tidy_traceback
+from wa_trio.instants import epoch_seconds
+from wa_trio.ledger import AsyncLedger, LedgerError
 from wa_trio.metrics import STATUS_EVENTS, Metrics
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.webhook import WebhookSink
@@ -141,22 +144,36 @@ class StatusPublisher:
 
     async def _map_receipts(self) -> None:
         async for receipt in self._receipts_out:
-            for message_id in receipt.message_ids:
-                job = await self.ledger.find_by_whatsapp_id(message_id) if self.ledger else None
-                if job is None:
-                    self.metrics.receipts_unmatched.inc()  # not ours, or already pruned
-                    continue
-                at = datetime.fromtimestamp(receipt.timestamp, UTC) if receipt.timestamp else None
-                self.emit(
-                    make_event(
-                        receipt.kind,
-                        job_key=job[0],
-                        user_id=job[1],
-                        whatsapp_message_id=message_id,
-                        code=receipt.code,
-                        at=at,
-                    )
+            try:
+                await self._map_receipt(receipt)
+            except (LedgerError, trio.Cancelled):
+                raise
+            except Exception as error:  # noqa: BLE001 - one receipt's bulkhead
+                self.metrics.contained.labels("receipt").inc()
+                eliot.log_message(
+                    message_type="wa_trio:status:receipt_failed",
+                    exception=type(error).__name__,
+                    traceback=tidy_traceback(error),
                 )
+
+    async def _map_receipt(self, receipt: ReceiptInfo) -> None:
+        for message_id in receipt.message_ids:
+            job = await self.ledger.find_by_whatsapp_id(message_id) if self.ledger else None
+            if job is None:
+                self.metrics.receipts_unmatched.inc()  # not ours, or already pruned
+                continue
+            seconds = epoch_seconds(receipt.timestamp)
+            at = datetime.fromtimestamp(seconds, UTC) if seconds else None
+            self.emit(
+                make_event(
+                    receipt.kind,
+                    job_key=job[0],
+                    user_id=job[1],
+                    whatsapp_message_id=message_id,
+                    code=receipt.code,
+                    at=at,
+                )
+            )
 
 
 def _properties(event: dict[str, Any]) -> Properties:

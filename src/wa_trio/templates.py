@@ -158,9 +158,13 @@ class TemplateSet:
             raise TemplateProblem(f"template {name!r}: {detail}", code="template_params_invalid")
         try:
             return template.compiled.render(**params)
-        except jinja2.TemplateError as error:  # undefined attribute, sandbox refusal, ...
+        except Exception as error:  # noqa: BLE001 - any failure of a render is the params'
+            # undefined attribute, sandbox refusal, and the everyday ones: a filter given the
+            # wrong type ("%.2f"|format("12.50"), |round on a string), a division by zero,
+            # range() over MAX_RANGE, an int too long to print
             raise TemplateProblem(
-                f"template {name!r} could not be rendered: {type(error).__name__}",
+                f"template {name!r} could not be rendered with these params: "
+                f"{type(error).__name__}",
                 code="template_params_invalid",
             ) from None
 

@@ -72,6 +72,15 @@ def transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+#: deliveries answered with a redirect before the event counts as rejected
+REDIRECT_ATTEMPTS = 5
+
+
+def redirect(status: int) -> bool:
+    """A 3xx: the receiver moved (http -> https, say); never success."""
+    return 300 <= status < 400
+
+
 @attrs.frozen
 class Pending:
     id: int
@@ -321,7 +330,11 @@ class WebhookSink:
         if 200 <= answer.status < 300:
             await self._io("remove", item.id)
             self.metrics.webhook_deliveries.labels("delivered").inc()
-        elif transient(answer.status):
+        elif transient(answer.status) or (
+            redirect(answer.status) and item.attempts < REDIRECT_ATTEMPTS
+        ):
+            # a redirect is never a delivery (we follow none: the event would be lost on the
+            # way); retried a few times in case it is a passing misconfiguration, then rejected
             await self._retry(item, answer.retry_after, f"HTTP {answer.status}")
         else:
             await self._io("remove", item.id)

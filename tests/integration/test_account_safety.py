@@ -56,7 +56,7 @@ def incoming(
         Info=MessageInfo(
             MessageSource=MessageSource(Chat=chat, Sender=person, IsGroup=group is not None),
             ID=message_id,
-            Timestamp=1764111111,
+            Timestamp=1764111111000,  # ms, as goneonize EncodeMessageInfo encodes it
         ),
         Message=body if body is not None else e2e.Message(conversation=text or ""),
     )

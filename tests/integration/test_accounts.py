@@ -146,7 +146,7 @@ async def test_an_account_going_down_sends_its_pool_jobs_elsewhere_and_keeps_its
                 Sender=JID(User="5511977776666", Server="s.whatsapp.net"),
             ),
             ID="in-stop",
-            Timestamp=1764111111,
+            Timestamp=1764111111000,  # ms, as goneonize EncodeMessageInfo encodes it
         ),
         Message=e2e.Message(conversation="STOP"),
     )

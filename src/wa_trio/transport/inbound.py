@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from wa_trio.instants import epoch_seconds
+
 SCHEMA_VERSION = 1
 KINDS = frozenset(
     {
@@ -64,7 +66,7 @@ def as_event(message: InboundMessage) -> dict[str, Any]:
         "whatsapp_message_id": message.message_id,
         "sender": message.sender,
         "group": message.group,
-        "timestamp": datetime.fromtimestamp(message.timestamp, UTC).isoformat(
+        "timestamp": datetime.fromtimestamp(epoch_seconds(message.timestamp), UTC).isoformat(
             timespec="milliseconds"
         ),
         "kind": message.kind,

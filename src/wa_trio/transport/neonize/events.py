@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wa_trio.instants import MILLISECONDS, epoch_seconds
 from wa_trio.transport.inbound import MAX_TEXT, InboundMessage, e164
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal
@@ -73,7 +74,9 @@ def receipt_of(event: Any) -> ReceiptInfo:
     return ReceiptInfo(
         message_ids=tuple(str(i) for i in event.MessageIDs),
         kind=RECEIPT_KINDS.get(int(event.Type), "other"),
-        timestamp=float(event.Timestamp),
+        # neonize 0.5.2 encodes receipts in seconds (goneonize/utils/encoder.go EncodeReceipt:
+        # ``receipt.Timestamp.Unix()``)
+        timestamp=epoch_seconds(event.Timestamp),
     )
 
 
@@ -129,7 +132,9 @@ def inbound_of(event: Any, account: str = "default") -> InboundMessage | None:
         account=account,
         message_id=str(info.ID),
         sender=sender,
-        timestamp=float(info.Timestamp),
+        # milliseconds: goneonize/utils/encoder.go EncodeMessageInfo encodes
+        # ``messageInfo.Timestamp.UnixMilli()`` (issue 27; docs/decisions.md)
+        timestamp=epoch_seconds(info.Timestamp, unit=MILLISECONDS),
         kind=kind,
         text=text[:MAX_TEXT] if text else None,
         group=group,

@@ -35,7 +35,7 @@ import eliot
 import trio
 
 from wa_trio.config import Settings, redact_url
-from wa_trio.errors import NotConnectedError, SendError, TransportError
+from wa_trio.errors import NotConnectedError, SendError, TransportError, tidy_traceback
 from wa_trio.log import Redactor
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
@@ -112,6 +112,9 @@ class NeonizeTransport:
         self.qr_out = qr_out if qr_out is not None else sys.stderr
         self.on_receipt = on_receipt
         self.on_inbound = on_inbound
+        #: told the kind of every callback that raised (the app counts them in
+        #: wa_trio_callback_errors_total{kind})
+        self.on_callback_error: Callable[[str], None] = lambda _kind: None
         self.login = LoginInfo()
         self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
         self.connect_attempts = 0
@@ -268,37 +271,68 @@ class NeonizeTransport:
 
     # ------------------------------------------------------------------- Go-thread handlers
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+    def _post(self, kind: str, fn: Callable[..., None], *args: Any) -> None:
+        """Hand ``fn(*args)`` to the trio thread, inside the callback's bulkhead: an exception
+        in a ``run_sync_soon`` callback is a ``TrioInternalError`` that ends the whole run."""
         token = self._token
         if token is None:
             return
         with contextlib.suppress(trio.RunFinishedError):  # the worker is shutting down
-            token.run_sync_soon(fn, *args)
+            token.run_sync_soon(self._guarded, kind, fn, *args)
+
+    def _guarded(self, kind: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as error:  # noqa: BLE001 - the callback's bulkhead
+            self._callback_failed(kind, error)
+
+    def _callback_failed(self, kind: str, error: BaseException) -> None:
+        """Log and count a callback that raised (on whichever thread it ran: eliot and
+        prometheus-client are thread-safe)."""
+        self.on_callback_error(kind)
+        eliot.log_message(
+            message_type="wa_trio:neonize:callback_failed",
+            kind=kind,
+            exception=type(error).__name__,
+            traceback=tidy_traceback(error),
+        )
 
     def register_handlers(self, client: Any) -> None:
-        """Register every handler on ``client`` (all before ``connect()``, one per type)."""
+        """Register every handler on ``client`` (all before ``connect()``, one per type).
+
+        Each runs on a Go thread and is wrapped: what it raises is logged and counted there
+        and never reaches neonize (ctypes would print it) nor trio."""
         from neonize import events
 
-        def on_event(_client: Any, event: Any) -> None:
-            self._post(self.apply, signal_of(event))
+        def bulkhead(kind: str, body: Callable[[Any], None]) -> Callable[[Any, Any], None]:
+            def handler(_client: Any, event: Any) -> None:
+                try:
+                    body(event)
+                except Exception as error:  # noqa: BLE001 - the callback's bulkhead
+                    self._callback_failed(kind, error)
 
-        def on_qr(_client: Any, data: bytes) -> None:
-            self._post(self.on_qr, data.decode("utf-8", "replace"))
+            return handler
 
-        def on_receipt(_client: Any, event: Any) -> None:
+        def on_event(event: Any) -> None:
+            self._post("event", self.apply, signal_of(event))
+
+        def on_qr(data: bytes) -> None:
+            self._post("qr", self.on_qr, data.decode("utf-8", "replace"))
+
+        def on_receipt(event: Any) -> None:
             if self.on_receipt is not None:
-                self._post(self.on_receipt, receipt_of(event))
+                self._post("receipt", self.on_receipt, receipt_of(event))
 
-        def on_message(_client: Any, event: Any) -> None:
+        def on_message(event: Any) -> None:
             message = inbound_of(event)
             if message is not None and self.on_inbound is not None:
-                self._post(self.on_inbound, message)
+                self._post("message", self.on_inbound, message)
 
         for name in EVENT_NAMES:
-            client.event(getattr(events, name))(on_event)
-        client.event(events.ReceiptEv)(on_receipt)
-        client.event(events.MessageEv)(on_message)
-        client.event.qr(on_qr)
+            client.event(getattr(events, name))(bulkhead("event", on_event))
+        client.event(events.ReceiptEv)(bulkhead("receipt", on_receipt))
+        client.event(events.MessageEv)(bulkhead("message", on_message))
+        client.event.qr(bulkhead("qr", on_qr))
 
     # -------------------------------------------------------------------------- lifecycle
 
