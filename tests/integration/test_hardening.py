@@ -218,23 +218,75 @@ _header_values = st.one_of(
     st.lists(st.integers(min_value=-5, max_value=5), max_size=3),
     st.dictionaries(st.text(min_size=1, max_size=10), st.integers(-(2**63), 2**63 - 1), max_size=2),
 )
-_short = st.text(min_size=1, max_size=255).filter(lambda t: len(t.encode()) <= 255)
+_short_text = st.text(min_size=1, max_size=255).filter(lambda t: len(t.encode()) <= 255)
+# short strings as bytes too: a publisher may write any bytes, UTF-8 or not (issue 26)
+_short = st.one_of(_short_text, st.binary(min_size=1, max_size=255))
+_key = st.one_of(st.text(min_size=1, max_size=60), st.binary(min_size=1, max_size=60))
+
+
+def _nest(depth: int) -> dict[str, Any]:
+    table: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        table = {"t": table}
+    return table
+
+
+_header_values = st.one_of(
+    _header_values,
+    st.binary(max_size=40),
+    st.integers(min_value=1, max_value=200).map(_nest),  # deeper than the decoder's bound
+)
 _properties = st.fixed_dictionaries(
-    {"headers": st.dictionaries(st.text(min_size=1, max_size=60), _header_values, max_size=5)},
+    {"headers": st.dictionaries(_key, _header_values, max_size=5)},
     optional={
         "message_id": _short,
         "correlation_id": _short,
         "type": _short,
         "app_id": _short,
-        "content_type": st.sampled_from(["application/json", "text/plain", "x" * 200]),
+        "content_type": st.one_of(
+            st.sampled_from(["application/json", "text/plain", "x" * 200]), _short
+        ),
         "timestamp": st.integers(min_value=0, max_value=2**63 - 1),
         "priority": st.integers(min_value=0, max_value=9),
     },
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+# the fields a job may carry, each given anything JSON can hold (media, templates, schedules)
+_fields = st.dictionaries(
+    st.sampled_from(
+        [
+            "media",
+            "cloud_template",
+            "template",
+            "params",
+            "language",
+            "send_at",
+            "expires_at",
+            "ttl_seconds",
+            "text_message",
+            "destination",
+        ]
+    ),
+    _json,
+    max_size=3,
 )
 _bodies = st.one_of(
     st.builds(lambda n: job_body(n), st.integers(0, 10**6)),
     st.binary(max_size=200),
     st.just(json.dumps({"user_id": "x", "destination": 5}).encode()),
+    st.builds(lambda n, extra: job_body(n, **extra), st.integers(0, 10**6), _fields),
+    # lone surrogates, as JSON escapes (json.dumps writes them; they decode to str)
+    st.builds(
+        lambda n, where: job_body(n, **{where: "x\ud800"}),  # json.dumps writes "\\ud800"
+        st.integers(0, 10**6),
+        st.sampled_from(["text_message", "destination"]),
+    ),
 )
 
 
@@ -261,7 +313,7 @@ def test_any_publish_ends_sent_or_dead_lettered_and_the_worker_stays_up(
     settings = Settings.from_env(env)
     # distinct message ids: a repeated id with another body is (rightly) a conflict
     messages = [
-        (body, {**props, "message_id": f"{i}-{props.get('message_id', '')}"[:200]})
+        (body, {**props, "message_id": _distinct(i, props["message_id"])})
         if "message_id" in props
         else (body, props)
         for i, (body, props) in enumerate(messages)
@@ -287,6 +339,11 @@ def test_any_publish_ends_sent_or_dead_lettered_and_the_worker_stays_up(
                 dead = await queue_count(settings, settings.dlq_name)
                 duplicates = _processed(worker, "duplicate")
                 assert sent + dead + duplicates == len(messages)
+                await publish_many(settings, [job_body(7)], message_ids=["valid-after"])
+                await wait_for(
+                    lambda: len(sent_records(settings.dry_run_file)) == sent + 1,
+                    what="a valid job after them is sent",
+                )
                 worker.stop()
         finally:
             await delete_topology(settings)
@@ -295,6 +352,14 @@ def test_any_publish_ends_sent_or_dead_lettered_and_the_worker_stays_up(
         trio.run(scenario)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _distinct(index: int, message_id: str | bytes) -> str | bytes:
+    """Distinct message ids (a repeated id with another body is, rightly, a conflict), in the
+    type they were drawn in."""
+    if isinstance(message_id, bytes):
+        return (b"%d-" % index + message_id)[:200]
+    return f"{index}-{message_id}"[:200]
 
 
 def test_hypothesis_and_attrs_are_importable() -> None:  # keeps imports honest for mypy

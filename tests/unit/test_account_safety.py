@@ -35,7 +35,9 @@ def message_event(body: e2e.Message, **source: Any) -> MessageEv:
     fields: dict[str, Any] = {"Chat": PERSON, "Sender": PERSON, "IsFromMe": False}
     fields.update(source)
     return MessageEv(
-        Info=MessageInfo(MessageSource=MessageSource(**fields), ID="3EB0IN", Timestamp=1764111111000),  # ms: EncodeMessageInfo
+        Info=MessageInfo(
+            MessageSource=MessageSource(**fields), ID="3EB0IN", Timestamp=1764111111000
+        ),  # ms: EncodeMessageInfo
         Message=body,
     )
 
