@@ -26,6 +26,7 @@ from wa_trio.expiry import EXPIRES_HEADER, outlives
 from wa_trio.job import Job, retry_count
 from wa_trio.metrics import WORKER, Metrics
 from wa_trio.outcome import (
+    CRASH_LIMIT,
     DeadLetter,
     Decision,
     Outcome,
@@ -106,6 +107,19 @@ class Copies:
             eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
         await job.delivery.ack()
         return Outcome.DUPLICATE
+
+    async def crash_loop(self, job: Job, channel: Channel, user_id: str) -> Outcome:
+        """A job that was in hand each time a worker died (``outcome.CRASH_LIMIT`` times):
+        dead-lettered, so it cannot take the next worker down too."""
+        self._metrics.failed("crash_loop")
+        await self.dead_letter(
+            job,
+            channel,
+            "crash_loop",
+            f"a worker died {CRASH_LIMIT} times while this job was in hand; not tried again",
+            user_id,
+        )
+        return Outcome.FAILED
 
     async def park(self, job: Job, channel: Channel, hop: float) -> Outcome:
         """A job not due yet: republished to the wait queue of ``hop`` seconds (confirmed, the

@@ -12,7 +12,7 @@ import functools
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -113,17 +113,32 @@ def _instant(value: Any, code: str) -> datetime | None:
     """
     if value is None:
         return None
-    try:
-        if not isinstance(value, str) or len(value) > 64:
-            raise ValueError
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(code, CODES[code]) from None
-    if when.tzinfo is None:
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) and len(value) <= 64 else None
+    if match is None:
+        raise ValidationError(code, CODES[code])
+    if match["offset"] is None:
         raise ValidationError(
             code, "the time needs an offset (Z or +hh:mm): a local time is ambiguous"
         )
-    return when
+    leap = match["second"] == "60"  # a leap second (RFC 3339 5.6): the instant after :59
+    text = f"{match['date']}T{match['hm']}:{'59' if leap else match['second']}"
+    text += (match["fraction"] or "")[:7] + (
+        "+00:00" if match["offset"] in "Zz" else match["offset"]
+    )
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:  # Feb 30th, hour 25...
+        raise ValidationError(code, CODES[code]) from None
+    return when + timedelta(seconds=1) if leap else when
+
+
+#: RFC 3339's date-time (section 5.6), nothing more lenient: ``datetime.fromisoformat`` also
+#: takes week dates, basic formats and dates alone, and refuses a leap second
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<hm>\d{2}:\d{2}):(?P<second>\d{2})"
+    r"(?P<fraction>\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
 
 
 def _expiry(expires_at: Any, ttl_seconds: Any) -> tuple[datetime | None, int | None]:

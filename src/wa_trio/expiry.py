@@ -41,7 +41,9 @@ def deadline(
         candidates.append(expires_at.timestamp())
     if ttl_seconds is not None:
         start = published_at if published_at and published_at > 0 else received_at
-        candidates.append(start + ttl_seconds)
+        # a publish time in the future (a clock ahead, milliseconds sent as seconds) counts as
+        # the moment we received it: it would otherwise push the deadline out for ever
+        candidates.append(min(start, received_at) + ttl_seconds)
     return min(candidates) if candidates else None
 
 

@@ -197,6 +197,10 @@ class JobHandler:
         )
         del batch.marks[: len(marks)]
         decision = decide(states[0], body_hash=job.body_hash, ambiguous=self.settings.ambiguous)
+        if decision is Decision.CRASH_LOOP:
+            batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
+            await self._gate.flush(batch.marks)
+            return await self._copies.crash_loop(job, channel, message.user_id)
         if decision is not Decision.SEND and decision is not Decision.AMBIGUOUS_RESEND:
             return await self._copies.not_sent(job, channel, decision)
         if decision is Decision.AMBIGUOUS_RESEND:

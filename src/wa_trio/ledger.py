@@ -76,6 +76,14 @@ class Mark:
 _COLUMNS = "(key, state, whatsapp_id, updated_at, user_id, body_hash)"
 
 
+def deaths_after(found: Found | None) -> int:
+    """The ``deaths`` a begin writes: one more when it found the job ``sending`` (a worker
+    died holding it), 0 otherwise (a mark ends an attempt: it writes 0 too)."""
+    if found is not None and found.state == "sending":
+        return found.deaths + 1
+    return 0
+
+
 class LedgerStore(Protocol):
     """What ``AsyncLedger`` needs of a blocking ledger: this SQLite one, or ``pg.PgLedger``."""
 
@@ -126,6 +134,8 @@ class Ledger(Shortcuts):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(sends)")}
             if "body_hash" not in columns:  # a ledger from before body hashes were kept
                 self._db.execute("ALTER TABLE sends ADD COLUMN body_hash TEXT")
+            if "deaths" not in columns:  # a ledger from before crash loops were counted
+                self._db.execute("ALTER TABLE sends ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0")
             self._db.execute("CREATE INDEX IF NOT EXISTS sends_updated ON sends (updated_at)")
             self._db.execute("CREATE INDEX IF NOT EXISTS sends_wid ON sends (whatsapp_id)")
         except sqlite3.Error as error:
@@ -142,9 +152,9 @@ class Ledger(Shortcuts):
         """The row of ``key`` as ``begin`` would find it, without writing."""
         with self._lock, _errors("read"):
             row = self._db.execute(
-                "SELECT state, body_hash FROM sends WHERE key = ?", (key,)
+                "SELECT state, body_hash, deaths FROM sends WHERE key = ?", (key,)
             ).fetchone()
-        return None if row is None else Found(row[0], row[1])
+        return None if row is None else Found(row[0], row[1], row[2])
 
     def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]:
         """Commit ``marks``, then ``begins``, in one transaction; the rows the begins found.
@@ -165,15 +175,17 @@ class Ledger(Shortcuts):
                     row = None
                     if begin.check:
                         row = self._db.execute(
-                            "SELECT state, body_hash FROM sends WHERE key = ?", (begin.key,)
+                            "SELECT state, body_hash, deaths FROM sends WHERE key = ?",
+                            (begin.key,),
                         ).fetchone()
-                    state = None if row is None else Found(row[0], row[1])
+                    state = None if row is None else Found(row[0], row[1], row[2])
                     differs = bool(state and state.body_hash and begin.body_hash != state.body_hash)
                     if (state is None or state.state != "sent") and not differs:
                         self._db.execute(
-                            f"INSERT OR REPLACE INTO sends {_COLUMNS} "  # noqa: S608
-                            "VALUES (?, 'sending', NULL, ?, NULL, ?)",
-                            (begin.key, now, begin.body_hash),
+                            "INSERT OR REPLACE INTO sends (key, state, whatsapp_id, "
+                            "updated_at, user_id, body_hash, deaths) "
+                            "VALUES (?, 'sending', NULL, ?, NULL, ?, ?)",
+                            (begin.key, now, begin.body_hash, deaths_after(state)),
                         )
                     found.append(state)
                 self._db.execute("COMMIT")

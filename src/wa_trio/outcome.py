@@ -45,14 +45,22 @@ class Decision(enum.Enum):
     AMBIGUOUS_RESEND = "ambiguous_resend"  # a previous run died mid-send: send again
     AMBIGUOUS_SKIP = "ambiguous_skip"  # ... and WHATSAPP_AMBIGUOUS=skip: never twice
     CONFLICT = "conflict"  # the message_id was used before for another body
+    CRASH_LOOP = "crash_loop"  # in hand at CRASH_LIMIT deaths: dead-lettered, never again
+
+
+#: how many times a job may be in hand (its row ``sending``) when a worker dies before it is
+#: dead-lettered ``crash_loop``: one job must never crash-loop a fleet (issue 26)
+CRASH_LIMIT = 3
 
 
 @attrs.frozen
 class Found:
-    """A ledger row as ``begin`` found it."""
+    """A ledger row as ``begin`` found it. ``deaths``: how many times before this one the row
+    was found ``sending`` (a worker died holding the job)."""
 
     state: str
     body_hash: str | None = None
+    deaths: int = 0
 
 
 def decide(found: Found | None, *, body_hash: str | None = None, ambiguous: str) -> Decision:
@@ -68,6 +76,8 @@ def decide(found: Found | None, *, body_hash: str | None = None, ambiguous: str)
     if found.state == "sent":
         return Decision.DUPLICATE
     if found.state == "sending":
+        if found.deaths + 1 >= CRASH_LIMIT:
+            return Decision.CRASH_LOOP
         return Decision.AMBIGUOUS_SKIP if ambiguous == "skip" else Decision.AMBIGUOUS_RESEND
     return Decision.SEND
 

@@ -21,17 +21,20 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import eliot
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wa_trio import login_page
 from wa_trio.broker_monitor import BrokerMonitor
+from wa_trio.errors import tidy_traceback
 from wa_trio.log import Redactor, mask_phone
 from wa_trio.meta_webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.metrics import Metrics, accounts_exposition
@@ -94,6 +97,7 @@ def create_app(
     app = QuartTrio("wa_trio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
     redactor = redactor or Redactor(production=True)
+    contain_requests(app, metrics)
     # read at scrape time from the transport, the one place that knows
     metrics.whatsapp_connected.set_function(
         lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
@@ -166,6 +170,46 @@ def create_app(
     return app
 
 
+def contain_requests(app: QuartTrio, metrics: Metrics) -> None:
+    """The request's bulkhead: whatever a route raises is a 500 for that request, counted
+    (``wa_trio_contained_errors_total{boundary="request"}``) and logged without its message;
+    the server and the worker go on. HTTP errors (404, 405, 413...) stay themselves."""
+
+    @app.errorhandler(Exception)
+    async def contained(error: Exception) -> Any:
+        if isinstance(error, HTTPException):
+            return error
+        metrics.contained.labels("request").inc()
+        eliot.log_message(
+            message_type="wa_trio:http:contained",
+            path=request.path[:200],
+            exception=type(error).__name__,
+            traceback=tidy_traceback(error),
+        )
+        return Response("internal error\n", status=500)
+
+
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """Whether a state-changing request comes from our own pages (or from no browser at all).
+
+    A browser sends ``Sec-Fetch-Site`` and ``Origin`` with a cross-site form POST; a page of
+    another site cannot forge either. Without both (curl, a script holding the token) the
+    request is allowed: it carried the token itself. Issue 26: ``POST /login/relogin`` was
+    reachable from any site once the operator's browser had cached the Basic credential."""
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site not in {"same-origin", "none"}:
+        return False
+    origin = headers.get("Origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return False
+    try:
+        return urlsplit(origin).netloc.lower() == (headers.get("Host") or "").lower()
+    except ValueError:
+        return False
+
+
 def _login_routes(
     app: QuartTrio,
     admin_token: str,
@@ -191,6 +235,8 @@ def _login_routes(
     async def relogin() -> Response:
         if not authorized(request.headers.get("Authorization"), admin_token):
             return _unauthorized()
+        if not same_origin(request.headers):  # a cached Basic credential is not consent
+            return Response("cross-site request refused\n", status=403)
         picked = pick()
         if picked is None:
             return Response("no such account (or a standby)\n", status=404)
@@ -252,6 +298,7 @@ def create_accounts_app(
     account still waiting as a standby is reported so), /metrics with an ``account`` label,
     /login?account=NAME and POST /login/relogin?account=NAME (operator token)."""
     app = QuartTrio("wa_trio_accounts")
+    contain_requests(app, metrics)
 
     async def report() -> tuple[dict[str, Any], bool, bool]:
         body: dict[str, Any] = {}
@@ -317,6 +364,7 @@ def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:
     """What a standby serves while it waits for the session: alive (/livez, /healthz 200, so
     no supervisor restarts it), not ready (/readyz 503), and its metrics (``wa_trio_standby``)."""
     app = QuartTrio("wa_trio_standby")
+    contain_requests(app, metrics)
 
     @app.get("/livez")
     @app.get("/healthz")

@@ -284,3 +284,32 @@ async def test_signed_meta_receipts_with_impossible_times_end_no_worker(
         await wait_for(lambda: len(graph.accepted) == 2, what="the next job is sent")
     finally:
         await _stop_then_delete(worker, settings, extra_queues=[tap.queue])
+
+
+async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
+    settings: Settings, start_worker: StartWorker
+) -> None:
+    """A job that killed its worker anyway (an OOM kill, say) is redelivered with its row
+    ``sending``; at the third such death it is dead-lettered ``crash_loop`` instead of taking
+    the next worker (or replica) down too. Two deaths are simulated in the ledger file a dead
+    worker leaves."""
+    from wa_trio.ledger import Begin, Ledger
+
+    settings.session_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    body = job_body(1)
+    from wa_trio.job import body_hash
+
+    ledger = Ledger(settings.ledger_db)
+    for _ in range(3):  # the first run's begin, then two redeliveries that died again
+        ledger.step([], [Begin("killer", True, body_hash(body))])
+    ledger.close()
+    try:
+        await publish_many(settings, [body], message_ids=["killer"])
+        worker = await start_worker(settings)
+        await wait_for(lambda: _processed(worker, "failed") == 1, what="dead-lettered")
+        [letter] = await drain_queue(settings, settings.dlq_name)
+        assert error_code(letter) == "crash_loop"
+        assert sent_records(settings.dry_run_file) == []
+        assert worker.ledger.ledger.get("killer").state == "failed"  # type: ignore[union-attr]
+    finally:
+        await delete_topology(settings)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from wa_trio.errors import SendError
 from wa_trio.headers import HEADER_NOTES
+from wa_trio.ledger import Begin, Ledger, Mark
 from wa_trio.outcome import (
+    CRASH_LIMIT,
     DeadLetter,
     Decision,
     Found,
@@ -46,6 +49,40 @@ def test_a_message_id_reused_for_another_body_is_a_conflict(state: str) -> None:
     assert decide(Found(state, "first"), body_hash="second", ambiguous="resend") is (
         Decision.CONFLICT
     )
+
+
+@pytest.mark.parametrize(
+    ("deaths", "ambiguous", "decision"),
+    [
+        (0, "resend", Decision.AMBIGUOUS_RESEND),
+        (1, "skip", Decision.AMBIGUOUS_SKIP),
+        (CRASH_LIMIT - 2, "resend", Decision.AMBIGUOUS_RESEND),
+        (CRASH_LIMIT - 1, "resend", Decision.CRASH_LOOP),
+        (CRASH_LIMIT - 1, "skip", Decision.CRASH_LOOP),
+        (CRASH_LIMIT + 5, "resend", Decision.CRASH_LOOP),
+    ],
+)
+def test_a_job_in_hand_at_every_death_is_stopped_at_the_limit(
+    deaths: int, ambiguous: str, decision: Decision
+) -> None:
+    assert decide(Found("sending", "h", deaths), body_hash="h", ambiguous=ambiguous) is decision
+    # a job that ended its attempts (failed, sent) is never a crash loop, whatever came before
+    assert decide(Found("failed", "h", deaths), body_hash="h", ambiguous=ambiguous) is (
+        Decision.SEND
+    )
+
+
+def test_the_ledger_counts_deaths_and_a_mark_resets_them(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    [first] = ledger.step([], [Begin("k", True, "h")])
+    assert first is None
+    [again] = ledger.step([], [Begin("k", True, "h")])  # redelivered after a death
+    assert again == Found("sending", "h", 0)
+    [third] = ledger.step([], [Begin("k", True, "h")])
+    assert third == Found("sending", "h", 1)
+    ledger.step([Mark("k", "failed", body_hash="h")], [])
+    [after] = ledger.step([], [Begin("k", True, "h")])
+    assert after == Found("failed", "h", 0)
 
 
 def test_rows_from_before_body_hashes_are_trusted() -> None:

@@ -110,6 +110,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "attempts INTEGER NOT NULL DEFAULT 0, next_at DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX wa_trio_webhook_outbox_due ON wa_trio_webhook_outbox (account, next_at)",
     ),
+    5: (  # crash loops: how often a job was found ``sending`` (a worker died holding it)
+        "ALTER TABLE wa_trio_sends ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 

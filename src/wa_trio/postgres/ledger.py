@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import psycopg
 
-from wa_trio.ledger import Begin, Entry, LedgerError, Mark, Shortcuts
+from wa_trio.ledger import Begin, Entry, LedgerError, Mark, Shortcuts, deaths_after
 from wa_trio.outcome import Found
 from wa_trio.postgres.db import LeaseLost, StoreError, connect, one_line
 
@@ -21,7 +21,13 @@ _UPSERT = (
     "body_hash, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (account, key) DO "
     "UPDATE SET state = EXCLUDED.state, whatsapp_id = EXCLUDED.whatsapp_id, updated_at = "
     "EXCLUDED.updated_at, user_id = EXCLUDED.user_id, body_hash = EXCLUDED.body_hash, "
-    "epoch = EXCLUDED.epoch"
+    "epoch = EXCLUDED.epoch, deaths = EXCLUDED.deaths"
+)
+_UPSERT_MARK = _UPSERT.replace(") VALUES (", ", deaths) VALUES (", 1).replace(
+    "%s, %s)", "%s, %s, 0)", 1
+)
+_UPSERT_BEGIN = _UPSERT.replace(") VALUES (", ", deaths) VALUES (", 1).replace(
+    "%s, %s)", "%s, %s, %s)", 1
 )
 
 
@@ -51,10 +57,11 @@ class PgLedger(Shortcuts):
     def peek(self, key: str) -> Found | None:
         with self._lock, _ledger_errors("read"):
             row = self._db.execute(
-                "SELECT state, body_hash FROM wa_trio_sends WHERE account = %s AND key = %s",
+                "SELECT state, body_hash, deaths FROM wa_trio_sends WHERE account = %s AND "
+                "key = %s",
                 (self.account, key),
             ).fetchone()
-        return None if row is None else Found(row[0], row[1])
+        return None if row is None else Found(row[0], row[1], row[2])
 
     def step(self, marks: list[Mark], begins: list[Begin]) -> list[Found | None]:
         """``ledger.Ledger.step``, fenced: begins are written only while this process's epoch
@@ -69,7 +76,7 @@ class PgLedger(Shortcuts):
             lost = row is None or int(row[0]) != self.epoch
             if marks:
                 self._db.cursor().executemany(
-                    _UPSERT,
+                    _UPSERT_MARK,
                     [
                         (
                             self.account,
@@ -98,16 +105,26 @@ class PgLedger(Shortcuts):
         row = None
         if begin.check:
             row = self._db.execute(
-                "SELECT state, body_hash FROM wa_trio_sends WHERE account = %s AND key = %s "
-                "FOR UPDATE",
+                "SELECT state, body_hash, deaths FROM wa_trio_sends WHERE account = %s AND "
+                "key = %s FOR UPDATE",
                 (self.account, begin.key),
             ).fetchone()
-        state = None if row is None else Found(row[0], row[1])
+        state = None if row is None else Found(row[0], row[1], row[2])
         differs = bool(state and state.body_hash and begin.body_hash != state.body_hash)
         if (state is None or state.state != "sent") and not differs:
             self._db.execute(
-                _UPSERT,
-                (self.account, begin.key, "sending", None, now, None, begin.body_hash, self.epoch),
+                _UPSERT_BEGIN,
+                (
+                    self.account,
+                    begin.key,
+                    "sending",
+                    None,
+                    now,
+                    None,
+                    begin.body_hash,
+                    self.epoch,
+                    deaths_after(state),
+                ),
             )
         return state
 
