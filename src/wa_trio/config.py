@@ -592,6 +592,14 @@ class Settings:
         _size,
         "Cap of a job's inline base64 media (decoded); bigger belongs in a URL.",
     )
+    media_max_pixels: int = _setting(
+        "WHATSAPP_MEDIA_MAX_PIXELS",
+        "40000000",
+        "a whole number of pixels",
+        _positive_int,
+        "Largest image or sticker (width x height, read from its header before anything is "
+        "decoded); larger is media_too_large. A 490 KB PNG can decode to 650 MB.",
+    )
     media_kinds: tuple[str, ...] = _setting(
         "WHATSAPP_MEDIA_KINDS",
         "image,document,video,audio,voice,sticker",

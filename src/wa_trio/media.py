@@ -233,6 +233,17 @@ def check_type(kind: str, sniffed: str, declared: str | None) -> None:
         )
 
 
+def too_many_pixels(pixels: int | None, budget: int) -> str | None:
+    """Why an image of ``pixels`` may not go on (None: it may): neonize decodes every image
+    whole for its thumbnail, so the pixel count, not the file size, is what costs memory."""
+    if pixels is not None and pixels > budget:
+        return (
+            f"the image has {pixels / 1e6:.1f} million pixels, at most {budget / 1e6:g} million "
+            "(WHATSAPP_MEDIA_MAX_PIXELS)"
+        )
+    return None
+
+
 def payload(spec: MediaSpec, data: bytes, sniffed: str) -> MediaPayload:
     """The checked bytes (``check_type`` first)."""
     check_type(spec.kind, sniffed, spec.mime_type)

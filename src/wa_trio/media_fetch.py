@@ -36,11 +36,12 @@ from wa_trio.media import (
     cap,
     payload,
     refusal,
+    too_many_pixels,
     url_problem,
 )
 from wa_trio.media_cache import MediaCache, UrlEntry
 from wa_trio.metrics import Metrics
-from wa_trio.sniff import mime_of
+from wa_trio.sniff import mime_of, pixels_of
 
 MAX_REDIRECTS = 3
 FRESH_FOR = 300.0  # seconds a fetched URL is used without asking the server again
@@ -110,6 +111,11 @@ class MediaFetcher:
             data = await self._bytes_of(spec.url, limit)
         sniffed = await trio.to_thread.run_sync(mime_of, data)
         checked = payload(spec, data, sniffed)
+        if spec.kind in {"image", "sticker"}:
+            pixels = await trio.to_thread.run_sync(pixels_of, data)
+            why = too_many_pixels(pixels, self.settings.media_max_pixels)
+            if why is not None:
+                raise MediaProblem("media_too_large", why)
         self.metrics.jobs_by_kind.labels(spec.kind).inc()
         return checked
 

@@ -180,8 +180,21 @@ class Outbox:
             self._db.close()
 
 
+@attrs.frozen
+class WebhookStatistics:
+    """What the signed-webhook sink holds now: events on this volume (the local outbox) and,
+    with the PostgreSQL store, in the account's outbox there as last seen by the relay."""
+
+    local_pending: int
+    shared_pending: int
+
+
 class WebhookSink:
     """Adds events to the outbox (trio thread, before the ack) and delivers them (a task)."""
+
+    def statistics(self) -> WebhookStatistics:
+        local = self._outbox.stats()[0] if self._outbox is not None else 0
+        return WebhookStatistics(local, self._shared_stats[0])
 
     def __init__(self, settings: Settings, metrics: Metrics, backoff: Backoff | None = None):
         self.settings = settings
@@ -363,4 +376,13 @@ class WebhookSink:
             self._shared = None
 
 
-__all__ = ["SIGNATURE", "TIMESTAMP", "Outbox", "WebhookSink", "sign", "transient", "verify"]
+__all__ = [
+    "SIGNATURE",
+    "TIMESTAMP",
+    "Outbox",
+    "WebhookSink",
+    "WebhookStatistics",
+    "sign",
+    "transient",
+    "verify",
+]

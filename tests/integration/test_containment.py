@@ -313,3 +313,25 @@ async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
         assert worker.ledger.ledger.get("killer").state == "failed"  # type: ignore[union-attr]
     finally:
         await delete_topology(settings)
+
+
+async def test_an_image_over_the_pixel_budget_is_refused_before_any_decode(
+    topology: Settings, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """A 380 KB PNG of 20,000 x 20,000 pixels is within every byte cap; decoded (neonize's
+    thumbnail step) it is 400 MB. It is measured from its header and refused."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (20_000, 20_000)).save(buffer, "PNG", optimize=True)
+    bomb = base64.b64encode(buffer.getvalue()).decode()
+    worker = await start_worker(topology)
+    body = json.dumps(_job(text_message="", media={"kind": "image", "data": bomb})).encode()
+    await publish_many(topology, [body, job_body(2)], message_ids=["bomb", "after"])
+    await wait_for(lambda: _processed(worker, "success") == 1, what="the next job is sent")
+    [letter] = await drain_queue(topology, topology.dlq_name)
+    assert error_code(letter) == "media_too_large"
+    assert "million pixels" in letter.header.headers["x-error-message"].decode()
