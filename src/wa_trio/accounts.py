@@ -24,7 +24,7 @@ from wa_trio.files import StartupError
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pool import PoolRouter
-from wa_trio.startup import admin_token, watch_signals
+from wa_trio.startup import admin_token, ensure_fd_room, watch_signals
 from wa_trio.transport import Transport
 from wa_trio.web import create_accounts_app, run_http
 
@@ -55,6 +55,7 @@ async def run_accounts(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[Accounts] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    ensure_fd_room(len(settings.accounts))
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     workers: dict[str, Worker] = {}
     live: dict[str, Transport] = {}  # filled as accounts start: the router routes to these

@@ -189,12 +189,13 @@ def contain_requests(app: QuartTrio, metrics: Metrics) -> None:
         return Response("internal error\n", status=500)
 
 
-def same_origin(headers: Mapping[str, str]) -> bool:
+def same_origin(headers: Any) -> bool:
     """Whether a state-changing request comes from our own pages (or from no browser at all).
 
     A browser sends ``Sec-Fetch-Site`` and ``Origin`` with a cross-site form POST; a page of
     another site cannot forge either. Without both (curl, a script holding the token) the
-    request is allowed: it carried the token itself. Issue 26: ``POST /login/relogin`` was
+    request is allowed: it carried the token itself. ``headers``: any mapping with ``get``
+    (Quart's ``Headers``, a dict in tests). Issue 26: ``POST /login/relogin`` was
     reachable from any site once the operator's browser had cached the Basic credential."""
     site = headers.get("Sec-Fetch-Site")
     if site is not None and site not in {"same-origin", "none"}:
@@ -205,7 +206,7 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     if origin == "null":
         return False
     try:
-        return urlsplit(origin).netloc.lower() == (headers.get("Host") or "").lower()
+        return bool(urlsplit(str(origin)).netloc.lower() == str(headers.get("Host") or "").lower())
     except ValueError:
         return False
 

@@ -243,14 +243,12 @@ async def test_signed_meta_receipts_with_impossible_times_end_no_worker(
 ) -> None:
     """A receipt at ``nan``, ``inf`` or ``1e14`` s ended the worker in the status task; an
     inbound message with one made the request 500 and dropped the whole notification."""
+    from tests.helpers import sample
     from tests.integration.test_cloud_api import (
         APP_SECRET,
         _start,
         _stop_then_delete,
         notification,
-    )
-    from tests.integration.test_cloud_api import (
-        _sample as sample,
     )
     from wa_trio.meta_webhook import SIGNATURE_HEADER, signature
 
@@ -260,7 +258,7 @@ async def test_signed_meta_receipts_with_impossible_times_end_no_worker(
     try:
         await publish_many(settings, [job_body(1)], ["m-1"])
         await wait_for(lambda: tap.at_least(1), what="the sent event")
-        statuses = [
+        statuses: list[dict[str, Any]] = [
             {"id": "wamid.1", "status": "delivered", "timestamp": "nan"},
             {"id": "wamid.1", "status": "read", "timestamp": float("inf")},
             {"id": "wamid.1", "status": "delivered", "timestamp": 1e14},
@@ -310,7 +308,8 @@ async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
         [letter] = await drain_queue(settings, settings.dlq_name)
         assert error_code(letter) == "crash_loop"
         assert sent_records(settings.dry_run_file) == []
-        assert worker.ledger.ledger.get("killer").state == "failed"  # type: ignore[union-attr]
+        row = worker.ledger.ledger.get("killer")
+        assert row is not None and row.state == "failed"
     finally:
         await delete_topology(settings)
 

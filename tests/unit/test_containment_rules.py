@@ -4,6 +4,7 @@ somewhere an exception ends the worker."""
 from __future__ import annotations
 
 import math
+import resource
 import struct
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from wa_trio.expiry import deadline
 from wa_trio.instants import LATEST, MILLISECONDS, epoch_seconds
 from wa_trio.media import refusal, url_problem
 from wa_trio.serena_patch import MAX_DEPTH, TOO_DEEP
+from wa_trio.startup import fd_plan
 from wa_trio.templates import TemplateProblem, TemplateSet
 from wa_trio.web import same_origin
 from wa_trio.webhook import REDIRECT_ATTEMPTS, redirect, transient
@@ -233,3 +235,23 @@ def test_send_at_is_rfc_3339_exactly(value: str, expected: str | None) -> None:
     else:
         when = _instant(value, "invalid_schedule")
         assert when is not None and when.isoformat() == expected
+
+
+@pytest.mark.parametrize(
+    ("accounts", "soft", "hard", "raise_to", "refused"),
+    [
+        (1, 1024, 4096, None, False),
+        (200, 1024, 1_048_576, 64 + 200 * 24, False),
+        (200, 1024, 4096, None, True),
+        (200, resource.RLIM_INFINITY, resource.RLIM_INFINITY, None, False),
+        (200, 1024, resource.RLIM_INFINITY, 64 + 200 * 24, False),
+    ],
+)
+def test_accounts_past_the_open_files_limit_are_one_line(
+    accounts: int, soft: int, hard: int, raise_to: int | None, refused: bool
+) -> None:
+    planned, refusal = fd_plan(accounts, soft, hard)
+    assert planned == raise_to
+    assert (refusal is not None) is refused
+    if refusal is not None:
+        assert "\n" not in refusal and "ulimit" in refusal

@@ -53,7 +53,7 @@ def execute(client: FakeClient, event: Any) -> None:
     data = as_go_encodes(event).SerializeToString()
     buffer = ctypes.create_string_buffer(data, len(data))
     code = EVENT_TO_INT[type(event)]
-    dispatch = client.event.execute  # neonize's own Event
+    dispatch = client.event.execute  # type: ignore[attr-defined]  # neonize's own Event
     thread = threading.Thread(target=dispatch, args=(0, ctypes.addressof(buffer), len(data), code))
     thread.start()
     thread.join()
@@ -65,7 +65,7 @@ def _transport(settings: Settings, clients: list[FakeClient]) -> tuple[NeonizeTr
 
     def with_real_dispatch(database: str) -> Any:
         client = factory(database)
-        client.event = Event(client)  # type: ignore[arg-type]  # neonize's, not the double's
+        client.event = Event(client)  # neonize's, not the double's
         return client
 
     transport.client_factory = with_real_dispatch
