@@ -84,6 +84,7 @@ class FakeClient:
         self.dial_error = dial_error
         self.stops = 0
         self.waiting_for_login = False
+        self.pair_display_names: list[str] = []
 
     # blocking calls (run in worker threads by the transport)
     def connect(self, proxy: Any = None) -> None:
@@ -174,7 +175,17 @@ class FakeClient:
     def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
         self.presences.append((jid.User, state.name))
 
-    def PairPhone(self, phone: str, push: bool) -> str:
+    def PairPhone(
+        self, phone: str, push: bool, client_name: Any = None, client_type: Any = None
+    ) -> str:
+        """neonize's signature (client.py ``NewClient.PairPhone``); the display name it would
+        send is recorded: ``"%s (%s)" % (client_type.name, client_name.name)``, with
+        ``client_type`` from the device properties when not given (UNKNOWN without a
+        platformType) and ``client_name`` LINUX by default."""
+        from neonize.utils.enum import ClientName, ClientType
+
+        kind = client_type if client_type is not None else ClientType.UNKNOWN
+        self.pair_display_names.append(f"{kind.name} ({(client_name or ClientName.LINUX).name})")
         if not self.waiting_for_login or self.stopped.is_set():
             raise PairPhoneError("not connected and waiting for a login")
         return "ABCD-EFGH"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -203,3 +204,21 @@ def test_any_event_through_neonize_dispatch_leaves_trio_running(
         await wait_for(lambda: any(getattr(s, "message_ids", ()) == ("last",) for s in seen))
 
     trio.run(_running, settings, scenario)
+
+
+async def test_connected_sessions_hold_no_token_of_trios_default_limiter() -> None:
+    """45 sessions (more than trio's 40 default tokens) connected at once: a short blocking
+    call of the process still runs at once (before: it waited behind every connect())."""
+    from wa_trio.transport.neonize.runtime import connect_registered
+
+    release = threading.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(45):
+            registered = trio.Event()
+            registered.set()  # each client said something at once: the maps hold ends
+            nursery.start_soon(connect_registered, nursery, partial(release.wait, 30), registered)
+        await wait_for(lambda: threading.active_count() >= 45, what="45 connect threads")
+        assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+        with trio.fail_after(5):
+            assert await trio.to_thread.run_sync(lambda: 42) == 42
+        release.set()

@@ -253,7 +253,33 @@ async def test_pair_code_login(make_env: Callable[..., dict[str, str]]) -> None:
         await wait_for(lambda: transport.login.pair_code == "ABCD-EFGH", what="pair code")
         page = login_page.render(transport.login_status(), transport.redactor)
         assert "ABCD-EFGH" in page
+        assert clients[0].pair_display_names == ["Chrome (Linux)"]  # not "Unknown (Linux)"
         nursery.cancel_scope.cancel()
+
+
+def test_neonize_pairphone_names_the_client_chrome_from_our_props() -> None:
+    """neonize's own ``NewClient.PairPhone`` (client.py) with only the Go call replaced: the
+    display name it sends, from our device properties alone and with our explicit client."""
+    from neonize.client import NewClient
+    from neonize.proto.Neonize_pb2 import PairPhoneParams, PairPhoneReturnFunction
+
+    from wa_trio.transport.neonize.runtime import pair_client, send_only_props
+
+    sent: list[PairPhoneParams] = []
+
+    class Go:
+        def PairPhone(self, _uuid: bytes, payload: bytes, _size: int) -> bytes:
+            sent.append(PairPhoneParams.FromString(payload))
+            return PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString()
+
+    holder = object.__new__(NewClient)
+    holder.uuid = b"test"
+    holder.device_props = send_only_props()
+    holder._NewClient__client = Go()  # type: ignore[attr-defined]
+    assert NewClient.PairPhone(holder, "5511988887777", True) == "ABCD-EFGH"
+    assert NewClient.PairPhone(holder, "5511988887777", True, **pair_client()) == "ABCD-EFGH"
+    assert [p.clientDisplayName for p in sent] == ["Chrome (Linux)", "Chrome (Linux)"]
+    assert {p.clientType for p in sent} == {1}  # whatsmeow's PairClientChrome
 
 
 async def test_typing_simulation_shows_composing_before_the_send(

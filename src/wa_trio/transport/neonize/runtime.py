@@ -71,6 +71,14 @@ def new_client(database: str) -> Any:
     return NewClient(database, props=send_only_props(), uuid=f"wa-trio-{secrets.token_hex(8)}")
 
 
+def pair_client() -> dict[str, Any]:
+    """The client ``PairPhone`` names to WhatsApp: Chrome on Linux, given explicitly (neonize's
+    ``NewClient.PairPhone`` otherwise derives it from the device properties, FIREFOX without)."""
+    from neonize.utils.enum import ClientName, ClientType
+
+    return {"client_name": ClientName.LINUX, "client_type": ClientType.CHROME}
+
+
 def send_only_props() -> Any:
     """Device properties asking WhatsApp for the least history it allows: a send-only worker
     reads none, and the full sync while linking is what makes memory spike (waha#1826). The
@@ -87,7 +95,15 @@ def send_only_props() -> Any:
         supportBotUserAgentChatHistory=False,
         supportCagReactionsAndPolls=False,
     )
-    return DeviceProps(os="wa-trio", requireFullSync=False, historySyncConfig=history)
+    # platformType: neonize's PairPhone names the client "<platform> (<os>)" from it, and
+    # whatsmeow documents that the server refuses names that are not a common browser
+    # (unset, the pair code was requested as "UNKNOWN (LINUX)"; issue 27)
+    return DeviceProps(
+        os="wa-trio",
+        platformType=DeviceProps.PlatformType.CHROME,
+        requireFullSync=False,
+        historySyncConfig=history,
+    )
 
 
 class _EliotBridge(logging.Handler):
@@ -343,6 +359,11 @@ async def connect_registered(
 
     await nursery.start(hold)
     try:
-        await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
+        # a limiter of its own: connect() holds its thread for the session's whole life, and
+        # 40 accounts on trio's default limiter (40 tokens) stalled every other to_thread
+        # call of the process (sends 5 s late, a shutdown of 2 min 13 s; issue 27)
+        await trio.to_thread.run_sync(
+            connect, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1)
+        )
     finally:
         registered.set()

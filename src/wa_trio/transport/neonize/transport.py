@@ -54,6 +54,7 @@ from wa_trio.transport.neonize.runtime import (
     linked_number,
     neonize_errors,
     new_client,
+    pair_client,
     prepare_session_dir,
     print_qr,
     proxy_settings,
@@ -249,7 +250,8 @@ class NeonizeTransport:
         try:
             with neonize_errors("pair code", code="pair_code_failed", mask=self.redactor.text):
                 code = await go_call(
-                    partial(client.PairPhone, phone.lstrip("+"), True), limiter=self._limiter
+                    partial(client.PairPhone, phone.lstrip("+"), True, **pair_client()),
+                    limiter=self._limiter,
                 )
         except SendError as error:
             self._pair_requested = False
