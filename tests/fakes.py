@@ -85,6 +85,7 @@ class FakeClient:
         self.stops = 0
         self.waiting_for_login = False
         self.pair_display_names: list[str] = []
+        self.lid_to_pn: dict[str, str] = {}  # whatsmeow's LID store (LID user -> number)
 
     # blocking calls (run in worker threads by the transport)
     def connect(self, proxy: Any = None) -> None:
@@ -174,6 +175,16 @@ class FakeClient:
 
     def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
         self.presences.append((jid.User, state.name))
+
+    def get_pn_from_lid(self, jid: JID) -> JID:
+        """neonize client.py ``get_pn_from_lid``: whatsmeow's LID store; an unknown LID raises
+        ``GetJIDFromStoreError`` (the Go side answers with an error, not an empty JID)."""
+        from neonize.exc import GetJIDFromStoreError
+
+        number = self.lid_to_pn.get(jid.User)
+        if number is None:
+            raise GetJIDFromStoreError(f"no phone number for lid {jid.User}")
+        return JID(User=number, Server="s.whatsapp.net")
 
     def PairPhone(
         self, phone: str, push: bool, client_name: Any = None, client_type: Any = None

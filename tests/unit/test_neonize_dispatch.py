@@ -222,3 +222,45 @@ async def test_connected_sessions_hold_no_token_of_trios_default_limiter() -> No
         with trio.fail_after(5):
             assert await trio.to_thread.run_sync(lambda: 42) == 42
         release.set()
+
+
+async def test_a_lid_only_sender_is_resolved_and_broadcasts_are_not_messages(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    received: list[InboundMessage] = []
+
+    def sent_by(chat: JID, sender: JID, message_id: str, group: bool = False) -> Message:
+        return Message(
+            Info=MessageInfo(
+                MessageSource=MessageSource(Chat=chat, Sender=sender, IsGroup=group),
+                ID=message_id,
+                Timestamp=1_764_111_111_000,
+            ),
+            Message=e2e.Message(conversation="STOP"),
+        )
+
+    async def scenario(
+        transport: NeonizeTransport, client: FakeClient, failures: list[str]
+    ) -> None:
+        transport.on_inbound = received.append
+        client.lid_to_pn["98765432101234"] = "5511977776666"
+        lid = JID(User="98765432101234", Server="lid")
+        unknown = JID(User="11111111111111", Server="lid")
+        person = JID(User="5511988887777", Server="s.whatsapp.net")
+        for event in (
+            sent_by(JID(User="status", Server="broadcast"), person, "status", group=True),
+            sent_by(JID(User="1203630@newsletter", Server="newsletter"), person, "news"),
+            sent_by(JID(User="1234", Server="broadcast"), person, "list"),
+            sent_by(lid, lid, "by-lid"),
+            sent_by(unknown, unknown, "by-unknown-lid"),
+        ):
+            await trio.to_thread.run_sync(execute, client, event)
+        await wait_for(lambda: len(received) == 2, timeout=5, what="the two direct messages")
+        by_id = {m.message_id: m for m in received}
+        assert set(by_id) == {"by-lid", "by-unknown-lid"}
+        assert by_id["by-lid"].sender == "+5511977776666" and by_id["by-lid"].direct
+        assert by_id["by-unknown-lid"].sender is None  # still unknown: never an opt-out
+        assert failures == []
+
+    await _running(settings, scenario)

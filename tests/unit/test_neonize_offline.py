@@ -270,12 +270,12 @@ def test_neonize_pairphone_names_the_client_chrome_from_our_props() -> None:
     class Go:
         def PairPhone(self, _uuid: bytes, payload: bytes, _size: int) -> bytes:
             sent.append(PairPhoneParams.FromString(payload))
-            return PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString()
+            return bytes(PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString())
 
     holder = object.__new__(NewClient)
     holder.uuid = b"test"
     holder.device_props = send_only_props()
-    holder._NewClient__client = Go()  # type: ignore[attr-defined]
+    holder._NewClient__client = Go()
     assert NewClient.PairPhone(holder, "5511988887777", True) == "ABCD-EFGH"
     assert NewClient.PairPhone(holder, "5511988887777", True, **pair_client()) == "ABCD-EFGH"
     assert [p.clientDisplayName for p in sent] == ["Chrome (Linux)", "Chrome (Linux)"]

@@ -49,6 +49,9 @@ class InboundMessage:
     mime_type: str | None = None
     size: int | None = None
     transport: str = "neonize"
+    #: the sender's hidden id (``<id>@lid`` user part) when WhatsApp gave no number: the
+    #: transport resolves it through whatsmeow's LID store before the message goes on
+    lid: str | None = None
 
     @property
     def direct(self) -> bool:

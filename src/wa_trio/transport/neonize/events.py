@@ -23,6 +23,12 @@ TERMINAL = frozenset(
 )
 
 
+#: chats that are not a conversation with the account: contacts' Status posts
+#: (``status@broadcast``, which whatsmeow marks IsGroup), broadcast lists and channels
+#: (whatsmeow's types.BroadcastServer and NewsletterServer); never published, never an opt-out
+NOT_CHATS = frozenset({"broadcast", "newsletter"})
+
+
 def signal_of(event: Any) -> Signal:
     """Turn a neonize event object into a state-machine Signal (runs on a Go thread)."""
     kind = type(event).__name__
@@ -95,7 +101,7 @@ def inbound_of(event: Any, account: str = "default") -> InboundMessage | None:
     the phone or by us) and for protocol messages that carry nothing to read."""
     info = event.Info
     source = info.MessageSource
-    if source.IsFromMe:
+    if source.IsFromMe or source.Chat.Server in NOT_CHATS:
         return None
     body = event.Message
     kind, text, mime, size, context = "other", None, None, None, None
@@ -126,6 +132,7 @@ def inbound_of(event: Any, account: str = "default") -> InboundMessage | None:
             elif body.HasField("protocolMessage") or body.HasField("senderKeyDistributionMessage"):
                 return None
     sender = _person(source.Sender, source.SenderAlt)
+    lid = _hidden(source.Sender, source.SenderAlt) if sender is None else None
     group = _jid(source.Chat) if source.IsGroup else None
     reply_to = context.stanzaID if context is not None and context.stanzaID else None
     return InboundMessage(
@@ -141,7 +148,16 @@ def inbound_of(event: Any, account: str = "default") -> InboundMessage | None:
         reply_to=reply_to,
         mime_type=mime,
         size=size,
+        lid=lid,
     )
+
+
+def _hidden(sender: Any, alternative: Any) -> str | None:
+    """The sender's ``@lid`` id when that is all WhatsApp gave."""
+    for jid in (sender, alternative):
+        if jid.Server == "lid" and jid.User:
+            return str(jid.User)
+    return None
 
 
 def _jid(jid: Any) -> str:

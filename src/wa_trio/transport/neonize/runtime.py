@@ -71,6 +71,13 @@ def new_client(database: str) -> Any:
     return NewClient(database, props=send_only_props(), uuid=f"wa-trio-{secrets.token_hex(8)}")
 
 
+def lid_jid(user: str) -> Any:
+    """The JID of a hidden (``@lid``) id, as neonize's ``get_pn_from_lid`` takes it."""
+    from neonize.proto.Neonize_pb2 import JID
+
+    return JID(User=user, Server="lid", RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+
+
 def pair_client() -> dict[str, Any]:
     """The client ``PairPhone`` names to WhatsApp: Chrome on Linux, given explicitly (neonize's
     ``NewClient.PairPhone`` otherwise derives it from the device properties, FIREFOX without)."""

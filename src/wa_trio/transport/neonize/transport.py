@@ -39,7 +39,7 @@ from wa_trio.errors import NotConnectedError, SendError, TransportError, tidy_tr
 from wa_trio.log import Redactor
 from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
-from wa_trio.transport.inbound import InboundMessage
+from wa_trio.transport.inbound import InboundMessage, e164
 from wa_trio.transport.neonize.events import (
     EVENT_NAMES,
     TERMINAL,
@@ -51,6 +51,7 @@ from wa_trio.transport.neonize.runtime import (
     GO_MAPS,
     connect_registered,
     go_call,
+    lid_jid,
     linked_number,
     neonize_errors,
     new_client,
@@ -288,6 +289,31 @@ class NeonizeTransport:
         except Exception as error:  # noqa: BLE001 - the callback's bulkhead
             self._callback_failed(kind, error)
 
+    def _received(self, message: InboundMessage) -> None:
+        """A received message on the trio thread: on to ``on_inbound``, after its sender's
+        number is looked up when WhatsApp gave only a hidden id (an opt-out from a LID-only
+        sender was dropped before; issue 27)."""
+        if message.lid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._resolve_lid, message)
+        elif self.on_inbound is not None:
+            self.on_inbound(message)
+
+    async def _resolve_lid(self, message: InboundMessage) -> None:
+        client, lid = self._client, message.lid
+        sender = None
+        if client is not None and lid is not None:
+            try:
+                with neonize_errors("lid", code="lid_unknown", mask=self.redactor.text):
+                    found = await go_call(
+                        client.get_pn_from_lid, lid_jid(lid), limiter=self._limiter
+                    )
+                if found.Server == "s.whatsapp.net":
+                    sender = e164(str(found.User))
+            except SendError:  # whatsmeow does not know this LID's number (yet)
+                sender = None
+        if self.on_inbound is not None:
+            self._guarded("message", self.on_inbound, attrs.evolve(message, sender=sender))
+
     def _callback_failed(self, kind: str, error: BaseException) -> None:
         """Log and count a callback that raised (on whichever thread it ran: eliot and
         prometheus-client are thread-safe)."""
@@ -328,7 +354,7 @@ class NeonizeTransport:
         def on_message(event: Any) -> None:
             message = inbound_of(event)
             if message is not None and self.on_inbound is not None:
-                self._post("message", self.on_inbound, message)
+                self._post("message", self._received, message)
 
         for name in EVENT_NAMES:
             client.event(getattr(events, name))(bulkhead("event", on_event))
