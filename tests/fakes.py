@@ -85,6 +85,9 @@ class FakeClient:
         self.stops = 0
         self.waiting_for_login = False
         self.pair_display_names: list[str] = []
+        #: how WhatsApp registered a number (query -> JID user): an older Brazilian mobile
+        #: answers without its 9th digit (whatsmeow's usync answer carries the canonical JID)
+        self.canonical: dict[str, str] = {}
         self.lid_to_pn: dict[str, str] = {}  # whatsmeow's LID store (LID user -> number)
 
     # blocking calls (run in worker threads by the transport)
@@ -111,7 +114,7 @@ class FakeClient:
                 JID=(
                     JID(User="98765432101234", Server="lid")
                     if self.answer_with_lid
-                    else JID(User=n.lstrip("+"), Server="s.whatsapp.net")
+                    else JID(User=self.canonical.get(n, n.lstrip("+")), Server="s.whatsapp.net")
                 ),
             )
             for n in numbers

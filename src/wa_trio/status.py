@@ -12,6 +12,7 @@ the send ledger.
 
 from __future__ import annotations
 
+import collections
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +68,10 @@ class StatusStatistics:
     oldest_job_key: str | None
 
 
+#: receipts remembered for de-duplication (message id and status)
+SEEN_RECEIPTS = 20_000
+
+
 class StatusPublisher:
     def __init__(
         self,
@@ -93,6 +98,9 @@ class StatusPublisher:
             key=lambda event: str(event["job_key"]),
         )
         self._receipts_in, self._receipts_out = trio.open_memory_channel[ReceiptInfo](BUFFER)
+        #: (WhatsApp message id, status) already emitted: a group's members and each of a
+        #: person's devices send their own receipt; one event per job and status (bounded)
+        self._emitted: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         metrics.status_events_pending.set_function(lambda: len(self._outbox))
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -156,8 +164,20 @@ class StatusPublisher:
                     traceback=tidy_traceback(error),
                 )
 
+    def _first(self, message_id: str, kind: str) -> bool:
+        """Whether this is the first receipt of ``kind`` for ``message_id`` (and remember it)."""
+        key = (message_id, kind)
+        if key in self._emitted:
+            return False
+        self._emitted[key] = None
+        while len(self._emitted) > SEEN_RECEIPTS:
+            self._emitted.popitem(last=False)
+        return True
+
     async def _map_receipt(self, receipt: ReceiptInfo) -> None:
         for message_id in receipt.message_ids:
+            if not self._first(message_id, receipt.kind):
+                continue
             job = await self.ledger.find_by_whatsapp_id(message_id) if self.ledger else None
             if job is None:
                 self.metrics.receipts_unmatched.inc()  # not ours, or already pruned

@@ -81,12 +81,23 @@ async def test_sent_failed_delivered_read_events(
         assert by_key["no-1"]["code"] == "not_on_whatsapp"
         wid = by_key["ok-1"]["whatsapp_message_id"]
         assert wid and wid == "3EB0" + "1".zfill(16)
-        for kind in (ReceiptEv.ReceiptType.DELIVERED, ReceiptEv.ReceiptType.READ):
+        # each receipt twice: a person's phone and their linked desktop both answer (and a
+        # group's members each do): one event per job and status
+        for kind in (ReceiptEv.ReceiptType.DELIVERED, ReceiptEv.ReceiptType.READ) * 2:
             await trio.to_thread.run_sync(
                 clients[0].fire,
                 ReceiptEv(MessageIDs=[wid, "not-ours"], Type=kind, Timestamp=1_700_000_500),
             )
         await wait_for(lambda: tap.at_least(5), what="delivered and read")
+        await trio.to_thread.run_sync(  # a marker after all of them, mapped in order
+            clients[0].fire,
+            ReceiptEv(MessageIDs=["marker"], Type=ReceiptEv.ReceiptType.READ, Timestamp=1),
+        )
+        unmatched = "whatsapp_receipts_unmatched_total"
+        await wait_for(  # "not-ours" delivered and read once each, then the marker
+            lambda: worker.metrics.registry.get_sample_value(unmatched) == 3,
+            what="every receipt mapped",
+        )
         statuses = [e["status"] for e in events if e["job_key"] == "ok-1"]
         assert statuses == ["sent", "delivered", "read"]
         read = next(e for e in events if e["status"] == "read")

@@ -52,6 +52,27 @@ async def test_a_lid_answer_still_sends_to_the_phone_number(neonize_settings: Se
         nursery.cancel_scope.cancel()
 
 
+async def test_the_canonical_number_whatsapp_answers_is_the_one_sent_to(
+    neonize_settings: Settings,
+) -> None:
+    """An older Brazilian mobile is registered without its 9th digit: whatsmeow's IsOnWhatsApp
+    answers with that JID, and the message goes to it (and is cached so), not to the digits
+    of the job."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        clients[0].canonical["+5511987654321"] = "551187654321"
+        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+        for _ in range(2):
+            await transport.send(OutgoingMessage("+5511987654321", "oi", UID, "k"))
+        assert [to for to, _ in clients[0].sent] == ["551187654321", "551187654321"]
+        assert clients[0].lookups == ["+5511987654321"]
+        nursery.cancel_scope.cancel()
+
+
 def test_number_cache_rows_of_the_old_schema_are_dropped(tmp_path: Path) -> None:
     import sqlite3
 

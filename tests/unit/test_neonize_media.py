@@ -83,6 +83,16 @@ async def test_the_same_content_is_uploaded_once_with_each_caption(
     assert captions == [f"for {n}" for n in range(5)]
 
 
+async def test_a_group_missing_from_a_list_asked_just_now_is_permanent(
+    connected: tuple[NeonizeTransport, FakeClient],
+) -> None:
+    transport, client = connected
+    with pytest.raises(SendError) as caught:
+        await transport.send(OutgoingMessage("120363000000000001@g.us", "hi", "u", "k1"))
+    assert client.group_lookups == 1
+    assert (caught.value.code, caught.value.transient) == ("not_in_group", False)
+
+
 async def test_groups_are_checked_against_the_joined_list(
     connected: tuple[NeonizeTransport, FakeClient],
 ) -> None:
@@ -92,7 +102,8 @@ async def test_groups_are_checked_against_the_joined_list(
     assert client.lookups == []  # a group skips the number look-up
     with pytest.raises(SendError) as caught:
         await transport.send(OutgoingMessage("120363000000000001@g.us", "hi", "u", "k2"))
-    assert (caught.value.code, caught.value.transient) == ("not_in_group", False)
+    # the list was asked for the job before, not for this one: it may predate a join
+    assert (caught.value.code, caught.value.transient) == ("not_in_group", True)
     lookups = client.group_lookups
     with pytest.raises(SendError):  # asked again at most every 30 s, not per job
         await transport.send(OutgoingMessage("120363000000000001@g.us", "hi", "u", "k3"))

@@ -112,8 +112,11 @@ class NeonizeSender:
                 self._groups = await go_call(joined_groups, client, limiter=self._limiter)
             self._groups_at = now
         if jid not in self._groups:
+            # only a list asked for just now is proof; an older one may predate a join (the
+            # retry comes after GROUPS_RECHECK, when the list is asked again; issue 27)
+            asked_now = stale or missing
             raise SendError(
-                "this account is not in the group", code="not_in_group", transient=False
+                "this account is not in the group", code="not_in_group", transient=not asked_now
             )
         return jid.removesuffix("@g.us")
 
@@ -147,9 +150,8 @@ class NeonizeSender:
                 answers = await go_call(client.is_on_whatsapp, number, limiter=self._limiter)
             answer = answers[0] if answers else None
             on = bool(answer is not None and answer.IsIn)
-            # only "is on WhatsApp" is taken from the answer: its JID may be the contact's LID
-            # (<id>@lid), not a number; we send to the number's JID, whatsmeow maps it
-            cached = Resolution(number, on, number.lstrip("+") if on else "", time.time())
+            cached = Resolution(number, on, canonical_user(number, answer) if on else "",
+                                time.time())  # fmt: skip
             if cache is not None:
                 await trio.to_thread.run_sync(cache.put, cached)
         if not cached.on_whatsapp:
@@ -157,6 +159,17 @@ class NeonizeSender:
                 "the number is not on WhatsApp", code="not_on_whatsapp", transient=False
             )
         return cached.jid_user
+
+
+def canonical_user(number: str, answer: Any) -> str:
+    """The JID user to send to: the number WhatsApp answered with when it is a phone-number JID
+    (its canonical form: Brazil's 9th digit, Mexico's 1 and Argentina's 9 come back as
+    WhatsApp registered them; sending to the digits of the job addressed another JID, issue 27);
+    the job's digits when the answer is a hidden id (``@lid``): whatsmeow maps a number itself."""
+    jid = answer.JID
+    if jid.Server == "s.whatsapp.net" and jid.User.isdigit():
+        return str(jid.User)
+    return number.lstrip("+")
 
 
 def open_numbers(settings: Settings, ttl: float) -> Numbers:
