@@ -22,6 +22,7 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.contacts import Contacts, ContactStore
     from wa_trio.envelope import clean_destination
     from wa_trio.files import private_dir
+    from wa_trio.identity import person_key
     from wa_trio.log import Redactor
 
     store: Contacts
@@ -41,7 +42,7 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
                 print(json.dumps(attrs.asdict(entry)))
             return EXIT_OK
         try:
-            number = clean_destination(args.number)
+            number = clean_destination(person_key(args.number))  # any form of the number
         except ValidationError as error:
             print(f"wa-trio: {error.code}: {error.message}", file=sys.stderr)
             return EXIT_FAILED

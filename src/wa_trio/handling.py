@@ -19,6 +19,7 @@ from wa_trio.copies import Copies
 from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
 from wa_trio.errors import SendError, TransportError, tidy_traceback
 from wa_trio.expiry import deadline, is_expired
+from wa_trio.identity import person_key
 from wa_trio.job import Job, retry_count
 from wa_trio.ledger import AsyncLedger, Begin, LedgerError, Mark
 from wa_trio.ledger_gate import Held, LedgerGate
@@ -184,7 +185,7 @@ class JobHandler:
                 decision = decide(found, body_hash=job.body_hash, ambiguous="resend")
                 if decision in {Decision.DUPLICATE, Decision.CONFLICT}:
                     return await self._copies.not_sent(job, channel, decision)
-            if not await self._sender.pace(envelope.destination):
+            if not await self._sender.pace(person_key(envelope.destination)):
                 return Outcome.HELD  # stopping while throttled: left unacked, requeued
         if not await self._sender.wait_connected():
             return Outcome.HELD  # WhatsApp away and a stop began: no `sending` row was written

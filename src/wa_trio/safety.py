@@ -25,6 +25,7 @@ import trio
 from wa_trio.config import Settings
 from wa_trio.contacts import Contacts, ContactStore
 from wa_trio.errors import SendError, WaTrioError
+from wa_trio.identity import person_key
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.safety_rules import Verdict, is_optout, judge, keyword_set
@@ -55,8 +56,8 @@ class AccountSafety:
         self._clock = clock
         self._keywords = keyword_set(settings.optout_keywords)
         snapshot = store.snapshot()
-        self._optouts = set(self.optout_store.snapshot().optouts)
-        self._counts = dict(snapshot.unanswered)
+        self._optouts = {person_key(n) for n in self.optout_store.snapshot().optouts}
+        self._counts = {person_key(n): count for n, count in snapshot.unanswered.items()}
         self._version = (store.data_version(), self.optout_store.data_version())
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
@@ -90,6 +91,7 @@ class AccountSafety:
     # ------------------------------------------------------------------ the hot path
 
     def verdict(self, number: str) -> Verdict | None:
+        number = person_key(number)  # one key per person (identity.py)
         return judge(
             opted_out=number in self._optouts,
             unanswered=self._counts.get(number, 0),
@@ -101,6 +103,7 @@ class AccountSafety:
         )
 
     def after_send(self, number: str) -> None:
+        number = person_key(number)
         self._counts[number] = self._counts.get(number, 0) + 1
         self._sent[number] = self._sent.get(number, 0) + 1
 
@@ -121,7 +124,7 @@ class AccountSafety:
     def on_inbound(self, message: InboundMessage) -> None:
         if not message.direct or message.sender is None:
             return
-        sender = message.sender
+        sender = person_key(message.sender)
         self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
         self._replies[sender] = message.timestamp or self._clock()
         if is_optout(message.text, self._keywords) and sender not in self._optouts:
@@ -180,9 +183,9 @@ class AccountSafety:
             self._version = version
             snapshot = await trio.to_thread.run_sync(self.store.snapshot)
             shared = await trio.to_thread.run_sync(self.optout_store.snapshot)
-            self._optouts = set(shared.optouts)
+            self._optouts = {person_key(number) for number in shared.optouts}
             for number, count in snapshot.unanswered.items():
-                self._counts.setdefault(number, count)
+                self._counts.setdefault(person_key(number), count)
 
     async def _answer_optouts(self, transport: Transport) -> None:
         reply = self.settings.optout_reply or ""

@@ -17,6 +17,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from wa_trio.cli import main
 from wa_trio.config import Settings
 from wa_trio.contacts import ContactStore
+from wa_trio.identity import person_key
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.policy import classify_send_error
@@ -288,3 +289,39 @@ def test_many_accounts_open_the_shared_list_at_once(tmp_path: Path) -> None:
         assert all(store.snapshot().optouts == {"+5511988887777"} for store in stores)
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize(
+    ("number", "key"),
+    [
+        ("+551187654321", "+5511987654321"),  # Brazil: an old mobile gains its 9th digit
+        ("+55 11 98765-4321", "+5511987654321"),
+        ("+551133334444", "+551133334444"),  # a Brazilian landline stays
+        ("+5215512345678", "+525512345678"),  # Mexico: the old mobile 1 goes
+        ("+52 55 1234 5678", "+525512345678"),
+        ("+541123456789", "+5491123456789"),  # Argentina: mobiles take the 9
+        ("+5491123456789", "+5491123456789"),
+        ("+447911123456", "+447911123456"),  # anyone else: unchanged
+    ],
+)
+def test_one_key_per_person(number: str, key: str) -> None:
+    assert person_key(number) == key
+
+
+async def test_a_stop_in_one_form_stops_jobs_in_the_other(
+    make_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Issue 27: a STOP from WhatsApp id 551187654321 did not stop a job to +55 11 98765-4321,
+    nor the other way round; a Mexican STOP arrives as +52155... and did not stop +52 55...."""
+    settings = Settings.from_env(make_env())
+    store = ContactStore(tmp_path / "contacts.db")
+    safety = AccountSafety(settings, Metrics("q", "q.dlq"), Redactor(True), store)
+    safety.on_inbound(InboundMessage("default", "in1", "+551187654321", 1.0, "text", "STOP"))
+    safety.on_inbound(InboundMessage("default", "in2", "+5215512345678", 1.0, "text", "PARAR"))
+    for job_destination in ("+5511987654321", "+551187654321", "+525512345678"):
+        verdict = safety.verdict(job_destination)
+        assert verdict is not None and verdict.code == "opted_out", job_destination
+    await safety.flush()
+    assert {o.number for o in store.optouts()} == {"+5511987654321", "+525512345678"}
+    store.close()
+    safety.close()
