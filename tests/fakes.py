@@ -62,7 +62,9 @@ class FakeClient:
         lookup_error: str | None = None,
         dial_error: str | None = None,
         groups: set[str] | None = None,
+        ignores_stop_while_waiting: bool = False,
     ) -> None:
+        self.ignores_stop_while_waiting = ignores_stop_while_waiting
         self.groups = groups or set()  # "<digits>@g.us" the account is in
         self.group_lookups = 0
         self.built: list[dict[str, Any]] = []  # every builder call: kind, bytes, options
@@ -100,6 +102,11 @@ class FakeClient:
 
     def stop(self) -> None:
         self.stops += 1
+        if self.ignores_stop_while_waiting and self.waiting_for_login:
+            # issue 27's audit of neonize 0.5.2: once the QR codes ran out (or a pairing
+            # failed), goneonize's ``Neonize`` (main.go) waits for a device id that never
+            # comes, and ``Stop`` does not end that wait: connect() never returns
+            return
         self.waiting_for_login = False
         self.stopped.set()
 
@@ -227,6 +234,7 @@ def fake_neonize_transport(
     *,
     qr_stale_after: float = 65.0,
     max_connects: int = 500,
+    abandon_after: float = 10.0,
     **kwargs: object,
 ) -> NeonizeTransport:
     """The real NeonizeTransport on FakeClients (each one created is appended to ``clients``),
@@ -245,4 +253,5 @@ def fake_neonize_transport(
         qr_out=io.StringIO(),
         qr_stale_after=qr_stale_after,
         max_connects=max_connects,
+        abandon_after=abandon_after,
     )

@@ -329,3 +329,28 @@ def test_login_command_offline_gives_up_with_exit_1(
     assert result.returncode == 1
     assert "not linked within 1.5s" in result.stderr
     assert Path(env["WHATSAPP_SESSION_PATH"], "whatsapp.db").exists()
+
+
+async def test_a_login_whose_client_ignores_stop_is_abandoned_for_a_new_client(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    """The QR codes ran out and the Go side ignores ``stop()``: connect() never returns. The
+    login is restarted on a new client anyway (before: /login showed no code for ever)."""
+    settings = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(
+        settings, clients, qr_stale_after=0.4, abandon_after=0.3, ignores_stop_while_waiting=True
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@first")
+        await wait_for(lambda: transport.state is S.WAITING_FOR_LOGIN, what="waiting")
+        # no new code: the codes ran out; stop() is ignored; a new client takes over
+        await wait_for(lambda: len(clients) == 2 and clients[1].connects == 1, what="new client")
+        assert clients[0].stops >= 1 and not clients[0].stopped.is_set()  # still stuck
+        assert transport.abandoned == 1
+        await trio.to_thread.run_sync(clients[1].fire_qr, "2@second")
+        await wait_for(lambda: transport.login.qr == "2@second", what="a code again")
+        clients[0].stopped.set()  # let the test's stuck thread end
+        nursery.cancel_scope.cancel()

@@ -106,6 +106,7 @@ class NeonizeTransport:
         on_inbound: Callable[[InboundMessage], None] | None = None,
         qr_stale_after: float = QR_STALE_AFTER,
         max_connects: int = MAX_CONNECTS,
+        abandon_after: float = STOP_TIMEOUT * 2,
     ) -> None:
         self.settings = settings
         self.redactor = redactor
@@ -117,6 +118,10 @@ class NeonizeTransport:
         #: told the kind of every callback that raised (the app counts them in
         #: wa_trio_callback_errors_total{kind})
         self.on_callback_error: Callable[[str], None] = lambda _kind: None
+        self._abandon_after = abandon_after
+        self._connect_scope = trio.CancelScope()  # the connect() in progress
+        self._connect_done = trio.Event()  # set when that connect() returned
+        self.abandoned = 0  # connect() threads left behind (their client ignored stop())
         self.login = LoginInfo()
         self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
         self.connect_attempts = 0
@@ -424,11 +429,20 @@ class NeonizeTransport:
                 proxy=redact_url(self.settings.proxy or "") or None,
             ):
                 try:
-                    with neonize_errors("connect", code="dial_failed", mask=self.redactor.text):
-                        self._registered = trio.Event()  # set by the client's first event
-                        assert self._nursery is not None
-                        connect = partial(self._client.connect, proxy_settings(self.settings.proxy))
-                        await connect_registered(self._nursery, connect, self._registered)
+                    self._connect_done = done = trio.Event()
+                    try:
+                        with (
+                            neonize_errors("connect", code="dial_failed", mask=self.redactor.text),
+                            trio.CancelScope() as self._connect_scope,
+                        ):
+                            self._registered = trio.Event()  # set by the client's first event
+                            assert self._nursery is not None
+                            connect = partial(
+                                self._client.connect, proxy_settings(self.settings.proxy)
+                            )
+                            await connect_registered(self._nursery, connect, self._registered)
+                    finally:
+                        done.set()
                     self.apply(Signal("disconnected"))
                 except SendError as error:
                     self.apply(Signal("dial_failed", detail=error.message[:200]))
@@ -475,7 +489,27 @@ class NeonizeTransport:
                 self.login.qr = None
                 self.login.pair_code = None
                 self._last_code_at = trio.current_time()
-                await self._stop_client()  # connect() returns; the watchdog starts a new login
+                await self._restart_login()
+
+    async def _restart_login(self) -> None:
+        """Stop the client waiting for a login; the watchdog starts a new one. In this phase
+        neonize's Go side may wait for a device id for ever and ignore ``stop()`` (issue 27):
+        when ``connect()`` has not returned ``abandon_after`` seconds later, its thread is
+        abandoned (it counts towards MAX_CONNECTS, the restart bound) and the next login
+        starts on a new client, with a new key on the Go side."""
+        connecting, done = self._connect_scope, self._connect_done
+        await self._stop_client()
+        with trio.move_on_after(self._abandon_after):
+            await done.wait()  # the watchdog left this connect(): it returned
+        if not done.is_set():
+            self.abandoned += 1
+            eliot.log_message(
+                message_type="wa_trio:login:connect_abandoned",
+                seconds=self._abandon_after,
+                abandoned=self.abandoned,
+            )
+            self._client = None  # a new client (and Go-side key) for the next login
+            connecting.cancel()
 
     async def _stop_client(self) -> None:
         client = self._client
