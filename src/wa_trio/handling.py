@@ -37,13 +37,13 @@ from wa_trio.pacing import Pacer
 from wa_trio.safety import AccountSafety
 from wa_trio.safety_rules import Verdict
 from wa_trio.schedule import LADDER, next_hop
-from wa_trio.sender import Sender
+from wa_trio.sender import SendAbandoned, Sender
 from wa_trio.templates import TemplateSet
 from wa_trio.transport import OutgoingMessage, SendResult
 
 #: failures of what the worker stands on, not of a job: they propagate (reconnect, hold, fence,
 #: exit) instead of being pinned on the job in hand
-_INFRASTRUCTURE = (BrokerError, TransportError, LedgerError)
+_INFRASTRUCTURE = (BrokerError, TransportError, LedgerError, SendAbandoned)
 
 
 @attrs.define

@@ -25,6 +25,11 @@ from wa_trio.pacing import Pacer
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult, Transport
 
 
+class SendAbandoned(Exception):
+    """The shutdown deadline cut a send in flight: WhatsApp may have taken it. The job stays
+    unacked with its ledger row ``sending`` (ambiguous on redelivery); not a job's failure."""
+
+
 class Sender:
     def __init__(
         self,
@@ -53,7 +58,7 @@ class Sender:
             scope.deadline = min(scope.deadline, deadline)
 
     @contextlib.contextmanager
-    def _protected(self) -> Iterator[None]:
+    def _protected(self) -> Iterator[trio.CancelScope]:
         """A send in flight and its record, shielded from a broker loss.
 
         When the consuming connection dies mid-send, the connection's nursery cancels the sender.
@@ -66,7 +71,7 @@ class Sender:
         with trio.CancelScope(shield=True, deadline=self._hard_deadline) as scope:
             self._protected_scopes.add(scope)
             try:
-                yield
+                yield scope
             finally:
                 self._protected_scopes.discard(scope)
 
@@ -114,8 +119,11 @@ class Sender:
                     transport=self.transport.name,
                 ) as send_action:
                     started = time.perf_counter()
-                    with self._protected():
+                    with self._protected() as protected:
                         result = await self.transport.send(message)
+                    if protected.cancelled_caught:  # the shutdown deadline cut it in flight
+                        await trio.lowlevel.checkpoint()  # the stop's own cancel, if pending
+                        raise SendAbandoned("the shutdown deadline cut a send in flight")
                     self.metrics.send_duration.observe(time.perf_counter() - started)
                     send_action.addSuccessFields(whatsapp_message_id=result.message_id)
                     return result
