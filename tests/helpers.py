@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from wa_trio import amqp
@@ -154,6 +156,20 @@ def sent_records(path: Path | None) -> list[dict[str, Any]]:
     data = path.read_bytes()
     data = data[: data.rfind(b"\n") + 1]  # a line being written is left for the next read
     return [json.loads(line) for line in data.decode().split("\n") if line.strip()]
+
+
+def require_tool(*names: str, how: str) -> str:
+    """The path of the first of ``names`` on PATH. Missing: skipped locally with a one-line
+    reason that says how to get it; under CI (``CI=true``, as .ci/run sets, after installing
+    the tools) a failure: nothing may be skipped there."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    reason = f"{names[0]} is not installed ({how})"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{reason}; CI must have it")
+    pytest.skip(reason)
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

@@ -117,7 +117,7 @@ async def run_worker(
         return
     metrics = Metrics(settings.queue_name, settings.dlq_name)
     templates = load_templates(settings)
-    check_media_tools(settings)
+    settings = check_media_tools(settings)
     await trio.to_thread.run_sync(private_dir, settings.session_path)
     run = Run(settings, metrics, templates, trio.Event(), handle_signals, serve_http, on_running)
     if settings.store is not None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+import attrs
 import eliot
 import trio
 
@@ -43,19 +44,28 @@ def build_transport(settings: Settings) -> Transport:
 
 
 def check_media_tools(
-    settings: Settings, which: Callable[[str], str | None] = shutil.which
-) -> None:
-    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe:
-    refuse to start without them when those kinds are enabled (one line)."""
+    settings: Settings,
+    which: Callable[[str], str | None] = shutil.which,
+    out: TextIO | None = None,
+) -> Settings:
+    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe.
+    Without them those kinds are switched off (jobs of them are dead-lettered
+    ``media_unsupported``) and the start says so once: a text-only deployment, the Go worker's
+    whole contract, never needs ffmpeg (issue 30). The settings to run with."""
     if settings.transport != "neonize":
-        return
+        return settings
     needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
-    if needing and missing:
-        raise StartupError(
-            f"{' and '.join(missing)} not found, needed by neonize for media kinds "
-            f"{', '.join(needing)}: install ffmpeg, or set WHATSAPP_MEDIA_KINDS=image,document"
-        )
+    if not (needing and missing):
+        return settings
+    line = (
+        f"wa-trio: {' and '.join(missing)} not found: media kinds {', '.join(needing)} are off "
+        "(jobs of them are dead-lettered media_unsupported); install ffmpeg to send them"
+    )
+    print(line, file=out if out is not None else sys.stderr, flush=True)
+    eliot.log_message(message_type="wa_trio:media:kinds_off", kinds=needing, missing=missing)
+    kinds = tuple(kind for kind in settings.media_kinds if kind not in NEEDS_FFMPEG)
+    return attrs.evolve(settings, media_kinds=kinds)
 
 
 #: file descriptors a process needs besides its accounts, and per account (measured: 200

@@ -5,7 +5,6 @@ the next one after it changes, and the pairing code in the pair-code view."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import zxingcpp
 from PIL import Image
 
 from tests.fakes import FakeClient, fake_neonize_transport
-from tests.helpers import wait_for
+from tests.helpers import require_tool, wait_for
 from wa_trio.broker_monitor import BrokerMonitor
 from wa_trio.config import Settings
 from wa_trio.metrics import Metrics
@@ -50,8 +49,7 @@ class _Down:
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "Debian's chromium package is needed (.ci/run installs it)"
+    exe = require_tool("chromium", "chromium-browser", how="apt install chromium")
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],

@@ -14,7 +14,6 @@ import pytest
 from tests.media_samples import BY_KIND, GIF, JPEG, PDF, PNG, b64
 from wa_trio.config import ConfigError, Settings
 from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.files import StartupError
 from wa_trio.media import LIMITS, MediaProblem, cap, check_type, parse_media, refusal
 from wa_trio.media_cache import MAX_AGE, MediaCache
 from wa_trio.sniff import mime_of
@@ -205,20 +204,25 @@ def test_the_upload_cache() -> None:
     assert (uploads.uploads, uploads.hits) == (4, 1)
 
 
-def test_ffmpeg_is_required_only_when_neonize_needs_it(
+def test_without_ffmpeg_the_media_kinds_that_need_it_are_off_and_said_once(
     make_env: Callable[..., dict[str, str]],
 ) -> None:
+    import io
+
     neonize = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
-    with pytest.raises(StartupError) as caught:
-        check_media_tools(neonize, which=lambda _tool: None)
-    message = str(caught.value)
-    assert "ffmpeg and ffprobe not found" in message and "\n" not in message
-    assert "WHATSAPP_MEDIA_KINDS=image,document" in message
-    check_media_tools(
-        attrs.evolve(neonize, media_kinds=("image", "document")), which=lambda _t: None
-    )
-    check_media_tools(Settings.from_env(make_env()), which=lambda _tool: None)  # dry-run
-    check_media_tools(neonize, which=lambda tool: f"/usr/bin/{tool}")
+    said = io.StringIO()
+    running = check_media_tools(neonize, which=lambda _tool: None, out=said)
+    assert running.media_kinds == ("image", "document")
+    line = said.getvalue()
+    assert line.count("\n") == 1 and "ffmpeg and ffprobe not found" in line
+    assert "audio, sticker, video, voice are off" in line
+    text_only = attrs.evolve(neonize, media_kinds=("image", "document"))
+    quiet = io.StringIO()
+    assert check_media_tools(text_only, which=lambda _t: None, out=quiet) == text_only
+    dry_run = Settings.from_env(make_env())
+    assert check_media_tools(dry_run, which=lambda _tool: None, out=quiet) == dry_run
+    assert check_media_tools(neonize, which=lambda tool: f"/usr/bin/{tool}", out=quiet) == neonize
+    assert quiet.getvalue() == ""
 
 
 def test_the_published_schema_takes_media_and_group_jobs() -> None:
