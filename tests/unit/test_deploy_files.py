@@ -44,7 +44,8 @@ def test_runs_as_non_root_with_session_volume_port_and_production_env() -> None:
     run = " ".join(r for k, r in final if k == "RUN")
     assert "libmagic1" in run
     assert "chown -R wa-trio:wa-trio /app" in run
-    assert "--no-index --find-links=/wheels wa-trio" in run
+    assert ("COPY", "--from=build /opt/wa-trio /opt/wa-trio") in final
+    assert "PATH=/opt/wa-trio/bin:$PATH" in env
 
 
 def test_healthcheck_uses_python_and_entrypoint_is_wa_trio_run() -> None:
@@ -108,10 +109,14 @@ def test_compose_publishes_ports_on_loopback_only_and_checks_health() -> None:
     assert "/healthz" in " ".join(compose["services"]["wa-trio"]["healthcheck"]["test"])
 
 
-def test_the_wheels_never_land_in_a_layer_of_the_final_image() -> None:
-    final = [(k, r) for k, r in instructions()][-30:]
-    assert not any(k == "COPY" and "/wheels" in r for k, r in final)
-    assert any(k == "RUN" and "--mount=type=bind,from=build" in r for k, r in final)
+def test_the_final_image_takes_only_the_built_environment() -> None:
+    """Only the virtual environment crosses from the build stage (no source, no wheels, no
+    bind mount that a cached build stage can leave empty: issue 30)."""
+    steps = instructions()
+    final = steps[[k for k, _ in steps].index("FROM", 1) :]
+    crossing = [r for k, r in final if k == "COPY" and "--from=build" in r]
+    assert crossing == ["--from=build /opt/wa-trio /opt/wa-trio"]
+    assert not any("--mount=type=bind,from=build" in r for k, r in final if k == "RUN")
 
 
 def test_compose_offers_a_standby_on_the_same_volume() -> None:
