@@ -36,7 +36,7 @@ import trio
 
 from wa_trio.errors import WaTrioError
 from wa_trio.files import open_private_db
-from wa_trio.outcome import Found
+from wa_trio.outcome import Found, begin_writes
 
 
 class LedgerError(WaTrioError):
@@ -74,14 +74,6 @@ class Mark:
 
 
 _COLUMNS = "(key, state, whatsapp_id, updated_at, user_id, body_hash)"
-
-
-def deaths_after(found: Found | None) -> int:
-    """The ``deaths`` a begin writes: one more when it found the job ``sending`` (a worker
-    died holding it), 0 otherwise (a mark ends an attempt: it writes 0 too)."""
-    if found is not None and found.state == "sending":
-        return found.deaths + 1
-    return 0
 
 
 class LedgerStore(Protocol):
@@ -179,13 +171,13 @@ class Ledger(Shortcuts):
                             (begin.key,),
                         ).fetchone()
                     state = None if row is None else Found(row[0], row[1], row[2])
-                    differs = bool(state and state.body_hash and begin.body_hash != state.body_hash)
-                    if (state is None or state.state != "sent") and not differs:
+                    deaths = begin_writes(state, begin.body_hash)
+                    if deaths is not None:
                         self._db.execute(
                             "INSERT OR REPLACE INTO sends (key, state, whatsapp_id, "
                             "updated_at, user_id, body_hash, deaths) "
                             "VALUES (?, 'sending', NULL, ?, NULL, ?, ?)",
-                            (begin.key, now, begin.body_hash, deaths_after(state)),
+                            (begin.key, now, begin.body_hash, deaths),
                         )
                     found.append(state)
                 self._db.execute("COMMIT")

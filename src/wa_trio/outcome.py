@@ -63,6 +63,18 @@ class Found:
     deaths: int = 0
 
 
+def begin_writes(found: Found | None, body_hash: str | None) -> int | None:
+    """The ledger's begin rule, one for both stores: the ``deaths`` to write with a
+    ``sending`` row, or None to leave the row as it is (already ``sent``, or another body's:
+    a conflict the caller dead-letters, the first body's record kept). A row found ``sending``
+    is a worker that died holding the job: one death more."""
+    if found is None:
+        return 0
+    if found.state == "sent" or (found.body_hash and found.body_hash != body_hash):
+        return None
+    return found.deaths + 1 if found.state == "sending" else 0
+
+
 def decide(found: Found | None, *, body_hash: str | None = None, ambiguous: str) -> Decision:
     """What to do with a job whose ledger row is ``found`` (None: no row, or not consulted).
 

@@ -20,6 +20,7 @@ from wa_trio.outcome import (
     ack_plan,
     bare_headers,
     batch_size,
+    begin_writes,
     dead_letter_headers,
     decide,
     defer_repeats,
@@ -199,3 +200,21 @@ def test_bare_headers_keep_only_ours() -> None:
 def test_held_jobs_are_not_counted() -> None:
     assert not Outcome.HELD.counted
     assert all(outcome.counted for outcome in Outcome if outcome is not Outcome.HELD)
+
+
+@pytest.mark.parametrize(
+    ("found", "body_hash", "writes"),
+    [
+        (None, "h", 0),  # a new job: sending, no death
+        (Found("failed", "h", 4), "h", 0),  # an attempt ended: deaths start again
+        (Found("held", "h"), "h", 0),
+        (Found("sending", "h", 0), "h", 1),  # found in hand: a worker died holding it
+        (Found("sending", "h", 1), "h", 2),
+        (Found("sending", None, 1), "h", 2),  # rows from before hashes are trusted
+        (Found("sent", "h"), "h", None),  # sent: the row stays
+        (Found("sending", "other", 0), "h", None),  # another body: a conflict, kept
+        (Found("failed", "other"), "h", None),
+    ],
+)
+def test_the_ledgers_begin_rule(found: Found | None, body_hash: str, writes: int | None) -> None:
+    assert begin_writes(found, body_hash) == writes

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import psycopg
 
-from wa_trio.ledger import Begin, Entry, LedgerError, Mark, Shortcuts, deaths_after
-from wa_trio.outcome import Found
+from wa_trio.ledger import Begin, Entry, LedgerError, Mark, Shortcuts
+from wa_trio.outcome import Found, begin_writes
 from wa_trio.postgres.db import LeaseLost, StoreError, connect, one_line
 
 _UPSERT = (
@@ -110,8 +110,8 @@ class PgLedger(Shortcuts):
                 (self.account, begin.key),
             ).fetchone()
         state = None if row is None else Found(row[0], row[1], row[2])
-        differs = bool(state and state.body_hash and begin.body_hash != state.body_hash)
-        if (state is None or state.state != "sent") and not differs:
+        deaths = begin_writes(state, begin.body_hash)
+        if deaths is not None:
             self._db.execute(
                 _UPSERT_BEGIN,
                 (
@@ -123,7 +123,7 @@ class PgLedger(Shortcuts):
                     None,
                     begin.body_hash,
                     self.epoch,
-                    deaths_after(state),
+                    deaths,
                 ),
             )
         return state
