@@ -35,10 +35,10 @@ from typing import Any
 
 import trio
 
-from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, Properties
-from wa_trio.config import Settings
-from wa_trio.schedule import LADDER
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.config.settings import Settings
+from wa_trio.core.schedule import LADDER
 
 BROKER = os.environ.get("WA_TRIO_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parents[1]

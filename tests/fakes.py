@@ -27,9 +27,9 @@ from neonize.exc import IsOnWhatsAppError, NeonizeError, PairPhoneError
 from neonize.proto.Neonize_pb2 import JID, Device, GroupInfo, IsOnWhatsAppResponse, SendResponse
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import Backoff
 from wa_trio.log import Redactor
-from wa_trio.policy import Backoff
 from wa_trio.transport.neonize import NeonizeTransport
 
 

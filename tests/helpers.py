@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import trio
 
-from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, Properties
-from wa_trio.app import Worker
-from wa_trio.config import Settings
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.config.settings import Settings
+from wa_trio.core.schedule import LADDER
 from wa_trio.metrics import WORKER
-from wa_trio.schedule import LADDER
+from wa_trio.worker.app import Worker
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 

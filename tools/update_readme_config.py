@@ -1,9 +1,9 @@
 """Rewrite the configuration tables of README.md and docs/configuration.md from
-wa_trio.config.FIELDS (run after adding or changing a variable; a test checks both)."""
+wa_trio.config.settings.FIELDS (run after adding or changing a variable; a test checks both)."""
 
 from pathlib import Path
 
-from wa_trio.config import markdown_table
+from wa_trio.config.settings import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 for name in ("README.md", "docs/configuration.md"):

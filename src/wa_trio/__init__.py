@@ -1,7 +1,7 @@
 """wa-trio: a WhatsApp send worker for Trio (RabbitMQ in, WhatsApp out, through neonize)."""
 
-from wa_trio.config import ConfigError, Settings
-from wa_trio.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
+from wa_trio.config.settings import ConfigError, Settings
+from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
 
 __all__ = [
     "ConfigError",

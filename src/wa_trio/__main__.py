@@ -1,3 +1,3 @@
-from wa_trio.cli import entry_point
+from wa_trio.cli.main import entry_point
 
 entry_point()

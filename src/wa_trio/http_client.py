@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import httpx
 
-from wa_trio.errors import WaTrioError
+from wa_trio.core.errors import WaTrioError
 
 #: the pooled client callers hold (they name the type without importing httpx)
 Session = httpx.AsyncClient

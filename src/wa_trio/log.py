@@ -21,8 +21,8 @@ import attrs
 import eliot
 from eliot.prettyprint import compact_format
 
-from wa_trio.config import Settings
-from wa_trio.files import open_private_append
+from wa_trio.config.settings import Settings
+from wa_trio.stores.files import open_private_append
 
 
 def mask_phone(number: str, *, production: bool = True) -> str:

@@ -29,7 +29,7 @@ WORKER = "whatsapp"
 
 #: worker_jobs_processed_total{status}: how each job ended.
 STATUSES = ("success", "invalid", "failed", "retried", "duplicate", "scheduled")
-# status event kinds (docs/status-events.md); wa_trio.status uses this tuple
+# status event kinds (docs/status-events.md); wa_trio.events.status uses this tuple
 STATUS_EVENTS = ("sent", "delivered", "read", "failed", "retrying")
 
 

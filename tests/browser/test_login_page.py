@@ -17,12 +17,12 @@ from PIL import Image
 
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import require_tool, wait_for
-from wa_trio.broker_monitor import BrokerMonitor
-from wa_trio.config import Settings
+from wa_trio.bus.monitor import BrokerMonitor
+from wa_trio.config.settings import Settings
 from wa_trio.metrics import Metrics
-from wa_trio.pipeline import PipelineStatistics
+from wa_trio.pipeline.consumer import PipelineStatistics
 from wa_trio.transport.neonize import NeonizeTransport
-from wa_trio.web import create_app, run_http
+from wa_trio.web.app import create_app, run_http
 
 TOKEN = "browser-token-0123456789"
 pytestmark = pytest.mark.browser

@@ -35,7 +35,7 @@ from tests.helpers import (
     publish_many,
     require_tool,
 )
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "podman-local.sh"

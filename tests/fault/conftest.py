@@ -20,7 +20,7 @@ import attrs
 import pytest
 
 from tests.helpers import delete_topology
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 
 def _free_port_pair() -> int:

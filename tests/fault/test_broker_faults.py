@@ -24,7 +24,7 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 from wa_trio.log import Redactor
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport

@@ -30,11 +30,11 @@ from tests.helpers import (
 from tests.helpers import (
     error_code as _code,
 )
-from wa_trio import amqp
-from wa_trio.app import Worker
-from wa_trio.config import Settings
-from wa_trio.schedule import LADDER
+from wa_trio.bus import amqp
+from wa_trio.config.settings import Settings
+from wa_trio.core.schedule import LADDER
 from wa_trio.transport import ConnectionState as S
+from wa_trio.worker.app import Worker
 
 TOKEN = "operator-token-0123456789"
 SCHEMA = json.loads(

@@ -29,13 +29,13 @@ from tests.helpers import (
 from tests.helpers import (
     error_code as _code,
 )
-from wa_trio import amqp
-from wa_trio.accounts import Accounts, run_accounts
-from wa_trio.amqp import BrokerAddress, Properties
-from wa_trio.app import run_worker
-from wa_trio.config import Settings
+from wa_trio.accounts.multi import Accounts, run_accounts
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.config.settings import Settings
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import Transport
+from wa_trio.worker.app import run_worker
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

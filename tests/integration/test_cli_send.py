@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.helpers import delete_topology, drain_queue
-from wa_trio.cli import main
-from wa_trio.config import Settings
+from wa_trio.cli.main import main
+from wa_trio.config.settings import Settings
 
 
 async def test_send_publishes_one_confirmed_job(

@@ -31,12 +31,12 @@ from tests.helpers import (
     sample as _sample,
 )
 from wa_trio import http_client
-from wa_trio.app import Worker
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 from wa_trio.log import Redactor
-from wa_trio.meta_webhook import MAX_BODY, SIGNATURE_HEADER, signature
 from wa_trio.transport import ConnectionState
 from wa_trio.transport.cloud_api import CloudApiTransport
+from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, signature
+from wa_trio.worker.app import Worker
 
 APP_SECRET = "meta-app-secret-0123456789"
 VERIFY = "verify-token-0123456789"

@@ -35,8 +35,8 @@ from tests.helpers import (
     wait_for,
 )
 from tests.integration.test_hardening import raw_publish
-from wa_trio.app import Worker
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
+from wa_trio.worker.app import Worker
 
 TEMPLATES = {
     "price.txt": 'Total {{ "%.2f"|format(amount) }}',
@@ -250,7 +250,7 @@ async def test_signed_meta_receipts_with_impossible_times_end_no_worker(
         _stop_then_delete,
         notification,
     )
-    from wa_trio.meta_webhook import SIGNATURE_HEADER, signature
+    from wa_trio.transport.cloud_api.webhook import SIGNATURE_HEADER, signature
 
     graph, settings, worker = await _start(nursery, make_env, start_worker)
     tap = EventTap(settings)
@@ -293,11 +293,11 @@ async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
     ``sending``; at the third such death it is dead-lettered ``crash_loop`` instead of taking
     the next worker (or replica) down too. Two deaths are simulated in the ledger file a dead
     worker leaves."""
-    from wa_trio.ledger import Begin, Ledger
+    from wa_trio.stores.ledger import Begin, Ledger
 
     settings.session_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     body = job_body(1)
-    from wa_trio.job import body_hash
+    from wa_trio.core.job import body_hash
 
     ledger = Ledger(settings.ledger_db)
     for _ in range(3):  # the first run's begin, then two redeliveries that died again

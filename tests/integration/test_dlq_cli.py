@@ -15,8 +15,8 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.cli import main
-from wa_trio.config import Settings
+from wa_trio.cli.main import main
+from wa_trio.config.settings import Settings
 
 
 async def test_dlq_list_then_replay_by_code_after_fixing_the_cause(

@@ -23,8 +23,8 @@ from tests.helpers import (
 from tests.helpers import (
     failed_count as _failed,
 )
-from wa_trio.amqp import retry_queue_name
-from wa_trio.config import Settings
+from wa_trio.bus.amqp import retry_queue_name
+from wa_trio.config.settings import Settings
 from wa_trio.transport import ConnectionState as S
 
 

@@ -37,9 +37,9 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.amqp import retry_queue_name
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
+from wa_trio.bus.amqp import retry_queue_name
+from wa_trio.config.settings import Settings
+from wa_trio.worker.app import Worker, run_worker
 
 
 async def raw_publish_async(

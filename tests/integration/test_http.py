@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import StartWorker, closed_port
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import job_body, publish_many, rabbitmqctl, wait_for
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,7 +18,7 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 from wa_trio.log import configure_logging, log_file_path
 
 

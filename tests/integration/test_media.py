@@ -30,10 +30,10 @@ from tests.helpers import (
     failed_count as _failed,
 )
 from tests.media_samples import BY_KIND, GIF, PNG, b64
-from wa_trio.app import Worker
-from wa_trio.config import Settings
-from wa_trio.media import refusal
+from wa_trio.config.settings import Settings
+from wa_trio.core.media_rules import refusal
 from wa_trio.transport.dry_run import DryRunTransport
+from wa_trio.worker.app import Worker
 
 
 class MediaServer:
@@ -330,7 +330,7 @@ async def test_private_addresses_are_refused_before_any_request(
 async def test_a_revalidation_downloads_nothing_again(
     make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
 ) -> None:
-    import wa_trio.media_fetch as media_fetch
+    import wa_trio.media.fetch as media_fetch
 
     server, settings, worker = await _start(nursery, make_env, start_worker)
     try:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import closed_port
 from tests.helpers import delete_topology
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 pytestmark = pytest.mark.real_client
 

@@ -24,10 +24,10 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
-from wa_trio.amqp import retry_queue_name
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
-from wa_trio.ledger import Ledger
+from wa_trio.bus.amqp import retry_queue_name
+from wa_trio.config.settings import Settings
+from wa_trio.stores.ledger import Ledger
+from wa_trio.worker.app import Worker, run_worker
 
 TOKEN = "operator-token-0123456789"
 

@@ -27,12 +27,12 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
-from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress, Properties
-from wa_trio.cli import main
-from wa_trio.config import Settings
-from wa_trio.dlq import list_dead_letters, replay
-from wa_trio.ledger import Ledger
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.bus.dlq import list_dead_letters, replay
+from wa_trio.cli.main import main
+from wa_trio.config.settings import Settings
+from wa_trio.stores.ledger import Ledger
 from wa_trio.transport import ConnectionState as S
 
 TOKEN = "operator-token-0123456789"

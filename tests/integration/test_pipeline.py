@@ -19,13 +19,13 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio import amqp
-from wa_trio.amqp import BrokerAddress
-from wa_trio.app import run_worker
-from wa_trio.config import Settings
-from wa_trio.errors import TopologyError
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress
+from wa_trio.config.settings import Settings
+from wa_trio.core.errors import TopologyError
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
+from wa_trio.worker.app import run_worker
 
 
 def processed(worker: object, status: str) -> float:

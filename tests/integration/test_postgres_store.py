@@ -28,14 +28,13 @@ from tests.helpers import (
     terminate_backends,
     wait_for,
 )
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
-from wa_trio.lease import Lease, take_lease
-from wa_trio.lease_rules import FENCED_WITHIN, session_schema
-from wa_trio.ledger import AsyncLedger, Begin, Mark
+from wa_trio.accounts.lease import Lease, take_lease
+from wa_trio.config.settings import Settings
+from wa_trio.core.lease_rules import FENCED_WITHIN, session_schema
+from wa_trio.core.outcome import Found
 from wa_trio.metrics import Metrics
-from wa_trio.outcome import Found
-from wa_trio.postgres import (
+from wa_trio.stores.ledger import AsyncLedger, Begin, Mark
+from wa_trio.stores.postgres import (
     MIGRATIONS,
     LeaseConnection,
     LeaseLost,
@@ -47,6 +46,7 @@ from wa_trio.postgres import (
 )
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
+from wa_trio.worker.app import Worker, run_worker
 
 
 def _taken(store: str, account: str = "default") -> LeaseConnection:
@@ -250,7 +250,7 @@ async def test_the_real_neonize_client_keeps_its_session_in_the_accounts_schema(
     pg_store: str, make_env: Callable[..., dict[str, str]]
 ) -> None:
     from wa_trio.log import Redactor
-    from wa_trio.postgres import ensure_session_schema
+    from wa_trio.stores.postgres import ensure_session_schema
     from wa_trio.transport.neonize import NeonizeTransport
 
     settings = Settings.from_env(
@@ -312,7 +312,7 @@ def _fake_linked_session(path: Path) -> None:
     """whatsmeow's own SQLite schema (made by whatsmeow) holding one device as pairing would
     leave it (random keys of the lengths whatsmeow checks), a peer's identity and a chat's
     settings (booleans: SQLite's 0/1 become PostgreSQL booleans and back)."""
-    from wa_trio.session_backup import _create_store
+    from wa_trio.cli.session_backup import _create_store
 
     _create_store(str(path))
     db = sqlite3.connect(path)
@@ -340,7 +340,7 @@ def _fake_linked_session(path: Path) -> None:
 
 
 def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
-    from wa_trio.session_backup import _read_sqlite
+    from wa_trio.cli.session_backup import _read_sqlite
 
     return {table: sorted(rows) for table, (_, rows) in _read_sqlite(path).items() if rows}
 
@@ -349,8 +349,8 @@ def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
 def test_a_session_moves_from_sqlite_files_to_postgresql_and_back(
     pg_store: str, make_env: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
-    from wa_trio.postgres.sessions import device_count
-    from wa_trio.session_backup import SessionError, export_account, import_account
+    from wa_trio.cli.session_backup import SessionError, export_account, import_account
+    from wa_trio.stores.postgres.sessions import device_count
 
     files = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="sales"))
     store = Settings.from_env(make_env(WHATSAPP_ACCOUNTS="sales", WHATSAPP_STORE=pg_store))

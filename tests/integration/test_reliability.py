@@ -26,8 +26,8 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.amqp import Properties, retry_queue_name
-from wa_trio.config import Settings
+from wa_trio.bus.amqp import Properties, retry_queue_name
+from wa_trio.config.settings import Settings
 
 pytestmark = pytest.mark.fault
 

@@ -26,11 +26,11 @@ from tests.helpers import (
     stop_worker,
     wait_for,
 )
-from wa_trio.accounts import Accounts
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
-from wa_trio.number_cache import Resolution
-from wa_trio.postgres import LeaseConnection, PgContactStore, PgNumberCache, migrate
+from wa_trio.accounts.multi import Accounts
+from wa_trio.config.settings import Settings
+from wa_trio.stores.numbers import Resolution
+from wa_trio.stores.postgres import LeaseConnection, PgContactStore, PgNumberCache, migrate
+from wa_trio.worker.app import Worker, run_worker
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

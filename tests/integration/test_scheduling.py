@@ -19,8 +19,8 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
+from wa_trio.worker.app import Worker, run_worker
 
 
 def _at(seconds: float) -> str:

@@ -20,7 +20,7 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import closed_port
 from tests.helpers import delete_topology, job_body, publish_many, sent_records, wait_for
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 pytestmark = pytest.mark.fault
 

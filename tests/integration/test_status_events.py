@@ -21,10 +21,10 @@ from tests.helpers import (
     sent_records,
     wait_for,
 )
-from wa_trio.app import Worker, run_worker
-from wa_trio.cli import main
-from wa_trio.config import Settings
-from wa_trio.status import make_event
+from wa_trio.cli.main import main
+from wa_trio.config.settings import Settings
+from wa_trio.events.status import make_event
+from wa_trio.worker.app import Worker, run_worker
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs" / "status-event.schema.json").read_text()

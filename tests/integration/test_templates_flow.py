@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import StartWorker
 from tests.helpers import delete_topology, drain_queue, publish_many, sent_records, wait_for
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 

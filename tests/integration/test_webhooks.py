@@ -22,9 +22,9 @@ from tests.helpers import (
     stop_worker,
     wait_for,
 )
-from wa_trio.app import Worker, run_worker
-from wa_trio.config import Settings
-from wa_trio.webhook import SIGNATURE, TIMESTAMP, verify
+from wa_trio.config.settings import Settings
+from wa_trio.events.status_webhook import SIGNATURE, TIMESTAMP, verify
+from wa_trio.worker.app import Worker, run_worker
 
 SECRET = "webhook-secret-0123456789"
 

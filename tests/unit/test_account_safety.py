@@ -14,15 +14,15 @@ from neonize.events import MessageEv, TemporaryBanEv
 from neonize.proto.Neonize_pb2 import JID, MessageInfo, MessageSource
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-from wa_trio.cli import main
-from wa_trio.config import Settings
-from wa_trio.contacts import ContactStore
-from wa_trio.identity import person_key
+from wa_trio.account_safety import AccountSafety
+from wa_trio.cli.main import main
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import classify_send_error
+from wa_trio.core.identity import person_key
+from wa_trio.core.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.policy import classify_send_error
-from wa_trio.safety import AccountSafety
-from wa_trio.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
+from wa_trio.stores.contacts import ContactStore
 from wa_trio.transport.inbound import InboundMessage, as_event
 from wa_trio.transport.neonize.events import inbound_of, signal_of
 from wa_trio.transport.states import ConnectionState as S

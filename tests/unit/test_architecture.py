@@ -39,12 +39,27 @@ def _importers(module: str) -> set[str]:
 
 
 def test_one_boundary_module_per_dependency() -> None:
-    assert _importers("serena") <= {"amqp.py", "serena_patch.py"}
+    assert _importers("serena") <= {"bus/amqp.py", "bus/_serena_patch.py"}
     assert {p.split("/")[0] + "/" + p.split("/")[1] for p in _importers("neonize")} <= {
         "transport/neonize"
     }
-    assert _importers("quart") | _importers("hypercorn") | _importers("quart_trio") <= {"web.py"}
+    assert _importers("quart") | _importers("hypercorn") | _importers("quart_trio") <= {
+        "web/app.py"
+    }
     assert _importers("httpx") <= {"http_client.py"}
-    assert _importers("magic") == {"sniff.py"}
-    assert {p.split("/")[0] for p in _importers("psycopg")} == {"postgres"}
-    assert _importers("werkzeug") <= {"web.py"}
+    assert _importers("magic") == {"media/sniff.py"}
+    assert _importers("PIL") == {"media/sniff.py"}
+    assert {"/".join(p.split("/")[:2]) for p in _importers("psycopg")} == {"stores/postgres"}
+    assert _importers("werkzeug") <= {"web/app.py"}
+
+
+_IMPORT = re.compile(r"^\s*(?:from|import) wa_trio\.(\w+)", re.MULTILINE)
+
+
+def test_core_imports_no_layer_above_it() -> None:
+    """core/ is the bottom layer: the pure rules import nothing of wa-trio's but core/ and
+    config/ (the rest of the table is the open part of issue 28: see docs/decisions.md)."""
+    for path in (SRC / "core").rglob("*.py"):
+        text = _TYPE_ONLY.sub("", path.read_text())
+        used = {match for match in _IMPORT.findall(text)}
+        assert used <= {"core", "config"}, f"{path.relative_to(SRC)} imports {used}"

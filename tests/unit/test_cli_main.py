@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.cli import main
+from wa_trio.cli.main import main
 
 
 @pytest.fixture(autouse=True)

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from wa_trio.cloud_template import TemplateShapeError, check
-from wa_trio.config import CLOUD_API_DEFAULT_URL, ConfigError, Settings
-from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.errors import SendError
-from wa_trio.meta_webhook import MetaWebhook, parse, signature, signed
+from wa_trio.config.settings import CLOUD_API_DEFAULT_URL, ConfigError, Settings
+from wa_trio.core.cloud_template import TemplateShapeError, check
+from wa_trio.core.envelope import ValidationError, parse_envelope
+from wa_trio.core.errors import SendError
+from wa_trio.core.outcome import DeadLetter, Retry, on_send_failure
 from wa_trio.metrics import Metrics
-from wa_trio.outcome import DeadLetter, Retry, on_send_failure
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.cloud_api.messages import message_body, message_id
 from wa_trio.transport.cloud_api.meta_errors import CODES, TABLE, classify, usage_hint
+from wa_trio.transport.cloud_api.webhook import MetaWebhook, parse, signature, signed
 from wa_trio.transport.receipts import ReceiptInfo
 
 USER = "6f1c6a5e-4a3b-4c2d-9e8f-7a6b5c4d3e2f"

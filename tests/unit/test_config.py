@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.config import (
+from wa_trio.config.settings import (
     FIELDS,
     ConfigError,
     Settings,

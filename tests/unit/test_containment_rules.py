@@ -12,19 +12,17 @@ from typing import Any
 import pytest
 from serena.utils.buffer import DecodingBuffer
 
-from wa_trio import (
-    amqp,  # noqa: F401 - applies the serena corrections
-    cloud_template,
-)
-from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.expiry import deadline
-from wa_trio.instants import LATEST, MILLISECONDS, epoch_seconds
-from wa_trio.media import refusal, url_problem
-from wa_trio.serena_patch import MAX_DEPTH, TOO_DEEP
-from wa_trio.startup import fd_plan
-from wa_trio.templates import TemplateProblem, TemplateSet
-from wa_trio.web import same_origin
-from wa_trio.webhook import REDIRECT_ATTEMPTS, redirect, transient
+from wa_trio.bus import amqp  # noqa: F401 - applies the serena corrections
+from wa_trio.bus._serena_patch import MAX_DEPTH, TOO_DEEP
+from wa_trio.core import cloud_template
+from wa_trio.core.envelope import ValidationError, parse_envelope
+from wa_trio.core.expiry import deadline
+from wa_trio.core.instants import LATEST, MILLISECONDS, epoch_seconds
+from wa_trio.core.media_rules import refusal, url_problem
+from wa_trio.core.templates import TemplateProblem, TemplateSet
+from wa_trio.events.status_webhook import REDIRECT_ATTEMPTS, redirect, transient
+from wa_trio.web.app import same_origin
+from wa_trio.worker.startup import fd_plan
 
 
 @pytest.mark.parametrize(
@@ -227,7 +225,7 @@ def test_a_redirect_from_the_webhook_receiver_is_never_success() -> None:
     ],
 )
 def test_send_at_is_rfc_3339_exactly(value: str, expected: str | None) -> None:
-    from wa_trio.envelope import _instant
+    from wa_trio.core.envelope import _instant
 
     if expected is None:
         with pytest.raises(ValidationError):

@@ -128,7 +128,7 @@ def test_compose_offers_a_standby_on_the_same_volume() -> None:
 
 
 def test_compose_offers_two_replicas_on_postgresql_each_with_its_own_volume() -> None:
-    from wa_trio.config import Settings
+    from wa_trio.config.settings import Settings
 
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wa_trio.envelope import CODES, MAX_TEXT_CHARS, ValidationError, parse_envelope
+from wa_trio.core.envelope import CODES, MAX_TEXT_CHARS, ValidationError, parse_envelope
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 

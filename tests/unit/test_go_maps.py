@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from wa_trio.transport.neonize.runtime import GoMaps
+from wa_trio.transport.neonize.library import GoMaps
 
 
 async def test_readers_share_writers_are_alone_and_go_first() -> None:

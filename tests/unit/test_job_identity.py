@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from serena.enums import ClassID
 from serena.payloads.header import BasicHeader, serialise_basic_header
 
-from wa_trio.headers import encodable
-from wa_trio.job import MAX_KEY_BYTES, job_key, retry_count, trace_id_of
+from wa_trio.core.headers import encodable
+from wa_trio.core.job import MAX_KEY_BYTES, job_key, retry_count, trace_id_of
 
 
 def test_short_message_ids_are_the_key() -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wa_trio import lease_rules as rules
-from wa_trio.config import ConfigError, Settings
+from wa_trio.config.settings import ConfigError, Settings
+from wa_trio.core import lease_rules as rules
 
 
 def test_the_holder_fences_itself_before_the_server_can_release_its_lock() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import eliot
 import pytest
 
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 from wa_trio.log import Redactor, configure_logging, log_file_path, mask_phone
 
 
@@ -95,7 +95,7 @@ def test_log_file_renders_with_eliot_tree(
 def test_whatsmeow_log_lines_reach_eliot_with_numbers_masked() -> None:
     import logging
 
-    from wa_trio.transport.neonize.runtime import _route_neonize_logs
+    from wa_trio.transport.neonize.library import _route_neonize_logs
 
     _route_neonize_logs()
     seen: list[dict[str, object]] = []

@@ -12,13 +12,13 @@ import attrs
 import pytest
 
 from tests.media_samples import BY_KIND, GIF, JPEG, PDF, PNG, b64
-from wa_trio.config import ConfigError, Settings
-from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.media import LIMITS, MediaProblem, cap, check_type, parse_media, refusal
-from wa_trio.media_cache import MAX_AGE, MediaCache
-from wa_trio.sniff import mime_of
-from wa_trio.startup import check_media_tools
+from wa_trio.config.settings import ConfigError, Settings
+from wa_trio.core.envelope import ValidationError, parse_envelope
+from wa_trio.core.media_rules import LIMITS, MediaProblem, cap, check_type, parse_media, refusal
+from wa_trio.media.cache import MAX_AGE, MediaCache
+from wa_trio.media.sniff import mime_of
 from wa_trio.transport.upload_cache import UploadCache
+from wa_trio.worker.startup import check_media_tools
 
 USER = "6f1c6a5e-4a3b-4c2d-9e8f-7a6b5c4d3e2f"
 

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wa_trio.meta_webhook import MetaWebhook, signature
 from wa_trio.metrics import Metrics
+from wa_trio.transport.cloud_api.webhook import MetaWebhook, signature
 from wa_trio.transport.inbound import InboundMessage, as_event
 from wa_trio.transport.receipts import ReceiptInfo
 

@@ -25,7 +25,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import wait_for
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
 from wa_trio.transport.inbound import InboundMessage, as_event
 from wa_trio.transport.neonize import NeonizeTransport, ReceiptInfo
 
@@ -209,7 +209,7 @@ def test_any_event_through_neonize_dispatch_leaves_trio_running(
 async def test_connected_sessions_hold_no_token_of_trios_default_limiter() -> None:
     """45 sessions (more than trio's 40 default tokens) connected at once: a short blocking
     call of the process still runs at once (before: it waited behind every connect())."""
-    from wa_trio.transport.neonize.runtime import connect_registered
+    from wa_trio.transport.neonize.library import connect_registered
 
     release = threading.Event()
     async with trio.open_nursery() as nursery:

@@ -19,10 +19,10 @@ from neonize.events import ConnectedEv
 
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import wait_for
-from wa_trio.config import Settings
-from wa_trio.errors import SendError, TransportError
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import Backoff
+from wa_trio.core.errors import SendError, TransportError
 from wa_trio.log import Redactor
-from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport, new_client
@@ -76,7 +76,7 @@ async def test_the_canonical_number_whatsapp_answers_is_the_one_sent_to(
 def test_number_cache_rows_of_the_old_schema_are_dropped(tmp_path: Path) -> None:
     import sqlite3
 
-    from wa_trio.number_cache import NumberCache
+    from wa_trio.stores.numbers import NumberCache
 
     db = sqlite3.connect(tmp_path / "numbers.db")
     db.execute(
@@ -208,7 +208,7 @@ def test_a_stuck_neonize_thread_does_not_hang_the_exit() -> None:
     code = textwrap.dedent(
         """
         import threading
-        from wa_trio.cli import leave
+        from wa_trio.cli.main import leave
         threading.Thread(target=threading.Event().wait, name="neonize-qr").start()
         leave(3)
         """

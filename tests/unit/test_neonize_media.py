@@ -15,13 +15,13 @@ from neonize.events import ConnectedEv
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import wait_for
 from tests.media_samples import BY_KIND
-from wa_trio.config import Settings
-from wa_trio.errors import SendError
-from wa_trio.media import MediaPayload
+from wa_trio.config.settings import Settings
+from wa_trio.core.errors import SendError
+from wa_trio.core.media_rules import MediaPayload
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport
-from wa_trio.transport.neonize.runtime import MEDIA_FIELDS
+from wa_trio.transport.neonize.library import MEDIA_FIELDS
 
 GROUP = "120363025246125486@g.us"
 

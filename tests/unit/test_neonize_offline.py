@@ -35,17 +35,17 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
-from wa_trio import login_page
-from wa_trio.broker_monitor import BrokerMonitor
-from wa_trio.config import Settings
+from wa_trio.bus.monitor import BrokerMonitor
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import Backoff
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.pipeline import PipelineStatistics
-from wa_trio.policy import Backoff
+from wa_trio.pipeline.consumer import PipelineStatistics
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport, ReceiptInfo, bundled_library
-from wa_trio.web import create_app, run_http
+from wa_trio.web import login_page
+from wa_trio.web.app import create_app, run_http
 
 TOKEN = "operator-token-0123456789"
 
@@ -263,7 +263,7 @@ def test_neonize_pairphone_names_the_client_chrome_from_our_props() -> None:
     from neonize.client import NewClient
     from neonize.proto.Neonize_pb2 import PairPhoneParams, PairPhoneReturnFunction
 
-    from wa_trio.transport.neonize.runtime import pair_client, send_only_props
+    from wa_trio.transport.neonize.library import pair_client, send_only_props
 
     sent: list[PairPhoneParams] = []
 

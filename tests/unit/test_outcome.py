@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.errors import SendError
-from wa_trio.headers import HEADER_NOTES
-from wa_trio.ledger import Begin, Ledger, Mark
-from wa_trio.outcome import (
+from wa_trio.core.errors import SendError
+from wa_trio.core.headers import HEADER_NOTES
+from wa_trio.core.outcome import (
     CRASH_LIMIT,
     DeadLetter,
     Decision,
@@ -27,6 +26,7 @@ from wa_trio.outcome import (
     on_send_failure,
     retry_headers,
 )
+from wa_trio.stores.ledger import Begin, Ledger, Mark
 
 
 @pytest.mark.parametrize(

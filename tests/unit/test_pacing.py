@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from wa_trio.pacing import Pacer, parse_rate
+from wa_trio.core.pacing import Pacer, parse_rate
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.policy import Backoff, check_content
+from wa_trio.core.content_filter import Backoff, check_content
 
 BENIGN = [
     "Select your seat",

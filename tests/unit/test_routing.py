@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from wa_trio.config import ConfigError, Settings
-from wa_trio.routing import Route, recipient_key, rendezvous, route
+from wa_trio.config.settings import ConfigError, Settings
+from wa_trio.core.routing import Route, recipient_key, rendezvous, route
 
 ACCOUNTS = ("a", "b", "c")
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.cli import main
-from wa_trio.config import ConfigError, Settings, redact_url
-from wa_trio.envelope import ValidationError, _possible_number, parse_envelope
-from wa_trio.files import StartupError, lock_session, private_dir
+from wa_trio.cli.main import main
+from wa_trio.cli.session_backup import SessionError, import_session
+from wa_trio.config.settings import ConfigError, Settings, redact_url
+from wa_trio.core.envelope import ValidationError, _possible_number, parse_envelope
 from wa_trio.log import configure_logging, log_file_path
-from wa_trio.session_backup import SessionError, import_session
+from wa_trio.stores.files import StartupError, lock_session, private_dir
 from wa_trio.transport.dry_run import DryRunTransport
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
@@ -204,7 +204,7 @@ async def test_queue_gauges_read_nan_while_the_broker_is_unreachable() -> None:
     import trio
 
     from tests.conftest import closed_port
-    from wa_trio.broker_monitor import BrokerMonitor
+    from wa_trio.bus.monitor import BrokerMonitor
     from wa_trio.metrics import Metrics
 
     settings = Settings.from_env({"RABBITMQ_URL": f"amqp://g:g@127.0.0.1:{closed_port()}/"})
@@ -232,7 +232,7 @@ def test_a_broker_failure_racing_a_cancellation_never_escapes_as_a_crash() -> No
     import anyio
     import trio
 
-    from wa_trio.amqp import _translate
+    from wa_trio.bus.amqp import _translate
 
     cancelled = trio.Cancelled._create()
     group = BaseExceptionGroup("", [cancelled, anyio.ClosedResourceError("channel closed")])
@@ -245,7 +245,7 @@ def test_a_broker_failure_racing_a_cancellation_never_escapes_as_a_crash() -> No
 def test_ctrl_c_in_a_command_is_one_line_not_a_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wa_trio import cli
+    from wa_trio.cli import main as cli
 
     def interrupted(*_args: object) -> int:
         raise KeyboardInterrupt

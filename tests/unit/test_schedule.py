@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.schedule import LADDER, next_hop
+from wa_trio.core.envelope import ValidationError, parse_envelope
+from wa_trio.core.schedule import LADDER, next_hop
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import trio
 
-from wa_trio.errors import NotConnectedError
+from wa_trio.core.errors import NotConnectedError
+from wa_trio.core.pacing import Pacer
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.pacing import Pacer
-from wa_trio.sender import Sender
+from wa_trio.pipeline.sender import Sender
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
 

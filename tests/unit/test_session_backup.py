@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.cli import main
-from wa_trio.session_backup import SessionError, export_session, has_linked_device, import_session
+from wa_trio.cli.main import main
+from wa_trio.cli.session_backup import (
+    SessionError,
+    export_session,
+    has_linked_device,
+    import_session,
+)
 
 
 def make_session(path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from wa_trio import status
-from wa_trio.config import Settings
+from wa_trio.config.settings import Settings
+from wa_trio.events import status
+from wa_trio.events.status import StatusPublisher, make_event
 from wa_trio.metrics import Metrics
-from wa_trio.status import StatusPublisher, make_event
 
 
 def _publisher(env: dict[str, str]) -> tuple[StatusPublisher, Metrics]:

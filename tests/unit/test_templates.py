@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from wa_trio.cli import main
-from wa_trio.envelope import ValidationError, parse_envelope
-from wa_trio.templates import TemplateError, TemplateProblem, TemplateSet
+from wa_trio.cli.main import main
+from wa_trio.core.envelope import ValidationError, parse_envelope
+from wa_trio.core.templates import TemplateError, TemplateProblem, TemplateSet
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 

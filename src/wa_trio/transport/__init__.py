@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from wa_trio.media import MediaPayload
+from wa_trio.core.media_rules import MediaPayload
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import ConnectionState

@@ -21,10 +21,10 @@ from typing import IO, Any
 import trio
 from eliot import log_message
 
-from wa_trio.errors import NotConnectedError, SendError
-from wa_trio.files import open_private_append
+from wa_trio.core.errors import NotConnectedError, SendError
+from wa_trio.core.media_rules import MediaPayload
 from wa_trio.log import Redactor
-from wa_trio.media import MediaPayload
+from wa_trio.stores.files import open_private_append
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo

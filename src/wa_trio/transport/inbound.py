@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from wa_trio.instants import epoch_seconds
+from wa_trio.core.instants import epoch_seconds
 
 SCHEMA_VERSION = 1
 KINDS = frozenset(

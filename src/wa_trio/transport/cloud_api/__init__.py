@@ -4,8 +4,8 @@
 - ``meta_errors.py``: Meta's error codes -> our codes and retry classes (pure, one table);
 - ``messages.py``: request bodies and answers (pure).
 
-Webhooks in (statuses, the subscription handshake) are ``wa_trio.meta_webhook``'s, served by
-``web.py``.
+Webhooks in (statuses, the subscription handshake) are ``webhook.py``'s, served by
+``web/app.py``.
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ import eliot
 import trio
 
 from wa_trio import http_client
-from wa_trio.config import Settings
-from wa_trio.errors import NotConnectedError, SendError
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import Backoff
+from wa_trio.core.errors import NotConnectedError, SendError
+from wa_trio.core.media_rules import MediaPayload
 from wa_trio.log import Redactor
-from wa_trio.media import MediaPayload
-from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.cloud_api import messages
 from wa_trio.transport.cloud_api.meta_errors import Failure, classify

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from wa_trio.errors import TransportError
+from wa_trio.core.errors import TransportError
 from wa_trio.transport.neonize.events import EVENT_NAMES, receipt_of, signal_of
-from wa_trio.transport.neonize.runtime import (
+from wa_trio.transport.neonize.library import (
     bundled_library,
     check_bundled_library,
     new_client,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wa_trio.instants import MILLISECONDS, epoch_seconds
+from wa_trio.core.instants import MILLISECONDS, epoch_seconds
 from wa_trio.transport.inbound import MAX_TEXT, InboundMessage, e164
 from wa_trio.transport.receipts import RECEIPT_KINDS, ReceiptInfo
 from wa_trio.transport.states import Signal

@@ -13,15 +13,15 @@ from typing import Any
 import eliot
 import trio
 
-from wa_trio.config import Settings
-from wa_trio.errors import SendError
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import classify_send_error
+from wa_trio.core.errors import SendError
+from wa_trio.core.media_rules import MediaPayload
+from wa_trio.core.pacing import typing_seconds
 from wa_trio.log import Redactor
-from wa_trio.media import MediaPayload
-from wa_trio.number_cache import NumberCache, Numbers, Resolution
-from wa_trio.pacing import typing_seconds
-from wa_trio.policy import classify_send_error
+from wa_trio.stores.numbers import NumberCache, Numbers, Resolution
 from wa_trio.transport import OutgoingMessage, SendResult
-from wa_trio.transport.neonize.runtime import (
+from wa_trio.transport.neonize.library import (
     build_media,
     go_call,
     joined_groups,
@@ -176,7 +176,7 @@ def open_numbers(settings: Settings, ttl: float) -> Numbers:
     """The account's number cache (blocking): in the session folder, or in the store (every
     replica that runs the account sees it)."""
     if settings.store is not None:
-        from wa_trio.postgres import PgNumberCache
+        from wa_trio.stores.postgres import PgNumberCache
 
         return PgNumberCache(settings.store, settings.account_name, ttl)
     return NumberCache(settings.session_path / "numbers.db", ttl)

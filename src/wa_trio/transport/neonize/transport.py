@@ -34,10 +34,10 @@ import attrs
 import eliot
 import trio
 
-from wa_trio.config import Settings, redact_url
-from wa_trio.errors import NotConnectedError, SendError, TransportError, tidy_traceback
+from wa_trio.config.settings import Settings, redact_url
+from wa_trio.core.content_filter import Backoff
+from wa_trio.core.errors import NotConnectedError, SendError, TransportError, tidy_traceback
 from wa_trio.log import Redactor
-from wa_trio.policy import Backoff
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage, e164
 from wa_trio.transport.neonize.events import (
@@ -47,7 +47,7 @@ from wa_trio.transport.neonize.events import (
     receipt_of,
     signal_of,
 )
-from wa_trio.transport.neonize.runtime import (
+from wa_trio.transport.neonize.library import (
     GO_MAPS,
     connect_registered,
     go_call,

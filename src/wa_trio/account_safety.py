@@ -1,0 +1,213 @@
+"""Account safety at run time: opt-outs, the unanswered-message budget, the reach-out lock.
+
+The decisions are ``safety_rules``'s; this object keeps what they need in memory (loaded from
+``contacts.db`` at start) so the hot path costs a few dict look-ups:
+
+- ``verdict(number)`` before a send; ``after_send(number)`` after WhatsApp took one;
+  ``after_failure(code)`` when a send failed (WhatsApp's 463 starts the reach-out pause);
+- ``on_inbound(message)``: a reply resets the sender's count; an opt-out keyword suppresses the
+  sender (and queues the one answer, WHATSAPP_OPTOUT_REPLY);
+- ``run`` writes counts and opt-outs to ``contacts.db`` every ``FLUSH_EVERY`` seconds (one
+  transaction; a crash loses at most that much counting), reloads the file when another process
+  changed it (``wa-trio optout add/remove``: effective within that interval), and sends the
+  opt-out answers through the transport (outside pacing: one per opt-out, ever).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+import eliot
+import trio
+
+from wa_trio.config.settings import Settings
+from wa_trio.core.errors import SendError, WaTrioError
+from wa_trio.core.identity import person_key
+from wa_trio.core.safety_rules import Verdict, is_optout, judge, keyword_set
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.stores.contacts import Contacts, ContactStore
+from wa_trio.transport import OutgoingMessage, Transport
+from wa_trio.transport.inbound import InboundMessage
+
+FLUSH_EVERY = 1.0
+
+
+class AccountSafety:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        redactor: Redactor,
+        store: Contacts,
+        *,
+        clock: Callable[[], float] = time.time,
+        optout_store: Contacts | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.redactor = redactor
+        self.store = store  # this account's counts
+        #: the opt-out list: one for every account of the session (a STOP to one account
+        #: stops them all); the account's own store when there is one account
+        self.optout_store = optout_store or store
+        self._clock = clock
+        self._keywords = keyword_set(settings.optout_keywords)
+        snapshot = store.snapshot()
+        self._optouts = {person_key(n) for n in self.optout_store.snapshot().optouts}
+        self._counts = {person_key(n): count for n, count in snapshot.unanswered.items()}
+        self._version = (store.data_version(), self.optout_store.data_version())
+        self._sent: dict[str, int] = {}  # not yet written
+        self._replies: dict[str, float] = {}
+        self._new_optouts: list[str] = []
+        self.reachout_until = 0.0
+        self._answers_in, self._answers_out = trio.open_memory_channel[str](1000)
+        metrics.unanswered_limit.set(settings.unanswered_limit or 0)
+        metrics.unanswered_highest.set_function(lambda: max(self._counts.values(), default=0))
+        metrics.reachout_paused_until.set_function(lambda: self.reachout_until)
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics, redactor: Redactor) -> AccountSafety:
+        store: Contacts
+        shared: Contacts | None = None
+        if settings.store is not None:  # PostgreSQL: one opt-out list for every replica
+            from wa_trio.stores.postgres import PgContactStore
+
+            store = await trio.to_thread.run_sync(
+                PgContactStore, settings.store, settings.account_name
+            )
+            return await trio.to_thread.run_sync(lambda: cls(settings, metrics, redactor, store))
+        store = await trio.to_thread.run_sync(ContactStore, settings.session_path / "contacts.db")
+        if settings.shared_session_path is not None:  # several accounts: one opt-out list
+            shared = await trio.to_thread.run_sync(
+                ContactStore, settings.shared_session_path / "optouts.db"
+            )
+        return await trio.to_thread.run_sync(
+            lambda: cls(settings, metrics, redactor, store, optout_store=shared)
+        )
+
+    # ------------------------------------------------------------------ the hot path
+
+    def verdict(self, number: str) -> Verdict | None:
+        number = person_key(number)  # one key per person (identity.py)
+        return judge(
+            opted_out=number in self._optouts,
+            unanswered=self._counts.get(number, 0),
+            known=number in self._counts,
+            limit=self.settings.unanswered_limit,
+            action=self.settings.unanswered_action,
+            reachout_until=self.reachout_until,
+            now=self._clock(),
+        )
+
+    def after_send(self, number: str) -> None:
+        number = person_key(number)
+        self._counts[number] = self._counts.get(number, 0) + 1
+        self._sent[number] = self._sent.get(number, 0) + 1
+
+    def after_failure(self, code: str) -> None:
+        if code == "reachout_timelocked":
+            until = self._clock() + self.settings.reachout_pause
+            if until > self.reachout_until + 60:
+                eliot.log_message(
+                    message_type="wa_trio:safety:reachout_paused",
+                    level="warning",
+                    until=until,
+                    message="WhatsApp refused a new contact (463): sends to new contacts wait",
+                )
+            self.reachout_until = max(self.reachout_until, until)
+
+    # ------------------------------------------------------------------ what comes in
+
+    def on_inbound(self, message: InboundMessage) -> None:
+        if not message.direct or message.sender is None:
+            return
+        sender = person_key(message.sender)
+        self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
+        self._replies[sender] = message.timestamp or self._clock()
+        if is_optout(message.text, self._keywords) and sender not in self._optouts:
+            self._optouts.add(sender)
+            self._new_optouts.append(sender)
+            self.metrics.optouts.inc()
+            eliot.log_message(
+                message_type="wa_trio:safety:opted_out",
+                number=self.redactor.phone(sender),
+                source="inbound",
+            )
+
+    # ------------------------------------------------------------------ the task
+
+    async def run(
+        self, transport: Transport, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._answer_optouts, transport)
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(FLUSH_EVERY)
+                    await self.flush()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.flush()
+
+    async def flush(self) -> None:
+        sent, self._sent = self._sent, {}
+        replies, self._replies = self._replies, {}
+        new, self._new_optouts = self._new_optouts, []
+
+        def write() -> tuple[int, int]:
+            if sent or replies:
+                self.store.record(sent, replies, self._clock())
+            for number in new:
+                self.optout_store.add_optout(number, f"inbound:{self.settings.account_name}")
+            return self.store.data_version(), self.optout_store.data_version()
+
+        try:
+            version = await trio.to_thread.run_sync(write)
+        except (sqlite3.Error, WaTrioError) as error:  # a disk or the store failing: next time
+            for number, count in sent.items():
+                self._sent[number] = self._sent.get(number, 0) + count
+            self._replies = {**replies, **self._replies}
+            self._new_optouts[:0] = new
+            eliot.log_message(
+                message_type="wa_trio:safety:flush_failed", level="error", error=str(error)[:200]
+            )
+            return
+        if self.settings.optout_reply:
+            for number in new:
+                self._answers_in.send_nowait(number)
+        if version != self._version:  # another connection (the CLI, an account) changed them
+            self._version = version
+            snapshot = await trio.to_thread.run_sync(self.store.snapshot)
+            shared = await trio.to_thread.run_sync(self.optout_store.snapshot)
+            self._optouts = {person_key(number) for number in shared.optouts}
+            for number, count in snapshot.unanswered.items():
+                self._counts.setdefault(person_key(number), count)
+
+    async def _answer_optouts(self, transport: Transport) -> None:
+        reply = self.settings.optout_reply or ""
+        async for number in self._answers_out:
+            if not await trio.to_thread.run_sync(self.optout_store.claim_reply, number):
+                continue  # answered before (once per opt-out, ever)
+            await transport.wait_connected()
+            digits = number.lstrip("+")
+            message = OutgoingMessage(number, reply, "wa-trio", f"optout-reply:{digits}")
+            try:
+                await transport.send(message)
+            except SendError as error:
+                eliot.log_message(
+                    message_type="wa_trio:safety:optout_reply_failed",
+                    number=self.redactor.phone(number),
+                    code=error.code,
+                )
+
+    def close(self) -> None:
+        self.store.close()
+        if self.optout_store is not self.store:
+            self.optout_store.close()
+
+
+__all__ = ["FLUSH_EVERY", "AccountSafety"]

@@ -1,0 +1,138 @@
+"""An account's lease across replicas (WHATSAPP_STORE=postgresql://...): taken (a standby
+tries every ``RETRY_EVERY`` s), kept (pinged; lost -> ``LeaseLost`` fences the holder),
+released. The timings and why they are safe: ``lease_rules``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import eliot
+import trio
+
+from wa_trio.accounts.standby import wait_as_standby
+from wa_trio.config.settings import Settings
+from wa_trio.core.lease_rules import (
+    FENCE_AFTER,
+    PING_EVERY,
+    RETRY_EVERY,
+    TAKEOVER_GRACE,
+    must_fence,
+)
+from wa_trio.metrics import Metrics
+from wa_trio.stores.postgres import LeaseConnection, LeaseLost, StoreError
+
+
+class Lease:
+    """A held lease: its connection and epoch."""
+
+    def __init__(self, connection: LeaseConnection) -> None:
+        self.connection = connection
+        self.account = connection.account
+        self.epoch = connection.epoch
+        self.inherited_from = connection.inherited_from
+
+    async def keep(
+        self,
+        describe: Callable[[], tuple[str | None, str | None]] = lambda: (None, None),
+        *,
+        on_lost: Callable[[], None] = lambda: None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Ping the lease connection every ``PING_EVERY`` s with the account's heartbeat
+        (``describe``: its state and masked linked number); raise ``LeaseLost`` (the caller's
+        nursery then cancels the account's worker: the fence) when a ping fails, finds the
+        epoch moved on, or none has answered for ``FENCE_AFTER`` s; ``on_lost`` runs first
+        (the worker stops what a cancel cannot reach: its shielded sends)."""
+        try:
+            await self._keep(describe, task_status)
+        except LeaseLost:
+            on_lost()
+            raise
+
+    async def _keep(
+        self,
+        describe: Callable[[], tuple[str | None, str | None]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        last_good = trio.current_time()
+        task_status.started()
+        while True:
+            with trio.move_on_after(max(0.0, last_good + FENCE_AFTER - trio.current_time())):
+                try:
+                    await trio.to_thread.run_sync(
+                        self.connection.ping, *describe(), abandon_on_cancel=True
+                    )
+                except StoreError as error:
+                    raise LeaseLost(f"lease of {self.account} lost: {error.message}") from None
+                last_good = trio.current_time()
+            if must_fence(last_good, trio.current_time()):
+                raise LeaseLost(
+                    f"lease of {self.account} lost: no answer from the store for {FENCE_AFTER} s"
+                )
+            await trio.sleep(PING_EVERY)
+
+    async def release(self, *, clean: bool) -> None:
+        """End the lease (shielded: it runs while the worker is being cancelled)."""
+        with trio.CancelScope(shield=True):
+            close = self.connection.release if clean else self.connection.close
+            await trio.to_thread.run_sync(close)
+
+
+async def take_lease(
+    settings: Settings, store: str, metrics: Metrics, *, serve_http: bool
+) -> Lease:
+    """The account's lease: at once when it is free, else as a standby trying every
+    ``RETRY_EVERY`` s. When its last holder did not release it (killed, cut off), wait
+    ``TAKEOVER_GRACE`` s more: a holder cut off by the server has fenced itself by then.
+
+    Raises:
+        StoreError: the store cannot be reached at all when starting (one line).
+    """
+    account = settings.account_name
+    held = [await _open(store, account)]  # the connection in use (closed unless returned)
+    try:
+        if await trio.to_thread.run_sync(held[0].try_take) is None:
+
+            async def retry() -> LeaseConnection:
+                while True:
+                    await trio.sleep(RETRY_EVERY)
+                    try:
+                        if await trio.to_thread.run_sync(held[0].try_take) is not None:
+                            return held[0]
+                    except StoreError as error:  # the store went away: a new connection
+                        eliot.log_message(
+                            message_type="wa_trio:lease:store_failing", error=error.message
+                        )
+                        held[0].close()
+                        try:
+                            held[0] = await _open(store, account)
+                        except StoreError:
+                            continue
+
+            reason = f"standby: another replica holds account {account}"
+            await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
+        lease = Lease(held[0])
+        metrics.lease_epoch.set(lease.epoch)
+        eliot.log_message(
+            message_type="wa_trio:lease:taken",
+            account=account,
+            epoch=lease.epoch,
+            inherited_from=lease.inherited_from,
+        )
+        if lease.inherited_from:
+            await trio.sleep(TAKEOVER_GRACE)
+    except BaseException:  # cancelled (a stop) or failed: the lock goes with the connection
+        held[0].close()
+        raise
+    return lease
+
+
+async def _open(store: str, account: str) -> LeaseConnection:
+    """A lease connection; shielded while it is made (a cancel then would drop an open
+    connection on the floor); ``connect_timeout`` bounds it."""
+    with trio.CancelScope(shield=True):
+        connection = await trio.to_thread.run_sync(LeaseConnection, store, account)
+    return connection
+
+
+__all__ = ["Lease", "LeaseLost", "take_lease"]

@@ -1,0 +1,127 @@
+"""Several WhatsApp accounts in one process (WHATSAPP_ACCOUNTS=a,b,c).
+
+Each account is a whole worker (``app.run_worker`` with ``Settings.for_account``): its own
+transport, session folder (and session lock: an account held by another process waits here as
+its standby with WHATSAPP_STANDBY=on while the others run), ledger, pacing, number cache,
+safety, queue ``<WHATSAPP_QUEUE_NAME>.<account>``, status events and metrics registry. Beside
+them: the pool router (``pool.py``) on the main queue, and the process's one HTTP server
+(``web.create_accounts_app``: health and readiness per account, /metrics with an ``account``
+label, /login?account=NAME). A stop (signal or ``stop()``) drains every account.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import attrs
+import eliot
+import trio
+
+from wa_trio.accounts.pool import PoolRouter
+from wa_trio.config.settings import Settings
+from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.stores.files import StartupError
+from wa_trio.transport import Transport
+from wa_trio.web.app import create_accounts_app, run_http
+from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.startup import admin_token, ensure_fd_room, watch_signals
+
+
+@attrs.define
+class Accounts:
+    """Handle on a running multi-account worker (what ``run_accounts`` starts with)."""
+
+    settings: Settings
+    workers: dict[str, Worker]  # the accounts running (one waiting as a standby is not yet)
+    router: PoolRouter
+    metrics: Metrics  # the process's own (the pool's counters)
+    http_urls: list[str]
+    _stop: trio.Event = attrs.field(alias="stop_event")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def http_url(self) -> str:
+        return self.http_urls[0].replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+
+
+async def run_accounts(
+    settings: Settings,
+    *,
+    transports: dict[str, Transport] | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Accounts] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    ensure_fd_room(len(settings.accounts))
+    metrics = Metrics(settings.queue_name, settings.dlq_name)
+    workers: dict[str, Worker] = {}
+    live: dict[str, Transport] = {}  # filled as accounts start: the router routes to these
+    scopes: dict[str, trio.CancelScope] = {}
+    stop = trio.Event()
+    http_shutdown = trio.Event()
+
+    def running(name: str, worker: Worker | None) -> None:
+        """An account's worker (re)started, or stopped sending (a stop, a lost lease)."""
+        if worker is None:  # reported as a standby until it runs again
+            live.pop(name, None)
+            workers.pop(name, None)
+            return
+        workers[name] = worker
+        live[name] = worker.transport
+
+    async def one(name: str) -> None:
+        """One account's worker, for as long as it runs (started without waiting: an account
+        waiting as a standby must not hold the others back)."""
+        with trio.CancelScope() as scopes[name]:
+            await run_worker(
+                settings.for_account(name),
+                transport=(transports or {}).get(name),
+                handle_signals=False,
+                serve_http=False,
+                on_running=partial(running, name),
+            )
+
+    token = admin_token(settings)
+    async with trio.open_nursery() as root:
+        async with trio.open_nursery() as accounts_nursery:
+            for name in settings.accounts:
+                accounts_nursery.start_soon(one, name)
+            router = PoolRouter(settings, live, metrics)
+            await root.start(router.run)
+            app = create_accounts_app(
+                workers=workers,
+                accounts=settings.accounts,
+                metrics=metrics,
+                admin_token=token,
+                redactor=Redactor(settings.production),
+            )
+            try:
+                urls: list[str] = await root.start(
+                    run_http, app, settings.http_host, settings.http_port, http_shutdown
+                )
+            except* OSError as group:
+                raise StartupError(
+                    f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP_HOST, "
+                    f"HTTP_PORT): {group.exceptions[0]}"
+                ) from None
+            if handle_signals:
+                print(f"wa-trio: HTTP listening on {', '.join(urls)}", file=sys.stderr, flush=True)
+                root.start_soon(watch_signals, stop)
+            eliot.log_message(
+                message_type="wa_trio:accounts:start", accounts=list(settings.accounts)
+            )
+            task_status.started(Accounts(settings, workers, router, metrics, urls, stop))
+            await stop.wait()
+            for name in settings.accounts:
+                if name in workers:
+                    workers[name].stop()  # drains: the send in hand finishes
+                elif name in scopes:
+                    scopes[name].cancel()  # still a standby: nothing in flight
+        http_shutdown.set()
+        root.cancel_scope.cancel()
+
+
+__all__ = ["Accounts", "run_accounts"]

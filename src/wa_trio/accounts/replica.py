@@ -1,0 +1,132 @@
+"""One account on the PostgreSQL store (WHATSAPP_STORE=postgresql, docs/scaling.md): migrate,
+take the account's lease (a standby until it is free), run the worker while the lease holds;
+a lost lease fences the worker and this replica stands by again; a store outage after it ran
+is waited out. The lease itself: ``lease.py``; its timings: ``lease_rules.py``."""
+
+from __future__ import annotations
+
+import sys
+
+import eliot
+import trio
+
+from wa_trio.accounts.lease import Lease, take_lease
+from wa_trio.core.errors import first_leaf
+from wa_trio.core.lease_rules import RETRY_EVERY
+from wa_trio.stores.files import StartupError
+from wa_trio.stores.ledger import AsyncLedger, LedgerError
+from wa_trio.stores.postgres import LeaseLost, PgLedger, StoreError, ensure_session_schema, migrate
+from wa_trio.transport import Transport
+from wa_trio.worker.app import Run, Worker, run_once
+from wa_trio.worker.startup import build_transport
+
+
+async def run_replica(
+    run: Run,
+    store: str,
+    transport: Transport | None,
+    task_status: trio.TaskStatus[Worker],
+) -> None:
+    """One account on the PostgreSQL store: migrate, then take the account's lease (a standby
+    until it is free), run the worker while the lease holds; a lost lease fences the worker
+    (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
+    replica stands by again. The timings: ``lease_rules``."""
+    settings, metrics = run.settings, run.metrics
+    account = settings.account_name
+    try:
+        await trio.to_thread.run_sync(migrate, store)
+        if settings.transport == "neonize":
+            await trio.to_thread.run_sync(ensure_session_schema, store, account)
+    except StoreError as error:
+        raise StartupError(error.message) from None
+    first = True
+    while not run.stop.is_set():
+        lease: Lease | None = None
+        failed: StoreError | None = None
+        async with trio.open_nursery() as waiting:  # a stop ends a standby at once
+            waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
+            try:
+                lease = await take_lease(settings, store, metrics, serve_http=run.serve_http)
+            except StoreError as error:
+                failed = error
+            waiting.cancel_scope.cancel()
+        if failed is not None:
+            if first:  # cannot start at all: one line
+                raise StartupError(failed.message)
+            await _store_failing(run, failed.message)  # it held the account before: retry
+            continue
+        if lease is None:
+            return
+        clean = False
+        try:
+            try:
+                with trio.CancelScope(shield=True):  # made: ours to close (connect_timeout)
+                    pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
+                try:
+                    inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
+                except BaseException:
+                    pg_ledger.close()
+                    raise
+            except LedgerError as error:
+                if first:
+                    raise StartupError(error.message) from None
+                await _store_failing(run, error.message)
+                continue
+            ledger = AsyncLedger(pg_ledger)
+            metrics.inherited_sending.set(inherited)
+            if inherited:
+                eliot.log_message(
+                    message_type="wa_trio:lease:inherited_sending",
+                    account=account,
+                    rows=inherited,
+                    ambiguous=settings.ambiguous,
+                )
+            used = transport if transport is not None else build_transport(settings)
+            await run_once(
+                run,
+                used,
+                ledger,
+                lease,
+                task_status if first else trio.TASK_STATUS_IGNORED,
+            )
+            clean = True
+        except* LeaseLost as group:
+            metrics.leases_lost.inc()
+            metrics.lease_epoch.set(0)
+            eliot.log_message(
+                message_type="wa_trio:lease:fenced",
+                level="error",
+                account=account,
+                epoch=lease.epoch,
+                error=str(first_leaf(group)),
+            )
+            print(
+                f"wa-trio: lost the lease of account {account}; stopped its client and its "
+                "consumer, standing by again",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            await lease.release(clean=clean)
+        first = False
+
+
+async def _store_failing(run: Run, error: str) -> None:
+    """The store failed after this replica had run the account: wait, then stand by again
+    (a replica outlives a PostgreSQL restart; only a start without the store is fatal)."""
+    eliot.log_message(
+        message_type="wa_trio:lease:store_failing",
+        level="error",
+        account=run.settings.account_name,
+        error=error,
+    )
+    with trio.move_on_after(RETRY_EVERY):
+        await run.stop.wait()
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+__all__ = ["run_replica"]

@@ -1,0 +1,430 @@
+"""The only module that imports the AMQP client (serena): connect, topology, consume, publish.
+
+Why serena and how it is used: docs/decisions.md. Things the rest of wa-trio relies on:
+
+- ``connect()`` is an async context manager; any connection-level failure (broker gone, socket
+  closed, heartbeat timeout, channel error that serena escalates) leaves it as ``BrokerError``,
+  never as a bare ExceptionGroup, so callers can reconnect with one ``except``.
+- serena fixes a channel's prefetch to ``channel_buffer_size // 3`` when it opens the channel. We
+  keep serena's buffer large (so a multi-frame message can never wedge the connection's reader)
+  and send our own ``basic.qos`` with WHATSAPP_PREFETCH_COUNT right after opening the consume
+  channel; ``rabbitmqctl list_channels prefetch_count`` shows it (tested).
+- Publishes use publisher confirms (serena enables confirm mode on every channel) and
+  ``mandatory``: a message the broker cannot route raises instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import attrs
+import trio
+from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connection
+from serena.enums import ClassID
+from serena.exc import MessageReturnedError, UnexpectedCloseError
+from serena.payloads.header import serialise_basic_header
+from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
+
+from wa_trio.bus import _serena_patch as serena_patch
+from wa_trio.config.settings import Settings
+from wa_trio.core import headers
+from wa_trio.core.content_filter import delay_label
+from wa_trio.core.errors import TopologyError, WaTrioError
+from wa_trio.core.schedule import LADDER
+
+__all__ = [
+    "BrokerAddress",
+    "BrokerError",
+    "Channel",
+    "Delivery",
+    "EncodeError",
+    "Properties",
+    "connect",
+    "consume",
+    "consume_channel",
+    "declare_topology",
+    "get",
+    "listen",
+    "publish",
+    "queue_message_count",
+]
+
+serena_patch.apply()
+
+_BUFFER_FRAMES = 3 * 256  # serena's per-channel frame buffer; see module docstring
+
+
+class BrokerError(WaTrioError):
+    """The broker connection failed or was closed; reconnecting may help."""
+
+    code = "broker_unavailable"
+
+
+class EncodeError(WaTrioError):
+    """A message could not be encoded for the wire (checked before anything is sent)."""
+
+    code = "unencodable"
+
+
+@attrs.frozen
+class BrokerAddress:
+    host: str
+    port: int
+    user: str
+    password: str = attrs.field(repr=False)
+    vhost: str
+    tls: bool = False
+
+    @property
+    def redacted(self) -> str:
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{self.user}:***@{self.host}:{self.port}/{self.vhost}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerAddress:
+        return cls(
+            host=settings.rabbitmq_host,
+            port=settings.rabbitmq_port,
+            user=settings.rabbitmq_user,
+            password=settings.rabbitmq_password,
+            vhost=settings.rabbitmq_vhost,
+            tls=settings.rabbitmq_url.startswith("amqps://"),
+        )
+
+
+Connection = AMQPConnection
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: BrokerAddress, *, heartbeat: int = 30, name: str = "wa-trio"
+) -> AsyncIterator[Connection]:
+    """Open a connection; failures come out as ``BrokerError`` (or TopologyError)."""
+    ssl_context = ssl.create_default_context() if address.tls else None
+    try:
+        async with open_connection(
+            address.host,
+            port=address.port,
+            username=address.user,
+            password=address.password,
+            virtual_host=address.vhost,
+            ssl_context=ssl_context,
+            heartbeat_interval=heartbeat,
+            channel_buffer_size=_BUFFER_FRAMES,
+        ) as connection:
+            yield connection
+    except BaseException as error:
+        _translate(error)
+        raise
+
+
+_BROKER_FAILURES = (
+    AMQPError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    TimeoutError,
+    EOFError,
+    BrokerError,
+)
+
+
+def _translate(error: BaseException) -> None:
+    """Raise our error for a group made only of broker failures; return to re-raise otherwise."""
+    leaves = _leaves(error)
+    if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in leaves):
+        return
+    if any(isinstance(leaf, trio.Cancelled) for leaf in leaves):
+        # a broker failure that races a cancellation (a shutdown while the broker goes away):
+        # the cancellation wins, the failure is moot and must not escape as a crash
+        if isinstance(error, BaseExceptionGroup) and all(
+            isinstance(leaf, (trio.Cancelled, *_BROKER_FAILURES)) for leaf in leaves
+        ):
+            cancelled, _ = error.split(trio.Cancelled)
+            if cancelled is not None:
+                raise cancelled from None
+        return
+    topology = [leaf for leaf in leaves if isinstance(leaf, TopologyError)]
+    if topology:
+        raise topology[0] from None
+    if leaves and all(isinstance(leaf, _BROKER_FAILURES) for leaf in leaves):
+        raise BrokerError("; ".join(_describe(leaf) for leaf in leaves)) from error
+
+
+async def set_prefetch(channel: Channel, count: int) -> None:
+    """Send basic.qos(prefetch_count=count) on ``channel`` (overrides serena's default)."""
+    qos = BasicQOSPayload(prefetch_size=0, prefetch_count=count, global_=False)
+    await channel._send_and_receive_frame(qos, BasicQOSOkPayload)
+
+
+# ------------------------------------------------------------------------------------ topology
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) "
+    r"'(?P<name>[^']*)'.*?: (?P<detail>received .*)$"
+)
+
+
+def _topology_error(error: UnexpectedCloseError, kind: str, name: str, fix: str) -> TopologyError:
+    match = _INEQUIVALENT.search(error.reply_message)
+    differs = (
+        f"argument {match['arg']!r} differs ({match['detail']})" if match else error.reply_message
+    )
+    return TopologyError(
+        f"the broker refused {kind} {name!r}: it already exists with other settings: {differs}. "
+        f"Fix: {fix}"
+    )
+
+
+async def declare_topology(connection: Connection, settings: Settings) -> None:
+    """Declare exchange, queue, binding, DLX and DLQ (idempotent).
+
+    Raises:
+        TopologyError: an existing object has other arguments; the message says which and how to
+            fix it (one line).
+    """
+    plan: list[tuple[str, str, str, Any]] = [
+        (
+            "exchange",
+            settings.exchange,
+            "WHATSAPP_EXCHANGE",
+            dict(type=settings.exchange_type, durable=True),
+        ),
+        ("exchange", settings.dlx, "WHATSAPP_DLX", dict(type="fanout", durable=True)),
+        ("queue", settings.queue_name, "WHATSAPP_QUEUE_NAME", dict(durable=True)),
+        ("queue", settings.dlq_name, "WHATSAPP_DLQ_NAME", dict(durable=True)),
+    ]
+    async with connection.open_channel() as channel:
+        for kind, name, variable, options in plan:
+            vhost = settings.rabbitmq_vhost
+            delete = (
+                f"rabbitmqctl delete_queue -p {vhost} {name}"
+                if kind == "queue"
+                else f"rabbitmqadmin --vhost={vhost} delete exchange name={name}"
+            )
+            fix = (
+                f"delete it ({delete}) so wa-trio can declare it, or set {variable} to another name"
+            )
+            try:
+                if kind == "exchange":
+                    await channel.exchange_declare(name, options["type"], durable=True)
+                else:
+                    await channel.queue_declare(name, durable=True)
+            except UnexpectedCloseError as error:
+                if error.reply_code == 406:
+                    raise _topology_error(error, kind, name, fix) from None
+                raise
+        await channel.queue_bind(settings.queue_name, settings.exchange, settings.routing_key)
+        await channel.queue_bind(settings.dlq_name, settings.dlx, "")
+        delays = [(retry_queue_name(settings, d), d) for d in sorted(set(settings.retry_delays))]
+        delays += [(wait_queue_name(settings, d), d) for d in LADDER]
+        for name, delay in delays:
+            try:
+                await channel.queue_declare(
+                    name,
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": round(delay * 1000),
+                        "x-dead-letter-exchange": settings.exchange,
+                        "x-dead-letter-routing-key": settings.routing_key,
+                    },
+                )
+            except UnexpectedCloseError as error:
+                if error.reply_code == 406:
+                    raise _topology_error(
+                        error,
+                        "queue",
+                        name,
+                        f"delete it (rabbitmqctl delete_queue -p {settings.rabbitmq_vhost} "
+                        f"{name}); "
+                        "it holds only jobs waiting for a retry or their time, publish them "
+                        "again first",
+                    ) from None
+                raise
+
+
+def wait_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue where a scheduled job waits ``delay`` seconds (``schedule.LADDER``)."""
+    return f"{settings.queue_name}.wait.{delay_label(delay)}"
+
+
+def retry_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue for ``delay``: per-queue TTL, dead-letters back to the job exchange."""
+    return f"{settings.queue_name}.retry.{delay_label(delay)}"
+
+
+async def queue_message_count(channel: Channel, queue: str) -> int:
+    """Messages ready in ``queue`` (passive declare; a missing queue closes the channel)."""
+    result = await channel.queue_declare(queue, passive=True)
+    return int(result.message_count)
+
+
+# ---------------------------------------------------------------------------------- messages
+
+
+@attrs.frozen
+class Properties:
+    """The AMQP basic properties we read and write (a subset of serena's BasicHeader)."""
+
+    headers: Mapping[str, Any] = attrs.field(factory=dict)
+    message_id: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
+    timestamp: int | None = None
+    type_name: str | None = None
+    app_id: str | None = None
+    expiration: str | None = None
+
+    def to_header(self) -> BasicHeader:
+        return BasicHeader(
+            headers=headers.encodable(self.headers)[0],
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            content_type=self.content_type,
+            timestamp=self.timestamp,
+            type_name=self.type_name,
+            application_id=self.app_id,
+            expiration=self.expiration,
+            delivery_mode=2,
+        )
+
+    @classmethod
+    def of(cls, header: BasicHeader) -> Properties:
+        return cls(
+            headers={key: _text(value) for key, value in (header.headers or {}).items()},
+            message_id=header.message_id,
+            correlation_id=header.correlation_id,
+            content_type=header.content_type,
+            timestamp=header.timestamp,
+            type_name=header.type_name,
+            app_id=header.application_id,
+        )
+
+
+def _text(value: Any) -> Any:
+    """AMQP long strings arrive as bytes; give them back as str when they are UTF-8."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+@attrs.frozen
+class Delivery:
+    """One delivered message. Ack/nack go to the channel it came from."""
+
+    body: bytes
+    properties: Properties
+    delivery_tag: int
+    redelivered: bool
+    routing_key: str
+    _channel: Channel = attrs.field(alias="channel", repr=False)
+
+    async def ack(self, *, multiple: bool = False) -> None:
+        """Ack this delivery (``multiple``: and every earlier unacked one on its channel)."""
+        await self._channel.basic_ack(self.delivery_tag, multiple=multiple)
+
+
+async def get(channel: Channel, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+    """basic.get one message of ``queue`` (None: the queue is empty).
+
+    Without ``auto_ack`` it goes back to the queue when the channel closes, unless ``ack``-ed.
+    """
+    message = await channel.basic_get(queue, no_ack=auto_ack)
+    return None if message is None else _delivery(message, channel)
+
+
+async def listen(channel: Channel, exchange: str, routing_key: str) -> str:
+    """A server-named, exclusive, auto-deleted queue bound to ``exchange`` with
+    ``routing_key`` (to watch events published there); its name."""
+    queue = (await channel.queue_declare("", exclusive=True, auto_delete=True)).name
+    await channel.queue_bind(queue, exchange, routing_key)
+    return str(queue)
+
+
+def _delivery(message: Any, channel: Channel) -> Delivery:
+    return Delivery(
+        body=message.body,
+        properties=Properties.of(message.header),
+        delivery_tag=message.envelope.delivery_tag,
+        redelivered=message.envelope.redelivered,
+        routing_key=message.envelope.routing_key,
+        channel=channel,
+    )
+
+
+@contextlib.asynccontextmanager
+async def consume_channel(connection: Connection, *, prefetch: int) -> AsyncIterator[Channel]:
+    """A channel for consuming, with basic.qos = ``prefetch``.
+
+    Kept apart from ``consume`` on purpose: closing a channel requeues its unacked messages, so
+    the channel must outlive the consumer until the sender has acked the job in hand.
+    """
+    async with connection.open_channel() as channel:
+        await set_prefetch(channel, prefetch)
+        yield channel
+
+
+@contextlib.asynccontextmanager
+async def consume(channel: Channel, queue: str) -> AsyncIterator[AsyncIterator[Delivery]]:
+    """Consume ``queue`` with manual acks; leaving the block cancels the consumer only."""
+    async with channel.basic_consume(queue, auto_ack=False) as messages:
+
+        async def deliveries() -> AsyncIterator[Delivery]:
+            async for message in messages:
+                yield _delivery(message, channel)
+
+        yield deliveries()
+
+
+async def publish(
+    channel: Channel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: Properties,
+    *,
+    mandatory: bool = True,
+    check: bool = False,
+) -> None:
+    """Publish with confirms. Raises BrokerError if the broker returns or nacks the message.
+
+    ``mandatory``: an unroutable message is returned (an error) instead of dropped; jobs use it,
+    status events do not (nobody listening is normal for them).
+
+    ``check``: encode the properties first and raise ``EncodeError`` before anything is sent
+    (serena encodes the header frame after it sent the method frame, so a failure there would
+    leave half a message on the channel). Copies of a publisher's message use it.
+    """
+    header = properties.to_header()
+    if check:
+        try:
+            serialise_basic_header(ClassID.BASIC, len(body), header)
+        except Exception as error:  # noqa: BLE001 - struct.error, ValueError, OverflowError...
+            raise EncodeError(f"properties not encodable: {_describe(error)[:200]}") from None
+    try:
+        await channel.basic_publish(exchange, routing_key, body, header=header, mandatory=mandatory)
+    except MessageReturnedError as error:
+        raise BrokerError(f"message returned by the broker (unroutable): {error}") from None
+    except AMQPError as error:
+        raise BrokerError(_describe(error)) from None

@@ -1,0 +1,1 @@
+"""wa_trio.core.media_rules."""

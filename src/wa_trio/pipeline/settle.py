@@ -1,0 +1,241 @@
+"""What a job that is not sent becomes: a failed send is dead-lettered or parked for a retry
+(``failed_send``, deciding with ``outcome.on_send_failure``). The copies of a job we publish go
+to the dead-letter exchange (why it failed) or to a delay
+queue (the next retry), each under publisher confirms before the original is acked, and the
+status events that go with them.
+
+A publisher's headers ride along, made encodable (``outcome.dead_letter_headers`` /
+``retry_headers``); if a copy still cannot be encoded it is dead-lettered with our headers only
+(``bare_headers``): a job never crashes the worker and is never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import eliot
+
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import Channel, EncodeError
+from wa_trio.config.settings import Settings
+from wa_trio.core import headers as h
+from wa_trio.core.errors import SendError
+from wa_trio.core.expiry import EXPIRES_HEADER, outlives
+from wa_trio.core.job import Job, retry_count
+from wa_trio.core.outcome import (
+    CRASH_LIMIT,
+    DeadLetter,
+    Decision,
+    Outcome,
+    Retry,
+    bare_headers,
+    dead_letter_headers,
+    on_send_failure,
+    retry_headers,
+)
+from wa_trio.events.status import StatusPublisher, make_event
+from wa_trio.metrics import WORKER, Metrics
+
+
+class Copies:
+    def __init__(self, settings: Settings, metrics: Metrics, status: StatusPublisher) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._status = status
+
+    def note_ambiguous(
+        self,
+        job: Job,
+        action: str,
+        note: str = "a previous run may have sent this job and died before recording it",
+    ) -> None:
+        self._metrics.ambiguous.labels(WORKER, action).inc()
+        eliot.log_message(
+            message_type="wa_trio:job:ambiguous", job_key=job.key, action=action, note=note
+        )
+
+    async def failed_send(
+        self,
+        job: Job,
+        channel: Channel,
+        error: SendError,
+        user_id: str,
+        expires: float | None = None,
+    ) -> Outcome:
+        """A failed send: dead-lettered or parked for its next retry (``on_send_failure``);
+        a retry that would come back after the job's deadline (``expires``) is not scheduled:
+        the job is dead-lettered ``expired``."""
+        self._metrics.failed(error.code)
+        done = retry_count(job.delivery.properties.headers)
+        verdict = on_send_failure(
+            error,
+            ambiguous_policy=self._settings.ambiguous,
+            retries_done=done,
+            schedule=self._settings.retry_delays,
+        )
+        if error.ambiguous:
+            self.note_ambiguous(
+                job,
+                self._settings.ambiguous,
+                note="WhatsApp did not answer the send in time; it may have taken the message",
+            )
+        if isinstance(verdict, DeadLetter):
+            if verdict.code == "retries_exhausted":
+                self._metrics.failed("retries_exhausted")
+            await self.dead_letter(job, channel, verdict.code, verdict.message, user_id)
+            return verdict.outcome
+        if outlives(expires, time.time(), verdict.delay):
+            return await self.expired(job, channel, user_id, f"after {error.code}")
+        return await self.retry_later(job, channel, verdict, error, user_id, expires)
+
+    async def not_sent(self, job: Job, channel: Channel, decision: Decision) -> Outcome:
+        """A job the ledger says not to send: a duplicate, a conflict, an ambiguous skip."""
+        if decision is Decision.CONFLICT:
+            await self.dead_letter(
+                job,
+                channel,
+                "message_id_conflict",
+                "this message_id was already used for a different body; not sent",
+            )
+            self._metrics.failed("message_id_conflict")
+            return Outcome.INVALID
+        if decision is Decision.AMBIGUOUS_SKIP:
+            self.note_ambiguous(job, "skip")
+        else:
+            eliot.log_message(message_type="wa_trio:job:duplicate", job_key=job.key)
+        await job.delivery.ack()
+        return Outcome.DUPLICATE
+
+    async def crash_loop(self, job: Job, channel: Channel, user_id: str) -> Outcome:
+        """A job that was in hand each time a worker died (``outcome.CRASH_LIMIT`` times):
+        dead-lettered, so it cannot take the next worker down too."""
+        self._metrics.failed("crash_loop")
+        await self.dead_letter(
+            job,
+            channel,
+            "crash_loop",
+            f"a worker died {CRASH_LIMIT} times while this job was in hand; not tried again",
+            user_id,
+        )
+        return Outcome.FAILED
+
+    async def park(self, job: Job, channel: Channel, hop: float) -> Outcome:
+        """A job not due yet: republished to the wait queue of ``hop`` seconds (confirmed, the
+        original headers made encodable), then acked; it comes back to the job queue after."""
+        clean, notes = h.encodable(job.delivery.properties.headers)
+        clean.update(h.notes_header(notes))
+        queue = amqp.wait_queue_name(self._settings, hop)
+        with eliot.start_action(action_type="wa_trio:job:scheduled", hop=hop, queue=queue):
+            if not await self._republish(job, channel, queue, clean, "headers_unencodable"):
+                return Outcome.FAILED
+            await job.delivery.ack()
+        return Outcome.SCHEDULED
+
+    async def _republish(
+        self, job: Job, channel: Channel, queue: str, headers: dict[str, Any], code: str
+    ) -> bool:
+        """A copy of the job to ``queue`` (encoded first, confirmed); False when it could not
+        be encoded (then it was dead-lettered with our headers only, and acked)."""
+        try:
+            await amqp.publish(
+                channel,
+                "",
+                queue,
+                job.delivery.body,
+                attrs.evolve(job.delivery.properties, headers=headers),
+                check=True,
+            )
+        except EncodeError as failure:
+            await self._bare(job, channel, headers, code, failure)
+            return False
+        return True
+
+    async def expired(self, job: Job, channel: Channel, user_id: str | None, why: str) -> Outcome:
+        """Dead-letter a job whose message is no longer true (never sent late)."""
+        self._metrics.failed("expired")
+        await self.dead_letter(
+            job, channel, "expired", f"the job expired before it could be sent ({why})", user_id
+        )
+        return Outcome.FAILED
+
+    async def retry_later(
+        self,
+        job: Job,
+        channel: Channel,
+        retry: Retry,
+        error: SendError,
+        user_id: str,
+        expires: float | None = None,
+    ) -> Outcome:
+        """Republish to the delay queue for the next retry (confirmed), then ack; the deadline
+        rides along (``x-expires-at``) so a retry never restarts a job's clock."""
+        delivery = job.delivery
+        headers = retry_headers(
+            delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
+        )
+        if expires is not None:
+            headers[EXPIRES_HEADER] = round(expires, 3)
+        queue = amqp.retry_queue_name(self._settings, retry.delay)
+        with eliot.start_action(
+            action_type="wa_trio:job:retry_later",
+            code=error.code,
+            retry=retry.retry,
+            delay=retry.delay,
+            queue=queue,
+        ):
+            if not await self._republish(job, channel, queue, headers, error.code):
+                return Outcome.FAILED
+            self.emit("retrying", job, user_id, code=error.code, retry=retry.retry)
+            await delivery.ack()
+        self._metrics.retried()
+        return Outcome.RETRIED
+
+    def emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
+        self._status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))
+
+    async def dead_letter(
+        self,
+        job: Job,
+        channel: Channel,
+        code: str,
+        message: str,
+        user_id: str | None = None,
+    ) -> None:
+        delivery = job.delivery
+        headers = dead_letter_headers(
+            delivery.properties.headers,
+            code=code,
+            message=message,
+            exchange=self._settings.exchange,
+            routing_key=delivery.routing_key,
+        )
+        with eliot.start_action(action_type="wa_trio:job:dead_letter", code=code, reason=message):
+            try:
+                await amqp.publish(
+                    channel,
+                    self._settings.dlx,
+                    delivery.routing_key,
+                    delivery.body,
+                    attrs.evolve(delivery.properties, headers=headers),
+                    check=True,
+                )
+            except EncodeError as failure:
+                await self._bare(job, channel, headers, code, failure)
+                return
+            self.emit("failed", job, user_id, code=code)  # durable (webhook) before the ack
+            await delivery.ack()
+
+    async def _bare(
+        self, job: Job, channel: Channel, headers: dict[str, Any], code: str, error: EncodeError
+    ) -> None:
+        """The fallback when a copy could not be encoded: dead-letter with our headers only."""
+        eliot.log_message(message_type="wa_trio:job:headers_dropped", error=error.message)
+        delivery = job.delivery
+        bare = bare_headers(headers)
+        bare.setdefault(h.ERROR_CODE, code)
+        props = amqp.Properties(headers=bare, message_id=None)
+        await amqp.publish(channel, self._settings.dlx, delivery.routing_key, delivery.body, props)
+        self.emit("failed", job, None, code=code)
+        await delivery.ack()

@@ -1,0 +1,1 @@
+"""wa_trio.stores."""

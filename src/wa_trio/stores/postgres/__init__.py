@@ -1,0 +1,39 @@
+"""PostgreSQL, the store for replicas (WHATSAPP_STORE=postgresql://...): **the only psycopg
+importer** (this package). Blocking (psycopg 3, sync): call it from a worker thread.
+
+- ``db``: connections (keepalives), errors, versioned migrations under an advisory lock, the
+  account's session schema;
+- ``leases``: an account's lease (advisory lock + epoch) on a dedicated connection;
+- ``ledger``: the send ledger, fenced by the lease epoch;
+- ``contacts``: the opt-out list (shared by every account and replica), unanswered counts,
+  the "is it on WhatsApp" cache.
+"""
+
+from wa_trio.stores.postgres.contacts import PgContactStore, PgNumberCache
+from wa_trio.stores.postgres.db import (
+    MIGRATIONS,
+    LeaseLost,
+    StoreError,
+    connect,
+    ensure_session_schema,
+    migrate,
+)
+from wa_trio.stores.postgres.leases import LeaseConnection, holder_name, lease_table
+from wa_trio.stores.postgres.ledger import PgLedger
+from wa_trio.stores.postgres.outbox import PgOutbox
+
+__all__ = [
+    "MIGRATIONS",
+    "LeaseConnection",
+    "LeaseLost",
+    "PgContactStore",
+    "PgLedger",
+    "PgNumberCache",
+    "PgOutbox",
+    "StoreError",
+    "connect",
+    "ensure_session_schema",
+    "holder_name",
+    "lease_table",
+    "migrate",
+]

@@ -1,0 +1,149 @@
+"""PostgreSQL connections, errors and our schema's versions (WHATSAPP_STORE=postgresql).
+
+- ``connect``: autocommit connections with TCP keepalives on both ends (``KEEPALIVE``): a
+  holder cut off from the server loses its lock once the server has missed its probes
+  (``lease_rules.SERVER_DROPS_AFTER``), later than the holder fences itself (``lease_rules``).
+- ``migrate``: our tables, versioned (``wa_trio_schema``), applied at start-up under a
+  transaction-level advisory lock, so replicas starting together apply each version once.
+- ``ensure_session_schema``: the schema whatsmeow keeps the account's WhatsApp session in
+  (neonize opens ``Settings.session_database``, whose ``search_path`` names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from wa_trio.core.errors import WaTrioError
+from wa_trio.core.lease_rules import (
+    LOCK_NAMESPACE,
+    SERVER_KEEPALIVE_COUNT,
+    SERVER_KEEPALIVE_IDLE,
+    SERVER_KEEPALIVE_INTERVAL,
+    session_schema,
+)
+from wa_trio.stores.ledger import LedgerError
+
+#: libpq's keepalives (the client notices a dead server) and the server's (it notices a dead
+#: client and drops its advisory locks); ``options`` sets the server's for this session
+KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": SERVER_KEEPALIVE_IDLE,
+    "keepalives_interval": SERVER_KEEPALIVE_INTERVAL,
+    "keepalives_count": SERVER_KEEPALIVE_COUNT,
+    "options": (
+        f"-c tcp_keepalives_idle={SERVER_KEEPALIVE_IDLE} "
+        f"-c tcp_keepalives_interval={SERVER_KEEPALIVE_INTERVAL} "
+        f"-c tcp_keepalives_count={SERVER_KEEPALIVE_COUNT}"
+    ),
+}
+
+
+class LeaseLost(LedgerError):
+    """This process's lease epoch is no longer the account's: another replica took it over."""
+
+    code = "lease_lost"
+
+
+class StoreError(WaTrioError):
+    """PostgreSQL could not be reached or refused a statement."""
+
+    code = "store_unavailable"
+
+
+def connect(url: str, *, purpose: str) -> psycopg.Connection[Any]:
+    """An autocommit connection (``application_name`` says what it is for)."""
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=5,
+            application_name=f"wa-trio {purpose}"[:63],
+            **KEEPALIVE,
+        )
+    except psycopg.Error as error:
+        raise StoreError(f"cannot connect to WHATSAPP_STORE: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+# ------------------------------------------------------------------------------- migrations
+
+#: version -> statements; append only (a released version never changes)
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE wa_trio_leases (account TEXT PRIMARY KEY, id SERIAL UNIQUE, "
+        "epoch BIGINT NOT NULL DEFAULT 0, holder TEXT, taken_at TIMESTAMPTZ)",
+        "CREATE TABLE wa_trio_sends (account TEXT NOT NULL, key TEXT NOT NULL, "
+        "state TEXT NOT NULL, whatsapp_id TEXT, updated_at DOUBLE PRECISION NOT NULL, "
+        "user_id TEXT, body_hash TEXT, epoch BIGINT NOT NULL, PRIMARY KEY (account, key))",
+        "CREATE INDEX wa_trio_sends_updated ON wa_trio_sends (updated_at)",
+        "CREATE INDEX wa_trio_sends_wid ON wa_trio_sends (account, whatsapp_id)",
+        "CREATE INDEX wa_trio_sends_sending ON wa_trio_sends (account, epoch) "
+        "WHERE state = 'sending'",
+    ),
+    2: (
+        "CREATE TABLE wa_trio_optouts (number TEXT PRIMARY KEY, added_at DOUBLE PRECISION "
+        "NOT NULL, source TEXT NOT NULL, replied BOOLEAN NOT NULL DEFAULT FALSE)",
+        "CREATE TABLE wa_trio_contacts (account TEXT NOT NULL, number TEXT NOT NULL, "
+        "unanswered INTEGER NOT NULL DEFAULT 0, last_sent_at DOUBLE PRECISION, "
+        "last_reply_at DOUBLE PRECISION, PRIMARY KEY (account, number))",
+        "CREATE TABLE wa_trio_changes (name TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+        "INSERT INTO wa_trio_changes VALUES ('contacts', 0)",
+        "CREATE TABLE wa_trio_numbers (account TEXT NOT NULL, number TEXT NOT NULL, "
+        "on_whatsapp BOOLEAN NOT NULL, jid_user TEXT NOT NULL, checked_at DOUBLE PRECISION "
+        "NOT NULL, PRIMARY KEY (account, number))",
+    ),
+    3: (  # the holder's heartbeat: what ``wa-trio accounts`` shows
+        "ALTER TABLE wa_trio_leases ADD COLUMN state TEXT, ADD COLUMN linked TEXT, "
+        "ADD COLUMN seen_at TIMESTAMPTZ",
+    ),
+    4: (  # signed webhooks: delivered by whichever replica holds the account
+        "CREATE TABLE wa_trio_webhook_outbox (id BIGSERIAL PRIMARY KEY, account TEXT NOT NULL, "
+        "job_key TEXT NOT NULL, body BYTEA NOT NULL, created DOUBLE PRECISION NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, next_at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX wa_trio_webhook_outbox_due ON wa_trio_webhook_outbox (account, next_at)",
+    ),
+    5: (  # crash loops: how often a job was found ``sending`` (a worker died holding it)
+        "ALTER TABLE wa_trio_sends ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
+    ),
+}
+_MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
+
+
+def migrate(url: str) -> int:
+    """Apply the versions this database lacks, under an advisory lock (replicas starting at
+    once wait for each other); the schema version now."""
+    with contextlib.closing(connect(url, purpose="migrate")) as db, store_errors("migrate"):
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", _MIGRATION_LOCK)
+            db.execute("CREATE TABLE IF NOT EXISTS wa_trio_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM wa_trio_schema").fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            for version in sorted(v for v in MIGRATIONS if v > current):
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute("INSERT INTO wa_trio_schema (version) VALUES (%s)", (version,))
+                current = version
+        return current
+
+
+def ensure_session_schema(url: str, account: str) -> None:
+    """The schema whatsmeow creates its tables in for ``account`` (it cannot create it)."""
+    schema = session_schema(account)
+    with contextlib.closing(connect(url, purpose="session schema")) as db, store_errors("migrate"):
+        db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+@contextlib.contextmanager
+def store_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as error:
+        raise StoreError(f"WHATSAPP_STORE cannot {doing}: {one_line(error)}") from None

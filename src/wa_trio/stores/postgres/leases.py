@@ -1,0 +1,117 @@
+"""An account's lease on its own connection: a session-level advisory lock (released by the
+server the moment that connection ends, a holder killed -9 included) and the account's lease
+epoch (``wa_trio_leases``), bumped by each taker: the fencing token every ledger write checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import attrs
+import psycopg
+
+from wa_trio.core.lease_rules import LOCK_NAMESPACE
+from wa_trio.stores.postgres.db import LeaseLost, connect, store_errors
+
+
+def holder_name() -> str:
+    """Who holds a lease, as ``wa-trio accounts`` shows it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseConnection:
+    """One account's lease on its own connection (kept for as long as the lease is held)."""
+
+    def __init__(self, url: str, account: str) -> None:
+        self.account = account
+        self._db = connect(url, purpose=f"lease {account}")
+        self.epoch = 0
+        self.inherited_from: str | None = None
+
+    def try_take(self) -> int | None:
+        """The lease's new epoch, or None while another connection holds it. Sets
+        ``inherited_from``: the previous holder when it did not release the lease (it died,
+        or was cut off: the taker waits ``lease_rules.TAKEOVER_GRACE`` before sending)."""
+        with store_errors("take a lease"):
+            self._db.execute(
+                "INSERT INTO wa_trio_leases (account) VALUES (%s) ON CONFLICT DO NOTHING",
+                (self.account,),
+            )
+            row = self._db.execute(
+                "SELECT id, holder FROM wa_trio_leases WHERE account = %s", (self.account,)
+            ).fetchone()
+            assert row is not None
+            lock = (LOCK_NAMESPACE, int(row[0]))
+            got = self._db.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
+            if not (got and got[0]):
+                return None
+            bumped = self._db.execute(
+                "UPDATE wa_trio_leases SET epoch = epoch + 1, holder = %s, taken_at = now() "
+                "WHERE account = %s RETURNING epoch",
+                (holder_name(), self.account),
+            ).fetchone()
+            assert bumped is not None
+            self.inherited_from = row[1]
+            self.epoch = int(bumped[0])
+            return self.epoch
+
+    def ping(self, state: str | None = None, linked: str | None = None) -> None:
+        """The holder's heartbeat: a round trip on the lease's connection that records the
+        account's state and (masked) linked number for ``wa-trio accounts``.
+
+        Raises:
+            StoreError: the connection is gone.
+            LeaseLost: the account's epoch is no longer ours.
+        """
+        with store_errors("keep a lease"):
+            cursor = self._db.execute(
+                "UPDATE wa_trio_leases SET state = %s, linked = %s, seen_at = now() "
+                "WHERE account = %s AND epoch = %s",
+                (state, linked, self.account, self.epoch),
+            )
+        if cursor.rowcount != 1:
+            raise LeaseLost(f"the lease of account {self.account} moved past epoch {self.epoch}")
+
+    def release(self) -> None:
+        """A clean release (a graceful stop): says so, then ends the connection."""
+        with contextlib.suppress(psycopg.Error):
+            self._db.execute(
+                "UPDATE wa_trio_leases SET holder = NULL WHERE account = %s AND epoch = %s",
+                (self.account, self.epoch),
+            )
+        self.close()
+
+    def close(self) -> None:
+        """Ends the connection: the server releases the lock at once."""
+        with contextlib.suppress(psycopg.Error):
+            self._db.close()
+
+
+@attrs.frozen
+class LeaseRow:
+    """An account as the store knows it (``wa-trio accounts``)."""
+
+    account: str
+    epoch: int
+    holder: str | None  # host:pid of the holder, or of the last one when it did not release
+    held: bool  # a connection holds the lock now
+    state: str | None  # the holder's last heartbeat
+    linked: str | None  # masked in production
+    seen_at: float | None  # seconds since the epoch
+
+
+def lease_table(url: str) -> list[LeaseRow]:
+    """Every account the store knows, by name."""
+    with (
+        contextlib.closing(connect(url, purpose="accounts")) as db,
+        store_errors("read the leases"),
+    ):
+        rows = db.execute(
+            "SELECT l.account, l.epoch, l.holder, EXISTS (SELECT 1 FROM pg_locks p WHERE "
+            "p.locktype = 'advisory' AND p.classid = %s AND p.objid = l.id AND p.granted), "
+            "l.state, l.linked, extract(epoch FROM l.seen_at)::float8 "
+            "FROM wa_trio_leases l ORDER BY l.account",
+            (LOCK_NAMESPACE,),
+        ).fetchall()
+    return [LeaseRow(str(r[0]), int(r[1]), r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]

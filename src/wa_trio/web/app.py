@@ -1,0 +1,404 @@
+"""The worker's HTTP face: /healthz, /readyz, /livez, /metrics, and the operator's /login.
+
+A Quart-Trio app served by hypercorn's trio ``serve()`` as one task of the root nursery, stopped
+through its shutdown trigger. Handlers only read state the other tasks keep; the one broker round
+trip (/healthz) goes through ``BrokerMonitor.check`` (2 s timeout, 5 s cache).
+
+Who may do what: /healthz, /readyz, /livez and /metrics are open (they reveal no message and
+change nothing; restrict them at the network if needed, docs/security.md). /login reveals the
+login QR, which lets whoever scans it link *their* phone and read what the worker sends, and
+POST /login/relogin changes state: both need the operator token (WHATSAPP_ADMIN_TOKEN), as the
+password of HTTP Basic (so a browser asks for it; no token in URLs) or as a Bearer token.
+GET/POST /webhooks/whatsapp (Cloud API transport only) are Meta's: authenticated by Meta's
+signature and verify token (``meta_webhook.py``), never by the operator token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import eliot
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from wa_trio.bus.monitor import BrokerMonitor
+from wa_trio.core.errors import tidy_traceback
+from wa_trio.log import Redactor, mask_phone
+from wa_trio.metrics import Metrics, accounts_exposition
+from wa_trio.transport import ConnectionState, Transport
+from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
+from wa_trio.web import login_page
+
+METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)
+
+
+class ConsumerState(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    def statistics(self) -> Any: ...
+
+
+def authorized(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries the operator token (Basic password or Bearer)."""
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        given = value
+    elif scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        given = decoded.partition(":")[2]
+    else:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+
+
+def _is(transport: Transport, state: ConnectionState) -> float:
+    return 1.0 if transport.state is state else 0.0
+
+
+def _unauthorized() -> Response:
+    return Response(
+        "operator token required (HTTP Basic password, or Authorization: Bearer)\n",
+        status=401,
+        content_type="text/plain; charset=utf-8",
+        headers={"WWW-Authenticate": 'Basic realm="wa-trio", charset="UTF-8"'},
+    )
+
+
+def create_app(
+    *,
+    consumer: ConsumerState,
+    monitor: BrokerMonitor,
+    transport: Transport,
+    metrics: Metrics,
+    admin_token: str,
+    redactor: Redactor | None = None,
+    metrics_cache: float = METRICS_CACHE,
+    session_path: Path | None = None,
+    meta_webhook: MetaWebhook | None = None,
+) -> QuartTrio:
+    app = QuartTrio("wa_trio")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
+    redactor = redactor or Redactor(production=True)
+    contain_requests(app, metrics)
+    # read at scrape time from the transport, the one place that knows
+    metrics.whatsapp_connected.set_function(
+        lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
+    )
+    metrics.account_blocked_until.set_function(lambda: transport.banned_until)
+    metrics.connect_attempts.set_function(lambda: float(getattr(transport, "connect_attempts", 0)))
+    for each in ConnectionState:
+        metrics.whatsapp_state.labels(each.value).set_function(partial(_is, transport, each))
+    rendered: list[tuple[float, bytes]] = []
+
+    async def broker_checks() -> tuple[list[str], dict[str, str]]:
+        ok: list[str] = []
+        failing: dict[str, str] = {}
+        if consumer.connected:
+            ok.append("amqp_consumer")
+        else:
+            failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
+        result = await monitor.check()
+        if result.ok:
+            ok.append("broker")
+        else:
+            failing["broker"] = result.detail
+        if session_path is not None and not await trio.Path(session_path).is_dir():
+            failing["session"] = f"the session folder {session_path} is gone"
+        problem = consumer.statistics().ledger_problem
+        if problem:  # reported only while failing (the send ledger is local, not a service)
+            failing["ledger"] = problem
+        stopped = transport.health_problem()
+        if stopped:  # the account cannot send until an operator acts (an expired token)
+            failing["whatsapp"] = stopped
+        return ok, failing
+
+    @app.get("/livez")
+    async def livez() -> tuple[dict[str, Any], int]:
+        """The process answers (Kubernetes liveness: never depends on the broker)."""
+        return {"ok": ["process"], "failing": {}}, 200
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, Any], int]:
+        ok, failing = await broker_checks()
+        body = {
+            "ok": ok,
+            "failing": failing,
+            "whatsapp": transport.state.value,
+            "linked": _masked_linked(transport),
+        }
+        return body, (200 if not failing else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, Any], int]:
+        ok, failing = await broker_checks()
+        state = transport.state.value
+        if state == ConnectionState.CONNECTED.value:
+            ok.append("whatsapp")
+        else:
+            failing.setdefault("whatsapp", state)
+        return {"ok": ok, "failing": failing, "whatsapp": state}, (200 if not failing else 503)
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        now = trio.current_time()
+        if not rendered or now - rendered[0][0] >= metrics_cache:
+            rendered[:] = [(now, metrics.exposition())]
+        return Response(rendered[0][1], content_type=CONTENT_TYPE_LATEST)
+
+    _login_routes(app, admin_token, redactor, lambda: (transport, "/login"))
+
+    if meta_webhook is not None:
+        _meta_routes(app, meta_webhook)
+    return app
+
+
+def contain_requests(app: QuartTrio, metrics: Metrics) -> None:
+    """The request's bulkhead: whatever a route raises is a 500 for that request, counted
+    (``wa_trio_contained_errors_total{boundary="request"}``) and logged without its message;
+    the server and the worker go on. HTTP errors (404, 405, 413...) stay themselves."""
+
+    @app.errorhandler(Exception)
+    async def contained(error: Exception) -> Any:
+        if isinstance(error, HTTPException):
+            return error
+        metrics.contained.labels("request").inc()
+        eliot.log_message(
+            message_type="wa_trio:http:contained",
+            path=request.path[:200],
+            exception=type(error).__name__,
+            traceback=tidy_traceback(error),
+        )
+        return Response("internal error\n", status=500)
+
+
+def same_origin(headers: Any) -> bool:
+    """Whether a state-changing request comes from our own pages (or from no browser at all).
+
+    A browser sends ``Sec-Fetch-Site`` and ``Origin`` with a cross-site form POST; a page of
+    another site cannot forge either. Without both (curl, a script holding the token) the
+    request is allowed: it carried the token itself. ``headers``: any mapping with ``get``
+    (Quart's ``Headers``, a dict in tests). Issue 26: ``POST /login/relogin`` was
+    reachable from any site once the operator's browser had cached the Basic credential."""
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site not in {"same-origin", "none"}:
+        return False
+    origin = headers.get("Origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return False
+    try:
+        return bool(urlsplit(str(origin)).netloc.lower() == str(headers.get("Host") or "").lower())
+    except ValueError:
+        return False
+
+
+def _login_routes(
+    app: QuartTrio,
+    admin_token: str,
+    redactor: Redactor,
+    pick: Callable[[], tuple[Transport, str] | None],
+) -> None:
+    """GET /login and POST /login/relogin (operator token) for the transport ``pick`` names
+    with the page's own address (None: no such account here, 404)."""
+
+    @app.get("/login")
+    async def login() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        picked = pick()
+        if picked is None:
+            return Response("no such account (or a standby)\n", status=404)
+        page = login_page.render(picked[0].login_status(), redactor)
+        return Response(
+            page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/login/relogin")
+    async def relogin() -> Response:
+        if not authorized(request.headers.get("Authorization"), admin_token):
+            return _unauthorized()
+        if not same_origin(request.headers):  # a cached Basic credential is not consent
+            return Response("cross-site request refused\n", status=403)
+        picked = pick()
+        if picked is None:
+            return Response("no such account (or a standby)\n", status=404)
+        picked[0].request_relogin()
+        return Response(
+            "", status=303, headers={"Location": picked[1], "Cache-Control": "no-store"}
+        )
+
+
+def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
+    @app.get("/webhooks/whatsapp")
+    async def meta_handshake() -> Response:
+        args = request.args
+        status, body = hook.handshake(
+            args.get("hub.mode"), args.get("hub.verify_token"), args.get("hub.challenge")
+        )
+        return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+    @app.post("/webhooks/whatsapp")
+    async def meta_notification() -> Response:
+        if (request.content_length or 0) > MAX_BODY:
+            return Response("", status=hook.refuse("too_large"))
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            return Response("", status=hook.refuse("unsigned"))  # nothing read, nothing parsed
+        try:
+            raw = await request.get_data(cache=False)
+        except RequestEntityTooLarge:  # a chunked body that grew past the cap
+            return Response("", status=hook.refuse("too_large"))
+        body = raw if isinstance(raw, bytes) else raw.encode()
+        return Response("", status=hook.receive(body, header))
+
+
+class AccountParts(Protocol):
+    """What the multi-account app reads of each account's worker (``app.Worker``)."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def pipeline(self) -> ConsumerState: ...
+
+    @property
+    def monitor(self) -> BrokerMonitor: ...
+
+
+def create_accounts_app(
+    *,
+    workers: Mapping[str, AccountParts],
+    accounts: tuple[str, ...],
+    metrics: Metrics,
+    admin_token: str,
+    redactor: Redactor,
+) -> QuartTrio:
+    """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
+    account still waiting as a standby is reported so), /metrics with an ``account`` label,
+    /login?account=NAME and POST /login/relogin?account=NAME (operator token)."""
+    app = QuartTrio("wa_trio_accounts")
+    contain_requests(app, metrics)
+
+    async def report() -> tuple[dict[str, Any], bool, bool]:
+        body: dict[str, Any] = {}
+        healthy, ready = True, False
+        for name in accounts:
+            worker = workers.get(name)
+            if worker is None:
+                body[name] = {"state": "standby", "failing": {}}
+                continue
+            failing: dict[str, str] = {}
+            if not worker.pipeline.connected:
+                failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
+            result = await worker.monitor.check()
+            if not result.ok:
+                failing["broker"] = result.detail
+            problem = worker.transport.health_problem()
+            if problem:
+                failing["whatsapp"] = problem
+            state = worker.transport.state
+            linked = _masked_linked(worker.transport)
+            body[name] = {"state": state.value, "failing": failing, "linked": linked}
+            healthy = healthy and not failing
+            ready = ready or (not failing and state is ConnectionState.CONNECTED)
+        return body, healthy, ready
+
+    @app.get("/livez")
+    async def livez() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {}}, 200
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, Any], int]:
+        body, healthy, _ready = await report()
+        return {"accounts": body}, (200 if healthy else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[dict[str, Any], int]:
+        body, _healthy, ready = await report()  # ready: some account can take pool jobs
+        return {"accounts": body}, (200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        text = accounts_exposition(
+            lambda: {name: worker.metrics for name, worker in workers.items()}, metrics
+        )
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
+
+    def chosen() -> tuple[Transport, str] | None:
+        name = request.args.get("account", accounts[0])
+        worker = workers.get(name)  # only a running account's name: safe in a Location
+        return None if worker is None else (worker.transport, f"/login?account={name}")
+
+    _login_routes(app, admin_token, redactor, chosen)
+    return app
+
+
+def _masked_linked(transport: Transport) -> str | None:
+    """The linked number as health shows it (no token needed there: always masked)."""
+    linked = transport.login_status().linked_as
+    return mask_phone(linked) if linked else None
+
+
+def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:
+    """What a standby serves while it waits for the session: alive (/livez, /healthz 200, so
+    no supervisor restarts it), not ready (/readyz 503), and its metrics (``wa_trio_standby``)."""
+    app = QuartTrio("wa_trio_standby")
+    contain_requests(app, metrics)
+
+    @app.get("/livez")
+    @app.get("/healthz")
+    async def alive() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {}, "standby": reason}, 200
+
+    @app.get("/readyz")
+    async def not_ready() -> tuple[dict[str, Any], int]:
+        return {"ok": ["process"], "failing": {"standby": reason}, "standby": reason}, 503
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def run_http(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until ``shutdown`` is set; ``started()`` gets the bound URLs.
+
+    Raises:
+        OSError: the address cannot be bound (the CLI prints one line).
+    """
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 2.0
+    await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
