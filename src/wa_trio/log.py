@@ -22,6 +22,7 @@ import eliot
 from eliot.prettyprint import compact_format
 
 from wa_trio.config.settings import Settings
+from wa_trio.core.errors import tidy_traceback
 from wa_trio.stores.files import open_private_append
 
 
@@ -60,6 +61,17 @@ def mask_numbers(text: str) -> str:
     """Every phone-number-like run (8-15 digits) in free text masked like ``mask_phone``:
     whatsmeow's errors and log lines can name a recipient's JID (``5511999999999@s...``)."""
     return _NUMBER_RUN.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+def log_contained(message_type: str, error: BaseException, **fields: Any) -> None:
+    """A unit of work that raised and was ended at its boundary (issue 26): the exception's
+    type and where it was raised, never its message (it may quote a job's text or number)."""
+    eliot.log_message(
+        message_type=message_type,
+        exception=type(error).__name__,
+        traceback=tidy_traceback(error),
+        **fields,
+    )
 
 
 @attrs.define

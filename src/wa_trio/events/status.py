@@ -17,15 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-import eliot
 import trio
 
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.bus.confirmed_outbox import BusOutbox
 from wa_trio.config.settings import Settings
-from wa_trio.core.errors import tidy_traceback
 from wa_trio.core.instants import epoch_seconds
 from wa_trio.events.status_webhook import WebhookSink
+from wa_trio.log import log_contained
 from wa_trio.metrics import STATUS_EVENTS, Metrics
 from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport.receipts import ReceiptInfo
@@ -158,11 +157,7 @@ class StatusPublisher:
                 raise
             except Exception as error:  # noqa: BLE001 - one receipt's bulkhead
                 self.metrics.contained.labels("receipt").inc()
-                eliot.log_message(
-                    message_type="wa_trio:status:receipt_failed",
-                    exception=type(error).__name__,
-                    traceback=tidy_traceback(error),
-                )
+                log_contained("wa_trio:status:receipt_failed", error)
 
     def _first(self, message_id: str, kind: str) -> bool:
         """Whether this is the first receipt of ``kind`` for ``message_id`` (and remember it)."""

@@ -17,7 +17,7 @@ from wa_trio.account_safety import AccountSafety
 from wa_trio.bus.amqp import BrokerError, Channel
 from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
-from wa_trio.core.errors import SendError, TransportError, tidy_traceback
+from wa_trio.core.errors import SendError, TransportError
 from wa_trio.core.expiry import deadline, is_expired
 from wa_trio.core.identity import person_key
 from wa_trio.core.job import Job, retry_count
@@ -33,6 +33,7 @@ from wa_trio.core.pacing import Pacer
 from wa_trio.core.safety_rules import Verdict
 from wa_trio.core.schedule import LADDER, next_hop
 from wa_trio.core.templates import TemplateSet
+from wa_trio.log import log_contained
 from wa_trio.media.fetch import MediaFetcher
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline.ledger_gate import Held, LedgerGate
@@ -239,7 +240,7 @@ class JobHandler:
         kind = type(error).__name__
         self.metrics.contained.labels("job").inc()
         with eliot.start_action(action_type="wa_trio:job:contained", exception=kind) as action:
-            eliot.log_message(message_type="wa_trio:job:traceback", traceback=tidy_traceback(error))
+            log_contained("wa_trio:job:traceback", error)
             if job.tag in batch.begun:
                 batch.begun.discard(job.tag)
                 batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))

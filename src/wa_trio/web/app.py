@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import eliot
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -33,8 +32,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wa_trio.bus.monitor import BrokerMonitor
-from wa_trio.core.errors import tidy_traceback
-from wa_trio.log import Redactor, mask_phone
+from wa_trio.log import Redactor, log_contained, mask_phone
 from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
 from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
@@ -180,12 +178,7 @@ def contain_requests(app: QuartTrio, metrics: Metrics) -> None:
         if isinstance(error, HTTPException):
             return error
         metrics.contained.labels("request").inc()
-        eliot.log_message(
-            message_type="wa_trio:http:contained",
-            path=request.path[:200],
-            exception=type(error).__name__,
-            traceback=tidy_traceback(error),
-        )
+        log_contained("wa_trio:http:contained", error, path=request.path[:200])
         return Response("internal error\n", status=500)
 
 

@@ -27,10 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import eliot
 
-from wa_trio.core.errors import tidy_traceback
 from wa_trio.core.instants import epoch_seconds
+from wa_trio.log import log_contained
 from wa_trio.metrics import Metrics
 from wa_trio.transport.cloud_api.meta_errors import classify
 from wa_trio.transport.inbound import KINDS, MAX_TEXT, InboundMessage, e164
@@ -234,11 +233,7 @@ class MetaWebhook:
             to(item)
         except Exception as error:  # noqa: BLE001 - one item's bulkhead
             self._metrics.contained.labels("webhook_item").inc()
-            eliot.log_message(
-                message_type="wa_trio:meta_webhook:item_failed",
-                exception=type(error).__name__,
-                traceback=tidy_traceback(error),
-            )
+            log_contained("wa_trio:meta_webhook:item_failed", error)
 
 
 __all__ = ["MAX_BODY", "SIGNATURE_HEADER", "MetaWebhook", "Parsed", "parse", "signature", "signed"]
