@@ -230,6 +230,27 @@ def bench_worker(n: int, prefetch: int, tmp: Path, **extra: str) -> dict[str, fl
             "cpu_us_per_job": cpu_used / max(1, len(sent)) * 1e6}
 
 
+def compare(ref: str, n: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """CPU per job of this checkout against git ``ref`` (a worktree of it, imported first via
+    PYTHONPATH), in one run, A and B alternating ``rounds`` times at prefetch 100: the
+    regression check of a refactor (issue 29). Medians, and B/A."""
+    old = tmp / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), ref],
+                   check=True, capture_output=True)
+    runs: dict[str, list[float]] = {"this": [], ref: []}
+    try:
+        for _ in range(rounds):
+            runs["this"].append(bench_worker(n, 100, tmp)["cpu_us_per_job"])
+            runs[ref].append(bench_worker(n, 100, tmp, PYTHONPATH=str(old / "src"))
+                             ["cpu_us_per_job"])
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
+                       check=False, capture_output=True)
+    this, base = statistics.median(runs["this"]), statistics.median(runs[ref])
+    return {"cpu_us_per_job": runs, "median_this": this, "median_baseline": base,
+            "this_over_baseline": this / base}
+
+
 def burner() -> subprocess.Popen[bytes]:
     """A second process that burns one core (the 'busy host' of the latency row)."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -578,11 +599,20 @@ def main() -> None:
                         help="3,000 jobs, prefetch 100 only, 3 s of latency, a 10,000-job soak "
                              "(about 2 minutes)")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--compare", metavar="GIT_REF",
+                        help="only compare CPU per job of this checkout with GIT_REF's code "
+                             "(alternating runs at prefetch 100; e.g. --compare HEAD~1)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency_seconds = min(args.jobs, 3000), 3.0
     n = args.jobs
+    if args.compare:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = compare(args.compare, n, args.rounds, Path(tmpdir))
+        print(json.dumps(result, indent=2))
+        return
     prefetches = (100,) if args.quick else (1, 10, 100)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "jobs": n,

@@ -24,8 +24,9 @@ import trio
 
 from tests.helpers import delete_topology
 from wa_trio.config.settings import Settings
+from wa_trio.run import run_worker
 from wa_trio.transport import Transport
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.app import Worker
 
 # neonize's import runs os.popen("uname -a") without closing it; take that ResourceWarning here,
 # once, so the suite's "warnings are errors" rule keeps catching our own leaks.

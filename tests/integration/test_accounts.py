@@ -33,9 +33,9 @@ from wa_trio.accounts.multi import Accounts, run_accounts
 from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.config.settings import Settings
+from wa_trio.run import run_worker
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import Transport
-from wa_trio.worker.app import run_worker
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -110,7 +110,11 @@ async def test_an_account_going_down_sends_its_pool_jobs_elsewhere_and_keeps_its
     transports: dict[str, Transport] = {"b": b}
     accounts: Accounts = await nursery.start(
         lambda task_status: run_accounts(
-            settings, transports=transports, handle_signals=False, task_status=task_status
+            settings,
+            run_worker,
+            transports=transports,
+            handle_signals=False,
+            task_status=task_status,
         )
     )
     await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="b's client")

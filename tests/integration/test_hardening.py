@@ -39,7 +39,8 @@ from tests.helpers import (
 )
 from wa_trio.bus.amqp import retry_queue_name
 from wa_trio.config.settings import Settings
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.run import run_worker
+from wa_trio.worker.app import Worker
 
 
 async def raw_publish_async(

@@ -26,8 +26,9 @@ from tests.helpers import (
 )
 from wa_trio.bus.amqp import retry_queue_name
 from wa_trio.config.settings import Settings
+from wa_trio.run import run_worker
 from wa_trio.stores.ledger import Ledger
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.app import Worker
 
 TOKEN = "operator-token-0123456789"
 

@@ -23,9 +23,9 @@ from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import TopologyError
+from wa_trio.run import run_worker
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
-from wa_trio.worker.app import run_worker
 
 
 def processed(worker: object, status: str) -> float:

@@ -33,6 +33,7 @@ from wa_trio.config.settings import Settings
 from wa_trio.core.lease_rules import FENCED_WITHIN, session_schema
 from wa_trio.core.outcome import Found
 from wa_trio.metrics import Metrics
+from wa_trio.run import run_worker
 from wa_trio.stores.ledger import AsyncLedger, Begin, Mark
 from wa_trio.stores.postgres import (
     MIGRATIONS,
@@ -46,7 +47,7 @@ from wa_trio.stores.postgres import (
 )
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.dry_run import DryRunTransport
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.app import Worker
 
 
 def _taken(store: str, account: str = "default") -> LeaseConnection:

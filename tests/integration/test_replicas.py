@@ -28,9 +28,10 @@ from tests.helpers import (
 )
 from wa_trio.accounts.multi import Accounts
 from wa_trio.config.settings import Settings
+from wa_trio.run import run_worker
 from wa_trio.stores.numbers import Resolution
 from wa_trio.stores.postgres import LeaseConnection, PgContactStore, PgNumberCache, migrate
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.app import Worker
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

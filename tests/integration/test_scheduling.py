@@ -20,7 +20,8 @@ from tests.helpers import (
     wait_for,
 )
 from wa_trio.config.settings import Settings
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.run import run_worker
+from wa_trio.worker.app import Worker
 
 
 def _at(seconds: float) -> str:

@@ -24,7 +24,8 @@ from tests.helpers import (
 from wa_trio.cli.main import main
 from wa_trio.config.settings import Settings
 from wa_trio.events.status import make_event
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.run import run_worker
+from wa_trio.worker.app import Worker
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs" / "status-event.schema.json").read_text()

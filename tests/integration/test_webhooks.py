@@ -24,7 +24,8 @@ from tests.helpers import (
 )
 from wa_trio.config.settings import Settings
 from wa_trio.events.status_webhook import SIGNATURE, TIMESTAMP, verify
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.run import run_worker
+from wa_trio.worker.app import Worker
 
 SECRET = "webhook-secret-0123456789"
 

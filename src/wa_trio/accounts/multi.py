@@ -1,10 +1,10 @@
 """Several WhatsApp accounts in one process (WHATSAPP_ACCOUNTS=a,b,c).
 
-Each account is a whole worker (``app.run_worker`` with ``Settings.for_account``): its own
-transport, session folder (and session lock: an account held by another process waits here as
-its standby with WHATSAPP_STANDBY=on while the others run), ledger, pacing, number cache,
-safety, queue ``<WHATSAPP_QUEUE_NAME>.<account>``, status events and metrics registry. Beside
-them: the pool router (``pool.py``) on the main queue, and the process's one HTTP server
+Each account is a whole worker (``run.run_worker``, passed in, with ``Settings.for_account``):
+its own transport, session folder (and session lock: an account held by another process waits
+here as its standby with WHATSAPP_STANDBY=on while the others run), ledger, pacing, number
+cache, safety, queue ``<WHATSAPP_QUEUE_NAME>.<account>``, status events and metrics registry.
+Beside them: the pool router (``pool.py``) on the main queue, and the process's one HTTP server
 (``web.create_accounts_app``: health and readiness per account, /metrics with an ``account``
 label, /login?account=NAME). A stop (signal or ``stop()``) drains every account.
 """
@@ -12,6 +12,7 @@ label, /login?account=NAME). A stop (signal or ``stop()``) drains every account.
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -25,7 +26,7 @@ from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
 from wa_trio.web.app import create_accounts_app, run_http
-from wa_trio.worker.app import Worker, run_worker
+from wa_trio.worker.app import Worker
 from wa_trio.worker.startup import admin_token, ensure_fd_room, watch_signals
 
 
@@ -48,8 +49,14 @@ class Accounts:
         return self.http_urls[0].replace("0.0.0.0", "127.0.0.1")  # noqa: S104
 
 
+#: runs one account's worker (``run.run_worker``: passed in, so this layer imports no layer
+#: above it)
+RunAccount = Callable[..., Awaitable[None]]
+
+
 async def run_accounts(
     settings: Settings,
+    run_worker: RunAccount,
     *,
     transports: dict[str, Transport] | None = None,
     handle_signals: bool = True,

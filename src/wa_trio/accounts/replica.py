@@ -31,7 +31,7 @@ async def run_replica(
     until it is free), run the worker while the lease holds; a lost lease fences the worker
     (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
     replica stands by again. The timings: ``lease_rules``."""
-    settings, metrics = run.settings, run.metrics
+    settings = run.settings
     account = settings.account_name
     try:
         await trio.to_thread.run_sync(migrate, store)
@@ -41,74 +41,100 @@ async def run_replica(
         raise StartupError(error.message) from None
     first = True
     while not run.stop.is_set():
-        lease: Lease | None = None
-        failed: StoreError | None = None
-        async with trio.open_nursery() as waiting:  # a stop ends a standby at once
-            waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
-            try:
-                lease = await take_lease(settings, store, metrics, serve_http=run.serve_http)
-            except StoreError as error:
-                failed = error
-            waiting.cancel_scope.cancel()
-        if failed is not None:
+        try:
+            lease = await _stand_by(run, store)
+        except StoreError as error:
             if first:  # cannot start at all: one line
-                raise StartupError(failed.message)
-            await _store_failing(run, failed.message)  # it held the account before: retry
+                raise StartupError(error.message) from None
+            await _store_failing(run, error.message)  # it held the account before: retry
             continue
         if lease is None:
             return
-        clean = False
-        try:
-            try:
-                with trio.CancelScope(shield=True):  # made: ours to close (connect_timeout)
-                    pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
-                try:
-                    inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
-                except BaseException:
-                    pg_ledger.close()
-                    raise
-            except LedgerError as error:
-                if first:
-                    raise StartupError(error.message) from None
-                await _store_failing(run, error.message)
-                continue
-            ledger = AsyncLedger(pg_ledger)
-            metrics.inherited_sending.set(inherited)
-            if inherited:
-                eliot.log_message(
-                    message_type="wa_trio:lease:inherited_sending",
-                    account=account,
-                    rows=inherited,
-                    ambiguous=settings.ambiguous,
-                )
-            used = transport if transport is not None else build_transport(settings)
-            await run_once(
-                run,
-                used,
-                ledger,
-                lease,
-                task_status if first else trio.TASK_STATUS_IGNORED,
-            )
-            clean = True
-        except* LeaseLost as group:
-            metrics.leases_lost.inc()
-            metrics.lease_epoch.set(0)
-            eliot.log_message(
-                message_type="wa_trio:lease:fenced",
-                level="error",
-                account=account,
-                epoch=lease.epoch,
-                error=str(first_leaf(group)),
-            )
-            print(
-                f"wa-trio: lost the lease of account {account}; stopped its client and its "
-                "consumer, standing by again",
-                file=sys.stderr,
-                flush=True,
-            )
-        finally:
-            await lease.release(clean=clean)
+        await _hold(run, store, transport, lease, task_status if first else None)
         first = False
+
+
+async def _stand_by(run: Run, store: str) -> Lease | None:
+    """The account's lease, once free; None when a stop came first (it ends a standby at
+    once). Raises StoreError (bare, not in a nursery's group)."""
+    lease: Lease | None = None
+    failed: StoreError | None = None
+    async with trio.open_nursery() as waiting:
+        waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
+        try:
+            lease = await take_lease(run.settings, store, run.metrics, serve_http=run.serve_http)
+        except StoreError as error:
+            failed = error
+        waiting.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return lease
+
+
+async def _hold(
+    run: Run,
+    store: str,
+    transport: Transport | None,
+    lease: Lease,
+    task_status: trio.TaskStatus[Worker] | None,
+) -> None:
+    """Run the worker while ``lease`` holds (``task_status``: the first run's, None after);
+    a lost lease fences it. The lease is released whatever happens."""
+    settings, metrics = run.settings, run.metrics
+    account = settings.account_name
+    clean = False
+    try:
+        try:
+            ledger = await _leased_ledger(run, store, lease)
+        except LedgerError as error:
+            if task_status is not None:
+                raise StartupError(error.message) from None
+            await _store_failing(run, error.message)
+            return
+        used = transport if transport is not None else build_transport(settings)
+        await run_once(run, used, ledger, lease.keep, task_status or trio.TASK_STATUS_IGNORED)
+        clean = True
+    except* LeaseLost as group:
+        metrics.leases_lost.inc()
+        metrics.lease_epoch.set(0)
+        eliot.log_message(
+            message_type="wa_trio:lease:fenced",
+            level="error",
+            account=account,
+            epoch=lease.epoch,
+            error=str(first_leaf(group)),
+        )
+        print(
+            f"wa-trio: lost the lease of account {account}; stopped its client and its "
+            "consumer, standing by again",
+            file=sys.stderr,
+            flush=True,
+        )
+    finally:
+        await lease.release(clean=clean)
+
+
+async def _leased_ledger(run: Run, store: str, lease: Lease) -> AsyncLedger:
+    """The account's ledger under ``lease``'s epoch; the rows a dead holder left ``sending``
+    counted (ambiguous: WHATSAPP_AMBIGUOUS decides them). Raises LedgerError."""
+    settings = run.settings
+    account = settings.account_name
+    with trio.CancelScope(shield=True):  # made: ours to close (connect_timeout)
+        pg_ledger = await trio.to_thread.run_sync(PgLedger, store, account, lease.epoch)
+    try:
+        inherited = await trio.to_thread.run_sync(pg_ledger.inherited_sending)
+    except BaseException:
+        pg_ledger.close()
+        raise
+    run.metrics.inherited_sending.set(inherited)
+    if inherited:
+        eliot.log_message(
+            message_type="wa_trio:lease:inherited_sending",
+            account=account,
+            rows=inherited,
+            ambiguous=settings.ambiguous,
+        )
+    return AsyncLedger(pg_ledger)
 
 
 async def _store_failing(run: Run, error: str) -> None:

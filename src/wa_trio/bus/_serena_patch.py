@@ -43,7 +43,7 @@ def _read_table(self: DecodingBuffer, depth: int = 0) -> dict[str, Any]:
     return result
 
 
-def _read_field_value(self: DecodingBuffer, depth: int = 0) -> Any:
+def _read_field_value(self: DecodingBuffer, depth: int = 0) -> Any:  # noqa: C901 - flat table of AMQP field types, as serena reads them
     kind = chr(self.read_octet())
     if kind == "t":
         return self.read_octet() != 0

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -154,34 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        if args.command == "check":
-            return _check(settings)
-        if args.command == "run":
-            return _run(settings)
-        if args.command == "send":
-            return _send(settings, args)
         if args.command in {"session", "login"}:
             settings = one_account(settings, args.account)
-        if args.command == "session":
-            return _session(settings, args)
-        if args.command == "dlq":
-            return _dlq(settings, args)
-        if args.command == "login":
-            return _login(settings, args.timeout)
-        if args.command == "templates":
-            return _templates(settings, args)
-        if args.command == "optout":
-            from wa_trio.cli.accounts import optout
-
-            return optout(settings, args)
-        if args.command == "relogin":
-            from wa_trio.cli.accounts import relogin
-
-            return relogin(settings)
-        if args.command == "accounts":
-            from wa_trio.cli.accounts import accounts
-
-            return accounts(settings, as_json=args.json)
+        return _COMMANDS[args.command](settings, args)
     except (TopologyError, StartupError) as error:
         print(f"wa-trio: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -195,7 +170,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WaTrioError as error:
         print(f"wa-trio: {error.code}: {error}", file=sys.stderr)
         return EXIT_FAILED
-    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _optout(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.cli.accounts import optout
+
+    return optout(settings, args)
+
+
+def _relogin(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.cli.accounts import relogin
+
+    return relogin(settings)
+
+
+def _accounts(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.cli.accounts import accounts
+
+    return accounts(settings, as_json=args.json)
+
+
+#: each subcommand (but ``validate``, which reads no settings) and what runs it
+_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "check": lambda settings, _args: _check(settings),
+    "run": lambda settings, _args: _run(settings),
+    "send": lambda settings, args: _send(settings, args),
+    "session": lambda settings, args: _session(settings, args),
+    "dlq": lambda settings, args: _dlq(settings, args),
+    "login": lambda settings, args: _login(settings, args.timeout),
+    "templates": lambda settings, args: _templates(settings, args),
+    "optout": _optout,
+    "relogin": _relogin,
+    "accounts": _accounts,
+}
 
 
 def one_account(settings: Settings, name: str | None) -> Settings:
@@ -289,7 +296,7 @@ def _validate(file: str) -> int:
 
 def _run(settings: Settings) -> int:
     from wa_trio.log import configure_logging
-    from wa_trio.worker.app import run_worker
+    from wa_trio.run import run_worker
 
     handle = configure_logging(settings)
     try:

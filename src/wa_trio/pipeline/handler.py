@@ -1,7 +1,8 @@
-"""One batch of jobs taken to its end: validate -> (schedule) -> ledger -> (pace) -> send ->
-record -> ack. A single job is a batch of one; the decisions are ``outcome.py``'s, the copies
-``copies.py``'s, the send ``sender.py``'s; this module carries them out in order (see
-``JobHandler.handle_batch``). ``pipeline.py`` owns the connection and feeds it.
+"""One batch of jobs taken to its end. A single job is a batch of one. Each job is a small
+loop: ``core/plan.next_step`` chooses the step from what is known, this module carries it out
+and writes back what it learnt; the plan's end goes to ``settle.Copies.settle`` (or, sent, is
+acked with the batch, fewest acks: ``outcome.ack_plan``). The send itself is ``sender.py``'s;
+``consumer.py`` owns the connection and feeds it.
 """
 
 from __future__ import annotations
@@ -16,22 +17,16 @@ import trio
 from wa_trio.account_safety import AccountSafety
 from wa_trio.bus.amqp import BrokerError, Channel
 from wa_trio.config.settings import Settings
+from wa_trio.core import plan
 from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope, parse_envelope
 from wa_trio.core.errors import SendError, TransportError
-from wa_trio.core.expiry import deadline, is_expired
+from wa_trio.core.expiry import deadline
 from wa_trio.core.identity import person_key
 from wa_trio.core.job import Job, retry_count
-from wa_trio.core.media_rules import MediaPayload, MediaProblem
-from wa_trio.core.outcome import (
-    Decision,
-    Outcome,
-    ack_plan,
-    decide,
-    defer_repeats,
-)
+from wa_trio.core.media_rules import MediaProblem
+from wa_trio.core.outcome import Outcome, ack_plan, defer_repeats
 from wa_trio.core.pacing import Pacer
-from wa_trio.core.safety_rules import Verdict
-from wa_trio.core.schedule import LADDER, next_hop
+from wa_trio.core.plan import Known, Rules, next_step
 from wa_trio.core.templates import TemplateSet
 from wa_trio.log import log_contained
 from wa_trio.media.fetch import MediaFetcher
@@ -60,6 +55,22 @@ class _Batch:
 
     def __attrs_post_init__(self) -> None:
         self.open = {job.tag for job in self.jobs}
+
+
+@attrs.define
+class _InHand:
+    """One job being taken: what the plan knows, and what only the handler holds."""
+
+    job: Job
+    known: Known
+    envelope: WhatsAppEnvelope | None = None
+    message: OutgoingMessage | None = None
+
+    @property
+    def out(self) -> OutgoingMessage:
+        """The message to send (the plan asks for no step that needs it before validation)."""
+        assert self.message is not None
+        return self.message
 
 
 def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
@@ -102,6 +113,12 @@ class JobHandler:
         self._clock = clock
         self._stopping = stopping
         self.templates = templates
+        self._rules = Rules(
+            schedule_max=settings.schedule_max,
+            ambiguous=settings.ambiguous,
+            pacing=pacer.enabled,
+            safety=safety is not None,
+        )
 
     @property
     def stopping(self) -> bool:
@@ -122,20 +139,9 @@ class JobHandler:
             while pending:
                 first, later = defer_repeats([job.key for job in pending])
                 for index in first:
-                    job = pending[index]
                     if self.stopping:
                         break
-                    with job.action.context():
-                        try:
-                            outcome = await self._take(job, publish_channel, batch)
-                        except Held:
-                            outcome = Outcome.HELD
-                        except _INFRASTRUCTURE:
-                            raise
-                        except Exception as error:  # noqa: BLE001 - the job's bulkhead
-                            outcome = await self._contain(job, publish_channel, batch, error)
-                    if outcome is not None:
-                        self._finish(batch, job, outcome)
+                    await self._one(pending[index], publish_channel, batch)
                 pending = [] if self.stopping else [pending[index] for index in later]
             await self._settle_sent(batch)
         except BaseException as error:
@@ -149,6 +155,20 @@ class JobHandler:
             if job.tag in batch.open:
                 self._finish(batch, job, Outcome.HELD)
 
+    async def _one(self, job: Job, channel: Channel, batch: _Batch) -> None:
+        """One job of a batch inside its bulkhead (``_contain``)."""
+        with job.action.context():
+            try:
+                outcome = await self._take(job, channel, batch)
+            except Held:
+                outcome = Outcome.HELD
+            except _INFRASTRUCTURE:
+                raise
+            except Exception as error:  # noqa: BLE001 - the job's bulkhead
+                outcome = await self._contain(job, channel, batch, error)
+        if outcome is not None:
+            self._finish(batch, job, outcome)
+
     def _finish(self, batch: _Batch, job: Job, outcome: Outcome) -> None:
         batch.open.discard(job.tag)
         if outcome is Outcome.HELD:
@@ -160,75 +180,138 @@ class JobHandler:
             self.metrics.processed(outcome.value)
 
     async def _take(self, job: Job, channel: Channel, batch: _Batch) -> Outcome | None:
-        """One job up to its send; its outcome, or None once sent (settled with the batch)."""
-        envelope = await self._validate(job, channel)
-        if envelope is None:
-            return Outcome.INVALID
-        message = _outgoing(job, envelope)
-        if envelope.send_at is not None:
-            early = await self._not_due(job, channel, envelope.send_at.timestamp())
-            if early is not None:
-                return early
-        if self.safety is not None and not envelope.group:
-            verdict = self.safety.verdict(envelope.destination)
-            if verdict is not None:
-                return await self._held_back(job, channel, verdict, message.user_id)
-        if envelope.media is not None:
-            fetched = await self._media_of(job, channel, envelope, message.user_id)
-            if isinstance(fetched, Outcome):
-                return fetched
-            message = attrs.evolve(message, media=fetched)
-        check = self._check(job)
-        if self.pacer.enabled:
-            # duplicates, conflicts and invalid jobs never spend a send slot
-            if check:
-                found = await self._gate.call(lambda: self._ledger.peek(job.key))
-                decision = decide(found, body_hash=job.body_hash, ambiguous="resend")
-                if decision in {Decision.DUPLICATE, Decision.CONFLICT}:
-                    return await self._copies.not_sent(job, channel, decision)
-            if not await self._sender.pace(person_key(envelope.destination)):
-                return Outcome.HELD  # stopping while throttled: left unacked, requeued
-        if not await self._sender.wait_connected():
-            return Outcome.HELD  # WhatsApp away and a stop began: no `sending` row was written
-        expires = self._deadline(job, envelope)
-        if is_expired(expires, time.time()):  # after pacing and any wait for WhatsApp
-            return await self._copies.expired(job, channel, message.user_id, "before its send")
-        marks = list(batch.marks)
-        states = await self._gate.call(
-            lambda: self._ledger.step(marks, [Begin(job.key, check, job.body_hash)])
-        )
-        del batch.marks[: len(marks)]
-        decision = decide(states[0], body_hash=job.body_hash, ambiguous=self.settings.ambiguous)
-        if decision is Decision.CRASH_LOOP:
+        """One job up to its send: ask the plan, carry out its step, write back what was
+        learnt, until the plan says how the job leaves. Its outcome, or None once sent
+        (settled with the batch)."""
+        hand = _InHand(job, Known(job.body_hash, check_ledger=self._check(job)))
+        while True:
+            step = next_step(hand.known, self._rules, time.time())
+            if isinstance(step, plan.ENDS):
+                return await self._end(hand, channel, batch, step)
+            await self._act(hand, step, batch)
+
+    async def _act(self, hand: _InHand, step: plan.Action, batch: _Batch) -> None:
+        known = hand.known
+        match step:
+            case plan.Validate():
+                self._validate(hand)
+            case plan.Wait(seconds=seconds):
+                with trio.move_on_after(seconds):
+                    await self._stopping.wait()
+                known.due, known.stopped = True, self.stopping
+            case plan.Judge():
+                assert self.safety is not None
+                known.judged = True
+                known.verdict = self.safety.verdict(hand.out.destination)
+            case plan.Fetch():
+                await self._fetch(hand)
+            case plan.Peek():
+                key = hand.job.key
+                known.peek = await self._gate.call(lambda: self._ledger.peek(key))
+                known.peeked = True
+            case plan.Pace():
+                known.paced = True
+                known.stopped = not await self._sender.pace(person_key(hand.out.destination))
+            case plan.Connect():
+                known.connected = True
+                known.stopped = not await self._sender.wait_connected()
+            case plan.Begin():
+                await self._begin(hand, batch)
+            case plan.Send(ambiguous=ambiguous):
+                if ambiguous:
+                    self._copies.note_ambiguous(hand.job, "resend")
+                await self._send(hand, batch)
+
+    async def _end(
+        self, hand: _InHand, channel: Channel, batch: _Batch, end: plan.End
+    ) -> Outcome | None:
+        """How the job leaves; None for a sent job (settled with its batch)."""
+        job = hand.job
+        if isinstance(end, plan.Sent):
+            return None
+        if isinstance(end, plan.CrashLoop):
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)
-            return await self._copies.crash_loop(job, channel, message.user_id)
-        if decision is not Decision.SEND and decision is not Decision.AMBIGUOUS_RESEND:
-            return await self._copies.not_sent(job, channel, decision)
-        if decision is Decision.AMBIGUOUS_RESEND:
-            self._copies.note_ambiguous(job, "resend")
+        user_id = None if hand.message is None else hand.message.user_id
+        return await self._copies.settle(
+            job, channel, end, user_id=user_id, expires=hand.known.expires
+        )
+
+    def _validate(self, hand: _InHand) -> None:
+        """The envelope (no action of its own: a rejection shows as the job's dead_letter
+        child), and what the plan needs of it."""
+        known, job = hand.known, hand.job
+        known.validated = True
+        try:
+            envelope = parse_envelope(
+                job.delivery.body,
+                content_filter=self.settings.content_filter,
+                templates=self.templates,
+                cloud_templates=self._sender.transport.cloud_templates,
+                media_inline_max=self.settings.media_inline_max_bytes,
+            )
+        except ValidationError as error:
+            known.problem = (error.code, error.message)
+            return
+        hand.envelope = envelope
+        hand.message = _outgoing(job, envelope)
+        known.group = envelope.group
+        known.send_at = None if envelope.send_at is None else envelope.send_at.timestamp()
+        known.expires = self._deadline(job, envelope)
+        known.has_media = envelope.media is not None
+
+    async def _fetch(self, hand: _InHand) -> None:
+        """The job's media bytes into its message, or the problem with them."""
+        media = hand.envelope.media if hand.envelope is not None else None
+        assert media is not None
+        hand.known.fetched = True
+        try:
+            if self.media is None:
+                raise MediaProblem("media_unsupported", "this worker fetches no media")
+            with eliot.start_action(action_type="wa_trio:job:media", kind=media.kind):
+                payload = await self.media.payload(media)
+        except MediaProblem as problem:
+            hand.known.media_problem = (problem.code, problem.message)
+            return
+        hand.message = attrs.evolve(hand.out, media=payload)
+
+    async def _begin(self, hand: _InHand, batch: _Batch) -> None:
+        """One ledger transaction: the batch's pending marks and this job's ``sending`` row."""
+        job = hand.job
+        marks = list(batch.marks)
+        begin = Begin(job.key, hand.known.check_ledger, job.body_hash)
+        states = await self._gate.call(lambda: self._ledger.step(marks, [begin]))
+        del batch.marks[: len(marks)]
+        hand.known.begun, hand.known.found = True, states[0]
+
+    async def _send(self, hand: _InHand, batch: _Batch) -> None:
+        """The send, and its ledger mark: ``sent`` is committed with the batch; ``failed`` is
+        committed now (before its copy is published and acked); ``held`` (never sent: not
+        ambiguous on redelivery)."""
+        job, message = hand.job, hand.out
         batch.begun.add(job.tag)
         try:
             result = await self._sender.send(message)
-        except Held:
-            # never sent (WhatsApp went away again, then a stop): not ambiguous on redelivery
+        except Held:  # WhatsApp went away again, then a stop
             batch.begun.discard(job.tag)
+            hand.known.stopped = True
             batch.marks.append(Mark(job.key, "held", body_hash=job.body_hash))
-            raise
+            return
         except SendError as error:
             batch.begun.discard(job.tag)
             if self.safety is not None:
                 self.safety.after_failure(error.code)
+            hand.known.send_error = error
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
-            await self._gate.flush(batch.marks)  # recorded before its copy is published and acked
-            return await self._copies.failed_send(job, channel, error, message.user_id, expires)
-        batch.begun.discard(job.tag)
+            await self._gate.flush(batch.marks)
+            return
+        batch.begun.discard(job.tag)  # an unexpected error leaves it begun: see _contain
+        hand.known.sent = True
         batch.marks.append(Mark(job.key, "sent", result.message_id, message.user_id, job.body_hash))
         if self.safety is not None and not message.group:
             self.safety.after_send(message.destination)
         # kept until the batch is acked: without the media bytes (a batch of 100 videos)
         batch.sent.append((job, attrs.evolve(message, media=None), result))
-        return None
 
     async def _contain(
         self, job: Job, channel: Channel, batch: _Batch, error: Exception
@@ -241,81 +324,18 @@ class JobHandler:
         self.metrics.contained.labels("job").inc()
         with eliot.start_action(action_type="wa_trio:job:contained", exception=kind) as action:
             log_contained("wa_trio:job:traceback", error)
+            end: plan.End = plan.DeadLetter(
+                "internal_error", f"the worker could not handle this job ({kind})"
+            )
             if job.tag in batch.begun:
                 batch.begun.discard(job.tag)
                 batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
                 await self._gate.flush(batch.marks)
-                failure = SendError(
-                    f"internal error after the send began ({kind})", code="internal_error"
-                )
-                outcome = await self._copies.failed_send(job, channel, failure, "", None)
-            else:
-                await self._copies.dead_letter(
-                    job, channel, "internal_error", f"the worker could not handle this job ({kind})"
-                )
-                self.metrics.failed("internal_error")
-                outcome = Outcome.FAILED
+                why = f"internal error after the send began ({kind})"
+                end = plan.FailedSend(SendError(why, code="internal_error"))
+            outcome = await self._copies.settle(job, channel, end, user_id="")
             action.addSuccessFields(outcome=outcome.value)
         return outcome
-
-    async def _media_of(
-        self, job: Job, channel: Channel, envelope: WhatsAppEnvelope, user_id: str
-    ) -> MediaPayload | Outcome:
-        """The job's media bytes, or its end: a fetch that may work later goes through the
-        retry ladder; anything else about the media is dead-lettered with its code."""
-        assert envelope.media is not None
-        try:
-            if self.media is None:
-                raise MediaProblem("media_unsupported", "this worker fetches no media")
-            with eliot.start_action(action_type="wa_trio:job:media", kind=envelope.media.kind):
-                return await self.media.payload(envelope.media)
-        except MediaProblem as problem:
-            if problem.code == "media_fetch_failed":
-                error = SendError(problem.message, code=problem.code)
-                expires = self._deadline(job, envelope)
-                return await self._copies.failed_send(job, channel, error, user_id, expires)
-            await self._copies.dead_letter(job, channel, problem.code, problem.message, user_id)
-            self.metrics.failed(problem.code)
-            return Outcome.INVALID
-
-    async def _held_back(
-        self, job: Job, channel: Channel, verdict: Verdict, user_id: str
-    ) -> Outcome:
-        """Account safety said no (``safety_rules.judge``): dead-lettered with its code, or
-        parked in a wait queue and looked at again when it comes back."""
-        if verdict.dead_letter:
-            await self._copies.dead_letter(job, channel, verdict.code, verdict.message, user_id)
-            self.metrics.failed(verdict.code)
-            return Outcome.FAILED
-        eliot.log_message(
-            message_type="wa_trio:job:held_back", code=verdict.code, wait=round(verdict.wait)
-        )
-        self.metrics.held_back.labels(verdict.code).inc()
-        return await self._copies.park(job, channel, next_hop(verdict.wait) or LADDER[-1])
-
-    async def _not_due(self, job: Job, channel: Channel, send_at: float) -> Outcome | None:
-        """Park a job that is not due (``schedule.next_hop``), wait out a last sub-second in
-        the worker; None when it is time to send."""
-        remaining = send_at - time.time()
-        if remaining > self.settings.schedule_max:
-            await self._copies.dead_letter(
-                job,
-                channel,
-                "schedule_too_far",
-                f"send_at is {remaining / 86400:.1f} days ahead; WHATSAPP_SCHEDULE_MAX is "
-                f"{self.settings.schedule_max / 86400:g} days",
-            )
-            self.metrics.failed("schedule_too_far")
-            return Outcome.INVALID
-        hop = next_hop(remaining)
-        if hop is not None:
-            return await self._copies.park(job, channel, hop)
-        if remaining > 0:
-            with trio.move_on_after(remaining):
-                await self._stopping.wait()
-            if self.stopping:
-                return Outcome.HELD
-        return None
 
     def _deadline(self, job: Job, envelope: WhatsAppEnvelope) -> float | None:
         props = job.delivery.properties
@@ -341,21 +361,6 @@ class JobHandler:
         for job, _message, _result in batch.sent:
             job.action.addSuccessFields(acked=True)  # in the job's end message: one fewer
             self._finish(batch, job, Outcome.SUCCESS)
-
-    async def _validate(self, job: Job, channel: Channel) -> WhatsAppEnvelope | None:
-        """The envelope, or None after dead-lettering an invalid job (acked, counted)."""
-        try:  # no action of its own: a rejection shows as the job's dead_letter child
-            return parse_envelope(
-                job.delivery.body,
-                content_filter=self.settings.content_filter,
-                templates=self.templates,
-                cloud_templates=self._sender.transport.cloud_templates,
-                media_inline_max=self.settings.media_inline_max_bytes,
-            )
-        except ValidationError as error:
-            await self._copies.dead_letter(job, channel, error.code, error.message)
-            self.metrics.failed(error.code)
-            return None
 
     @staticmethod
     def _check(job: Job) -> bool:

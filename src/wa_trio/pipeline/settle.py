@@ -1,4 +1,9 @@
-"""What a job that is not sent becomes: a failed send is dead-lettered or parked for a retry
+"""How a job leaves: ``Copies.settle(job, channel, end)`` is the one entry for every end the
+plan chooses (``core/plan.py``: dead letter, park, duplicate, expired, failed send, crash loop,
+hold); a sent job settles with its batch (``handler._settle_sent``, fewest acks). The order is
+the same everywhere: the confirmed copy first, then the status event (durable when a webhook
+outbox is on), then the ack, so a crash at any point leaves the job unacked and redelivered,
+never acked without its copy or its event. A failed send is dead-lettered or parked for a retry
 (``failed_send``, deciding with ``outcome.on_send_failure``). The copies of a job we publish go
 to the dead-letter exchange (why it failed) or to a delay
 queue (the next retry), each under publisher confirms before the original is acked, and the
@@ -21,6 +26,7 @@ from wa_trio.bus import amqp
 from wa_trio.bus.amqp import Channel, EncodeError
 from wa_trio.config.settings import Settings
 from wa_trio.core import headers as h
+from wa_trio.core import plan
 from wa_trio.core.errors import SendError
 from wa_trio.core.expiry import EXPIRES_HEADER, outlives
 from wa_trio.core.job import Job, retry_count
@@ -44,6 +50,38 @@ class Copies:
         self._settings = settings
         self._metrics = metrics
         self._status = status
+
+    async def settle(
+        self,
+        job: Job,
+        channel: Channel,
+        end: plan.End,
+        *,
+        user_id: str | None = None,
+        expires: float | None = None,
+    ) -> Outcome:
+        """Carry out how ``job`` leaves (every end but ``Sent``, which settles with its batch)."""
+        match end:
+            case plan.DeadLetter(code=code, message=message, outcome=outcome):
+                await self.dead_letter(job, channel, code, message, user_id)
+                self._metrics.failed(code)
+                return outcome
+            case plan.Park(hop=hop, held_back=code):
+                if code is not None:
+                    eliot.log_message(message_type="wa_trio:job:held_back", code=code)
+                    self._metrics.held_back.labels(code).inc()
+                return await self.park(job, channel, hop)
+            case plan.NotSent(decision=decision):
+                return await self.not_sent(job, channel, decision)
+            case plan.Expired(why=why):
+                return await self.expired(job, channel, user_id, why)
+            case plan.FailedSend(error=error):
+                return await self.failed_send(job, channel, error, user_id or "", expires)
+            case plan.CrashLoop():
+                return await self.crash_loop(job, channel, user_id or "")
+            case plan.Hold():
+                return Outcome.HELD
+        raise ValueError(f"{end!r} settles with its batch, not alone")
 
     def note_ambiguous(
         self,

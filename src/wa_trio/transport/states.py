@@ -46,43 +46,48 @@ class Transition:
     loud: str | None = None  # an operator-facing message to log at error level
 
 
+#: signals whose transition depends on nothing else (a flat table)
+_FIXED: dict[str, Transition] = {
+    "connecting": Transition(ConnectionState.CONNECTING, True),
+    "qr": Transition(ConnectionState.WAITING_FOR_LOGIN, True),
+    "pair_error": Transition(ConnectionState.WAITING_FOR_LOGIN, True),
+    "connected": Transition(ConnectionState.CONNECTED, True),
+    "keepalive_restored": Transition(ConnectionState.CONNECTED, True),
+    # linked, but not connected yet: whatsmeow restarts the stream (515) and only a
+    # Connected event after that means messages can go out
+    "pair_success": Transition(ConnectionState.CONNECTING, True),
+    "logged_out": Transition(
+        ConnectionState.LOGGED_OUT,
+        False,
+        "WhatsApp logged this device out (unlinked from the phone). Jobs stay queued. "
+        "Link again: open /login or run `wa-trio login`.",
+    ),
+    "stream_replaced": Transition(
+        ConnectionState.DISCONNECTED,
+        False,
+        "another client connected with this same session (two workers on one account?). "
+        "Not reconnecting, to avoid a fight; stop the other one and restart this worker.",
+    ),
+    "client_outdated": Transition(
+        ConnectionState.DISCONNECTED,
+        False,
+        "WhatsApp says this client version is outdated: upgrade neonize / wa-trio.",
+    ),
+}
+
+
 def next_state(current: ConnectionState, signal: Signal) -> Transition:
     """The state after ``signal``; unknown kinds leave the state unchanged."""
     kind = signal.kind
-    if kind == "connecting":
-        return Transition(ConnectionState.CONNECTING, True)
-    if kind in {"qr", "pair_error"}:
-        return Transition(ConnectionState.WAITING_FOR_LOGIN, True)
-    if kind in {"connected", "keepalive_restored"}:
-        return Transition(ConnectionState.CONNECTED, True)
-    if kind == "pair_success":
-        # linked, but not connected yet: whatsmeow restarts the stream (515) and only a
-        # Connected event after that means messages can go out
-        return Transition(ConnectionState.CONNECTING, True)
+    fixed = _FIXED.get(kind)
+    if fixed is not None:
+        return fixed
     if kind in {"disconnected", "keepalive_timeout", "dial_failed"}:
         if current in {ConnectionState.LOGGED_OUT, ConnectionState.BANNED, ConnectionState.FAILED}:
             return Transition(current, False)
         return Transition(ConnectionState.DISCONNECTED, True)
-    if kind == "logged_out":
-        return Transition(
-            ConnectionState.LOGGED_OUT,
-            False,
-            "WhatsApp logged this device out (unlinked from the phone). Jobs stay queued. "
-            "Link again: open /login or run `wa-trio login`.",
-        )
     if kind == "temporary_ban":
-        after = (
-            "the worker reconnects by itself when it ends"
-            if signal.seconds > 0
-            else "restart the worker after the ban ends"
-        )
-        return Transition(
-            ConnectionState.BANNED,
-            False,
-            f"WhatsApp temporarily banned this account (code {signal.reason}: "
-            f"{signal.detail or 'no detail'}). Jobs stay queued, no reconnect until then; "
-            f"review pacing (docs/account-safety.md); {after}.",
-        )
+        return _banned(signal)
     if kind == "failed":
         return Transition(
             ConnectionState.FAILED,
@@ -91,19 +96,6 @@ def next_state(current: ConnectionState, signal: Signal) -> Transition:
             "(WHATSAPP_CONNECT_MAX_FAILURES). Jobs stay queued. Check the network, proxy and "
             "session, then POST /login/relogin or run `wa-trio relogin`.",
         )
-    if kind == "stream_replaced":
-        return Transition(
-            ConnectionState.DISCONNECTED,
-            False,
-            "another client connected with this same session (two workers on one account?). "
-            "Not reconnecting, to avoid a fight; stop the other one and restart this worker.",
-        )
-    if kind == "client_outdated":
-        return Transition(
-            ConnectionState.DISCONNECTED,
-            False,
-            "WhatsApp says this client version is outdated: upgrade neonize / wa-trio.",
-        )
     if kind == "connect_failure":
         if signal.reason in _LOGGED_OUT_REASONS:
             return next_state(current, Signal("logged_out"))
@@ -111,3 +103,18 @@ def next_state(current: ConnectionState, signal: Signal) -> Transition:
             return next_state(current, Signal("temporary_ban", signal.reason, signal.detail))
         return Transition(ConnectionState.DISCONNECTED, True)
     return Transition(current, True)
+
+
+def _banned(signal: Signal) -> Transition:
+    after = (
+        "the worker reconnects by itself when it ends"
+        if signal.seconds > 0
+        else "restart the worker after the ban ends"
+    )
+    return Transition(
+        ConnectionState.BANNED,
+        False,
+        f"WhatsApp temporarily banned this account (code {signal.reason}: "
+        f"{signal.detail or 'no detail'}). Jobs stay queued, no reconnect until then; "
+        f"review pacing (docs/account-safety.md); {after}.",
+    )

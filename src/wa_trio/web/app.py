@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,37 +96,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
     redactor = redactor or Redactor(production=True)
     contain_requests(app, metrics)
-    # read at scrape time from the transport, the one place that knows
-    metrics.whatsapp_connected.set_function(
-        lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
-    )
-    metrics.account_blocked_until.set_function(lambda: transport.banned_until)
-    metrics.connect_attempts.set_function(lambda: float(getattr(transport, "connect_attempts", 0)))
-    for each in ConnectionState:
-        metrics.whatsapp_state.labels(each.value).set_function(partial(_is, transport, each))
+    _wire_metrics(metrics, transport)
     rendered: list[tuple[float, bytes]] = []
-
-    async def broker_checks() -> tuple[list[str], dict[str, str]]:
-        ok: list[str] = []
-        failing: dict[str, str] = {}
-        if consumer.connected:
-            ok.append("amqp_consumer")
-        else:
-            failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
-        result = await monitor.check()
-        if result.ok:
-            ok.append("broker")
-        else:
-            failing["broker"] = result.detail
-        if session_path is not None and not await trio.Path(session_path).is_dir():
-            failing["session"] = f"the session folder {session_path} is gone"
-        problem = consumer.statistics().ledger_problem
-        if problem:  # reported only while failing (the send ledger is local, not a service)
-            failing["ledger"] = problem
-        stopped = transport.health_problem()
-        if stopped:  # the account cannot send until an operator acts (an expired token)
-            failing["whatsapp"] = stopped
-        return ok, failing
+    broker_checks = _health_checks(consumer, monitor, transport, session_path)
 
     @app.get("/livez")
     async def livez() -> tuple[dict[str, Any], int]:
@@ -166,6 +138,50 @@ def create_app(
     if meta_webhook is not None:
         _meta_routes(app, meta_webhook)
     return app
+
+
+def _wire_metrics(metrics: Metrics, transport: Transport) -> None:
+    """Gauges read at scrape time from the transport, the one place that knows."""
+    metrics.whatsapp_connected.set_function(
+        lambda: 1.0 if transport.state is ConnectionState.CONNECTED else 0.0
+    )
+    metrics.account_blocked_until.set_function(lambda: transport.banned_until)
+    metrics.connect_attempts.set_function(lambda: float(getattr(transport, "connect_attempts", 0)))
+    for each in ConnectionState:
+        metrics.whatsapp_state.labels(each.value).set_function(partial(_is, transport, each))
+
+
+def _health_checks(
+    consumer: ConsumerState,
+    monitor: BrokerMonitor,
+    transport: Transport,
+    session_path: Path | None,
+) -> Callable[[], Awaitable[tuple[list[str], dict[str, str]]]]:
+    """What /healthz and /readyz check: (what is ok, what is failing and why)."""
+
+    async def broker_checks() -> tuple[list[str], dict[str, str]]:
+        ok: list[str] = []
+        failing: dict[str, str] = {}
+        if consumer.connected:
+            ok.append("amqp_consumer")
+        else:
+            failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
+        result = await monitor.check()
+        if result.ok:
+            ok.append("broker")
+        else:
+            failing["broker"] = result.detail
+        if session_path is not None and not await trio.Path(session_path).is_dir():
+            failing["session"] = f"the session folder {session_path} is gone"
+        problem = consumer.statistics().ledger_problem
+        if problem:  # reported only while failing (the send ledger is local, not a service)
+            failing["ledger"] = problem
+        stopped = transport.health_problem()
+        if stopped:  # the account cannot send until an operator acts (an expired token)
+            failing["whatsapp"] = stopped
+        return ok, failing
+
+    return broker_checks
 
 
 def contain_requests(app: QuartTrio, metrics: Metrics) -> None:

@@ -22,7 +22,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import attrs
 import eliot
@@ -44,9 +44,6 @@ from wa_trio.metrics import Metrics
 from wa_trio.pipeline.consumer import Pipeline
 from wa_trio.stores.files import (
     StartupError,
-    lock_session,
-    private_dir,
-    try_lock_session,
 )
 from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport import Transport
@@ -54,16 +51,16 @@ from wa_trio.transport.cloud_api.webhook import MetaWebhook
 from wa_trio.web.app import create_app, run_http
 from wa_trio.worker.startup import (
     admin_token,
-    build_transport,
-    check_media_tools,
-    load_templates,
     watch_signals,
 )
 
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
     from quart_trio import QuartTrio
 
-    from wa_trio.accounts.lease import Lease
+#: what holds the account while its worker runs (a replica's ``Lease.keep``), started first in
+#: the root nursery: ``fence(heartbeat, on_lost=...)``; when it is lost it calls ``on_lost``
+#: and raises, which cancels every task below it
+Fence = Callable[..., Awaitable[None]]
 
 
 @attrs.define
@@ -93,56 +90,6 @@ class Worker:
         return url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
 
 
-async def run_worker(
-    settings: Settings,
-    *,
-    transport: Transport | None = None,
-    handle_signals: bool = True,
-    serve_http: bool = True,
-    on_running: Callable[[Worker | None], None] | None = None,
-    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the worker until stopped; returns normally after a graceful stop. With several
-    accounts (WHATSAPP_ACCOUNTS), one worker per account and the pool router (``accounts.py``).
-    With WHATSAPP_STORE=postgresql, the account's lease comes first (``_run_replica``).
-    ``on_running`` hears of each (re)start of the worker, and None when it stops sending."""
-    if settings.multi_account and not settings.account:
-        from wa_trio.accounts.multi import run_accounts
-
-        await run_accounts(
-            settings,
-            handle_signals=handle_signals,
-            task_status=cast("trio.TaskStatus[Any]", task_status),  # an Accounts handle
-        )
-        return
-    metrics = Metrics(settings.queue_name, settings.dlq_name)
-    templates = load_templates(settings)
-    settings = check_media_tools(settings)
-    await trio.to_thread.run_sync(private_dir, settings.session_path)
-    run = Run(settings, metrics, templates, trio.Event(), handle_signals, serve_http, on_running)
-    if settings.store is not None:
-        from wa_trio.accounts.replica import run_replica
-
-        await run_replica(run, settings.store, transport, task_status)
-        return
-    session_lock = await trio.to_thread.run_sync(try_lock_session, settings.session_path)
-    if session_lock is None:
-        if not settings.standby:
-            session_lock = await trio.to_thread.run_sync(lock_session, settings.session_path)
-        else:
-            from wa_trio.accounts.standby import stand_by
-
-            session_lock = await stand_by(settings, metrics, serve_http=serve_http)
-    try:
-        try:
-            ledger = await AsyncLedger.open(settings.ledger_db)
-        except LedgerError as error:
-            raise StartupError(error.message) from None
-        await run_once(run, transport or build_transport(settings), ledger, None, task_status)
-    finally:
-        session_lock.close()
-
-
 @attrs.frozen
 class Run:
     """What every (re)start of the worker shares: one stop event (a ``Worker.stop()`` on any
@@ -161,10 +108,10 @@ async def run_once(
     run: Run,
     transport: Transport,
     ledger: AsyncLedger,
-    lease: Lease | None,
+    fence: Fence | None,
     task_status: trio.TaskStatus[Worker],
 ) -> None:
-    """Build the parts around ``ledger`` and run them until stopped (or fenced: ``lease``)."""
+    """Build the parts around ``ledger`` and run them until stopped (or fenced: ``fence``)."""
     settings, metrics = run.settings, run.metrics
     try:
         webhook = WebhookSink(settings, metrics)
@@ -229,7 +176,7 @@ async def run_once(
         fetcher,
     )
     try:
-        await _supervise(parts, run, lease, task_status=task_status)
+        await _supervise(parts, run, fence, task_status=task_status)
     except* (TopologyError, StartupError, TransportError) as group:
         # start-up cannot go on: give the CLI the one error to print, not a group
         raise _first(group) from None
@@ -281,7 +228,7 @@ class _Parts:
 async def _supervise(
     parts: _Parts,
     run: Run,
-    lease: Lease | None,
+    fence: Fence | None,
     *,
     task_status: trio.TaskStatus[Worker],
 ) -> None:
@@ -317,10 +264,10 @@ async def _supervise(
             pipeline_done.set()
 
     async with trio.open_nursery() as nursery:
-        if lease is not None:  # first: a lost lease cancels everything below (the fence)
+        if fence is not None:  # first: a lost lease cancels everything below (the fence)
             await nursery.start(
                 partial(
-                    lease.keep,
+                    fence,
                     partial(_heartbeat, parts.transport, settings),
                     on_lost=partial(_fence, pipeline),
                 )

@@ -9,6 +9,7 @@ Unit-tested with real neonize protobuf events (tests/unit/test_neonize_events.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from wa_trio.core.instants import MILLISECONDS, epoch_seconds
@@ -29,37 +30,47 @@ TERMINAL = frozenset(
 NOT_CHATS = frozenset({"broadcast", "newsletter"})
 
 
+def _temporary_ban(event: Any) -> Signal:
+    try:
+        reason = type(event).TempBanReason.Name(event.Code)
+    except ValueError:
+        reason = "unknown reason"
+    expire = max(0.0, float(event.Expire))
+    return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {expire:g}s", expire)
+
+
+def _pair_status(event: Any) -> Signal:
+    if event.Error:
+        return Signal("pair_error", detail=str(event.Error)[:200])
+    return Signal("pair_success", detail=str(event.ID.User))
+
+
+#: each connection event (by its class name) and the Signal it is (a flat table)
+_SIGNALS: dict[str, Callable[[Any], Signal]] = {
+    "Connected": lambda _event: Signal("connected"),
+    "Disconnected": lambda _event: Signal("disconnected"),
+    "KeepAliveTimeout": lambda event: Signal(
+        "keepalive_timeout", detail=f"errors={event.ErrorCount}"
+    ),
+    "KeepAliveRestored": lambda _event: Signal("keepalive_restored"),
+    "LoggedOut": lambda event: Signal(
+        "logged_out", int(event.Reason), "on_connect" if event.OnConnect else ""
+    ),
+    "StreamReplaced": lambda _event: Signal("stream_replaced"),
+    "TemporaryBan": _temporary_ban,
+    "ConnectFailure": lambda event: Signal(
+        "connect_failure", int(event.Reason), str(event.Message)[:200]
+    ),
+    "ClientOutdated": lambda _event: Signal("client_outdated"),
+    "PairStatus": _pair_status,
+}
+
+
 def signal_of(event: Any) -> Signal:
     """Turn a neonize event object into a state-machine Signal (runs on a Go thread)."""
     kind = type(event).__name__
-    if kind == "Connected":
-        return Signal("connected")
-    if kind == "Disconnected":
-        return Signal("disconnected")
-    if kind == "KeepAliveTimeout":
-        return Signal("keepalive_timeout", detail=f"errors={event.ErrorCount}")
-    if kind == "KeepAliveRestored":
-        return Signal("keepalive_restored")
-    if kind == "LoggedOut":
-        return Signal("logged_out", int(event.Reason), "on_connect" if event.OnConnect else "")
-    if kind == "StreamReplaced":
-        return Signal("stream_replaced")
-    if kind == "TemporaryBan":
-        try:
-            reason = type(event).TempBanReason.Name(event.Code)
-        except ValueError:
-            reason = "unknown reason"
-        expire = max(0.0, float(event.Expire))
-        return Signal("temporary_ban", int(event.Code), f"{reason}; expires in {expire:g}s", expire)
-    if kind == "ConnectFailure":
-        return Signal("connect_failure", int(event.Reason), str(event.Message)[:200])
-    if kind == "ClientOutdated":
-        return Signal("client_outdated")
-    if kind == "PairStatus":
-        if event.Error:
-            return Signal("pair_error", detail=str(event.Error)[:200])
-        return Signal("pair_success", detail=str(event.ID.User))
-    return Signal(kind.lower())
+    make = _SIGNALS.get(kind)
+    return Signal(kind.lower()) if make is None else make(event)
 
 
 EVENT_NAMES = (

@@ -183,6 +183,14 @@ class NeonizeTransport(GoThreadHandlers):
             self._connected.set()
         elif self._connected.is_set():
             self._connected = trio.Event()
+        self._announce(old, signal, transition.loud)
+        if signal.kind in TERMINAL and self._nursery is not None:
+            # whatsmeow stopped reconnecting but connect() keeps blocking: end it, so the
+            # watchdog reaches its re-login wait or its back-off
+            self._nursery.start_soon(self._stop_client)
+
+    def _announce(self, old: ConnectionState, signal: Signal, loud: str | None) -> None:
+        """A state change in the log; what needs an operator on stderr too."""
         if old is not self._state:
             self.transitions.append((old, self._state, signal.kind))
             eliot.log_message(
@@ -193,22 +201,18 @@ class NeonizeTransport(GoThreadHandlers):
                 reason=signal.reason or None,
                 detail=signal.detail[:200] or None,
             )
-        if transition.loud:
+        if loud:
             eliot.log_message(
                 message_type="wa_trio:whatsapp:attention",
                 level="error",
                 state=self._state.value,
-                message=transition.loud,
+                message=loud,
             )
             print(
-                f"wa-trio: WHATSAPP {self._state.value.upper()}: {transition.loud}",
+                f"wa-trio: WHATSAPP {self._state.value.upper()}: {loud}",
                 file=sys.stderr,
                 flush=True,
             )
-        if signal.kind in TERMINAL and self._nursery is not None:
-            # whatsmeow stopped reconnecting but connect() keeps blocking: end it, so the
-            # watchdog reaches its re-login wait or its back-off
-            self._nursery.start_soon(self._stop_client)
 
     def health_problem(self) -> str | None:
         """Stream replaced, a temporary ban, the restart budget spent, an outdated client: red
