@@ -20,6 +20,8 @@ from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.config.settings import Settings
 from wa_trio.core.schedule import LADDER
 from wa_trio.metrics import WORKER
+from wa_trio.transport import OutgoingMessage, SendResult
+from wa_trio.transport.dry_run import DryRunTransport
 from wa_trio.worker.app import Worker
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
@@ -300,3 +302,16 @@ async def stop_worker(worker: Worker, timeout: float = 30) -> None:
         )
     worker.stop()
     await wait_for(lambda: not worker.pipeline.connected, timeout=timeout, what="stopped")
+
+
+class SlowDryRun(DryRunTransport):
+    """dry-run that takes 2 ms a send, so a stream lasts long enough to be cut in the middle."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        await trio.sleep(0.002)
+        return await super().send(message)
+
+
+def processed(worker: Worker, status: str) -> float:
+    """``worker_jobs_processed_total`` of ``status`` (0 before the first)."""
+    return job_metric(worker, "worker_jobs_processed_total", status=status) or 0.0

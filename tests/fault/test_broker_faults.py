@@ -16,6 +16,7 @@ from tests.conftest import StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.fault.conftest import OwnBroker
 from tests.helpers import (
+    SlowDryRun,
     delete_topology,
     job_body,
     job_metric,
@@ -26,16 +27,6 @@ from tests.helpers import (
 )
 from wa_trio.config.settings import Settings
 from wa_trio.log import Redactor
-from wa_trio.transport import OutgoingMessage, SendResult
-from wa_trio.transport.dry_run import DryRunTransport
-
-
-class SlowDryRun(DryRunTransport):
-    """dry-run that takes 2 ms a send, so a stream lasts long enough to be cut in the middle."""
-
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        await trio.sleep(0.002)
-        return await super().send(message)
 
 
 def counts(settings: Settings) -> Counter[str]:

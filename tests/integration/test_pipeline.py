@@ -13,6 +13,7 @@ from tests.helpers import (
     drain_queue,
     job_body,
     job_metric,
+    processed,
     publish_many,
     queue_count,
     rabbitmqctl,
@@ -24,15 +25,6 @@ from wa_trio.bus.amqp import BrokerAddress
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import TopologyError
 from wa_trio.run import run_worker
-from wa_trio.transport import OutgoingMessage, SendResult
-from wa_trio.transport.dry_run import DryRunTransport
-
-
-def processed(worker: object, status: str) -> float:
-    value = worker.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
-        "worker_jobs_processed_total", {"worker": "whatsapp", "status": status}
-    )
-    return value or 0.0
 
 
 async def test_valid_jobs_are_sent_and_acked(topology: Settings, start_worker: StartWorker) -> None:
@@ -131,11 +123,3 @@ async def test_topology_mismatch_stops_with_one_clear_line(topology: Settings) -
     assert topology.queue_name in message
     assert "x-max-length" in message
     assert "delete" in message and "WHATSAPP_QUEUE_NAME" in message
-
-
-class SlowDryRun(DryRunTransport):
-    """dry-run that takes 2 ms a send, so a stream lasts long enough to be cut in the middle."""
-
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        await trio.sleep(0.002)
-        return await super().send(message)

@@ -21,7 +21,7 @@ def test_gate_is_85_percent_and_fails_a_run_below_it(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "pytest",
-            "tests/unit/test_policy.py",
+            "tests/unit/core/test_policy.py",
             "--cov=wa_trio",
             f"--cov-report=json:{tmp_path / 'cov.json'}",
             "-q",

@@ -5,7 +5,7 @@ WhatsApp messages are plain text, so these patterns protect the *publishers'* do
 each one needs SQL or HTML *syntax*, not just a keyword, so everyday text passes
 ("Select your seat", "I <3 you", "Drop me a line", "Union Station at 5"); the corpus of
 tests/data/benign_texts.txt measures it (zero false positives required). The list is documented
-in README.md ("Content policy") and tested on both sides in tests/unit/test_policy.py.
+in README.md ("Content policy") and tested on both sides in tests/unit/core/test_policy.py.
 Switch it off with WHATSAPP_CONTENT_FILTER=off.
 """
 

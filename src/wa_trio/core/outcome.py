@@ -2,7 +2,7 @@
 many jobs to take at once, which acks settle a batch, and the headers of the copies we publish.
 
 The pipeline (``pipeline.py``) only carries these decisions out. Every table here is tested in
-``tests/unit/test_outcome.py`` with no broker, no trio and no WhatsApp.
+``tests/unit/core/test_outcome.py`` with no broker, no trio and no WhatsApp.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 ...) into a state-machine ``Signal``; ``receipt_of`` turns a ``Receipt`` into ``ReceiptInfo``;
 ``inbound_of`` turns a ``Message`` into an ``InboundMessage``.
 They run on Go-owned threads (the handlers call them there), so they touch nothing shared.
-Unit-tested with real neonize protobuf events (tests/unit/test_neonize_events.py).
+Unit-tested with real neonize protobuf events (tests/unit/transport/test_neonize_events.py).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ HOSTILE = [
     ("<embed src=x.swf>", "xss_dangerous_tag"),
 ]
 
-CORPUS = Path(__file__).parent.parent / "data" / "benign_texts.txt"
+CORPUS = Path(__file__).parents[2] / "data" / "benign_texts.txt"
 
 
 def test_no_false_positive_on_the_corpus_of_ordinary_notifications() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import job_body
 from wa_trio.cli.main import main
 from wa_trio.cli.session_backup import SessionError, import_session
 from wa_trio.config.settings import ConfigError, Settings, redact_url
@@ -20,12 +21,6 @@ from wa_trio.stores.files import StartupError, lock_session, private_dir
 from wa_trio.transport.dry_run import DryRunTransport
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
-
-
-def _job(destination: str) -> bytes:
-    import json
-
-    return json.dumps({"user_id": UID, "text_message": "hi", "destination": destination}).encode()
 
 
 @pytest.mark.parametrize("password", ["pa/ss", "p#ss", "p?ss", "p@ss", "a/b#c?d@e"])
@@ -107,7 +102,7 @@ def test_a_second_process_on_one_session_folder_is_refused(tmp_path: Path) -> No
 
 def test_a_padded_destination_is_rejected_before_any_work() -> None:
     before = _possible_number.cache_info().currsize
-    body = _job("+5511999999999" + " " * 400_000)
+    body = job_body(destination="+5511999999999" + " " * 400_000)
     with pytest.raises(ValidationError) as info:
         parse_envelope(body)
     assert info.value.code == "invalid_destination"
@@ -117,7 +112,7 @@ def test_a_padded_destination_is_rejected_before_any_work() -> None:
 def test_the_cache_keys_on_the_normalised_number() -> None:
     _possible_number.cache_clear()
     for raw in ("+55 11 99999-9999", "+55 (11) 99999.9999", "+5511999999999"):
-        parse_envelope(_job(raw))
+        parse_envelope(job_body(destination=raw))
     assert _possible_number.cache_info().currsize == 1
 
 

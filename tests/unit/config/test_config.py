@@ -13,7 +13,7 @@ from wa_trio.config.settings import (
     redact_url,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_are_the_original_workers() -> None:

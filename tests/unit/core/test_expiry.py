@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from tests.helpers import job_body
 from wa_trio.core.envelope import ValidationError, parse_envelope
 from wa_trio.core.expiry import EXPIRES_HEADER, deadline, is_expired, outlives
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 
 
-def _job(**fields: Any) -> bytes:
-    body = {"user_id": UID, "text_message": "Your code is 123456", "destination": "+5511999999999"}
-    body.update(fields)
-    return json.dumps(body).encode()
-
-
 @pytest.mark.parametrize(
     "value", ["2026-11-25T22:00:00Z", "2026-11-25T19:00:00-03:00", "2026-11-25T22:00:00.123+00:00"]
 )
 def test_expires_at_with_an_offset_is_accepted(value: str) -> None:
-    envelope = parse_envelope(_job(expires_at=value))
+    envelope = parse_envelope(job_body(expires_at=value))
     assert envelope.expires_at is not None
     assert envelope.expires_at.astimezone(UTC).hour == 22
 
@@ -46,12 +40,12 @@ def test_expires_at_with_an_offset_is_accepted(value: str) -> None:
 )
 def test_a_malformed_expiry_is_invalid_expiry(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as info:
-        parse_envelope(_job(**fields))
+        parse_envelope(job_body(**fields))
     assert info.value.code == "invalid_expiry"
 
 
 def test_a_job_without_expiry_never_expires() -> None:
-    envelope = parse_envelope(_job())
+    envelope = parse_envelope(job_body())
     assert envelope.expires_at is None and envelope.ttl_seconds is None
     assert deadline(expires_at=None, ttl_seconds=None, headers={}, published_at=None,
                     received_at=100.0) is None  # fmt: skip

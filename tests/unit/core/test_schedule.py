@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
+from tests.helpers import job_body
 from wa_trio.core.envelope import ValidationError, parse_envelope
 from wa_trio.core.schedule import LADDER, next_hop
 
@@ -36,15 +34,9 @@ def test_a_far_job_comes_back_within_a_second() -> None:
         assert hops <= 30  # a few hops, even for days ahead
 
 
-def _job(**fields: Any) -> bytes:
-    body = {"user_id": UID, "text_message": "hi", "destination": "+5511999999999"}
-    body.update(fields)
-    return json.dumps(body).encode()
-
-
 def test_send_at_needs_an_offset() -> None:
-    assert parse_envelope(_job(send_at="2030-01-01T09:00:00-03:00")).send_at is not None
+    assert parse_envelope(job_body(send_at="2030-01-01T09:00:00-03:00")).send_at is not None
     for bad in ("2030-01-01T09:00:00", "later", 1893456000):
         with pytest.raises(ValidationError) as info:
-            parse_envelope(_job(send_at=bad))
+            parse_envelope(job_body(send_at=bad))
         assert info.value.code == "invalid_schedule"
