@@ -28,7 +28,8 @@ from wa_trio.core.identity import person_key
 from wa_trio.core.safety_rules import Verdict, is_optout, judge, keyword_set
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.stores.contacts import Contacts, ContactStore
+from wa_trio.stores import open as stores
+from wa_trio.stores.contacts import Contacts
 from wa_trio.transport import OutgoingMessage, Transport
 from wa_trio.transport.inbound import InboundMessage
 
@@ -70,20 +71,7 @@ class AccountSafety:
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, redactor: Redactor) -> AccountSafety:
-        store: Contacts
-        shared: Contacts | None = None
-        if settings.store is not None:  # PostgreSQL: one opt-out list for every replica
-            from wa_trio.stores.postgres import PgContactStore
-
-            store = await trio.to_thread.run_sync(
-                PgContactStore, settings.store, settings.account_name
-            )
-            return await trio.to_thread.run_sync(lambda: cls(settings, metrics, redactor, store))
-        store = await trio.to_thread.run_sync(ContactStore, settings.session_path / "contacts.db")
-        if settings.shared_session_path is not None:  # several accounts: one opt-out list
-            shared = await trio.to_thread.run_sync(
-                ContactStore, settings.shared_session_path / "optouts.db"
-            )
+        store, shared = await trio.to_thread.run_sync(stores.contacts, settings)
         return await trio.to_thread.run_sync(
             lambda: cls(settings, metrics, redactor, store, optout_store=shared)
         )

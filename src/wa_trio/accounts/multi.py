@@ -25,7 +25,8 @@ from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
-from wa_trio.web.app import create_accounts_app, run_http
+from wa_trio.web.accounts_app import create_accounts_app
+from wa_trio.web.app import run_http
 from wa_trio.worker.app import Worker
 from wa_trio.worker.startup import admin_token, ensure_fd_room, watch_signals
 

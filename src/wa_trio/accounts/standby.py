@@ -14,7 +14,8 @@ from wa_trio.config.settings import Settings
 from wa_trio.core.errors import first_leaf
 from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError, wait_lock_session
-from wa_trio.web.app import create_standby_app, run_http
+from wa_trio.web.accounts_app import create_standby_app
+from wa_trio.web.app import run_http
 
 T = TypeVar("T")
 

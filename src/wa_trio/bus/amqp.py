@@ -31,11 +31,11 @@ from serena.payloads.header import serialise_basic_header
 from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
 from wa_trio.bus import _serena_patch as serena_patch
+from wa_trio.bus import topology
+from wa_trio.bus.topology import retry_queue_name, wait_queue_name
 from wa_trio.config.settings import Settings
 from wa_trio.core import headers
-from wa_trio.core.content_filter import delay_label
 from wa_trio.core.errors import TopologyError, WaTrioError
-from wa_trio.core.schedule import LADDER
 
 __all__ = [
     "BrokerAddress",
@@ -52,6 +52,8 @@ __all__ = [
     "listen",
     "publish",
     "queue_message_count",
+    "retry_queue_name",
+    "wait_queue_name",
 ]
 
 serena_patch.apply()
@@ -195,80 +197,25 @@ def _topology_error(error: UnexpectedCloseError, kind: str, name: str, fix: str)
 
 
 async def declare_topology(connection: Connection, settings: Settings) -> None:
-    """Declare exchange, queue, binding, DLX and DLQ (idempotent).
+    """Declare what ``topology.declarations`` lists, then bind (idempotent).
 
     Raises:
         TopologyError: an existing object has other arguments; the message says which and how to
             fix it (one line).
     """
-    plan: list[tuple[str, str, str, Any]] = [
-        (
-            "exchange",
-            settings.exchange,
-            "WHATSAPP_EXCHANGE",
-            dict(type=settings.exchange_type, durable=True),
-        ),
-        ("exchange", settings.dlx, "WHATSAPP_DLX", dict(type="fanout", durable=True)),
-        ("queue", settings.queue_name, "WHATSAPP_QUEUE_NAME", dict(durable=True)),
-        ("queue", settings.dlq_name, "WHATSAPP_DLQ_NAME", dict(durable=True)),
-    ]
     async with connection.open_channel() as channel:
-        for kind, name, variable, options in plan:
-            vhost = settings.rabbitmq_vhost
-            delete = (
-                f"rabbitmqctl delete_queue -p {vhost} {name}"
-                if kind == "queue"
-                else f"rabbitmqadmin --vhost={vhost} delete exchange name={name}"
-            )
-            fix = (
-                f"delete it ({delete}) so wa-trio can declare it, or set {variable} to another name"
-            )
+        for each in topology.declarations(settings):
             try:
-                if kind == "exchange":
-                    await channel.exchange_declare(name, options["type"], durable=True)
+                if each.kind == "exchange":
+                    await channel.exchange_declare(each.name, each.exchange_type, durable=True)
                 else:
-                    await channel.queue_declare(name, durable=True)
+                    await channel.queue_declare(each.name, durable=True, arguments=each.arguments)
             except UnexpectedCloseError as error:
                 if error.reply_code == 406:
-                    raise _topology_error(error, kind, name, fix) from None
+                    raise _topology_error(error, each.kind, each.name, each.fix) from None
                 raise
-        await channel.queue_bind(settings.queue_name, settings.exchange, settings.routing_key)
-        await channel.queue_bind(settings.dlq_name, settings.dlx, "")
-        delays = [(retry_queue_name(settings, d), d) for d in sorted(set(settings.retry_delays))]
-        delays += [(wait_queue_name(settings, d), d) for d in LADDER]
-        for name, delay in delays:
-            try:
-                await channel.queue_declare(
-                    name,
-                    durable=True,
-                    arguments={
-                        "x-message-ttl": round(delay * 1000),
-                        "x-dead-letter-exchange": settings.exchange,
-                        "x-dead-letter-routing-key": settings.routing_key,
-                    },
-                )
-            except UnexpectedCloseError as error:
-                if error.reply_code == 406:
-                    raise _topology_error(
-                        error,
-                        "queue",
-                        name,
-                        f"delete it (rabbitmqctl delete_queue -p {settings.rabbitmq_vhost} "
-                        f"{name}); "
-                        "it holds only jobs waiting for a retry or their time, publish them "
-                        "again first",
-                    ) from None
-                raise
-
-
-def wait_queue_name(settings: Settings, delay: float) -> str:
-    """The delay queue where a scheduled job waits ``delay`` seconds (``schedule.LADDER``)."""
-    return f"{settings.queue_name}.wait.{delay_label(delay)}"
-
-
-def retry_queue_name(settings: Settings, delay: float) -> str:
-    """The delay queue for ``delay``: per-queue TTL, dead-letters back to the job exchange."""
-    return f"{settings.queue_name}.retry.{delay_label(delay)}"
+        for queue, exchange, routing_key in topology.bindings(settings):
+            await channel.queue_bind(queue, exchange, routing_key)
 
 
 async def queue_message_count(channel: Channel, queue: str) -> int:

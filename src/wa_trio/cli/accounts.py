@@ -11,7 +11,7 @@ import sys
 import attrs
 import trio
 
-from wa_trio.cli.main import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from wa_trio.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import ValidationError
 
@@ -22,20 +22,9 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.core.envelope import clean_destination
     from wa_trio.core.identity import person_key
     from wa_trio.log import Redactor
-    from wa_trio.stores.contacts import Contacts, ContactStore
-    from wa_trio.stores.files import private_dir
+    from wa_trio.stores import open as stores
 
-    store: Contacts
-    if settings.store is not None:  # one list for every account and replica
-        from wa_trio.stores.postgres import PgContactStore, migrate
-
-        migrate(settings.store)
-        store = PgContactStore(settings.store, settings.account_name)
-    else:
-        private_dir(settings.session_path)
-        # several accounts share one opt-out list in the session folder (docs/scaling.md)
-        name = "optouts.db" if settings.multi_account else "contacts.db"
-        store = ContactStore(settings.session_path / name)
+    store = stores.optout_list(settings)  # one list for every account and replica
     try:
         if args.optout_command == "list":
             for entry in store.optouts():

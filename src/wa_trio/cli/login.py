@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
 
 import trio
 
-from wa_trio.config.settings import Settings, redact_url
+from wa_trio.config.redact import redact_url
+from wa_trio.config.settings import Settings
 from wa_trio.log import Redactor
-from wa_trio.stores.files import StartupError, lock_session, private_dir
+from wa_trio.stores import open as stores
 from wa_trio.transport import ConnectionState
 
 
@@ -49,28 +49,11 @@ async def run_login(settings: Settings, wait_seconds: float) -> bool:
     return linked
 
 
-@contextlib.contextmanager
-def _session_held(settings: Settings) -> Iterator[None]:
-    """Hold the account's session while linking it: the session folder's lock, or the
-    account's lease in the store (never two clients on one session)."""
+def _session_held(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """Hold the account's session while linking it (``stores.open.claimed``)."""
     account = settings.account_name
-    if settings.store is None:
-        private_dir(settings.session_path)
-        with lock_session(settings.session_path):
-            yield
-        return
-    from wa_trio.stores.postgres import LeaseConnection, ensure_session_schema, migrate
-
-    migrate(settings.store)
-    ensure_session_schema(settings.store, account)
-    lease = LeaseConnection(settings.store, account)
-    try:
-        if lease.try_take() is None:
-            raise StartupError(
-                f"a running worker holds account {account}; link it there "
-                f"(/login?account={account}) or stop it first"
-            )
-        yield
-        lease.release()
-    finally:
-        lease.close()
+    return stores.claimed(
+        settings,
+        held=f"a running worker holds account {account}; link it there "
+        f"(/login?account={account}) or stop it first",
+    )

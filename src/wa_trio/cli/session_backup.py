@@ -157,30 +157,22 @@ def import_account(settings: Settings, source: Path, *, force: bool = False) -> 
     """``source`` (a SQLite session database) as the account's session in its store."""
     if settings.store is None:
         return import_session(source, settings.session_db, force=force)
-    from wa_trio.stores.postgres import LeaseConnection, ensure_session_schema, migrate
+    from wa_trio.stores import open as stores
     from wa_trio.stores.postgres.sessions import device_count, write_session
 
     if not source.exists():
         raise SessionError(f"{source} does not exist")
     _linked_source(source)
     account = settings.account_name
-    migrate(settings.store)
-    ensure_session_schema(settings.store, account)
-    lease = LeaseConnection(settings.store, account)
-    try:
-        if lease.try_take() is None:
-            raise SessionError(f"a running worker holds account {account}; stop it first")
+    held = f"a running worker holds account {account}; stop it first"
+    with stores.claimed(settings, held=held, refuse=SessionError):
         if device_count(settings.store, account) and not force:
             raise SessionError(
                 f"account {account} already has a session in WHATSAPP_STORE; refusing to "
                 "overwrite it. Export it first if you need it, then pass --force"
             )
         _create_store(settings.session_database)
-        written = write_session(settings.store, account, _read_sqlite(source))
-        lease.release()
-    finally:
-        lease.close()
-    return written
+        return write_session(settings.store, account, _read_sqlite(source))
 
 
 def _create_store(database: str) -> None:

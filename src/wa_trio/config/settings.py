@@ -9,7 +9,6 @@ A bad value raises ``ConfigError`` whose message is one line naming the variable
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,30 +16,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
-SECRET_VARS = frozenset(
-    {
-        "RABBITMQ_PASSWORD",
-        "RABBITMQ_URL",
-        "WHATSAPP_PROXY",
-        "WHATSAPP_STORE",
-        "WHATSAPP_ADMIN_TOKEN",
-        "WHATSAPP_STATUS_WEBHOOK_SECRET",
-        "WHATSAPP_STATUS_WEBHOOK_URL",
-        "WHATSAPP_CLOUD_ACCESS_TOKEN",
-        "WHATSAPP_CLOUD_APP_SECRET",
-        "WHATSAPP_CLOUD_VERIFY_TOKEN",
-    }
-)
-_PLAIN_SECRETS = frozenset(
-    {
-        "RABBITMQ_PASSWORD",
-        "WHATSAPP_ADMIN_TOKEN",
-        "WHATSAPP_STATUS_WEBHOOK_SECRET",
-        "WHATSAPP_CLOUD_ACCESS_TOKEN",
-        "WHATSAPP_CLOUD_APP_SECRET",
-        "WHATSAPP_CLOUD_VERIFY_TOKEN",
-    }
-)
+from wa_trio.config import grammar as g
+from wa_trio.config.redact import redact_url, redact_value, secret_repr
 
 #: the Graph API base wa-trio is tested against (a pinned version: Meta changes payloads
 #: between versions; docs/cloud-api.md says how to move it)
@@ -54,290 +31,6 @@ class ConfigError(Exception):
         shown = redact_value(variable, value)
         super().__init__(f"invalid configuration: {variable}={shown!r}: expected {expected}")
         self.variable = variable
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to log).
-
-    By structure, not by a successful parse: a password with an unencoded ``/``, ``#``, ``?`` or
-    ``@`` defeats URL parsing, so everything between ``scheme://`` and the last ``@`` is the
-    user information, whatever it holds.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<redacted>" if "@" in url else url
-    at = rest.rfind("@")
-    if at < 0:
-        return url
-    user, colon, _password = rest[:at].partition(":")
-    shown = f"{user}:***" if colon else user
-    return f"{scheme}://{shown}@{rest[at + 1 :]}"
-
-
-def redact_value(variable: str, value: str) -> str:
-    if variable in _PLAIN_SECRETS:
-        return "***" if value else ""
-    if variable in SECRET_VARS:
-        return redact_url(value)
-    return value
-
-
-# ---------------------------------------------------------------- parsers (value -> typed)
-
-
-def _str(value: str) -> str:
-    return value
-
-
-def _nonempty(value: str) -> str:
-    if not value.strip():
-        raise ValueError
-    return value
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError
-    return port
-
-
-def _http_port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port < 65536:  # 0 = any free port (tests)
-        raise ValueError
-    return port
-
-
-def _prefetch(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= 65535:  # basic.qos carries a 16-bit count
-        raise ValueError
-    return number
-
-
-def _optional_token(value: str) -> str | None:
-    if not value:
-        return None
-    if len(value) < 16 or any(ch.isspace() for ch in value):
-        raise ValueError
-    return value
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError
-    return number
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError
-
-
-def _on_off(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered not in {"on", "off"}:
-        raise ValueError
-    return lowered == "on"
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: str) -> float:
-    """``"5s"``, ``"2m"``, ``"1.5"`` (seconds), ``"250ms"``, ``"7d"`` -> seconds."""
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError(value)
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
-def _duration(value: str) -> float:
-    return parse_duration(value)
-
-
-def _rate(value: str) -> float | None:
-    from wa_trio.core.pacing import parse_rate
-
-    try:
-        return parse_rate(value)
-    except (KeyError, ValueError):
-        raise ValueError(value) from None
-
-
-def _durations(value: str) -> tuple[float, ...]:
-    delays = tuple(parse_duration(part) for part in value.split(",") if part.strip())
-    if not delays or any(d <= 0 for d in delays):
-        raise ValueError(value)
-    return delays
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value not in choices:
-            raise ValueError
-        return value
-
-    return parse
-
-
-def _optional_path(value: str) -> Path | None:
-    return Path(value) if value else None
-
-
-def _amqp_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
-        raise ValueError
-    _ = parts.port  # raises ValueError on a bad port
-    return value
-
-
-def _http_url(value: str) -> str | None:
-    if not value:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError
-    _ = parts.port
-    return value
-
-
-def _proxy_url(value: str) -> str | None:
-    if not value:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https", "socks5"} or not parts.hostname:
-        raise ValueError
-    _ = parts.port
-    return value
-
-
-def _store(value: str) -> str | None:
-    if value == "sqlite":
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in {"postgres", "postgresql"} or not parts.hostname or not parts.path[1:]:
-        raise ValueError
-    _ = parts.port
-    return value
-
-
-def _base_url(value: str) -> str:
-    url = _http_url(value)
-    if url is None:
-        raise ValueError
-    return url.rstrip("/")
-
-
-def _optional_digits(value: str) -> str | None:
-    if not value:
-        return None
-    if not re.fullmatch(r"\d{1,32}", value):
-        raise ValueError
-    return value
-
-
-def _optional_secret(value: str) -> str | None:
-    if not value:
-        return None
-    if len(value) > 4096 or any(ch.isspace() for ch in value):
-        raise ValueError
-    return value
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
-_SIZE_UNIT = {
-    None: 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-
-
-def parse_size(value: str) -> int:
-    """``"16MB"`` (powers of 1000), ``"1MiB"``, ``"5000"`` bytes -> bytes (at least 1)."""
-    match = _SIZE.match(value)
-    if match is None:
-        raise ValueError(value)
-    unit = match.group(2).lower() if match.group(2) else None
-    size = int(float(match.group(1)) * _SIZE_UNIT[unit])
-    if size < 1:
-        raise ValueError(value)
-    return size
-
-
-def _size(value: str) -> int:
-    return parse_size(value)
-
-
-def _optional_size(value: str) -> int | None:
-    return parse_size(value) if value.strip() else None
-
-
-def _media_kinds(value: str) -> tuple[str, ...]:
-    from wa_trio.core.media_rules import KINDS
-
-    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
-    if any(kind not in KINDS for kind in kinds):
-        raise ValueError
-    return kinds
-
-
-_ACCOUNT = re.compile(r"[a-z0-9-]{1,32}")
-
-
-def _accounts(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names or len(set(names)) != len(names) or not all(_ACCOUNT.fullmatch(n) for n in names):
-        raise ValueError
-    return names
-
-
-def _keywords(value: str) -> tuple[str, ...]:
-    words = tuple(part.strip() for part in value.split(",") if part.strip())
-    if any(len(word) > 64 for word in words):
-        raise ValueError
-    return words
-
-
-def _optional_text(value: str) -> str | None:
-    if len(value) > 1024:
-        raise ValueError
-    return value or None
-
-
-def _optional_count(value: str) -> int | None:
-    if value.strip().lower() == "off":
-        return None
-    return _positive_int(value)
-
-
-def _optional_phone(value: str) -> str | None:
-    if not value:
-        return None
-    cleaned = re.sub(r"[\s\-.()]", "", value)
-    if not re.fullmatch(r"\+\d{8,15}", cleaned):
-        raise ValueError
-    return cleaned
 
 
 @attrs.frozen
@@ -362,8 +55,11 @@ def _setting(
 ) -> Any:
     """One setting, declared once: its environment variable, default (None: derived from other
     variables, see ``Settings.from_env``), what it expects, its parser and its meaning ride on the
-    attrs field as metadata; ``FIELDS`` is read back from them."""
-    return attrs.field(metadata={"setting": (env, default, expected, parse, doc)}, **options)
+    attrs field as metadata; ``FIELDS`` is read back from them. Secrecy is declared once, in
+    ``redact.py`` (by the variable's name): a secret's repr is hidden or redacted from that."""
+    return attrs.field(
+        metadata={"setting": (env, default, expected, parse, doc)}, repr=secret_repr(env), **options
+    )
 
 
 @attrs.frozen
@@ -374,93 +70,91 @@ class Settings:
         "RABBITMQ_URL",
         None,
         "an amqp:// or amqps:// URL",
-        _amqp_url,
+        g.amqp_url,
         "Broker URL; overrides the five RABBITMQ_* parts below.",
-        repr=lambda url: repr(redact_url(url)),
     )
     rabbitmq_user: str = _setting(
         "RABBITMQ_USER",
         "woragis",
         "a user name",
-        _nonempty,
+        g.nonempty,
         "Broker user.",
     )
     rabbitmq_password: str = _setting(
         "RABBITMQ_PASSWORD",
         "woragis",
         "a password",
-        _str,
+        g.text,
         "Broker password (never logged).",
-        repr=False,
     )
     rabbitmq_host: str = _setting(
         "RABBITMQ_HOST",
         "rabbitmq",
         "a host name",
-        _nonempty,
+        g.nonempty,
         "Broker host.",
     )
     rabbitmq_port: int = _setting(
         "RABBITMQ_PORT",
         "5672",
         "a TCP port 1-65535",
-        _port,
+        g.port,
         "Broker port.",
     )
     rabbitmq_vhost: str = _setting(
         "RABBITMQ_VHOST",
         "woragis",
         "a virtual host name",
-        _str,
+        g.text,
         "Broker virtual host.",
     )
     queue_name: str = _setting(
         "WHATSAPP_QUEUE_NAME",
         "whatsapp.queue",
         "a queue name",
-        _nonempty,
+        g.nonempty,
         "Queue the jobs are consumed from.",
     )
     exchange: str = _setting(
         "WHATSAPP_EXCHANGE",
         "woragis.notifications",
         "an exchange name",
-        _nonempty,
+        g.nonempty,
         "Exchange the queue is bound to (jobs and status events are published here).",
     )
     routing_key: str = _setting(
         "WHATSAPP_ROUTING_KEY",
         "whatsapp.send",
         "a routing key",
-        _nonempty,
+        g.nonempty,
         "Routing key binding the queue to the exchange.",
     )
     exchange_type: str = _setting(
         "WHATSAPP_EXCHANGE_TYPE",
         "topic",
         "direct, topic, fanout or headers",
-        _choice("direct", "topic", "fanout", "headers"),
+        g.choice("direct", "topic", "fanout", "headers"),
         "Type of WHATSAPP_EXCHANGE.",
     )
     prefetch_count: int = _setting(
         "WHATSAPP_PREFETCH_COUNT",
         "1",
         "an integer from 1 to 65535",
-        _prefetch,
+        g.prefetch,
         "Unacknowledged jobs the broker may hand the worker at once.",
     )
     dlx: str = _setting(
         "WHATSAPP_DLX",
         None,
         "an exchange name",
-        _nonempty,
+        g.nonempty,
         "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).",
     )
     dlq_name: str = _setting(
         "WHATSAPP_DLQ_NAME",
         None,
         "a queue name",
-        _nonempty,
+        g.nonempty,
         "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).",
     )
     session_path: Path = _setting(
@@ -474,17 +168,16 @@ class Settings:
         "WHATSAPP_STORE",
         "sqlite",
         "sqlite or a postgresql://user:password@host:port/database URL",
-        _store,
+        g.store,
         "Where sessions, the send ledger, the opt-out list and the caches live: files under "
         "WHATSAPP_SESSION_PATH, or PostgreSQL (replicas on several hosts, a lease per account; "
         "docs/scaling.md).",
-        repr=False,
     )
     transport: str = _setting(
         "WHATSAPP_TRANSPORT",
         "neonize",
         "neonize, cloud-api or dry-run",
-        _choice("neonize", "cloud-api", "dry-run"),
+        g.choice("neonize", "cloud-api", "dry-run"),
         "neonize sends as a linked device; cloud-api through Meta's WhatsApp Business Cloud API "
         "(docs/cloud-api.md); dry-run never touches WhatsApp.",
     )
@@ -492,74 +185,71 @@ class Settings:
         "WHATSAPP_CLOUD_API_URL",
         CLOUD_API_DEFAULT_URL,
         "an http:// or https:// URL",
-        _base_url,
+        g.base_url,
         "cloud-api: the Graph API base, version included (tests point it at loopback).",
     )
     cloud_phone_number_id: str | None = _setting(
         "WHATSAPP_CLOUD_PHONE_NUMBER_ID",
         "",
         "the sending number's id: digits (or empty)",
-        _optional_digits,
+        g.optional_digits,
         "cloud-api: the phone number id Meta's WhatsApp Manager shows (required with cloud-api).",
     )
     cloud_access_token: str | None = _setting(
         "WHATSAPP_CLOUD_ACCESS_TOKEN",
         "",
         "a token without spaces (or empty)",
-        _optional_secret,
+        g.optional_secret,
         "cloud-api: a system-user access token (required with cloud-api; never logged).",
-        repr=False,
     )
     cloud_app_secret: str | None = _setting(
         "WHATSAPP_CLOUD_APP_SECRET",
         "",
         "a secret without spaces (or empty)",
-        _optional_secret,
+        g.optional_secret,
         "cloud-api: the app secret that signs webhooks (X-Hub-Signature-256; required with "
         "cloud-api; never logged).",
-        repr=False,
     )
     cloud_verify_token: str | None = _setting(
         "WHATSAPP_CLOUD_VERIFY_TOKEN",
         "",
         "a token without spaces (or empty)",
-        _optional_secret,
+        g.optional_secret,
         "cloud-api: the webhook subscription's verify token (required with cloud-api).",
-        repr=False,
     )
     dry_run_file: Path | None = _setting(
         "WHATSAPP_DRY_RUN_FILE",
         "",
         "a file path (or empty)",
-        _optional_path,
+        g.optional_path,
         "dry-run only: append one JSON line per would-be send to this file.",
     )
     dry_run_fail_rate: float = _setting(
         "WHATSAPP_DRY_RUN_FAIL_RATE",
         "0",
         "a number from 0 to 1",
-        _fraction,
+        g.fraction,
         "dry-run only: fail this fraction of sends (transient), to rehearse retries.",
     )
     content_filter: bool = _setting(
         "WHATSAPP_CONTENT_FILTER",
         "on",
         "on or off",
-        _on_off,
+        g.on_off,
         "Reject text that looks like SQL injection or XSS (the original's policy).",
     )
     schedule_max: float = _setting(
         "WHATSAPP_SCHEDULE_MAX",
         "30d",
         "a duration like 30d",
-        _duration,
+        g.duration,
         "How far ahead a job's send_at may be; beyond: dead-lettered schedule_too_far.",
     )
     templates_dir: Path | None = _setting(
         "WHATSAPP_TEMPLATES_DIR",
         "",
         "a directory path (or empty)",
-        _optional_path,
+        g.optional_path,
         "Message templates (NAME.txt, NAME.LANG.txt; Jinja2, sandboxed) for jobs that name a "
         "template; compiled at start (docs/templates.md).",
     )
@@ -567,21 +257,21 @@ class Settings:
         "WHATSAPP_MEDIA_MAX_BYTES",
         "",
         "a size like 16MB or a byte count (or empty)",
-        _optional_size,
+        g.optional_size,
         "One size cap for every media kind; empty: WhatsApp's own per-kind limits (docs/media.md).",
     )
     media_timeout: float = _setting(
         "WHATSAPP_MEDIA_TIMEOUT",
         "30s",
         "a duration like 30s",
-        _duration,
+        g.duration,
         "How long fetching one media URL may take, redirects included.",
     )
     media_allow_private: bool = _setting(
         "WHATSAPP_MEDIA_ALLOW_PRIVATE",
         "off",
         "on or off",
-        _on_off,
+        g.on_off,
         "Allow media URLs that resolve to loopback, private, link-local or metadata addresses "
         "(off: refused, media_url_refused).",
     )
@@ -589,14 +279,14 @@ class Settings:
         "WHATSAPP_MEDIA_INLINE_MAX_BYTES",
         "1MB",
         "a size like 1MB or a byte count",
-        _size,
+        g.size,
         "Cap of a job's inline base64 media (decoded); bigger belongs in a URL.",
     )
     media_max_pixels: int = _setting(
         "WHATSAPP_MEDIA_MAX_PIXELS",
         "40000000",
         "a whole number of pixels",
-        _positive_int,
+        g.positive_int,
         "Largest image or sticker (width x height, read from its header before anything is "
         "decoded); larger is media_too_large. A 490 KB PNG can decode to 650 MB.",
     )
@@ -604,7 +294,7 @@ class Settings:
         "WHATSAPP_MEDIA_KINDS",
         "image,document,video,audio,voice,sticker",
         "comma-separated media kinds (or empty: text only)",
-        _media_kinds,
+        g.media_kinds,
         "Media kinds this worker sends (others: media_unsupported). video, audio, voice and "
         "sticker need ffmpeg with neonize.",
     )
@@ -612,107 +302,105 @@ class Settings:
         "WHATSAPP_MEDIA_CACHE_BYTES",
         "256MB",
         "a size like 256MB or a byte count",
-        _size,
+        g.size,
         "Fetched media kept on disk under the session path (by URL and content hash), at most.",
     )
     proxy: str | None = _setting(
         "WHATSAPP_PROXY",
         "",
         "an http://, https:// or socks5:// URL (or empty)",
-        _proxy_url,
+        g.proxy_url,
         "Proxy for the WhatsApp connection (credentials never logged).",
-        repr=lambda url: repr(url and redact_url(url)),
     )
     pair_phone: str | None = _setting(
         "WHATSAPP_PAIR_PHONE",
         "",
         "+ then 8-15 digits (or empty)",
-        _optional_phone,
+        g.optional_phone,
         "Log in by phone pairing code for this number instead of a QR code.",
     )
     shutdown_grace: float = _setting(
         "WHATSAPP_SHUTDOWN_GRACE",
         "10s",
         "a duration like 10s",
-        _duration,
+        g.duration,
         "On SIGTERM, how long in-flight sends may take before the worker exits.",
     )
     retry_delays: tuple[float, ...] = _setting(
         "WHATSAPP_RETRY_DELAYS",
         "5s,30s,2m,10m,30m",
         "comma-separated durations like 5s,30s,2m",
-        _durations,
+        g.durations,
         "Delays before each retry of a failed send; after the last: dead-letter.",
     )
     rate_limit: float | None = _setting(
         "WHATSAPP_RATE_LIMIT",
         "10/min",
         "N/s, N/min, N/h or off",
-        _rate,
+        g.rate,
         "Account-wide send rate (token bucket). docs/account-safety.md explains the default.",
     )
     rate_burst: int = _setting(
         "WHATSAPP_RATE_BURST",
         "3",
         "an integer >= 1",
-        _positive_int,
+        g.positive_int,
         "Sends that may go back to back after a quiet period.",
     )
     recipient_interval: float = _setting(
         "WHATSAPP_RECIPIENT_INTERVAL",
         "10s",
         "a duration like 10s (0 = off)",
-        _duration,
+        g.duration,
         "Minimum time between two sends to the same number.",
     )
     send_jitter: float = _setting(
         "WHATSAPP_SEND_JITTER",
         "2s",
         "a duration like 2s (0 = off)",
-        _duration,
+        g.duration,
         "Random extra wait in [0, jitter) before each send.",
     )
     typing: bool = _setting(
         "WHATSAPP_TYPING",
         "off",
         "on or off",
-        _on_off,
+        g.on_off,
         "Show 'typing...' to the recipient for a time growing with the text (neonize only).",
     )
     status_routing_key: str = _setting(
         "WHATSAPP_STATUS_ROUTING_KEY",
         "whatsapp.status",
         "a routing key (empty disables)",
-        _str,
+        g.text,
         "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
     )
     status_webhook_url: str | None = _setting(
         "WHATSAPP_STATUS_WEBHOOK_URL",
         "",
         "an http:// or https:// URL (or empty)",
-        _http_url,
+        g.http_url,
         "Also POST each status event here, signed (docs/status-events.md); durable outbox.",
     )
     status_webhook_secret: str | None = _setting(
         "WHATSAPP_STATUS_WEBHOOK_SECRET",
         "",
         "16 or more characters without spaces (or empty)",
-        _optional_token,
+        g.optional_token,
         "HMAC-SHA256 key of the webhook signature (required with the URL; never logged).",
-        repr=False,
     )
     status_webhook_max_pending: int = _setting(
         "WHATSAPP_STATUS_WEBHOOK_MAX_PENDING",
         "100000",
         "an integer >= 1",
-        _positive_int,
+        g.positive_int,
         "Events the webhook outbox keeps at most; beyond, the oldest are dropped and counted.",
     )
     inbound_routing_key: str = _setting(
         "WHATSAPP_INBOUND_ROUTING_KEY",
         "whatsapp.inbound",
         "a routing key (empty disables)",
-        _str,
+        g.text,
         "Publish messages the account receives to WHATSAPP_EXCHANGE with this key "
         "(docs/inbound.md).",
     )
@@ -720,21 +408,21 @@ class Settings:
         "WHATSAPP_OPTOUT_KEYWORDS",
         "STOP,PARAR,SAIR,CANCELAR,UNSUBSCRIBE",
         "comma-separated words (empty disables)",
-        _keywords,
+        g.keywords,
         "A reply that is exactly one of these (any case and accents) opts the sender out.",
     )
     optout_reply: str | None = _setting(
         "WHATSAPP_OPTOUT_REPLY",
         "",
         "a text of at most 1024 characters (or empty)",
-        _optional_text,
+        g.optional_text,
         "Answer an opt-out once with this text (empty: no answer).",
     )
     unanswered_limit: int | None = _setting(
         "WHATSAPP_UNANSWERED_LIMIT",
         "off",
         "an integer >= 1, or off",
-        _optional_count,
+        g.optional_count,
         "Messages to one recipient who never answered before a job is held back "
         "(docs/account-safety.md).",
     )
@@ -742,7 +430,7 @@ class Settings:
         "WHATSAPP_UNANSWERED_ACTION",
         "dlq",
         "dlq or delay",
-        _choice("dlq", "delay"),
+        g.choice("dlq", "delay"),
         "Over the unanswered limit: dead-letter unanswered_limit, or park the job until the "
         "recipient answers.",
     )
@@ -750,14 +438,14 @@ class Settings:
         "WHATSAPP_REACHOUT_PAUSE",
         "24h",
         "a duration like 24h",
-        _duration,
+        g.duration,
         "After WhatsApp's error 463 (reach-out time lock), how long sends to new contacts wait.",
     )
     connect_max_failures: int = _setting(
         "WHATSAPP_CONNECT_MAX_FAILURES",
         "20",
         "an integer >= 1",
-        _positive_int,
+        g.positive_int,
         "Failed connects in a row before the account goes to state failed (health red) "
         "instead of retrying forever; POST /login/relogin resets it.",
     )
@@ -765,7 +453,7 @@ class Settings:
         "WHATSAPP_ACCOUNTS",
         "default",
         "comma-separated names of a-z, 0-9 and - (1-32 each)",
-        _accounts,
+        g.accounts,
         "The WhatsApp accounts this worker runs; more than one: a queue per account and the "
         "main queue as their pool (docs/scaling.md).",
     )
@@ -773,7 +461,7 @@ class Settings:
         "WHATSAPP_STANDBY",
         "off",
         "on or off",
-        _on_off,
+        g.on_off,
         "When another worker holds this session: wait as its standby (take over the moment it "
         "ends, kill -9 included) instead of refusing to start (docs/scaling.md).",
     )
@@ -781,7 +469,7 @@ class Settings:
         "WHATSAPP_AMBIGUOUS",
         "resend",
         "resend or skip",
-        _choice("resend", "skip"),
+        g.choice("resend", "skip"),
         "A job that may have been sent (crash before its record, or a send WhatsApp did not "
         "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).",
     )
@@ -789,28 +477,28 @@ class Settings:
         "WHATSAPP_DEDUP_WINDOW",
         "7d",
         "a duration like 7d",
-        _duration,
+        g.duration,
         "How long the send ledger remembers a job key.",
     )
     sample_interval: float = _setting(
         "WHATSAPP_QUEUE_SAMPLE_INTERVAL",
         "15s",
         "a duration like 15s",
-        _duration,
+        g.duration,
         "How often queue_depth and queue_dlq_size are sampled.",
     )
     env: str = _setting(
         "ENV",
         "development",
         "development or production",
-        _choice("development", "production"),
+        g.choice("development", "production"),
         "production: JSON logs, masked phone numbers.",
     )
     log_to_file: bool = _setting(
         "LOG_TO_FILE",
         "false",
         "true or false",
-        _bool,
+        g.boolean,
         "Also write JSON log lines to LOG_DIR/wa-trio.log.",
     )
     log_dir: Path = _setting(
@@ -824,24 +512,23 @@ class Settings:
         "HTTP_HOST",
         "0.0.0.0",  # noqa: S104 - the container default; docs/security.md
         "an address to bind",
-        _nonempty,
+        g.nonempty,
         "Address of the HTTP server (health, metrics, login).",
     )
     http_port: int = _setting(
         "HTTP_PORT",
         "8080",
         "a TCP port 0-65535",
-        _http_port,
+        g.http_port,
         "Port of the HTTP server.",
     )
     admin_token: str | None = _setting(
         "WHATSAPP_ADMIN_TOKEN",
         "",
         "16 or more characters without spaces (or empty)",
-        _optional_token,
+        g.optional_token,
         "Operator token for /login and every route that changes state (HTTP Basic password "
         "or Bearer); unset: one is generated at start and printed once to the terminal.",
-        repr=False,
     )
 
     #: the account these settings are for (``for_account``; "" before it: the process, or
@@ -962,7 +649,7 @@ class Settings:
             if isinstance(value, tuple):
                 text = ",".join(item if isinstance(item, str) else f"{item:g}s" for item in value)
             if isinstance(value, bool):
-                text = ("on" if value else "off") if field.parse is _on_off else str(value).lower()
+                text = ("on" if value else "off") if field.parse is g.on_off else str(value).lower()
             shown[field.env] = redact_value(field.env, text)
         return shown
 

@@ -36,6 +36,7 @@ from wa_trio.config.settings import Settings
 from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import WaTrioError
 from wa_trio.metrics import Metrics
+from wa_trio.stores import open as stores
 from wa_trio.stores.files import open_private_db
 
 if TYPE_CHECKING:
@@ -223,14 +224,7 @@ class WebhookSink:
     def open(self) -> None:
         if self.enabled and self._outbox is None:
             self._outbox = Outbox(self.settings.ledger_db, self.settings.status_webhook_max_pending)
-            if self.settings.store is not None:
-                from wa_trio.stores.postgres import PgOutbox
-
-                self._shared = PgOutbox(
-                    self.settings.store,
-                    self.settings.account_name,
-                    self.settings.status_webhook_max_pending,
-                )
+            self._shared = stores.shared_outbox(self.settings)
 
     def add(self, event: dict[str, Any]) -> None:
         """Store one event durably (a short commit on the trio thread: it precedes an ack)."""

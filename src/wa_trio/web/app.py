@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.log import Redactor, log_contained, mask_phone
-from wa_trio.metrics import Metrics, accounts_exposition
+from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport
 from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.web import login_page
@@ -112,7 +112,7 @@ def create_app(
             "ok": ok,
             "failing": failing,
             "whatsapp": transport.state.value,
-            "linked": _masked_linked(transport),
+            "linked": masked_linked(transport),
         }
         return body, (200 if not failing else 503)
 
@@ -133,7 +133,7 @@ def create_app(
             rendered[:] = [(now, metrics.exposition())]
         return Response(rendered[0][1], content_type=CONTENT_TYPE_LATEST)
 
-    _login_routes(app, admin_token, redactor, lambda: (transport, "/login"))
+    login_routes(app, admin_token, redactor, lambda: (transport, "/login"))
 
     if meta_webhook is not None:
         _meta_routes(app, meta_webhook)
@@ -220,7 +220,7 @@ def same_origin(headers: Any) -> bool:
         return False
 
 
-def _login_routes(
+def login_routes(
     app: QuartTrio,
     admin_token: str,
     redactor: Redactor,
@@ -280,116 +280,10 @@ def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
         return Response("", status=hook.receive(body, header))
 
 
-class AccountParts(Protocol):
-    """What the multi-account app reads of each account's worker (``app.Worker``)."""
-
-    @property
-    def transport(self) -> Transport: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-    @property
-    def pipeline(self) -> ConsumerState: ...
-
-    @property
-    def monitor(self) -> BrokerMonitor: ...
-
-
-def create_accounts_app(
-    *,
-    workers: Mapping[str, AccountParts],
-    accounts: tuple[str, ...],
-    metrics: Metrics,
-    admin_token: str,
-    redactor: Redactor,
-) -> QuartTrio:
-    """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
-    account still waiting as a standby is reported so), /metrics with an ``account`` label,
-    /login?account=NAME and POST /login/relogin?account=NAME (operator token)."""
-    app = QuartTrio("wa_trio_accounts")
-    contain_requests(app, metrics)
-
-    async def report() -> tuple[dict[str, Any], bool, bool]:
-        body: dict[str, Any] = {}
-        healthy, ready = True, False
-        for name in accounts:
-            worker = workers.get(name)
-            if worker is None:
-                body[name] = {"state": "standby", "failing": {}}
-                continue
-            failing: dict[str, str] = {}
-            if not worker.pipeline.connected:
-                failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
-            result = await worker.monitor.check()
-            if not result.ok:
-                failing["broker"] = result.detail
-            problem = worker.transport.health_problem()
-            if problem:
-                failing["whatsapp"] = problem
-            state = worker.transport.state
-            linked = _masked_linked(worker.transport)
-            body[name] = {"state": state.value, "failing": failing, "linked": linked}
-            healthy = healthy and not failing
-            ready = ready or (not failing and state is ConnectionState.CONNECTED)
-        return body, healthy, ready
-
-    @app.get("/livez")
-    async def livez() -> tuple[dict[str, Any], int]:
-        return {"ok": ["process"], "failing": {}}, 200
-
-    @app.get("/healthz")
-    async def healthz() -> tuple[dict[str, Any], int]:
-        body, healthy, _ready = await report()
-        return {"accounts": body}, (200 if healthy else 503)
-
-    @app.get("/readyz")
-    async def readyz() -> tuple[dict[str, Any], int]:
-        body, _healthy, ready = await report()  # ready: some account can take pool jobs
-        return {"accounts": body}, (200 if ready else 503)
-
-    @app.get("/metrics")
-    async def metrics_view() -> Response:
-        text = accounts_exposition(
-            lambda: {name: worker.metrics for name, worker in workers.items()}, metrics
-        )
-        return Response(text, content_type=CONTENT_TYPE_LATEST)
-
-    def chosen() -> tuple[Transport, str] | None:
-        name = request.args.get("account", accounts[0])
-        worker = workers.get(name)  # only a running account's name: safe in a Location
-        return None if worker is None else (worker.transport, f"/login?account={name}")
-
-    _login_routes(app, admin_token, redactor, chosen)
-    return app
-
-
-def _masked_linked(transport: Transport) -> str | None:
+def masked_linked(transport: Transport) -> str | None:
     """The linked number as health shows it (no token needed there: always masked)."""
     linked = transport.login_status().linked_as
     return mask_phone(linked) if linked else None
-
-
-def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:
-    """What a standby serves while it waits for the session: alive (/livez, /healthz 200, so
-    no supervisor restarts it), not ready (/readyz 503), and its metrics (``wa_trio_standby``)."""
-    app = QuartTrio("wa_trio_standby")
-    contain_requests(app, metrics)
-
-    @app.get("/livez")
-    @app.get("/healthz")
-    async def alive() -> tuple[dict[str, Any], int]:
-        return {"ok": ["process"], "failing": {}, "standby": reason}, 200
-
-    @app.get("/readyz")
-    async def not_ready() -> tuple[dict[str, Any], int]:
-        return {"ok": ["process"], "failing": {"standby": reason}, "standby": reason}, 503
-
-    @app.get("/metrics")
-    async def metrics_view() -> Response:
-        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def run_http(

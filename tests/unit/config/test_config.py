@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from wa_trio.config.grammar import parse_duration
+from wa_trio.config.redact import SECRET_VARS, redact_url
 from wa_trio.config.settings import (
     FIELDS,
     ConfigError,
     Settings,
     markdown_table,
-    parse_duration,
-    redact_url,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -129,3 +129,22 @@ def test_readme_configuration_table_matches_fields() -> None:
     assert markdown_table() in readme, "regenerate with: python tools/update_readme_config.py"
     assert len(markdown_table().splitlines()) == len(FIELDS) + 2
     assert markdown_table() in (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_no_secret_in_the_repr_of_the_settings() -> None:
+    """Secrecy declared once (config/redact.py): ``repr(settings)`` shows no password, token
+    or secret, also inside a URL (the status webhook's URL once leaked its password here)."""
+    env = {
+        "RABBITMQ_URL": "amqp://user:rabbit-pw-1@host:5672/v",
+        "WHATSAPP_STATUS_WEBHOOK_URL": "https://hook:webhook-pw-2@example.com/in",
+        "WHATSAPP_STATUS_WEBHOOK_SECRET": "webhook-secret-3" * 2,
+        "WHATSAPP_PROXY": "http://proxy:proxy-pw-4@127.0.0.1:3128",
+        "WHATSAPP_STORE": "postgresql://pg:store-pw-5@127.0.0.1/db",
+        "WHATSAPP_ADMIN_TOKEN": "admin-token-6-xxxxxxxxxxxxxxx",
+    }
+    shown = repr(Settings.from_env(env))
+    for secret in ("rabbit-pw-1", "webhook-pw-2", "webhook-secret-3", "proxy-pw-4"):
+        assert secret not in shown
+    assert "store-pw-5" not in shown and "admin-token-6" not in shown
+    assert "hook:***@example.com" in shown  # redacted, still recognisable
+    assert {"RABBITMQ_PASSWORD", "WHATSAPP_STATUS_WEBHOOK_URL"} <= SECRET_VARS

@@ -19,7 +19,8 @@ from wa_trio.core.errors import SendError
 from wa_trio.core.media_rules import MediaPayload
 from wa_trio.core.pacing import typing_seconds
 from wa_trio.log import Redactor
-from wa_trio.stores.numbers import NumberCache, Numbers, Resolution
+from wa_trio.stores import open as stores
+from wa_trio.stores.numbers import Numbers, Resolution
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.neonize.library import (
     build_media,
@@ -175,8 +176,4 @@ def canonical_user(number: str, answer: Any) -> str:
 def open_numbers(settings: Settings, ttl: float) -> Numbers:
     """The account's number cache (blocking): in the session folder, or in the store (every
     replica that runs the account sees it)."""
-    if settings.store is not None:
-        from wa_trio.stores.postgres import PgNumberCache
-
-        return PgNumberCache(settings.store, settings.account_name, ttl)
-    return NumberCache(settings.session_path / "numbers.db", ttl)
+    return stores.numbers(settings, ttl)

@@ -13,7 +13,7 @@ Threads and trio:
   that raised, the client is stopped too before backing off (some events end ``connect()`` while
   the Go client keeps running);
 - whatsmeow emits six QR codes (~160 s), then stops silently: no new code for
-  ``QR_STALE_AFTER`` s restarts the login (and allows a new pair code);
+  ``QR_STALE_AFTER`` s restarts the login (and allows a new pair code): ``login.py``;
 - each ``connect()`` leaks one fd in neonize 0.5.2: past ``MAX_CONNECTS`` attempts the transport
   gives up (``TransportError``) so the supervisor restarts the process cleanly (docs/login.md);
 - neonize calls our handlers on Go-owned threads. They touch no trio object: they turn the event
@@ -33,27 +33,27 @@ import attrs
 import eliot
 import trio
 
-from wa_trio.config.settings import Settings, redact_url
+from wa_trio.config.redact import redact_url
+from wa_trio.config.settings import Settings
 from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import NotConnectedError, SendError, TransportError
 from wa_trio.log import Redactor
-from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
+from wa_trio.stores import open as stores
+from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.neonize.events import TERMINAL
 from wa_trio.transport.neonize.handlers import GoThreadHandlers
 from wa_trio.transport.neonize.library import (
     GO_MAPS,
     connect_registered,
-    go_call,
     linked_number,
     neonize_errors,
     new_client,
-    pair_client,
     prepare_session_dir,
-    print_qr,
     proxy_settings,
     tighten_session_files,
 )
+from wa_trio.transport.neonize.login import LoginDriving, LoginInfo
 from wa_trio.transport.neonize.sending import NeonizeSender, open_numbers
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
@@ -73,15 +73,7 @@ class NeonizeStatistics:
     qr_count: int
 
 
-@attrs.define
-class LoginInfo:
-    qr: str | None = None
-    qr_count: int = 0
-    pair_code: str | None = None
-    linked_as: str | None = None  # the account's number (E.164), once linked
-
-
-class NeonizeTransport(GoThreadHandlers):
+class NeonizeTransport(LoginDriving, GoThreadHandlers):
     """Transport over one linked WhatsApp account (see module docstring)."""
 
     name = "neonize"
@@ -220,71 +212,13 @@ class NeonizeTransport(GoThreadHandlers):
         /readyz reports it."""
         return self._problem
 
-    def login_status(self) -> LoginStatus:
-        return LoginStatus(
-            state=self._state,
-            linkable=True,
-            qr=self.login.qr,
-            qr_count=self.login.qr_count,
-            pair_code=self.login.pair_code,
-            linked_as=self.login.linked_as,
-        )
-
-    def on_qr(self, payload: str) -> None:
-        """A new QR code (trio thread): terminal block, log, /login."""
-        self.login.qr = payload
-        self.login.qr_count += 1
-        self._last_code_at = trio.current_time()
-        self.apply(Signal("qr"))
-        if self.settings.pair_phone:
-            if not self._pair_requested and self._nursery is not None:
-                self._pair_requested = True
-                self._nursery.start_soon(self._request_pair_code)
-            return
-        print_qr(payload, self.qr_out)
-        fields: dict[str, Any] = {"count": self.login.qr_count, "login_page": "/login"}
-        if not self.settings.production:
-            fields["qr_code"] = payload  # development only: production logs go to shared sinks
-        eliot.log_message(message_type="wa_trio:login:qr", **fields)
-
-    async def _request_pair_code(self) -> None:
-        phone = self.settings.pair_phone or ""
-        client = self._client
-        try:
-            with neonize_errors("pair code", code="pair_code_failed", mask=self.redactor.text):
-                code = await go_call(
-                    partial(client.PairPhone, phone.lstrip("+"), True, **pair_client()),
-                    limiter=self._limiter,
-                )
-        except SendError as error:
-            self._pair_requested = False
-            eliot.log_message(message_type="wa_trio:login:pair_code_failed", error=error.message)
-            return
-        self.login.pair_code = str(code)
-        self._last_code_at = trio.current_time()
-        print(
-            f"wa-trio: on the phone {self.redactor.phone(phone)}: WhatsApp -> Linked devices -> "
-            f"Link with phone number, enter code {code}",
-            file=self.qr_out,
-            flush=True,
-        )
-        eliot.log_message(
-            message_type="wa_trio:login:pair_code",
-            phone=self.redactor.phone(phone),
-            login_page="/login",
-        )
-
     # -------------------------------------------------------------------------- lifecycle
-
-    def request_relogin(self) -> None:
-        """After a logout: start a fresh login (from /login or the CLI)."""
-        self._relogin.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         session = self.settings.session_path
         await trio.to_thread.run_sync(
-            partial(prepare_session_dir, session, sqlite=self.settings.store is None)
+            partial(prepare_session_dir, session, sqlite=stores.postgres(self.settings) is None)
         )
         self.sending.numbers = await trio.to_thread.run_sync(
             open_numbers, self.settings, NUMBER_CACHE_TTL
@@ -380,43 +314,6 @@ class NeonizeTransport(GoThreadHandlers):
         if self._state is ConnectionState.BANNED and self.banned_until > 0:
             return max(0.0, self.banned_until - time.time())
         return float("inf")
-
-    async def _watch_code_freshness(self) -> None:
-        """While waiting for a login, restart it when no new QR / pair code came for
-        ``qr_stale_after`` seconds: whatsmeow stops emitting codes after ~160 s, silently."""
-        while True:
-            await trio.sleep(min(5.0, self._qr_stale_after / 4))
-            if self._state is not ConnectionState.WAITING_FOR_LOGIN:
-                continue
-            idle = trio.current_time() - self._last_code_at
-            if idle >= self._qr_stale_after:
-                eliot.log_message(
-                    message_type="wa_trio:login:codes_expired", idle_seconds=round(idle, 1)
-                )
-                self.login.qr = None
-                self.login.pair_code = None
-                self._last_code_at = trio.current_time()
-                await self._restart_login()
-
-    async def _restart_login(self) -> None:
-        """Stop the client waiting for a login; the watchdog starts a new one. In this phase
-        neonize's Go side may wait for a device id for ever and ignore ``stop()`` (issue 27):
-        when ``connect()`` has not returned ``abandon_after`` seconds later, its thread is
-        abandoned (it counts towards MAX_CONNECTS, the restart bound) and the next login
-        starts on a new client, with a new key on the Go side."""
-        connecting, done = self._connect_scope, self._connect_done
-        await self._stop_client()
-        with trio.move_on_after(self._abandon_after):
-            await done.wait()  # the watchdog left this connect(): it returned
-        if not done.is_set():
-            self.abandoned += 1
-            eliot.log_message(
-                message_type="wa_trio:login:connect_abandoned",
-                seconds=self._abandon_after,
-                abandoned=self.abandoned,
-            )
-            self._client = None  # a new client (and Go-side key) for the next login
-            connecting.cancel()
 
     async def _stop_client(self) -> None:
         client = self._client

@@ -1,0 +1,101 @@
+"""What wa-trio declares on the broker, described without I/O (``amqp.declare_topology``
+carries it out): the job exchange and queue, the dead-letter exchange and queue, the retry
+queues (one per WHATSAPP_RETRY_DELAYS value) and the wait queues of scheduled jobs (one per
+``schedule.LADDER`` hop), each with the one line that says how to fix it when the broker
+already has it with other arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import delay_label
+from wa_trio.core.schedule import LADDER
+
+
+@attrs.frozen
+class Declaration:
+    kind: str  # "exchange" or "queue"
+    name: str
+    fix: str  # what to do when the broker has it with other arguments (406)
+    exchange_type: str = "direct"
+    arguments: dict[str, Any] | None = None
+
+
+def wait_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue where a scheduled job waits ``delay`` seconds (``schedule.LADDER``)."""
+    return f"{settings.queue_name}.wait.{delay_label(delay)}"
+
+
+def retry_queue_name(settings: Settings, delay: float) -> str:
+    """The delay queue for ``delay``: per-queue TTL, dead-letters back to the job exchange."""
+    return f"{settings.queue_name}.retry.{delay_label(delay)}"
+
+
+def _named(settings: Settings, kind: str, name: str, variable: str) -> str:
+    vhost = settings.rabbitmq_vhost
+    delete = (
+        f"rabbitmqctl delete_queue -p {vhost} {name}"
+        if kind == "queue"
+        else f"rabbitmqadmin --vhost={vhost} delete exchange name={name}"
+    )
+    return f"delete it ({delete}) so wa-trio can declare it, or set {variable} to another name"
+
+
+def declarations(settings: Settings) -> list[Declaration]:
+    """Every exchange and queue, in the order they are declared."""
+    main = [
+        Declaration(
+            "exchange",
+            settings.exchange,
+            _named(settings, "exchange", settings.exchange, "WHATSAPP_EXCHANGE"),
+            exchange_type=settings.exchange_type,
+        ),
+        Declaration(
+            "exchange",
+            settings.dlx,
+            _named(settings, "exchange", settings.dlx, "WHATSAPP_DLX"),
+            exchange_type="fanout",
+        ),
+        Declaration(
+            "queue",
+            settings.queue_name,
+            _named(settings, "queue", settings.queue_name, "WHATSAPP_QUEUE_NAME"),
+        ),
+        Declaration(
+            "queue",
+            settings.dlq_name,
+            _named(settings, "queue", settings.dlq_name, "WHATSAPP_DLQ_NAME"),
+        ),
+    ]
+    delays = [(retry_queue_name(settings, d), d) for d in sorted(set(settings.retry_delays))]
+    delays += [(wait_queue_name(settings, d), d) for d in LADDER]
+    return main + [_delay_queue(settings, name, delay) for name, delay in delays]
+
+
+def _delay_queue(settings: Settings, name: str, delay: float) -> Declaration:
+    return Declaration(
+        "queue",
+        name,
+        f"delete it (rabbitmqctl delete_queue -p {settings.rabbitmq_vhost} {name}); it holds "
+        "only jobs waiting for a retry or their time, publish them again first",
+        arguments={
+            "x-message-ttl": round(delay * 1000),
+            "x-dead-letter-exchange": settings.exchange,
+            "x-dead-letter-routing-key": settings.routing_key,
+        },
+    )
+
+
+def bindings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(queue, exchange, routing key) of each binding."""
+    return [
+        (settings.queue_name, settings.exchange, settings.routing_key),
+        (settings.dlq_name, settings.dlx, ""),
+    ]
+
+
+__all__ = ["Declaration", "bindings", "declarations", "retry_queue_name", "wait_queue_name"]

@@ -1,0 +1,110 @@
+"""The one store switch (issue 28): every store an account's worker or the CLI opens is chosen
+here, from WHATSAPP_STORE. Unset: SQLite files in the account's session folder. A PostgreSQL
+URL: the tables every replica of the account (and every account) shares.
+
+Nothing else reads ``settings.store`` to choose a store; the exceptions are the PostgreSQL-only
+parts (``accounts/replica.py`` and ``accounts/lease.py``: a lease exists only there; ``run.py``
+choosing a replica; ``wa-trio accounts``, which lists the store's lease table). A test holds it.
+Blocking calls: run them from a worker thread in trio code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from wa_trio.config.settings import Settings
+from wa_trio.core.errors import WaTrioError
+from wa_trio.stores.contacts import Contacts, ContactStore
+from wa_trio.stores.files import StartupError, lock_session, private_dir
+from wa_trio.stores.numbers import NumberCache, Numbers
+
+if TYPE_CHECKING:
+    from wa_trio.stores.postgres import PgOutbox
+
+
+def postgres(settings: Settings) -> str | None:
+    """The PostgreSQL URL, or None for the SQLite files."""
+    return settings.store
+
+
+def contacts(settings: Settings) -> tuple[Contacts, Contacts | None]:
+    """The account's contact store (opt-outs, unanswered counts), and the opt-out list it
+    shares with other accounts when that is another store (several accounts on files: the
+    session root's ``optouts.db``; on PostgreSQL one table serves everyone: None)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres import PgContactStore
+
+        return PgContactStore(settings.store, settings.account_name), None
+    store = ContactStore(settings.session_path / "contacts.db")
+    if settings.shared_session_path is None:
+        return store, None
+    return store, ContactStore(settings.shared_session_path / "optouts.db")
+
+
+def optout_list(settings: Settings) -> Contacts:
+    """The opt-out list as ``wa-trio optout`` edits it (the same one the workers read)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres import PgContactStore, migrate
+
+        migrate(settings.store)
+        return PgContactStore(settings.store, settings.account_name)
+    private_dir(settings.session_path)
+    # several accounts share one opt-out list in the session folder (docs/scaling.md)
+    name = "optouts.db" if settings.multi_account else "contacts.db"
+    return ContactStore(settings.session_path / name)
+
+
+def numbers(settings: Settings, ttl: float) -> Numbers:
+    """The account's "is it on WhatsApp" cache: in the session folder, or in the store (every
+    replica that runs the account sees it)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres import PgNumberCache
+
+        return PgNumberCache(settings.store, settings.account_name, ttl)
+    return NumberCache(settings.session_path / "numbers.db", ttl)
+
+
+def shared_outbox(settings: Settings) -> PgOutbox | None:
+    """The status-webhook outbox every replica of the account drains (PostgreSQL), or None
+    (the local outbox in the ledger file is the only one)."""
+    if settings.store is None:
+        return None
+    from wa_trio.stores.postgres import PgOutbox
+
+    return PgOutbox(settings.store, settings.account_name, settings.status_webhook_max_pending)
+
+
+@contextlib.contextmanager
+def claimed(
+    settings: Settings, *, held: str, refuse: type[WaTrioError] = StartupError
+) -> Iterator[None]:
+    """Hold the account while the CLI changes its session (login, session import): the
+    session folder's lock, or (PostgreSQL: migrated, its session schema made) the account's
+    lease. Never two clients on one session.
+
+    Raises:
+        ``refuse`` (StartupError): a running worker holds the account (``held``: its line).
+    """
+    if settings.store is None:
+        private_dir(settings.session_path)
+        with lock_session(settings.session_path):
+            yield
+        return
+    from wa_trio.stores.postgres import LeaseConnection, ensure_session_schema, migrate
+
+    account = settings.account_name
+    migrate(settings.store)
+    ensure_session_schema(settings.store, account)
+    lease = LeaseConnection(settings.store, account)
+    try:
+        if lease.try_take() is None:
+            raise refuse(held)
+        yield
+        lease.release()
+    finally:
+        lease.close()
+
+
+__all__ = ["claimed", "contacts", "numbers", "optout_list", "postgres", "shared_outbox"]
