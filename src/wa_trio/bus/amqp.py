@@ -204,18 +204,23 @@ async def declare_topology(connection: Connection, settings: Settings) -> None:
             fix it (one line).
     """
     async with connection.open_channel() as channel:
-        for each in topology.declarations(settings):
-            try:
-                if each.kind == "exchange":
-                    await channel.exchange_declare(each.name, each.exchange_type, durable=True)
-                else:
-                    await channel.queue_declare(each.name, durable=True, arguments=each.arguments)
-            except UnexpectedCloseError as error:
-                if error.reply_code == 406:
-                    raise _topology_error(error, each.kind, each.name, each.fix) from None
-                raise
+        await _declare(channel, topology.declarations(settings))
         for queue, exchange, routing_key in topology.bindings(settings):
             await channel.queue_bind(queue, exchange, routing_key)
+        await _declare(channel, topology.delay_queues(settings))
+
+
+async def _declare(channel: Channel, declarations: list[topology.Declaration]) -> None:
+    for each in declarations:
+        try:
+            if each.kind == "exchange":
+                await channel.exchange_declare(each.name, each.exchange_type, durable=True)
+            else:
+                await channel.queue_declare(each.name, durable=True, arguments=each.arguments)
+        except UnexpectedCloseError as error:
+            if error.reply_code == 406:
+                raise _topology_error(error, each.kind, each.name, each.fix) from None
+            raise
 
 
 async def queue_message_count(channel: Channel, queue: str) -> int:

@@ -46,7 +46,9 @@ def _named(settings: Settings, kind: str, name: str, variable: str) -> str:
 
 
 def declarations(settings: Settings) -> list[Declaration]:
-    """Every exchange and queue, in the order they are declared."""
+    """The exchanges and the job and dead-letter queues, in the order they are declared (then
+    bound: ``bindings``; the delay queues come after, ``delay_queues``: a router forwarding to
+    this queue must find it bound as early as possible)."""
     main = [
         Declaration(
             "exchange",
@@ -71,9 +73,14 @@ def declarations(settings: Settings) -> list[Declaration]:
             _named(settings, "queue", settings.dlq_name, "WHATSAPP_DLQ_NAME"),
         ),
     ]
+    return main
+
+
+def delay_queues(settings: Settings) -> list[Declaration]:
+    """The retry queues, then the wait queues of scheduled jobs."""
     delays = [(retry_queue_name(settings, d), d) for d in sorted(set(settings.retry_delays))]
     delays += [(wait_queue_name(settings, d), d) for d in LADDER]
-    return main + [_delay_queue(settings, name, delay) for name, delay in delays]
+    return [_delay_queue(settings, name, delay) for name, delay in delays]
 
 
 def _delay_queue(settings: Settings, name: str, delay: float) -> Declaration:
@@ -98,4 +105,11 @@ def bindings(settings: Settings) -> list[tuple[str, str, str]]:
     ]
 
 
-__all__ = ["Declaration", "bindings", "declarations", "retry_queue_name", "wait_queue_name"]
+__all__ = [
+    "Declaration",
+    "bindings",
+    "declarations",
+    "delay_queues",
+    "retry_queue_name",
+    "wait_queue_name",
+]
