@@ -145,6 +145,22 @@ async def failing_topology(make_env: Callable[..., dict[str, str]]) -> AsyncIter
 
 
 @pytest.fixture
+async def delete_after() -> AsyncIterator[Callable[..., Settings]]:
+    """``delete_after(settings, extra_queues=())`` -> settings, whose queues and exchanges are
+    deleted after the test (instead of a hand-written ``finally: delete_topology``). Ask for it
+    before the fixtures that start workers: it is torn down after them."""
+    made: list[tuple[Settings, tuple[str, ...]]] = []
+
+    def register(settings: Settings, extra_queues: tuple[str, ...] = ()) -> Settings:
+        made.append((settings, tuple(extra_queues)))
+        return settings
+
+    yield register
+    for settings, extra in made:
+        await delete_topology(settings, extra)
+
+
+@pytest.fixture
 async def topology(settings: Settings) -> AsyncIterator[Settings]:
     """``settings`` whose queues and exchanges are deleted after the test."""
     yield settings

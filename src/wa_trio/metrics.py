@@ -272,6 +272,13 @@ class Metrics:
             ["boundary"],
             registry=r,
         )
+        self.api_requests = Counter(
+            "wa_trio_api_requests_total",
+            "Jobs asked of the HTTP send API, by outcome (accepted, repeated, conflict, invalid, "
+            "forbidden, limited, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
         self.callback_errors = Counter(
             "wa_trio_callback_errors_total",
             "Callbacks from a foreign thread (neonize events, receipts, QR codes, messages) "

@@ -75,7 +75,7 @@ LAYERS: list[list[str]] = [
     ["worker"],
     ["accounts"],
     ["run"],
-    ["cli", "__main__"],
+    ["client", "cli", "__main__"],
 ]
 _RANK = {
     unit: (row, column) for row, units in enumerate(LAYERS) for column, unit in enumerate(units)

@@ -87,3 +87,66 @@ async def publish_and_watch(
                     if event.get("status") in final:
                         break
     return seen
+
+
+class LivePublisher:
+    """Jobs published on one connection kept open (the HTTP API's front door, issue 32): the
+    topology declared once per connection, each publish confirmed by the broker. While the
+    broker is away ``publish`` raises ``BrokerError`` at once; a publish the broker does not
+    confirm within ``timeout`` seconds raises it too (the API answers 503, never hangs)."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 0.75) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._channel: amqp.Channel | None = None
+        self._lock = trio.Lock()
+        self._broken = trio.Event()
+        self._up = trio.Event()  # set while a channel is open
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from wa_trio.bus.reconnect import keep_connected
+        from wa_trio.core.content_filter import Backoff
+
+        backoff = Backoff(initial=0.5, cap=10.0)
+        task_status.started()
+
+        async def serve(connection: amqp.Connection) -> None:
+            await amqp.declare_topology(connection, self.settings)
+            async with connection.open_channel() as channel:
+                self._channel, self._broken = channel, trio.Event()
+                self._up.set()
+                backoff.reset()
+                try:
+                    await self._broken.wait()
+                finally:
+                    self._channel, self._up = None, trio.Event()
+                raise amqp.BrokerError("a publish failed: reconnecting")
+
+        await keep_connected(
+            BrokerAddress.from_settings(self.settings), serve, what="wa_trio:api", backoff=backoff
+        )
+
+    async def publish(
+        self, body: bytes, message_id: str, headers: dict[str, object] | None = None
+    ) -> None:
+        """Publish one job, confirmed. Raises BrokerError (down, refused, or too slow: the
+        whole call, a wait for a connection included, is bounded by ``timeout``)."""
+        with trio.move_on_after(self.timeout) as scope:
+            await self._up.wait()  # (re)connecting: wait for it, within the same bound
+            channel = self._channel
+            if channel is None:
+                raise amqp.BrokerError("the broker is not connected")
+            async with self._lock:
+                try:
+                    await _publish(channel, self.settings, body, message_id, headers)
+                except amqp.BrokerError:
+                    self._broken.set()
+                    raise
+        if scope.cancelled_caught:
+            if self._channel is not None:  # a publish was cut: start on a fresh channel
+                self._broken.set()
+            raise amqp.BrokerError(f"the broker did not answer within {self.timeout:g}s")

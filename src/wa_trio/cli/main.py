@@ -225,13 +225,10 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
         job["media"] = _media_field(args)
     body = json.dumps(job, ensure_ascii=False).encode()
     if not args.no_validate:
+        from wa_trio.client import check_job
+
         try:
-            parse_envelope(
-                body,
-                content_filter=settings.content_filter,
-                cloud_templates=settings.transport != "neonize",
-                media_inline_max=settings.media_inline_max_bytes,
-            )
+            check_job(settings, body)
         except ValidationError as error:
             print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
             return EXIT_FAILED

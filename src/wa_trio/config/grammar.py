@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wa_trio.core.api_keys import ApiKey, parse_api_keys
+
 
 def text(value: str) -> str:
     return value
@@ -264,3 +266,14 @@ def optional_phone(value: str) -> str | None:
     if not re.fullmatch(r"\+\d{8,15}", cleaned):
         raise ValueError
     return cleaned
+
+
+def api_keys(value: str) -> tuple[ApiKey, ...]:
+    return parse_api_keys(value)
+
+
+def api_rate(value: str) -> float:
+    parsed = rate(value)
+    if parsed is None:
+        raise ValueError
+    return parsed

@@ -18,6 +18,7 @@ import attrs
 
 from wa_trio.config import grammar as g
 from wa_trio.config.redact import redact_url, redact_value, secret_repr
+from wa_trio.core.api_keys import ApiKey
 
 #: the Graph API base wa-trio is tested against (a pinned version: Meta changes payloads
 #: between versions; docs/cloud-api.md says how to move it)
@@ -530,6 +531,28 @@ class Settings:
         "Operator token for /login and every route that changes state (HTTP Basic password "
         "or Bearer); unset: one is generated at start and printed once to the terminal.",
     )
+    api_keys: tuple[ApiKey, ...] = _setting(
+        "WHATSAPP_API_KEYS",
+        "",
+        "client:key or client:sha256=HEX, optionally @acct1+acct2, comma-separated",
+        g.api_keys,
+        "Keys of the HTTP send API (POST /v1/messages), one per client; unset: the API is off. "
+        "Separate from the operator token (docs/http-api.md).",
+    )
+    api_rate: float = _setting(
+        "WHATSAPP_API_RATE",
+        "50/s",
+        "a rate like 50/s or 600/min",
+        g.api_rate,
+        "Requests per second each API client may make (429 with Retry-After above it).",
+    )
+    api_batch_max: int = _setting(
+        "WHATSAPP_API_BATCH_MAX",
+        "100",
+        "a positive integer",
+        g.positive_int,
+        "Jobs one POST /v1/messages:batch may carry.",
+    )
 
     #: the account these settings are for (``for_account``; "" before it: the process, or
     #: the one account); not an environment variable
@@ -647,11 +670,20 @@ class Settings:
             if field.env == "WHATSAPP_STORE" and value is None:
                 text = "sqlite"
             if isinstance(value, tuple):
-                text = ",".join(item if isinstance(item, str) else f"{item:g}s" for item in value)
+                text = ",".join(_shown(item) for item in value)
             if isinstance(value, bool):
                 text = ("on" if value else "off") if field.parse is g.on_off else str(value).lower()
             shown[field.env] = redact_value(field.env, text)
         return shown
+
+
+def _shown(item: Any) -> str:
+    """One item of a list setting as ``wa-trio check`` shows it (before redaction)."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, ApiKey):
+        return item.client
+    return f"{item:g}s"
 
 
 FIELDS: tuple[Field, ...] = tuple(

@@ -13,6 +13,7 @@ the send ledger.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +81,8 @@ class StatusPublisher:
         webhook: WebhookSink | None = None,
     ) -> None:
         self.webhook = webhook
+        #: told every event (the HTTP API keeps each job's last status: ``web/api.py``)
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         self.settings = settings
         self.metrics = metrics
         self.ledger = ledger
@@ -107,12 +110,14 @@ class StatusPublisher:
         durable outbox (callers emit before they ack)."""
         if self.webhook is not None:
             self.webhook.add(event)
+        for observe in self.observers:
+            observe(event)
         if self.enabled:
             self._outbox.put(event)
 
     def on_receipt(self, receipt: ReceiptInfo) -> None:
         """Receipt from the transport (trio thread); mapped to jobs by the publisher task."""
-        if (self.enabled or self.webhook is not None) and receipt.kind in {
+        if (self.enabled or self.webhook is not None or self.observers) and receipt.kind in {
             "delivered",
             "read",
             "failed",
@@ -142,7 +147,7 @@ class StatusPublisher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        if not self.enabled and self.webhook is None:
+        if not self.enabled and self.webhook is None and not self.observers:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._map_receipts)

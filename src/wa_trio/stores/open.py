@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import WaTrioError
+from wa_trio.stores.api_requests import ApiRequests, SqliteApiRequests
 from wa_trio.stores.contacts import Contacts, ContactStore
 from wa_trio.stores.files import StartupError, lock_session, private_dir
 from wa_trio.stores.numbers import NumberCache, Numbers
@@ -76,6 +77,17 @@ def shared_outbox(settings: Settings) -> PgOutbox | None:
     return PgOutbox(settings.store, settings.account_name, settings.status_webhook_max_pending)
 
 
+def api_requests(settings: Settings) -> ApiRequests:
+    """What the HTTP send API accepted: ``api.db`` in the session folder (with several
+    accounts, the process's own: its root), or the store's table (every replica sees it)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres.api_requests import PgApiRequests
+
+        return PgApiRequests(settings.store)
+    root = settings.shared_session_path or settings.session_path
+    return SqliteApiRequests(root / "api.db")
+
+
 @contextlib.contextmanager
 def claimed(
     settings: Settings, *, held: str, refuse: type[WaTrioError] = StartupError
@@ -107,4 +119,12 @@ def claimed(
         lease.close()
 
 
-__all__ = ["claimed", "contacts", "numbers", "optout_list", "postgres", "shared_outbox"]
+__all__ = [
+    "api_requests",
+    "claimed",
+    "contacts",
+    "numbers",
+    "optout_list",
+    "postgres",
+    "shared_outbox",
+]

@@ -37,6 +37,7 @@ from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport
 from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.web import login_page
+from wa_trio.web.api import HttpApi, api_routes
 
 METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)
 
@@ -91,6 +92,7 @@ def create_app(
     metrics_cache: float = METRICS_CACHE,
     session_path: Path | None = None,
     meta_webhook: MetaWebhook | None = None,
+    api: HttpApi | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
@@ -137,6 +139,8 @@ def create_app(
 
     if meta_webhook is not None:
         _meta_routes(app, meta_webhook)
+    if api is not None:
+        api_routes(app, api)
     return app
 
 

@@ -31,6 +31,7 @@ import trio
 from wa_trio.account_safety import AccountSafety
 from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.config.settings import Settings
+from wa_trio.core.envelope import parse_envelope
 from wa_trio.core.errors import TopologyError, TransportError
 from wa_trio.core.errors import first_leaf as _first
 from wa_trio.core.templates import TemplateSet
@@ -48,6 +49,7 @@ from wa_trio.stores.files import (
 from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport import Transport
 from wa_trio.transport.cloud_api.webhook import MetaWebhook
+from wa_trio.web.api import HttpApi, build_api
 from wa_trio.web.app import create_app, run_http
 from wa_trio.worker.startup import (
     admin_token,
@@ -143,6 +145,24 @@ async def run_once(
         media=fetcher,
     )
     monitor = BrokerMonitor(settings, metrics)
+    api = (
+        await trio.to_thread.run_sync(
+            build_api,
+            settings,
+            metrics,
+            partial(
+                parse_envelope,
+                content_filter=settings.content_filter,
+                templates=run.templates,
+                cloud_templates=transport.cloud_templates,
+                media_inline_max=settings.media_inline_max_bytes,
+            ),
+        )
+        if run.serve_http
+        else None
+    )
+    if api is not None:
+        status.observers.append(api.observe)
     app = create_app(
         consumer=pipeline,
         monitor=monitor,
@@ -153,6 +173,7 @@ async def run_once(
         redactor=redactor,
         session_path=settings.session_path,
         meta_webhook=_meta_webhook(settings, metrics, status, inbound),
+        api=api,
     )
     eliot.log_message(
         message_type="wa_trio:start",
@@ -174,6 +195,7 @@ async def run_once(
         safety,
         inbound,
         fetcher,
+        api,
     )
     try:
         await _supervise(parts, run, fence, task_status=task_status)
@@ -188,6 +210,8 @@ async def run_once(
         webhook.close()
         safety.close()
         media_cache.close()
+        if api is not None:
+            api.store.close()
     eliot.log_message(message_type="wa_trio:stopped")
 
 
@@ -223,6 +247,7 @@ class _Parts:
     safety: AccountSafety
     inbound: InboundPublisher
     media: MediaFetcher
+    api: HttpApi | None = None
 
 
 async def _supervise(
@@ -278,6 +303,8 @@ async def _supervise(
         await nursery.start(parts.inbound.run)
         await nursery.start(parts.safety.run, parts.transport)
         await nursery.start(parts.media.run)
+        if parts.api is not None:
+            await nursery.start(parts.api.run)
         urls: list[str] = []
         if serve_http:
             urls = await nursery.start(http_task)

@@ -126,10 +126,13 @@ def test_cli_lists_renders_and_checks(
 
 
 def test_the_published_job_schema_agrees_with_the_worker(folder: Path) -> None:
-    """docs/job.schema.json accepts what the worker accepts, and refuses text + template."""
+    """The job schema (web/job.schema.json, served in /openapi.json) accepts what the worker
+    accepts, and refuses text + template."""
     import jsonschema
 
-    schema = json.loads((Path(__file__).parents[3] / "docs" / "job.schema.json").read_text())
+    schema = json.loads(
+        (Path(__file__).parents[3] / "src" / "wa_trio" / "web" / "job.schema.json").read_text()
+    )
     jsonschema.Draft202012Validator.check_schema(schema)
     templates = TemplateSet.load(folder)
     accepted: list[dict[str, Any]] = [

@@ -229,7 +229,9 @@ def test_the_published_schema_takes_media_and_group_jobs() -> None:
     import jsonschema
 
     schema = json.loads(
-        (Path(__file__).resolve().parents[3] / "docs" / "job.schema.json").read_text()
+        (
+            Path(__file__).resolve().parents[3] / "src" / "wa_trio" / "web" / "job.schema.json"
+        ).read_text()
     )
     good = [
         {

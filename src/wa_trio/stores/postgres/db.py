@@ -113,6 +113,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (  # crash loops: how often a job was found ``sending`` (a worker died holding it)
         "ALTER TABLE wa_trio_sends ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
     ),
+    6: (  # the HTTP send API: what it accepted, by job key (issue 32)
+        "CREATE TABLE wa_trio_api_requests (key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, "
+        "client TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, "
+        "code TEXT, whatsapp_id TEXT, updated_at DOUBLE PRECISION NOT NULL)",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 
