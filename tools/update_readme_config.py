@@ -3,7 +3,7 @@ wa_trio.config.settings.FIELDS (run after adding or changing a variable; a test 
 
 from pathlib import Path
 
-from wa_trio.config.settings import markdown_table
+from wa_trio.config.describe import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 for name in ("README.md", "docs/configuration.md"):

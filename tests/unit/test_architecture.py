@@ -173,7 +173,7 @@ def test_one_store_switch() -> None:
 
 #: modules still over the cap, each with the split that brings it under (docs/decisions.md);
 #: the list may only shrink
-_OVER_CAP = {"config/settings.py": 703}  # each setting in ~7 formatted lines (issue 28)
+_OVER_CAP = {"config/settings.py": 702}  # each setting in ~7 formatted lines (issue 28)
 
 
 def test_module_size_caps() -> None:

@@ -659,31 +659,9 @@ class Settings:
 
     def as_redacted_dict(self) -> dict[str, str]:
         """Every setting as ``{ENV_NAME: shown value}``, secrets redacted (``wa-trio check``)."""
-        shown: dict[str, str] = {}
-        for field in FIELDS:
-            value = getattr(self, field.attr)
-            text = "" if value is None else str(value)
-            if field.env == "WHATSAPP_RATE_LIMIT":
-                text = "off" if value is None else f"{value * 60:g}/min"
-            if field.env == "WHATSAPP_UNANSWERED_LIMIT" and value is None:
-                text = "off"
-            if field.env == "WHATSAPP_STORE" and value is None:
-                text = "sqlite"
-            if isinstance(value, tuple):
-                text = ",".join(_shown(item) for item in value)
-            if isinstance(value, bool):
-                text = ("on" if value else "off") if field.parse is g.on_off else str(value).lower()
-            shown[field.env] = redact_value(field.env, text)
-        return shown
+        from wa_trio.config.describe import shown_settings
 
-
-def _shown(item: Any) -> str:
-    """One item of a list setting as ``wa-trio check`` shows it (before redaction)."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, ApiKey):
-        return item.client
-    return f"{item:g}s"
+        return shown_settings(self)
 
 
 FIELDS: tuple[Field, ...] = tuple(
@@ -722,14 +700,3 @@ def _apply_url(values: dict[str, Any]) -> None:
     values["rabbitmq_port"] = parts.port or (5671 if parts.scheme == "amqps" else 5672)
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     values["rabbitmq_vhost"] = unquote(path) if path else "/"
-
-
-def markdown_table() -> str:
-    """The README's configuration table (README.md must contain it verbatim; a test checks)."""
-    lines = ["| Variable | Default | Expects | Meaning |", "|---|---|---|---|"]
-    for field in FIELDS:
-        default = "(derived)" if field.default is None else f"`{field.default}`"
-        if field.default == "":
-            default = "(unset)"
-        lines.append(f"| `{field.env}` | {default} | {field.expected} | {field.doc} |")
-    return "\n".join(lines)

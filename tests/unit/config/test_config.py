@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from wa_trio.config.describe import markdown_table
 from wa_trio.config.grammar import parse_duration
 from wa_trio.config.redact import SECRET_VARS, redact_url
 from wa_trio.config.settings import (
     FIELDS,
     ConfigError,
     Settings,
-    markdown_table,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
