@@ -180,24 +180,29 @@ Step = Action | End
 
 ENDS = (Hold, DeadLetter, Park, NotSent, Expired, FailedSend, CrashLoop, Sent)
 
+# the steps without fields, made once (frozen: safe to share; a job takes about six steps)
+_VALIDATE, _JUDGE, _FETCH, _PEEK, _PACE = Validate(), Judge(), Fetch(), Peek(), Pace()
+_CONNECT, _BEGIN, _SEND, _RESEND = Connect(), Begin(), Send(), Send(ambiguous=True)
+_HOLD, _CRASH_LOOP, _SENT = Hold(), CrashLoop(), Sent()
+
 
 def next_step(known: Known, rules: Rules, now: float) -> Step:
     """The next step for a job of which ``known`` is known, at epoch ``now``."""
     if known.stopped:
-        return Hold()
+        return _HOLD
     if not known.validated:
-        return Validate()
+        return _VALIDATE
     if known.problem is not None:
         return DeadLetter(*known.problem, outcome=Outcome.INVALID)
     before = _before_send(known, rules, now)
     if before is not None:
         return before
     if not known.connected:
-        return Connect()
+        return _CONNECT
     if not known.begun:
         if is_expired(known.expires, now):  # after pacing and any wait for WhatsApp
             return Expired("before its send")
-        return Begin()
+        return _BEGIN
     return _after_begin(known, rules)
 
 
@@ -209,12 +214,12 @@ def _before_send(known: Known, rules: Rules, now: float) -> Step | None:
             return scheduled
     if rules.safety and not known.group:
         if not known.judged:
-            return Judge()
+            return _JUDGE
         if known.verdict is not None:
             return held_back(known.verdict)
     if known.has_media:
         if not known.fetched:
-            return Fetch()
+            return _FETCH
         if known.media_problem is not None:
             return media_failure(*known.media_problem)
     return _paced(known, rules) if rules.pacing else None
@@ -224,24 +229,24 @@ def _paced(known: Known, rules: Rules) -> Step | None:
     """With a pacer: peek the ledger first (duplicates, conflicts and invalid jobs never spend
     a send slot), then wait for the slot."""
     if known.check_ledger and not known.peeked:
-        return Peek()
+        return _PEEK
     early = decide(known.peek, body_hash=known.body_hash, ambiguous=rules.ambiguous)
     if early in {Decision.DUPLICATE, Decision.CONFLICT}:
         return NotSent(early)
-    return None if known.paced else Pace()
+    return None if known.paced else _PACE
 
 
 def _after_begin(known: Known, rules: Rules) -> Step:
     decision = decide(known.found, body_hash=known.body_hash, ambiguous=rules.ambiguous)
     if decision is Decision.CRASH_LOOP:
-        return CrashLoop()
+        return _CRASH_LOOP
     if decision not in {Decision.SEND, Decision.AMBIGUOUS_RESEND}:
         return NotSent(decision)
     if known.send_error is not None:
         return FailedSend(known.send_error)
     if known.sent:
-        return Sent()
-    return Send(ambiguous=decision is Decision.AMBIGUOUS_RESEND)
+        return _SENT
+    return _RESEND if decision is Decision.AMBIGUOUS_RESEND else _SEND
 
 
 def not_due(remaining: float, schedule_max: float) -> Step | None:

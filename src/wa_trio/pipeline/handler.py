@@ -8,7 +8,8 @@ acked with the batch, fewest acks: ``outcome.ack_plan``). The send itself is ``s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import eliot
@@ -119,6 +120,17 @@ class JobHandler:
             pacing=pacer.enabled,
             safety=safety is not None,
         )
+        self._steps: dict[type, Callable[[_InHand, Any, _Batch], Awaitable[None]]] = {
+            plan.Validate: self._validate,
+            plan.Wait: self._wait,
+            plan.Judge: self._judge,
+            plan.Fetch: self._fetch,
+            plan.Peek: self._peek,
+            plan.Pace: self._pace,
+            plan.Connect: self._connect,
+            plan.Begin: self._begin,
+            plan.Send: self._send,
+        }
 
     @property
     def stopping(self) -> bool:
@@ -191,36 +203,31 @@ class JobHandler:
             await self._act(hand, step, batch)
 
     async def _act(self, hand: _InHand, step: plan.Action, batch: _Batch) -> None:
-        known = hand.known
-        match step:
-            case plan.Validate():
-                self._validate(hand)
-            case plan.Wait(seconds=seconds):
-                with trio.move_on_after(seconds):
-                    await self._stopping.wait()
-                known.due, known.stopped = True, self.stopping
-            case plan.Judge():
-                assert self.safety is not None
-                known.judged = True
-                known.verdict = self.safety.verdict(hand.out.destination)
-            case plan.Fetch():
-                await self._fetch(hand)
-            case plan.Peek():
-                key = hand.job.key
-                known.peek = await self._gate.call(lambda: self._ledger.peek(key))
-                known.peeked = True
-            case plan.Pace():
-                known.paced = True
-                known.stopped = not await self._sender.pace(person_key(hand.out.destination))
-            case plan.Connect():
-                known.connected = True
-                known.stopped = not await self._sender.wait_connected()
-            case plan.Begin():
-                await self._begin(hand, batch)
-            case plan.Send(ambiguous=ambiguous):
-                if ambiguous:
-                    self._copies.note_ambiguous(hand.job, "resend")
-                await self._send(hand, batch)
+        """Carry out one step (a flat table by the step's type: no chain of checks)."""
+        await self._steps[type(step)](hand, step, batch)
+
+    async def _wait(self, hand: _InHand, step: plan.Wait, _batch: _Batch) -> None:
+        with trio.move_on_after(step.seconds):
+            await self._stopping.wait()
+        hand.known.due, hand.known.stopped = True, self.stopping
+
+    async def _judge(self, hand: _InHand, _step: plan.Judge, _batch: _Batch) -> None:
+        assert self.safety is not None
+        hand.known.judged = True
+        hand.known.verdict = self.safety.verdict(hand.out.destination)
+
+    async def _peek(self, hand: _InHand, _step: plan.Peek, _batch: _Batch) -> None:
+        key = hand.job.key
+        hand.known.peek = await self._gate.call(lambda: self._ledger.peek(key))
+        hand.known.peeked = True
+
+    async def _pace(self, hand: _InHand, _step: plan.Pace, _batch: _Batch) -> None:
+        hand.known.paced = True
+        hand.known.stopped = not await self._sender.pace(person_key(hand.out.destination))
+
+    async def _connect(self, hand: _InHand, _step: plan.Connect, _batch: _Batch) -> None:
+        hand.known.connected = True
+        hand.known.stopped = not await self._sender.wait_connected()
 
     async def _end(
         self, hand: _InHand, channel: Channel, batch: _Batch, end: plan.End
@@ -237,7 +244,7 @@ class JobHandler:
             job, channel, end, user_id=user_id, expires=hand.known.expires
         )
 
-    def _validate(self, hand: _InHand) -> None:
+    async def _validate(self, hand: _InHand, _step: plan.Validate, _batch: _Batch) -> None:
         """The envelope (no action of its own: a rejection shows as the job's dead_letter
         child), and what the plan needs of it."""
         known, job = hand.known, hand.job
@@ -260,7 +267,7 @@ class JobHandler:
         known.expires = self._deadline(job, envelope)
         known.has_media = envelope.media is not None
 
-    async def _fetch(self, hand: _InHand) -> None:
+    async def _fetch(self, hand: _InHand, _step: plan.Fetch, _batch: _Batch) -> None:
         """The job's media bytes into its message, or the problem with them."""
         media = hand.envelope.media if hand.envelope is not None else None
         assert media is not None
@@ -275,7 +282,7 @@ class JobHandler:
             return
         hand.message = attrs.evolve(hand.out, media=payload)
 
-    async def _begin(self, hand: _InHand, batch: _Batch) -> None:
+    async def _begin(self, hand: _InHand, _step: plan.Begin, batch: _Batch) -> None:
         """One ledger transaction: the batch's pending marks and this job's ``sending`` row."""
         job = hand.job
         marks = list(batch.marks)
@@ -284,11 +291,13 @@ class JobHandler:
         del batch.marks[: len(marks)]
         hand.known.begun, hand.known.found = True, states[0]
 
-    async def _send(self, hand: _InHand, batch: _Batch) -> None:
+    async def _send(self, hand: _InHand, step: plan.Send, batch: _Batch) -> None:
         """The send, and its ledger mark: ``sent`` is committed with the batch; ``failed`` is
         committed now (before its copy is published and acked); ``held`` (never sent: not
         ambiguous on redelivery)."""
         job, message = hand.job, hand.out
+        if step.ambiguous:
+            self._copies.note_ambiguous(job, "resend")
         batch.begun.add(job.tag)
         try:
             result = await self._sender.send(message)
