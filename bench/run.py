@@ -251,6 +251,70 @@ def compare(ref: str, n: int, rounds: int, tmp: Path) -> dict[str, Any]:
             "this_over_baseline": this / base}
 
 
+API_KEY = "bench-key-0123456789abcdefghijkl"
+
+
+def bench_api(n: int, tmp: Path, concurrency: int = 8) -> dict[str, float]:
+    """The HTTP send API (issue 32) against the publish paths of ``wa-trio send``, in one run:
+    (1) ``n`` POST /v1/messages over keep-alive connections (``concurrency`` at once) into a
+    real worker; (2) ``job_publisher.publish_job`` per job, as ``wa-trio send`` does (a
+    connection, the topology declared, one confirmed publish); (3) one channel, confirmed
+    publishes in a loop (what ``wa_trio.client`` costs a service that keeps its connection).
+    The worker's CPU per request includes its pipeline taking each job (dry-run)."""
+    import httpx
+
+    from wa_trio.bus.job_publisher import publish_job
+
+    queue = f"bench.{uuid.uuid4().hex[:8]}.api"
+    env = env_for(queue, tmp, WHATSAPP_API_KEYS=f"bench:{API_KEY}",
+                  WHATSAPP_API_RATE="100000/s")
+    settings = Settings.from_env(env)
+    proc, _startup = start_worker(env)
+    try:
+        url = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        cpu_before = cpu_seconds(proc.pid)
+
+        async def post_all() -> float:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                started = trio.current_time()
+                counter = iter(range(n))
+
+                async def poster() -> None:
+                    for i in counter:
+                        body = json.loads(BODY) | {"text_message": f"api {i}"}
+                        response = await http.post(
+                            "/v1/messages", json=body,
+                            headers={"Authorization": f"Bearer {API_KEY}"})
+                        assert response.status_code == 202, response.text
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(concurrency):
+                        nursery.start_soon(poster)
+                return n / (trio.current_time() - started)
+
+        api_rate = trio.run(post_all)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        deadline = time.monotonic() + 120
+        while count_sent(path) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        api_cpu = (cpu_seconds(proc.pid) - cpu_before) / n * 1e6
+    finally:
+        stop(proc)
+    per_job = max(50, n // 20)
+    started = time.perf_counter()
+    for i in range(per_job):
+        trio.run(publish_job, settings, BODY.encode(), f"send-{i}")
+    send_rate = per_job / (time.perf_counter() - started)
+    started = time.perf_counter()
+    trio.run(publish, settings, n)
+    channel_rate = n / (time.perf_counter() - started)
+    trio.run(cleanup, settings)
+    return {"api_requests_per_s": api_rate, "api_worker_cpu_us_per_request": api_cpu,
+            "send_cli_path_jobs_per_s": send_rate, "one_channel_jobs_per_s": channel_rate,
+            "api_over_send_path": api_rate / send_rate,
+            "api_over_one_channel": api_rate / channel_rate}
+
+
 def burner() -> subprocess.Popen[bytes]:
     """A second process that burns one core (the 'busy host' of the latency row)."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -603,11 +667,17 @@ def main() -> None:
                         help="only compare CPU per job of this checkout with GIT_REF's code "
                              "(alternating runs at prefetch 100; e.g. --compare HEAD~1)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--api", action="store_true",
+                        help="only the HTTP send API against the publish paths of wa-trio send")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency_seconds = min(args.jobs, 3000), 3.0
     n = args.jobs
+    if args.api:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            print(json.dumps(bench_api(n, Path(tmpdir)), indent=2))
+        return
     if args.compare:
         with tempfile.TemporaryDirectory() as tmpdir:
             result = compare(args.compare, n, args.rounds, Path(tmpdir))

@@ -164,3 +164,41 @@ async def test_the_openapi_document_carries_the_job_schema(
     assert job["properties"] == job_schema()["properties"]
     jsonschema.validate(json.loads(job_body()), job)
     assert json.loads(job_body())["user_id"] == UID
+
+
+async def test_with_several_accounts_the_process_api_publishes_to_the_pool(
+    make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> None:
+    """WHATSAPP_ACCOUNTS=a,b: one API for the process; a job pinned to ``a`` by a key limited
+    to it is sent by ``a``, and GET follows it to ``sent`` (the account's status events)."""
+    from tests.helpers import delete_topology
+    from wa_trio.accounts.multi import Accounts
+    from wa_trio.run import run_worker
+
+    settings = Settings.from_env(
+        make_env(WHATSAPP_ACCOUNTS="a,b", WHATSAPP_API_KEYS=KEYS.replace("@shop", "@a"))
+    )
+    accounts: Accounts = await nursery.start(
+        lambda task_status: run_worker(settings, handle_signals=False, task_status=task_status)
+    )
+    try:
+        await wait_for(lambda: len(accounts.workers) == 2, what="two accounts")
+        async with httpx.AsyncClient(base_url=accounts.http_url) as http:
+            headers = {**bearer(OTHER), "Idempotency-Key": "pinned-1"}
+            body = job_body(5, account="a")
+            posted = await http.post("/v1/messages", content=body, headers=headers)
+            assert posted.status_code == 202, posted.text
+
+            async def followed() -> bool:
+                got = await http.get("/v1/messages/pinned-1", headers=bearer(OTHER))
+                return bool(got.status_code == 200 and got.json()["status"] == "sent")
+
+            await wait_for(followed, what="GET follows the pinned job to sent")
+        sent = sent_records(settings.for_account("a").dry_run_file)
+        assert [r["job_key"] for r in sent] == ["pinned-1"]
+    finally:
+        accounts.stop()
+        await trio.sleep(0.5)
+        for name in settings.accounts:
+            await delete_topology(settings.for_account(name))
+        await delete_topology(settings)

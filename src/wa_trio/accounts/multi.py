@@ -21,14 +21,16 @@ import trio
 
 from wa_trio.accounts.pool import PoolRouter
 from wa_trio.config.settings import Settings
+from wa_trio.core.envelope import WhatsAppEnvelope, parse_envelope
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
 from wa_trio.web.accounts_app import create_accounts_app
+from wa_trio.web.api import build_api
 from wa_trio.web.app import run_http
 from wa_trio.worker.app import Worker
-from wa_trio.worker.startup import admin_token, ensure_fd_room, watch_signals
+from wa_trio.worker.startup import admin_token, ensure_fd_room, load_templates, watch_signals
 
 
 @attrs.define
@@ -79,6 +81,8 @@ async def run_accounts(
             return
         workers[name] = worker
         live[name] = worker.transport
+        if api is not None and api.observe not in worker.status.observers:
+            worker.status.observers.append(api.observe)  # the API follows its jobs
 
     async def one(name: str) -> None:
         """One account's worker, for as long as it runs (started without waiting: an account
@@ -93,7 +97,10 @@ async def run_accounts(
             )
 
     token = admin_token(settings)
+    api = await trio.to_thread.run_sync(build_api, settings, metrics, _validator(settings))
     async with trio.open_nursery() as root:
+        if api is not None:
+            await root.start(api.run)
         async with trio.open_nursery() as accounts_nursery:
             for name in settings.accounts:
                 accounts_nursery.start_soon(one, name)
@@ -105,6 +112,7 @@ async def run_accounts(
                 metrics=metrics,
                 admin_token=token,
                 redactor=Redactor(settings.production),
+                api=api,
             )
             try:
                 urls: list[str] = await root.start(
@@ -130,6 +138,18 @@ async def run_accounts(
                     scopes[name].cancel()  # still a standby: nothing in flight
         http_shutdown.set()
         root.cancel_scope.cancel()
+
+
+def _validator(settings: Settings) -> Callable[[bytes], WhatsAppEnvelope]:
+    """The API's validation of a job for the pool: the worker's rules, the process's templates;
+    a Cloud API template is accepted unless every account sends through neonize."""
+    return partial(
+        parse_envelope,
+        content_filter=settings.content_filter,
+        templates=load_templates(settings),
+        cloud_templates=settings.transport != "neonize",
+        media_inline_max=settings.media_inline_max_bytes,
+    )
 
 
 __all__ = ["Accounts", "run_accounts"]

@@ -16,6 +16,7 @@ from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
+from wa_trio.web.api import HttpApi, api_routes
 from wa_trio.web.app import ConsumerState, contain_requests, login_routes, masked_linked
 
 
@@ -42,6 +43,7 @@ def create_accounts_app(
     metrics: Metrics,
     admin_token: str,
     redactor: Redactor,
+    api: HttpApi | None = None,
 ) -> QuartTrio:
     """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
     account still waiting as a standby is reported so), /metrics with an ``account`` label,
@@ -50,28 +52,7 @@ def create_accounts_app(
     contain_requests(app, metrics)
 
     async def report() -> tuple[dict[str, Any], bool, bool]:
-        body: dict[str, Any] = {}
-        healthy, ready = True, False
-        for name in accounts:
-            worker = workers.get(name)
-            if worker is None:
-                body[name] = {"state": "standby", "failing": {}}
-                continue
-            failing: dict[str, str] = {}
-            if not worker.pipeline.connected:
-                failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
-            result = await worker.monitor.check()
-            if not result.ok:
-                failing["broker"] = result.detail
-            problem = worker.transport.health_problem()
-            if problem:
-                failing["whatsapp"] = problem
-            state = worker.transport.state
-            linked = masked_linked(worker.transport)
-            body[name] = {"state": state.value, "failing": failing, "linked": linked}
-            healthy = healthy and not failing
-            ready = ready or (not failing and state is ConnectionState.CONNECTED)
-        return body, healthy, ready
+        return await _report(workers, accounts)
 
     @app.get("/livez")
     async def livez() -> tuple[dict[str, Any], int]:
@@ -100,7 +81,37 @@ def create_accounts_app(
         return None if worker is None else (worker.transport, f"/login?account={name}")
 
     login_routes(app, admin_token, redactor, chosen)
+    if api is not None:
+        api_routes(app, api)
     return app
+
+
+async def _report(
+    workers: Mapping[str, AccountParts], accounts: tuple[str, ...]
+) -> tuple[dict[str, Any], bool, bool]:
+    """Health and readiness per account (a standby is reported so)."""
+    body: dict[str, Any] = {}
+    healthy, ready = True, False
+    for name in accounts:
+        worker = workers.get(name)
+        if worker is None:
+            body[name] = {"state": "standby", "failing": {}}
+            continue
+        failing: dict[str, str] = {}
+        if not worker.pipeline.connected:
+            failing["amqp_consumer"] = "consuming connection is down (reconnecting)"
+        result = await worker.monitor.check()
+        if not result.ok:
+            failing["broker"] = result.detail
+        problem = worker.transport.health_problem()
+        if problem:
+            failing["whatsapp"] = problem
+        state = worker.transport.state
+        linked = masked_linked(worker.transport)
+        body[name] = {"state": state.value, "failing": failing, "linked": linked}
+        healthy = healthy and not failing
+        ready = ready or (not failing and state is ConnectionState.CONNECTED)
+    return body, healthy, ready
 
 
 def create_standby_app(metrics: Metrics, reason: str) -> QuartTrio:
