@@ -16,7 +16,6 @@ Why serena and how it is used: docs/decisions.md. Things the rest of wa-trio rel
 from __future__ import annotations
 
 import contextlib
-import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -35,7 +34,7 @@ from wa_trio.bus import topology
 from wa_trio.bus.topology import retry_queue_name, wait_queue_name
 from wa_trio.config.settings import Settings
 from wa_trio.core import headers
-from wa_trio.core.errors import TopologyError, WaTrioError
+from wa_trio.core.errors import BrokerRefusedError, TopologyError, WaTrioError
 
 __all__ = [
     "BrokerAddress",
@@ -131,8 +130,29 @@ async def connect(
         ) as connection:
             yield connection
     except BaseException as error:
+        _refused(error, address)
         _translate(error)
         raise
+
+
+#: the broker's refusals that are configuration (AMQP reply codes): our login, the vhost
+_REFUSALS = {
+    403: "refused the login of user {user!r} (ACCESS_REFUSED): check RABBITMQ_USER and "
+    "RABBITMQ_PASSWORD (or RABBITMQ_URL)",
+    530: "refused virtual host {vhost!r} (NOT_ALLOWED: it does not exist, or the user may not "
+    "use it): check RABBITMQ_VHOST (or RABBITMQ_URL)",
+}
+
+
+def _refused(error: BaseException, address: BrokerAddress) -> None:
+    """Raise ``BrokerRefusedError`` (one line) when the broker refused our login or vhost."""
+    for leaf in _leaves(error):
+        if not isinstance(leaf, UnexpectedCloseError) or leaf.reply_code not in _REFUSALS:
+            continue
+        if "is down" in str(leaf.reply_message):  # a vhost still starting: an outage, retried
+            continue
+        what = _REFUSALS[leaf.reply_code].format(user=address.user, vhost=address.vhost)
+        raise BrokerRefusedError(f"the broker at {address.host}:{address.port} {what}") from None
 
 
 _BROKER_FAILURES = (
@@ -179,22 +199,6 @@ async def set_prefetch(channel: Channel, count: int) -> None:
 
 # ------------------------------------------------------------------------------------ topology
 
-_INEQUIVALENT = re.compile(
-    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) "
-    r"'(?P<name>[^']*)'.*?: (?P<detail>received .*)$"
-)
-
-
-def _topology_error(error: UnexpectedCloseError, kind: str, name: str, fix: str) -> TopologyError:
-    match = _INEQUIVALENT.search(error.reply_message)
-    differs = (
-        f"argument {match['arg']!r} differs ({match['detail']})" if match else error.reply_message
-    )
-    return TopologyError(
-        f"the broker refused {kind} {name!r}: it already exists with other settings: {differs}. "
-        f"Fix: {fix}"
-    )
-
 
 async def declare_topology(connection: Connection, settings: Settings) -> None:
     """Declare what ``topology.declarations`` lists, then bind (idempotent).
@@ -219,7 +223,7 @@ async def _declare(channel: Channel, declarations: list[topology.Declaration]) -
                 await channel.queue_declare(each.name, durable=True, arguments=each.arguments)
         except UnexpectedCloseError as error:
             if error.reply_code == 406:
-                raise _topology_error(error, each.kind, each.name, each.fix) from None
+                raise topology.mismatch(error.reply_message, each) from None
             raise
 
 

@@ -7,12 +7,14 @@ already has it with other arguments.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
 
 from wa_trio.config.settings import Settings
 from wa_trio.core.content_filter import delay_label
+from wa_trio.core.errors import TopologyError
 from wa_trio.core.schedule import LADDER
 
 
@@ -97,6 +99,22 @@ def _delay_queue(settings: Settings, name: str, delay: float) -> Declaration:
     )
 
 
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) "
+    r"'(?P<name>[^']*)'.*?: (?P<detail>received .*)$"
+)
+
+
+def mismatch(reply: str, declared: Declaration) -> TopologyError:
+    """The one line for a 406 on ``declared``: which argument differs, and the fix."""
+    match = _INEQUIVALENT.search(reply)
+    differs = f"argument {match['arg']!r} differs ({match['detail']})" if match else reply
+    return TopologyError(
+        f"the broker refused {declared.kind} {declared.name!r}: it already exists with other "
+        f"settings: {differs}. Fix: {declared.fix}"
+    )
+
+
 def bindings(settings: Settings) -> list[tuple[str, str, str]]:
     """(queue, exchange, routing key) of each binding."""
     return [
@@ -110,6 +128,7 @@ __all__ = [
     "bindings",
     "declarations",
     "delay_queues",
+    "mismatch",
     "retry_queue_name",
     "wait_queue_name",
 ]

@@ -67,6 +67,13 @@ class TopologyError(WaTrioError):
     code = "topology_mismatch"
 
 
+class BrokerRefusedError(TopologyError):
+    """The broker refused our login or virtual host: configuration, not an outage; retrying
+    cannot help, so it is not retried (one line, exit code 2)."""
+
+    code = "broker_refused"
+
+
 class TransportError(WaTrioError):
     """The WhatsApp transport cannot work in this process (library missing, too many
     reconnects: a clean restart by the supervisor is the cure); the worker exits non-zero."""

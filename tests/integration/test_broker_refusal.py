@@ -1,0 +1,40 @@
+"""A broker that refuses our login or our virtual host (issue 30, DEVELOPERS.md's standard):
+``wa-trio run`` says so in one line and exits with 2, never a traceback, never a retry loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+import trio
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("amqp://guest:not-the-password@127.0.0.1:5672/", "refused the login of user 'guest'"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "refused virtual host"),
+    ],
+)
+async def test_a_refused_login_or_vhost_is_one_line_and_exit_2(
+    make_env: Callable[..., dict[str, str]], url: str, said: str
+) -> None:
+    env = {**os.environ, **make_env(RABBITMQ_URL=url, HTTP_PORT="0")}
+    run = partial(
+        subprocess.run,
+        [sys.executable, "-m", "wa_trio", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    done = await trio.to_thread.run_sync(run)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("wa-trio: ")]
+    assert lines[-1].startswith("wa-trio: the broker at 127.0.0.1:5672 ")
+    assert said in lines[-1]
+    assert "Traceback" not in done.stderr and "not-the-password" not in done.stderr
