@@ -203,6 +203,14 @@ def _run(settings: Settings) -> int:
     handle = configure_logging(settings)
     try:
         trio.run(run_worker, settings)
+    except BaseExceptionGroup as group:
+        # a second signal while stopping raises KeyboardInterrupt inside the root nursery:
+        # it arrives wrapped in a group; the operator asked for it, so no traceback
+        rest = group.split(KeyboardInterrupt)[1]
+        if rest is not None and rest.split(trio.Cancelled)[1] is not None:
+            raise
+        print("wa-trio: stopped at once (a second signal)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         handle.close()
     return EXIT_OK
