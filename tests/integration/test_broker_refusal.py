@@ -38,3 +38,19 @@ async def test_a_refused_login_or_vhost_is_one_line_and_exit_2(
     assert lines[-1].startswith("wa-trio: the broker at 127.0.0.1:5672 ")
     assert said in lines[-1]
     assert "Traceback" not in done.stderr and "not-the-password" not in done.stderr
+
+
+async def test_a_broker_that_cannot_be_reached_is_named_redacted(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    from tests.conftest import closed_port
+    from wa_trio.bus.amqp import BrokerError
+    from wa_trio.bus.job_publisher import publish_job
+    from wa_trio.config.settings import Settings
+
+    port = closed_port()
+    settings = Settings.from_env(make_env(RABBITMQ_URL=f"amqp://guest:s3cret@127.0.0.1:{port}/"))
+    with pytest.raises(BrokerError) as caught:
+        await publish_job(settings, b"{}")
+    assert f"amqp://guest:***@127.0.0.1:{port}/" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

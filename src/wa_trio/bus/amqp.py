@@ -131,7 +131,10 @@ async def connect(
             yield connection
     except BaseException as error:
         _refused(error, address)
-        _translate(error)
+        try:
+            _translate(error)
+        except BrokerError as failure:  # say which broker (redacted)
+            raise BrokerError(f"{address.redacted}: {failure}") from None
         raise
 
 
