@@ -8,7 +8,6 @@ content. Every rejection is a ``ValidationError`` with a stable ``code`` (see ``
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import uuid
@@ -17,11 +16,11 @@ from typing import Any
 
 import attrs
 import cattrs
-import phonenumbers
 from cattrs.preconf.json import make_converter
 
 from wa_trio.core import cloud_template
 from wa_trio.core.content_filter import check_content
+from wa_trio.core.destination import DestinationProblem, e164
 from wa_trio.core.errors import WaTrioError
 from wa_trio.core.headers import utf8_ok
 from wa_trio.core.instants import LocalTimeError, rfc3339
@@ -152,52 +151,18 @@ def _strict_str(value: Any, _type: Any) -> str:
 _converter = make_converter(forbid_extra_keys=False)
 _converter.register_structure_hook(str, _strict_str)
 
-_STRIP = re.compile(r"[\s\-.()]")
-_E164 = re.compile(r"\+\d{8,15}")
-
-
-MAX_DESTINATION_CHARS = 64  # "+" and 15 digits with generous punctuation; longer is garbage
-
 
 def clean_destination(raw: str) -> str:
-    """Strip spaces, dashes, dots and parentheses; check the E.164 shape and phonenumbers.
-
-    The raw text is bounded before any work, and only the cleaned form (at most 16 characters)
-    reaches the cache: a publisher cannot grow the worker's memory with padded destinations.
+    """The destination in E.164 form (``destination.e164``: ``+`` with punctuation, a WhatsApp
+    JID, or bare international digits).
 
     Raises:
         ValidationError: ``invalid_destination``.
     """
-    if len(raw) > MAX_DESTINATION_CHARS:
-        raise ValidationError(
-            "invalid_destination",
-            f"destination is longer than {MAX_DESTINATION_CHARS} characters",
-        )
-    cleaned = _STRIP.sub("", raw)
-    if not _E164.fullmatch(cleaned):
-        raise ValidationError(
-            "invalid_destination",
-            "destination must be '+' then 8-15 digits (country code first, e.g. +44 20 7946 0000)",
-        )
-    return _possible_number(cleaned)
-
-
-@functools.lru_cache(maxsize=4096)
-def _possible_number(cleaned: str) -> str:
-    """phonenumbers' verdict on an E.164-shaped string (cached, bounded: phonenumbers is the
-    costliest step of validation and a worker sends to the same numbers again and again;
-    rejections raise and are not cached)."""
     try:
-        number = phonenumbers.parse(cleaned, None)
-    except phonenumbers.NumberParseException:
-        raise ValidationError(
-            "invalid_destination", "destination has no valid country calling code"
-        ) from None
-    if not phonenumbers.is_possible_number(number):
-        raise ValidationError(
-            "invalid_destination", "destination is not a possible number for its country"
-        )
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+        return e164(raw)
+    except DestinationProblem as problem:
+        raise ValidationError("invalid_destination", str(problem)) from None
 
 
 _GROUP = re.compile(r"\d{5,30}(-\d{5,20})?@g\.us")
@@ -210,7 +175,7 @@ def clean_recipient(raw: str) -> str:
     Raises:
         ValidationError: ``invalid_destination``.
     """
-    if "@" in raw:
+    if raw.strip().endswith("@g.us"):
         cleaned = raw.strip()
         if not _GROUP.fullmatch(cleaned):
             raise ValidationError(
@@ -218,7 +183,7 @@ def clean_recipient(raw: str) -> str:
                 "a group destination is <digits>@g.us or <digits>-<digits>@g.us",
             )
         return cleaned
-    return clean_destination(raw)
+    return clean_destination(raw)  # a number, also as a person's JID (@s.whatsapp.net, @c.us)
 
 
 def parse_envelope(

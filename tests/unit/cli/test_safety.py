@@ -16,7 +16,8 @@ from wa_trio.cli.main import main
 from wa_trio.cli.session_backup import SessionError, import_session
 from wa_trio.config.redact import redact_url
 from wa_trio.config.settings import ConfigError, Settings
-from wa_trio.core.envelope import ValidationError, _possible_number, parse_envelope
+from wa_trio.core.destination import possible as _possible_number
+from wa_trio.core.envelope import ValidationError, parse_envelope
 from wa_trio.log import configure_logging, log_file_path
 from wa_trio.stores.files import StartupError, lock_session, private_dir
 from wa_trio.transport.dry_run import DryRunTransport

@@ -41,7 +41,7 @@ def test_valid_job_is_parsed_and_destination_kept_in_e164() -> None:
         ("+29012345", True),  # 8 digits (St Helena)
         ("+491234567890123", True),  # 15 digits
         ("+4912345678901234", False),  # 16 digits
-        ("5511999999999", False),  # no plus
+        ("5511999999999", True),  # no plus: bare international digits (issue 30)
         ("+55.11.9999.9999", True),
         ("+55 11 9999a9999", False),
         ("+99912345678", False),  # no such country code
