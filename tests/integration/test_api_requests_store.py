@@ -32,6 +32,9 @@ def test_the_record_of_accepted_jobs(store: ApiRequests) -> None:
         store.update("k1", "delivered", None, None, 103.0)  # a receipt has no id: kept
         got = store.get("k1")
         assert got is not None and (got.status, got.whatsapp_id) == ("delivered", "WA1")
+        store.update("k1", "sent", None, None, 103.5, over=("queued", "retrying", "sent"))
+        again = store.get("k1")  # a late "sent" does not move "delivered" back
+        assert again is not None and again.status == "delivered"
         store.forget("k1")  # only a queued record is taken back
         assert store.get("k1") is not None
         assert store.accept("k2", "h", "billing", 104.0) is None

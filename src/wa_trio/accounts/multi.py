@@ -28,7 +28,7 @@ from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
 from wa_trio.web.accounts_app import create_accounts_app
 from wa_trio.web.api import build_api
-from wa_trio.web.app import run_http
+from wa_trio.web.app import reachable, run_http
 from wa_trio.worker.app import Worker
 from wa_trio.worker.startup import admin_token, ensure_fd_room, load_templates, watch_signals
 
@@ -49,7 +49,7 @@ class Accounts:
 
     @property
     def http_url(self) -> str:
-        return self.http_urls[0].replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+        return reachable(self.http_urls[0])
 
 
 #: runs one account's worker (``run.run_worker``: passed in, so this layer imports no layer

@@ -11,7 +11,9 @@ import trio
 
 from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.bus.reconnect import keep_connected
 from wa_trio.config.settings import Settings
+from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import WaTrioError
 
 
@@ -108,9 +110,6 @@ class LivePublisher:
         return self._channel is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from wa_trio.bus.reconnect import keep_connected
-        from wa_trio.core.content_filter import Backoff
-
         backoff = Backoff(initial=0.5, cap=10.0)
         task_status.started()
 

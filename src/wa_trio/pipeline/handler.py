@@ -342,7 +342,8 @@ class JobHandler:
                 await self._gate.flush(batch.marks)
                 why = f"internal error after the send began ({kind})"
                 end = plan.FailedSend(SendError(why, code="internal_error"))
-            outcome = await self._copies.settle(job, channel, end, user_id="")
+            # no user id known here: a dead letter's event says None, a failed send's "" (as before)
+            outcome = await self._copies.settle(job, channel, end)
             action.addSuccessFields(outcome=outcome.value)
         return outcome
 

@@ -10,6 +10,7 @@ status update is one short UPDATE by primary key).
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -43,8 +44,17 @@ class ApiRequests(Protocol):
     def get(self, job_key: str) -> Accepted | None: ...
 
     def update(
-        self, job_key: str, status: str, code: str | None, whatsapp_id: str | None, now: float
-    ) -> None: ...
+        self,
+        job_key: str,
+        status: str,
+        code: str | None,
+        whatsapp_id: str | None,
+        now: float,
+        over: tuple[str, ...] | None = None,
+    ) -> None:
+        """Set the job's status (only over one of ``over``: a later event never moves it back;
+        None: over any); a key the API never accepted is left alone."""
+        ...
 
     def prune(self, older_than: float) -> int: ...
 
@@ -90,13 +100,28 @@ class SqliteApiRequests:
         return None if row is None else Accepted(*row)
 
     def update(
-        self, job_key: str, status: str, code: str | None, whatsapp_id: str | None, now: float
+        self,
+        job_key: str,
+        status: str,
+        code: str | None,
+        whatsapp_id: str | None,
+        now: float,
+        over: tuple[str, ...] | None = None,
     ) -> None:
         with self._lock:
             self._db.execute(
                 "UPDATE requests SET status = ?, code = ?, "
-                "whatsapp_id = COALESCE(?, whatsapp_id), updated_at = ? WHERE key = ?",
-                (status, code, whatsapp_id, now, job_key),
+                "whatsapp_id = COALESCE(?, whatsapp_id), updated_at = ? WHERE key = ? "
+                "AND (? IS NULL OR status IN (SELECT value FROM json_each(?)))",
+                (
+                    status,
+                    code,
+                    whatsapp_id,
+                    now,
+                    job_key,
+                    None if over is None else 1,
+                    json.dumps(over),
+                ),
             )
 
     def prune(self, older_than: float) -> int:

@@ -25,6 +25,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope
 from wa_trio.core.errors import WaTrioError
 from wa_trio.core.job import body_hash, job_key
 from wa_trio.metrics import Metrics
+from wa_trio.stores import open as stores
 from wa_trio.stores.api_requests import Accepted, ApiRequests
 from wa_trio.web.openapi import STATUS_ORDER, openapi
 
@@ -98,17 +100,19 @@ class HttpApi:
 
     async def _record(self, event: dict[str, Any]) -> None:
         key, status = str(event.get("job_key", "")), str(event.get("status", ""))
-        try:
-            known = await trio.to_thread.run_sync(self.store.get, key)
-            if known is None or _RANK.get(status, 0) < _RANK.get(known.status, 0):
-                return
+        rank = _RANK.get(status, 0)
+        over = tuple(known for known, at in _RANK.items() if at <= rank)
+        try:  # one statement: jobs the API never accepted are simply not matched
             await trio.to_thread.run_sync(
-                self.store.update,
-                key,
-                status,
-                event.get("code"),
-                event.get("whatsapp_message_id"),
-                time.time(),
+                partial(
+                    self.store.update,
+                    key,
+                    status,
+                    event.get("code"),
+                    event.get("whatsapp_message_id"),
+                    time.time(),
+                    over=over,
+                )
             )
         except WaTrioError as error:  # the store failing: one status lost, said so
             eliot.log_message(message_type="wa_trio:api:status_unrecorded", error=str(error))
@@ -214,8 +218,6 @@ def build_api(
     """The API when WHATSAPP_API_KEYS lists a key (blocking: opens its store), else None."""
     if not settings.api_keys:
         return None
-    from wa_trio.stores import open as stores
-
     return HttpApi(
         settings, metrics, stores.api_requests(settings), LivePublisher(settings), validate
     )

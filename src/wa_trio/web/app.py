@@ -81,6 +81,11 @@ def _unauthorized() -> Response:
     )
 
 
+def reachable(url: str) -> str:
+    """A listening URL as a local client reaches it (a wildcard bind answers on loopback)."""
+    return url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+
+
 def create_app(
     *,
     consumer: ConsumerState,

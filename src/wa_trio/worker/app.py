@@ -50,7 +50,7 @@ from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport import Transport
 from wa_trio.transport.cloud_api.webhook import MetaWebhook
 from wa_trio.web.api import HttpApi, build_api
-from wa_trio.web.app import create_app, run_http
+from wa_trio.web.app import create_app, reachable, run_http
 from wa_trio.worker.startup import (
     admin_token,
     watch_signals,
@@ -88,8 +88,7 @@ class Worker:
 
     @property
     def http_url(self) -> str:
-        url = self.http_urls[0]
-        return url.replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+        return reachable(self.http_urls[0])
 
 
 @attrs.frozen

@@ -49,13 +49,21 @@ class PgApiRequests:
         return None if row is None else Accepted(*row)
 
     def update(
-        self, job_key: str, status: str, code: str | None, whatsapp_id: str | None, now: float
+        self,
+        job_key: str,
+        status: str,
+        code: str | None,
+        whatsapp_id: str | None,
+        now: float,
+        over: tuple[str, ...] | None = None,
     ) -> None:
+        allowed = None if over is None else list(over)
         with self._lock, store_errors("update an API request"):
             self._db.execute(
                 "UPDATE wa_trio_api_requests SET status = %s, code = %s, "
-                "whatsapp_id = COALESCE(%s, whatsapp_id), updated_at = %s WHERE key = %s",
-                (status, code, whatsapp_id, now, job_key),
+                "whatsapp_id = COALESCE(%s, whatsapp_id), updated_at = %s WHERE key = %s "
+                "AND (%s::text[] IS NULL OR status = ANY(%s::text[]))",
+                (status, code, whatsapp_id, now, job_key, allowed, allowed),
             )
 
     def prune(self, older_than: float) -> int:
