@@ -28,7 +28,7 @@ from neonize.proto.Neonize_pb2 import JID, Device, GroupInfo, IsOnWhatsAppRespon
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.transport.neonize import NeonizeTransport
 

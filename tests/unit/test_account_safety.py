@@ -17,8 +17,8 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from wa_trio.account_safety import AccountSafety
 from wa_trio.cli.main import main
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import classify_send_error
 from wa_trio.core.identity import person_key
+from wa_trio.core.retry import classify_send_error
 from wa_trio.core.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics

@@ -28,8 +28,8 @@ from wa_trio.bus.amqp import BrokerAddress, Channel, Delivery
 from wa_trio.bus.reconnect import keep_connected
 from wa_trio.config.settings import Settings
 from wa_trio.core import headers as h
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.outcome import dead_letter_headers
+from wa_trio.core.retry import Backoff
 from wa_trio.core.routing import Route, route
 from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport

@@ -29,7 +29,7 @@ import trio
 from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.bus.reconnect import keep_connected
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 
 LANES = 8  # channels publishing at once
 WINDOW = 256  # events in flight at most

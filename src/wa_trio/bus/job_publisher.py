@@ -13,8 +13,8 @@ from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.bus.reconnect import keep_connected
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import WaTrioError
+from wa_trio.core.retry import Backoff
 
 
 async def publish_job(

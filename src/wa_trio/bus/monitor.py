@@ -23,7 +23,7 @@ from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress
 from wa_trio.bus.reconnect import keep_connected
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 from wa_trio.metrics import Metrics
 
 CHECK_TIMEOUT = 2.0

@@ -10,7 +10,7 @@ import eliot
 import trio
 
 from wa_trio.bus.amqp import BrokerAddress, BrokerError, Connection, connect
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 
 
 async def keep_connected(

@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import delay_label
 from wa_trio.core.errors import TopologyError
+from wa_trio.core.retry import delay_label
 from wa_trio.core.schedule import LADDER
 
 

@@ -67,493 +67,210 @@ def _setting(
 class Settings:
     """The effective configuration. Build it with ``Settings.from_env(os.environ)``."""
 
-    rabbitmq_url: str = _setting(
-        "RABBITMQ_URL",
-        None,
-        "an amqp:// or amqps:// URL",
-        g.amqp_url,
-        "Broker URL; overrides the five RABBITMQ_* parts below.",
-    )
-    rabbitmq_user: str = _setting(
-        "RABBITMQ_USER",
-        "woragis",
-        "a user name",
-        g.nonempty,
-        "Broker user.",
-    )
-    rabbitmq_password: str = _setting(
-        "RABBITMQ_PASSWORD",
-        "woragis",
-        "a password",
-        g.text,
-        "Broker password (never logged).",
-    )
-    rabbitmq_host: str = _setting(
-        "RABBITMQ_HOST",
-        "rabbitmq",
-        "a host name",
-        g.nonempty,
-        "Broker host.",
-    )
-    rabbitmq_port: int = _setting(
-        "RABBITMQ_PORT",
-        "5672",
-        "a TCP port 1-65535",
-        g.port,
-        "Broker port.",
-    )
-    rabbitmq_vhost: str = _setting(
-        "RABBITMQ_VHOST",
-        "woragis",
-        "a virtual host name",
-        g.text,
-        "Broker virtual host.",
-    )
-    queue_name: str = _setting(
-        "WHATSAPP_QUEUE_NAME",
-        "whatsapp.queue",
-        "a queue name",
-        g.nonempty,
-        "Queue the jobs are consumed from.",
-    )
-    exchange: str = _setting(
-        "WHATSAPP_EXCHANGE",
-        "woragis.notifications",
-        "an exchange name",
-        g.nonempty,
-        "Exchange the queue is bound to (jobs and status events are published here).",
-    )
-    routing_key: str = _setting(
-        "WHATSAPP_ROUTING_KEY",
-        "whatsapp.send",
-        "a routing key",
-        g.nonempty,
-        "Routing key binding the queue to the exchange.",
-    )
-    exchange_type: str = _setting(
-        "WHATSAPP_EXCHANGE_TYPE",
-        "topic",
-        "direct, topic, fanout or headers",
-        g.choice("direct", "topic", "fanout", "headers"),
-        "Type of WHATSAPP_EXCHANGE.",
-    )
-    prefetch_count: int = _setting(
-        "WHATSAPP_PREFETCH_COUNT",
-        "1",
-        "an integer from 1 to 65535",
-        g.prefetch,
-        "Unacknowledged jobs the broker may hand the worker at once.",
-    )
-    dlx: str = _setting(
-        "WHATSAPP_DLX",
-        None,
-        "an exchange name",
-        g.nonempty,
-        "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).",
-    )
-    dlq_name: str = _setting(
-        "WHATSAPP_DLQ_NAME",
-        None,
-        "a queue name",
-        g.nonempty,
-        "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).",
-    )
-    session_path: Path = _setting(
-        "WHATSAPP_SESSION_PATH",
-        "/app/session",
-        "a directory path",
-        Path,
-        "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).",
-    )
-    store: str | None = _setting(
-        "WHATSAPP_STORE",
-        "sqlite",
-        "sqlite or a postgresql://user:password@host:port/database URL",
-        g.store,
-        "Where sessions, the send ledger, the opt-out list and the caches live: files under "
-        "WHATSAPP_SESSION_PATH, or PostgreSQL (replicas on several hosts, a lease per account; "
-        "docs/scaling.md).",
-    )
-    transport: str = _setting(
-        "WHATSAPP_TRANSPORT",
-        "neonize",
-        "neonize, cloud-api or dry-run",
-        g.choice("neonize", "cloud-api", "dry-run"),
+    # fmt: off
+    # a table: one setting each, at most four lines (env, default, expected, parser, meaning)
+    rabbitmq_url: str = _setting("RABBITMQ_URL", None, "an amqp:// or amqps:// URL", g.amqp_url,
+        "Broker URL; overrides the five RABBITMQ_* parts below.")
+    rabbitmq_user: str = _setting("RABBITMQ_USER", "woragis", "a user name", g.nonempty,
+        "Broker user.")
+    rabbitmq_password: str = _setting("RABBITMQ_PASSWORD", "woragis", "a password", g.text,
+        "Broker password (never logged).")
+    rabbitmq_host: str = _setting("RABBITMQ_HOST", "rabbitmq", "a host name", g.nonempty,
+        "Broker host.")
+    rabbitmq_port: int = _setting("RABBITMQ_PORT", "5672", "a TCP port 1-65535", g.port,
+        "Broker port.")
+    rabbitmq_vhost: str = _setting("RABBITMQ_VHOST", "woragis", "a virtual host name", g.text,
+        "Broker virtual host.")
+    queue_name: str = _setting("WHATSAPP_QUEUE_NAME", "whatsapp.queue", "a queue name", g.nonempty,
+        "Queue the jobs are consumed from.")
+    exchange: str = _setting("WHATSAPP_EXCHANGE", "woragis.notifications",
+        "an exchange name", g.nonempty,
+        "Exchange the queue is bound to (jobs and status events are published here).")
+    routing_key: str = _setting("WHATSAPP_ROUTING_KEY", "whatsapp.send",
+        "a routing key", g.nonempty,
+        "Routing key binding the queue to the exchange.")
+    exchange_type: str = _setting("WHATSAPP_EXCHANGE_TYPE", "topic",
+        "direct, topic, fanout or headers", g.choice("direct", "topic", "fanout", "headers"),
+        "Type of WHATSAPP_EXCHANGE.")
+    prefetch_count: int = _setting("WHATSAPP_PREFETCH_COUNT", "1",
+        "an integer from 1 to 65535", g.prefetch,
+        "Unacknowledged jobs the broker may hand the worker at once.")
+    dlx: str = _setting("WHATSAPP_DLX", None, "an exchange name", g.nonempty,
+        "Dead-letter exchange (default: <WHATSAPP_EXCHANGE>.dlx).")
+    dlq_name: str = _setting("WHATSAPP_DLQ_NAME", None, "a queue name", g.nonempty,
+        "Dead-letter queue (default: <WHATSAPP_QUEUE_NAME>.dlq).")
+    session_path: Path = _setting("WHATSAPP_SESSION_PATH", "/app/session", "a directory path", Path,
+        "Folder of the WhatsApp session (whatsapp.db) and the send ledger (ledger.db).")
+    store: str | None = _setting("WHATSAPP_STORE", "sqlite", "sqlite or a "
+        "postgresql://user:password@host:port/database URL", g.store, "Where sessions, the send "
+        "ledger, the opt-out list and the caches live: files under WHATSAPP_SESSION_PATH, or "
+        "PostgreSQL (replicas on several hosts, a lease per account; docs/scaling.md).")
+    transport: str = _setting("WHATSAPP_TRANSPORT", "neonize",
+        "neonize, cloud-api or dry-run", g.choice("neonize", "cloud-api", "dry-run"),
         "neonize sends as a linked device; cloud-api through Meta's WhatsApp Business Cloud API "
-        "(docs/cloud-api.md); dry-run never touches WhatsApp.",
-    )
-    cloud_api_url: str = _setting(
-        "WHATSAPP_CLOUD_API_URL",
-        CLOUD_API_DEFAULT_URL,
-        "an http:// or https:// URL",
-        g.base_url,
-        "cloud-api: the Graph API base, version included (tests point it at loopback).",
-    )
-    cloud_phone_number_id: str | None = _setting(
-        "WHATSAPP_CLOUD_PHONE_NUMBER_ID",
-        "",
-        "the sending number's id: digits (or empty)",
-        g.optional_digits,
-        "cloud-api: the phone number id Meta's WhatsApp Manager shows (required with cloud-api).",
-    )
-    cloud_access_token: str | None = _setting(
-        "WHATSAPP_CLOUD_ACCESS_TOKEN",
-        "",
-        "a token without spaces (or empty)",
-        g.optional_secret,
-        "cloud-api: a system-user access token (required with cloud-api; never logged).",
-    )
-    cloud_app_secret: str | None = _setting(
-        "WHATSAPP_CLOUD_APP_SECRET",
-        "",
-        "a secret without spaces (or empty)",
-        g.optional_secret,
+        "(docs/cloud-api.md); dry-run never touches WhatsApp.")
+    cloud_api_url: str = _setting("WHATSAPP_CLOUD_API_URL", CLOUD_API_DEFAULT_URL,
+        "an http:// or https:// URL", g.base_url,
+        "cloud-api: the Graph API base, version included (tests point it at loopback).")
+    cloud_phone_number_id: str | None = _setting("WHATSAPP_CLOUD_PHONE_NUMBER_ID", "",
+        "the sending number's id: digits (or empty)", g.optional_digits,
+        "cloud-api: the phone number id Meta's WhatsApp Manager shows (required with cloud-api).")
+    cloud_access_token: str | None = _setting("WHATSAPP_CLOUD_ACCESS_TOKEN", "",
+        "a token without spaces (or empty)", g.optional_secret,
+        "cloud-api: a system-user access token (required with cloud-api; never logged).")
+    cloud_app_secret: str | None = _setting("WHATSAPP_CLOUD_APP_SECRET", "",
+        "a secret without spaces (or empty)", g.optional_secret,
         "cloud-api: the app secret that signs webhooks (X-Hub-Signature-256; required with "
-        "cloud-api; never logged).",
-    )
-    cloud_verify_token: str | None = _setting(
-        "WHATSAPP_CLOUD_VERIFY_TOKEN",
-        "",
-        "a token without spaces (or empty)",
-        g.optional_secret,
-        "cloud-api: the webhook subscription's verify token (required with cloud-api).",
-    )
-    dry_run_file: Path | None = _setting(
-        "WHATSAPP_DRY_RUN_FILE",
-        "",
-        "a file path (or empty)",
-        g.optional_path,
-        "dry-run only: append one JSON line per would-be send to this file.",
-    )
-    dry_run_fail_rate: float = _setting(
-        "WHATSAPP_DRY_RUN_FAIL_RATE",
-        "0",
-        "a number from 0 to 1",
-        g.fraction,
-        "dry-run only: fail this fraction of sends (transient), to rehearse retries.",
-    )
-    content_filter: bool = _setting(
-        "WHATSAPP_CONTENT_FILTER",
-        "on",
-        "on or off",
-        g.on_off,
-        "Reject text that looks like SQL injection or XSS (the original's policy).",
-    )
-    schedule_max: float = _setting(
-        "WHATSAPP_SCHEDULE_MAX",
-        "30d",
-        "a duration like 30d",
-        g.duration,
-        "How far ahead a job's send_at may be; beyond: dead-lettered schedule_too_far.",
-    )
-    templates_dir: Path | None = _setting(
-        "WHATSAPP_TEMPLATES_DIR",
-        "",
-        "a directory path (or empty)",
-        g.optional_path,
+        "cloud-api; never logged).")
+    cloud_verify_token: str | None = _setting("WHATSAPP_CLOUD_VERIFY_TOKEN", "",
+        "a token without spaces (or empty)", g.optional_secret,
+        "cloud-api: the webhook subscription's verify token (required with cloud-api).")
+    dry_run_file: Path | None = _setting("WHATSAPP_DRY_RUN_FILE", "",
+        "a file path (or empty)", g.optional_path,
+        "dry-run only: append one JSON line per would-be send to this file.")
+    dry_run_fail_rate: float = _setting("WHATSAPP_DRY_RUN_FAIL_RATE", "0",
+        "a number from 0 to 1", g.fraction,
+        "dry-run only: fail this fraction of sends (transient), to rehearse retries.")
+    content_filter: bool = _setting("WHATSAPP_CONTENT_FILTER", "on", "on or off", g.on_off,
+        "Reject text that looks like SQL injection or XSS (the original's policy).")
+    schedule_max: float = _setting("WHATSAPP_SCHEDULE_MAX", "30d",
+        "a duration like 30d", g.duration,
+        "How far ahead a job's send_at may be; beyond: dead-lettered schedule_too_far.")
+    templates_dir: Path | None = _setting("WHATSAPP_TEMPLATES_DIR", "",
+        "a directory path (or empty)", g.optional_path,
         "Message templates (NAME.txt, NAME.LANG.txt; Jinja2, sandboxed) for jobs that name a "
-        "template; compiled at start (docs/templates.md).",
-    )
-    media_max_bytes: int | None = _setting(
-        "WHATSAPP_MEDIA_MAX_BYTES",
-        "",
-        "a size like 16MB or a byte count (or empty)",
-        g.optional_size,
-        "One size cap for every media kind; empty: WhatsApp's own per-kind limits (docs/media.md).",
-    )
-    media_timeout: float = _setting(
-        "WHATSAPP_MEDIA_TIMEOUT",
-        "30s",
-        "a duration like 30s",
-        g.duration,
-        "How long fetching one media URL may take, redirects included.",
-    )
-    media_allow_private: bool = _setting(
-        "WHATSAPP_MEDIA_ALLOW_PRIVATE",
-        "off",
-        "on or off",
-        g.on_off,
+        "template; compiled at start (docs/templates.md).")
+    media_max_bytes: int | None = _setting("WHATSAPP_MEDIA_MAX_BYTES", "",
+        "a size like 16MB or a byte count (or empty)", g.optional_size,
+        "One size cap for every media kind; empty: WhatsApp's own per-kind limits "
+        "(docs/media.md).")
+    media_timeout: float = _setting("WHATSAPP_MEDIA_TIMEOUT", "30s",
+        "a duration like 30s", g.duration,
+        "How long fetching one media URL may take, redirects included.")
+    media_allow_private: bool = _setting("WHATSAPP_MEDIA_ALLOW_PRIVATE", "off",
+        "on or off", g.on_off,
         "Allow media URLs that resolve to loopback, private, link-local or metadata addresses "
-        "(off: refused, media_url_refused).",
-    )
-    media_inline_max_bytes: int = _setting(
-        "WHATSAPP_MEDIA_INLINE_MAX_BYTES",
-        "1MB",
-        "a size like 1MB or a byte count",
-        g.size,
-        "Cap of a job's inline base64 media (decoded); bigger belongs in a URL.",
-    )
-    media_max_pixels: int = _setting(
-        "WHATSAPP_MEDIA_MAX_PIXELS",
-        "40000000",
-        "a whole number of pixels",
-        g.positive_int,
+        "(off: refused, media_url_refused).")
+    media_inline_max_bytes: int = _setting("WHATSAPP_MEDIA_INLINE_MAX_BYTES", "1MB",
+        "a size like 1MB or a byte count", g.size,
+        "Cap of a job's inline base64 media (decoded); bigger belongs in a URL.")
+    media_max_pixels: int = _setting("WHATSAPP_MEDIA_MAX_PIXELS", "40000000",
+        "a whole number of pixels", g.positive_int,
         "Largest image or sticker (width x height, read from its header before anything is "
-        "decoded); larger is media_too_large. A 490 KB PNG can decode to 650 MB.",
-    )
-    media_kinds: tuple[str, ...] = _setting(
-        "WHATSAPP_MEDIA_KINDS",
-        "image,document,video,audio,voice,sticker",
-        "comma-separated media kinds (or empty: text only)",
-        g.media_kinds,
-        "Media kinds this worker sends (others: media_unsupported). video, audio, voice and "
-        "sticker need ffmpeg with neonize.",
-    )
-    media_cache_bytes: int = _setting(
-        "WHATSAPP_MEDIA_CACHE_BYTES",
-        "256MB",
-        "a size like 256MB or a byte count",
-        g.size,
-        "Fetched media kept on disk under the session path (by URL and content hash), at most.",
-    )
-    proxy: str | None = _setting(
-        "WHATSAPP_PROXY",
-        "",
-        "an http://, https:// or socks5:// URL (or empty)",
-        g.proxy_url,
-        "Proxy for the WhatsApp connection (credentials never logged).",
-    )
-    pair_phone: str | None = _setting(
-        "WHATSAPP_PAIR_PHONE",
-        "",
-        "+ then 8-15 digits (or empty)",
-        g.optional_phone,
-        "Log in by phone pairing code for this number instead of a QR code.",
-    )
-    shutdown_grace: float = _setting(
-        "WHATSAPP_SHUTDOWN_GRACE",
-        "10s",
-        "a duration like 10s",
-        g.duration,
-        "On SIGTERM, how long in-flight sends may take before the worker exits.",
-    )
-    retry_delays: tuple[float, ...] = _setting(
-        "WHATSAPP_RETRY_DELAYS",
-        "5s,30s,2m,10m,30m",
-        "comma-separated durations like 5s,30s,2m",
-        g.durations,
-        "Delays before each retry of a failed send; after the last: dead-letter.",
-    )
-    rate_limit: float | None = _setting(
-        "WHATSAPP_RATE_LIMIT",
-        "10/min",
-        "N/s, N/min, N/h or off",
-        g.rate,
-        "Account-wide send rate (token bucket). docs/account-safety.md explains the default.",
-    )
-    rate_burst: int = _setting(
-        "WHATSAPP_RATE_BURST",
-        "3",
-        "an integer >= 1",
-        g.positive_int,
-        "Sends that may go back to back after a quiet period.",
-    )
-    recipient_interval: float = _setting(
-        "WHATSAPP_RECIPIENT_INTERVAL",
-        "10s",
-        "a duration like 10s (0 = off)",
-        g.duration,
-        "Minimum time between two sends to the same number.",
-    )
-    send_jitter: float = _setting(
-        "WHATSAPP_SEND_JITTER",
-        "2s",
-        "a duration like 2s (0 = off)",
-        g.duration,
-        "Random extra wait in [0, jitter) before each send.",
-    )
-    typing: bool = _setting(
-        "WHATSAPP_TYPING",
-        "off",
-        "on or off",
-        g.on_off,
-        "Show 'typing...' to the recipient for a time growing with the text (neonize only).",
-    )
-    status_routing_key: str = _setting(
-        "WHATSAPP_STATUS_ROUTING_KEY",
-        "whatsapp.status",
-        "a routing key (empty disables)",
-        g.text,
-        "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.",
-    )
-    status_webhook_url: str | None = _setting(
-        "WHATSAPP_STATUS_WEBHOOK_URL",
-        "",
-        "an http:// or https:// URL (or empty)",
-        g.http_url,
-        "Also POST each status event here, signed (docs/status-events.md); durable outbox.",
-    )
-    status_webhook_secret: str | None = _setting(
-        "WHATSAPP_STATUS_WEBHOOK_SECRET",
-        "",
-        "16 or more characters without spaces (or empty)",
-        g.optional_token,
-        "HMAC-SHA256 key of the webhook signature (required with the URL; never logged).",
-    )
-    status_webhook_max_pending: int = _setting(
-        "WHATSAPP_STATUS_WEBHOOK_MAX_PENDING",
-        "100000",
-        "an integer >= 1",
-        g.positive_int,
-        "Events the webhook outbox keeps at most; beyond, the oldest are dropped and counted.",
-    )
-    inbound_routing_key: str = _setting(
-        "WHATSAPP_INBOUND_ROUTING_KEY",
-        "whatsapp.inbound",
-        "a routing key (empty disables)",
-        g.text,
+        "decoded); larger is media_too_large. A 490 KB PNG can decode to 650 MB.")
+    media_kinds: tuple[str, ...] = _setting("WHATSAPP_MEDIA_KINDS",
+        "image,document,video,audio,voice,sticker", "comma-separated media kinds (or empty: "
+        "text only)", g.media_kinds, "Media kinds this worker sends (others: media_unsupported). "
+        "video, audio, voice and sticker need ffmpeg with neonize.")
+    media_cache_bytes: int = _setting("WHATSAPP_MEDIA_CACHE_BYTES", "256MB",
+        "a size like 256MB or a byte count", g.size,
+        "Fetched media kept on disk under the session path (by URL and content hash), at most.")
+    proxy: str | None = _setting("WHATSAPP_PROXY", "",
+        "an http://, https:// or socks5:// URL (or empty)", g.proxy_url,
+        "Proxy for the WhatsApp connection (credentials never logged).")
+    pair_phone: str | None = _setting("WHATSAPP_PAIR_PHONE", "",
+        "+ then 8-15 digits (or empty)", g.optional_phone,
+        "Log in by phone pairing code for this number instead of a QR code.")
+    shutdown_grace: float = _setting("WHATSAPP_SHUTDOWN_GRACE", "10s",
+        "a duration like 10s", g.duration,
+        "On SIGTERM, how long in-flight sends may take before the worker exits.")
+    retry_delays: tuple[float, ...] = _setting("WHATSAPP_RETRY_DELAYS", "5s,30s,2m,10m,30m",
+        "comma-separated durations like 5s,30s,2m", g.durations,
+        "Delays before each retry of a failed send; after the last: dead-letter.")
+    rate_limit: float | None = _setting("WHATSAPP_RATE_LIMIT", "10/min",
+        "N/s, N/min, N/h or off", g.rate,
+        "Account-wide send rate (token bucket). docs/account-safety.md explains the default.")
+    rate_burst: int = _setting("WHATSAPP_RATE_BURST", "3", "an integer >= 1", g.positive_int,
+        "Sends that may go back to back after a quiet period.")
+    recipient_interval: float = _setting("WHATSAPP_RECIPIENT_INTERVAL", "10s",
+        "a duration like 10s (0 = off)", g.duration,
+        "Minimum time between two sends to the same number.")
+    send_jitter: float = _setting("WHATSAPP_SEND_JITTER", "2s",
+        "a duration like 2s (0 = off)", g.duration,
+        "Random extra wait in [0, jitter) before each send.")
+    typing: bool = _setting("WHATSAPP_TYPING", "off", "on or off", g.on_off,
+        "Show 'typing...' to the recipient for a time growing with the text (neonize only).")
+    status_routing_key: str = _setting("WHATSAPP_STATUS_ROUTING_KEY", "whatsapp.status",
+        "a routing key (empty disables)", g.text,
+        "Publish sent/delivered/read/failed/retrying events to WHATSAPP_EXCHANGE with this key.")
+    status_webhook_url: str | None = _setting("WHATSAPP_STATUS_WEBHOOK_URL", "",
+        "an http:// or https:// URL (or empty)", g.http_url,
+        "Also POST each status event here, signed (docs/status-events.md); durable outbox.")
+    status_webhook_secret: str | None = _setting("WHATSAPP_STATUS_WEBHOOK_SECRET", "",
+        "16 or more characters without spaces (or empty)", g.optional_token,
+        "HMAC-SHA256 key of the webhook signature (required with the URL; never logged).")
+    status_webhook_max_pending: int = _setting("WHATSAPP_STATUS_WEBHOOK_MAX_PENDING", "100000",
+        "an integer >= 1", g.positive_int,
+        "Events the webhook outbox keeps at most; beyond, the oldest are dropped and counted.")
+    inbound_routing_key: str = _setting("WHATSAPP_INBOUND_ROUTING_KEY", "whatsapp.inbound",
+        "a routing key (empty disables)", g.text,
         "Publish messages the account receives to WHATSAPP_EXCHANGE with this key "
-        "(docs/inbound.md).",
-    )
-    optout_keywords: tuple[str, ...] = _setting(
-        "WHATSAPP_OPTOUT_KEYWORDS",
-        "STOP,PARAR,SAIR,CANCELAR,UNSUBSCRIBE",
-        "comma-separated words (empty disables)",
-        g.keywords,
-        "A reply that is exactly one of these (any case and accents) opts the sender out.",
-    )
-    optout_reply: str | None = _setting(
-        "WHATSAPP_OPTOUT_REPLY",
-        "",
-        "a text of at most 1024 characters (or empty)",
-        g.optional_text,
-        "Answer an opt-out once with this text (empty: no answer).",
-    )
-    unanswered_limit: int | None = _setting(
-        "WHATSAPP_UNANSWERED_LIMIT",
-        "off",
-        "an integer >= 1, or off",
-        g.optional_count,
+        "(docs/inbound.md).")
+    optout_keywords: tuple[str, ...] = _setting("WHATSAPP_OPTOUT_KEYWORDS",
+        "STOP,PARAR,SAIR,CANCELAR,UNSUBSCRIBE", "comma-separated words (empty disables)",
+        g.keywords, "A reply that is exactly one of these (any case and accents) opts the "
+        "sender out.")
+    optout_reply: str | None = _setting("WHATSAPP_OPTOUT_REPLY", "",
+        "a text of at most 1024 characters (or empty)", g.optional_text,
+        "Answer an opt-out once with this text (empty: no answer).")
+    unanswered_limit: int | None = _setting("WHATSAPP_UNANSWERED_LIMIT", "off",
+        "an integer >= 1, or off", g.optional_count,
         "Messages to one recipient who never answered before a job is held back "
-        "(docs/account-safety.md).",
-    )
-    unanswered_action: str = _setting(
-        "WHATSAPP_UNANSWERED_ACTION",
-        "dlq",
-        "dlq or delay",
-        g.choice("dlq", "delay"),
+        "(docs/account-safety.md).")
+    unanswered_action: str = _setting("WHATSAPP_UNANSWERED_ACTION", "dlq",
+        "dlq or delay", g.choice("dlq", "delay"),
         "Over the unanswered limit: dead-letter unanswered_limit, or park the job until the "
-        "recipient answers.",
-    )
-    reachout_pause: float = _setting(
-        "WHATSAPP_REACHOUT_PAUSE",
-        "24h",
-        "a duration like 24h",
-        g.duration,
-        "After WhatsApp's error 463 (reach-out time lock), how long sends to new contacts wait.",
-    )
-    connect_max_failures: int = _setting(
-        "WHATSAPP_CONNECT_MAX_FAILURES",
-        "20",
-        "an integer >= 1",
-        g.positive_int,
-        "Failed connects in a row before the account goes to state failed (health red) "
-        "instead of retrying forever; POST /login/relogin resets it.",
-    )
-    accounts: tuple[str, ...] = _setting(
-        "WHATSAPP_ACCOUNTS",
-        "default",
-        "comma-separated names of a-z, 0-9 and - (1-32 each)",
-        g.accounts,
-        "The WhatsApp accounts this worker runs; more than one: a queue per account and the "
-        "main queue as their pool (docs/scaling.md).",
-    )
-    standby: bool = _setting(
-        "WHATSAPP_STANDBY",
-        "off",
-        "on or off",
-        g.on_off,
+        "recipient answers.")
+    reachout_pause: float = _setting("WHATSAPP_REACHOUT_PAUSE", "24h",
+        "a duration like 24h", g.duration,
+        "After WhatsApp's error 463 (reach-out time lock), how long sends to new contacts wait.")
+    connect_max_failures: int = _setting("WHATSAPP_CONNECT_MAX_FAILURES", "20",
+        "an integer >= 1", g.positive_int,
+        "Failed connects in a row before the account goes to state failed (health red) instead "
+        "of retrying forever; POST /login/relogin resets it.")
+    accounts: tuple[str, ...] = _setting("WHATSAPP_ACCOUNTS", "default",
+        "comma-separated names of a-z, 0-9 and - (1-32 each)", g.accounts,
+        "The WhatsApp accounts this worker runs; more than one: a queue per account and the main"
+        " queue as their pool (docs/scaling.md).")
+    standby: bool = _setting("WHATSAPP_STANDBY", "off", "on or off", g.on_off,
         "When another worker holds this session: wait as its standby (take over the moment it "
-        "ends, kill -9 included) instead of refusing to start (docs/scaling.md).",
-    )
-    ambiguous: str = _setting(
-        "WHATSAPP_AMBIGUOUS",
-        "resend",
-        "resend or skip",
-        g.choice("resend", "skip"),
+        "ends, kill -9 included) instead of refusing to start (docs/scaling.md).")
+    ambiguous: str = _setting("WHATSAPP_AMBIGUOUS", "resend",
+        "resend or skip", g.choice("resend", "skip"),
         "A job that may have been sent (crash before its record, or a send WhatsApp did not "
-        "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).",
-    )
-    dedup_window: float = _setting(
-        "WHATSAPP_DEDUP_WINDOW",
-        "7d",
-        "a duration like 7d",
-        g.duration,
-        "How long the send ledger remembers a job key.",
-    )
-    sample_interval: float = _setting(
-        "WHATSAPP_QUEUE_SAMPLE_INTERVAL",
-        "15s",
-        "a duration like 15s",
-        g.duration,
-        "How often queue_depth and queue_dlq_size are sampled.",
-    )
-    env: str = _setting(
-        "ENV",
-        "development",
-        "development or production",
-        g.choice("development", "production"),
-        "production: JSON logs, masked phone numbers.",
-    )
-    log_to_file: bool = _setting(
-        "LOG_TO_FILE",
-        "false",
-        "true or false",
-        g.boolean,
-        "Also write JSON log lines to LOG_DIR/wa-trio.log.",
-    )
-    log_dir: Path = _setting(
-        "LOG_DIR",
-        "logs",
-        "a directory path",
-        Path,
-        "Folder of the log file.",
-    )
-    http_host: str = _setting(
-        "HTTP_HOST",
-        "0.0.0.0",  # noqa: S104 - the container default; docs/security.md
-        "an address to bind",
-        g.nonempty,
-        "Address of the HTTP server (health, metrics, login).",
-    )
-    http_port: int = _setting(
-        "HTTP_PORT",
-        "8080",
-        "a TCP port 0-65535",
-        g.http_port,
-        "Port of the HTTP server.",
-    )
-    admin_token: str | None = _setting(
-        "WHATSAPP_ADMIN_TOKEN",
-        "",
-        "16 or more characters without spaces (or empty)",
-        g.optional_token,
-        "Operator token for /login and every route that changes state (HTTP Basic password "
-        "or Bearer); unset: one is generated at start and printed once to the terminal.",
-    )
-    api_keys: tuple[ApiKey, ...] = _setting(
-        "WHATSAPP_API_KEYS",
-        "",
-        "client:key or client:sha256=HEX, optionally @acct1+acct2, comma-separated",
-        g.api_keys,
+        "answer in time): send again, or never twice (ack after a crash, DLQ after a timeout).")
+    dedup_window: float = _setting("WHATSAPP_DEDUP_WINDOW", "7d", "a duration like 7d", g.duration,
+        "How long the send ledger remembers a job key.")
+    sample_interval: float = _setting("WHATSAPP_QUEUE_SAMPLE_INTERVAL", "15s",
+        "a duration like 15s", g.duration,
+        "How often queue_depth and queue_dlq_size are sampled.")
+    env: str = _setting("ENV", "development",
+        "development or production", g.choice("development", "production"),
+        "production: JSON logs, masked phone numbers.")
+    log_to_file: bool = _setting("LOG_TO_FILE", "false", "true or false", g.boolean,
+        "Also write JSON log lines to LOG_DIR/wa-trio.log.")
+    log_dir: Path = _setting("LOG_DIR", "logs", "a directory path", Path,
+        "Folder of the log file.")
+    http_host: str = _setting("HTTP_HOST", "0.0.0.0", "an address to bind", g.nonempty,  # noqa: S104 - the container default; docs/security.md
+        "Address of the HTTP server (health, metrics, login).")
+    http_port: int = _setting("HTTP_PORT", "8080", "a TCP port 0-65535", g.http_port,
+        "Port of the HTTP server.")
+    admin_token: str | None = _setting("WHATSAPP_ADMIN_TOKEN", "",
+        "16 or more characters without spaces (or empty)", g.optional_token,
+        "Operator token for /login and every route that changes state (HTTP Basic password or "
+        "Bearer); unset: one is generated at start and printed once to the terminal.")
+    api_keys: tuple[ApiKey, ...] = _setting("WHATSAPP_API_KEYS", "",
+        "client:key or client:sha256=HEX, optionally @acct1+acct2, comma-separated", g.api_keys,
         "Keys of the HTTP send API (POST /v1/messages), one per client; unset: the API is off. "
-        "Separate from the operator token (docs/http-api.md).",
-    )
-    api_rate: float = _setting(
-        "WHATSAPP_API_RATE",
-        "50/s",
-        "a rate like 50/s or 600/min",
-        g.api_rate,
-        "Requests per second each API client may make (429 with Retry-After above it).",
-    )
-    api_batch_max: int = _setting(
-        "WHATSAPP_API_BATCH_MAX",
-        "100",
-        "a positive integer",
-        g.positive_int,
-        "Jobs one POST /v1/messages:batch may carry.",
-    )
+        "Separate from the operator token (docs/http-api.md).")
+    api_rate: float = _setting("WHATSAPP_API_RATE", "50/s",
+        "a rate like 50/s or 600/min", g.api_rate,
+        "Requests per second each API client may make (429 with Retry-After above it).")
+    api_batch_max: int = _setting("WHATSAPP_API_BATCH_MAX", "100",
+        "a positive integer", g.positive_int,
+        "Jobs one POST /v1/messages:batch may carry.")
 
+    # fmt: on
     #: the account these settings are for (``for_account``; "" before it: the process, or
     #: the one account); not an environment variable
     account: str = attrs.field(default="")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import traceback
 
-from wa_trio.core.content_filter import AMBIGUOUS_CODES
+from wa_trio.core.retry import AMBIGUOUS_CODES
 
 
 class WaTrioError(Exception):

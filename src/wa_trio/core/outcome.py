@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 
 from wa_trio.core import headers as h
-from wa_trio.core.content_filter import retry_delay
 from wa_trio.core.errors import SendError
+from wa_trio.core.retry import retry_delay
 
 
 class Outcome(enum.Enum):

@@ -33,8 +33,8 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import WaTrioError
+from wa_trio.core.retry import Backoff
 from wa_trio.metrics import Metrics
 from wa_trio.stores import open as stores
 from wa_trio.stores.files import open_private_db

@@ -40,12 +40,12 @@ from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Channel
 from wa_trio.bus.reconnect import keep_connected
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.job import Job, body_hash, job_key, trace_id_of
 from wa_trio.core.outcome import (
     batch_size,
 )
 from wa_trio.core.pacing import Pacer
+from wa_trio.core.retry import Backoff
 from wa_trio.core.templates import TemplateSet
 from wa_trio.events.status import StatusPublisher
 from wa_trio.log import Redactor

@@ -13,7 +13,7 @@ from typing import TypeVar
 import eliot
 import trio
 
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 from wa_trio.stores.ledger import AsyncLedger, LedgerError, Mark
 
 T = TypeVar("T")

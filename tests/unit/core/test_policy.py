@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.core.content_filter import Backoff, check_content
+from wa_trio.core.content_filter import check_content
+from wa_trio.core.retry import Backoff
 
 BENIGN = [
     "Select your seat",

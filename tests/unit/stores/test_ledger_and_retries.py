@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from wa_trio.bus._serena_patch import _read_field_value, apply
-from wa_trio.core.content_filter import delay_label, retry_delay
 from wa_trio.core.headers import encodable
 from wa_trio.core.outcome import Found
+from wa_trio.core.retry import delay_label, retry_delay
 from wa_trio.stores.ledger import Begin, Ledger, LedgerError, Mark
 
 

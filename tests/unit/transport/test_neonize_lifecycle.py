@@ -20,8 +20,8 @@ from neonize.events import ConnectedEv
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import wait_for
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import SendError, TransportError
+from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage

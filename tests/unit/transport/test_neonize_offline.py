@@ -37,7 +37,7 @@ from tests.helpers import (
 )
 from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
+from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline.consumer import PipelineStatistics

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from wa_trio.core.content_filter import classify_send_error
+from wa_trio.core.retry import classify_send_error
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport.states import Signal, next_state
 

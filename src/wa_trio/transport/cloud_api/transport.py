@@ -27,9 +27,9 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import NotConnectedError, SendError
 from wa_trio.core.media_rules import MediaPayload
+from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
 from wa_trio.transport.cloud_api import messages

@@ -14,10 +14,10 @@ import eliot
 import trio
 
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import classify_send_error
 from wa_trio.core.errors import SendError
 from wa_trio.core.media_rules import MediaPayload
 from wa_trio.core.pacing import typing_seconds
+from wa_trio.core.retry import classify_send_error
 from wa_trio.log import Redactor
 from wa_trio.stores import open as stores
 from wa_trio.stores.numbers import Numbers, Resolution

@@ -35,8 +35,8 @@ import trio
 
 from wa_trio.config.redact import redact_url
 from wa_trio.config.settings import Settings
-from wa_trio.core.content_filter import Backoff
 from wa_trio.core.errors import NotConnectedError, SendError, TransportError
+from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.stores import open as stores
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
