@@ -144,6 +144,10 @@ async def failing_topology(make_env: Callable[..., dict[str, str]]) -> AsyncIter
     await delete_topology(settings)  # the retry and wait queues too
 
 
+#: the ``delete_after`` fixture's type: ``delete_after(settings, extra_queues=())`` -> settings
+DeleteAfter = Callable[..., Settings]
+
+
 @pytest.fixture
 async def delete_after() -> AsyncIterator[Callable[..., Settings]]:
     """``delete_after(settings, extra_queues=())`` -> settings, whose queues and exchanges are

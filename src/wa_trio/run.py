@@ -18,6 +18,7 @@ import trio
 
 from wa_trio.config.settings import Settings
 from wa_trio.metrics import Metrics
+from wa_trio.stores import open as stores
 from wa_trio.stores.files import StartupError, lock_session, private_dir, try_lock_session
 from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport import Transport
@@ -68,7 +69,7 @@ async def run_worker(
             session_lock = await stand_by(settings, metrics, serve_http=serve_http)
     try:
         try:
-            ledger = await AsyncLedger.open(settings.ledger_db)
+            ledger = AsyncLedger(await trio.to_thread.run_sync(stores.local_ledger, settings))
         except LedgerError as error:
             raise StartupError(error.message) from None
         await run_once(run, transport or build_transport(settings), ledger, None, task_status)

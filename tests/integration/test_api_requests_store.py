@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wa_trio.stores.api_requests import ApiRequests, SqliteApiRequests
+from wa_trio.stores.api_requests import ApiRequests
+from wa_trio.stores.sqlite.api_requests import SqliteApiRequests
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

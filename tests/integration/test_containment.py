@@ -20,7 +20,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from tests.conftest import StartWorker
+from tests.conftest import DeleteAfter, StartWorker
 from tests.helpers import (
     UID,
     EventTap,
@@ -287,13 +287,14 @@ async def test_signed_meta_receipts_with_impossible_times_end_no_worker(
 
 
 async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
-    settings: Settings, start_worker: StartWorker
+    delete_after: DeleteAfter, settings: Settings, start_worker: StartWorker
 ) -> None:
     """A job that killed its worker anyway (an OOM kill, say) is redelivered with its row
     ``sending``; at the third such death it is dead-lettered ``crash_loop`` instead of taking
     the next worker (or replica) down too. Two deaths are simulated in the ledger file a dead
     worker leaves."""
-    from wa_trio.stores.ledger import Begin, Ledger
+    from wa_trio.stores.ledger import Begin
+    from wa_trio.stores.sqlite.ledger import Ledger
 
     settings.session_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     body = job_body(1)
@@ -303,17 +304,15 @@ async def test_a_job_in_hand_at_every_death_is_dead_lettered_not_tried_again(
     for _ in range(3):  # the first run's begin, then two redeliveries that died again
         ledger.step([], [Begin("killer", True, body_hash(body))])
     ledger.close()
-    try:
-        await publish_many(settings, [body], message_ids=["killer"])
-        worker = await start_worker(settings)
-        await wait_for(lambda: _processed(worker, "failed") == 1, what="dead-lettered")
-        [letter] = await drain_queue(settings, settings.dlq_name)
-        assert error_code(letter) == "crash_loop"
-        assert sent_records(settings.dry_run_file) == []
-        row = worker.ledger.ledger.get("killer")
-        assert row is not None and row.state == "failed"
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, [body], message_ids=["killer"])
+    worker = await start_worker(settings)
+    await wait_for(lambda: _processed(worker, "failed") == 1, what="dead-lettered")
+    [letter] = await drain_queue(settings, settings.dlq_name)
+    assert error_code(letter) == "crash_loop"
+    assert sent_records(settings.dry_run_file) == []
+    row = worker.ledger.ledger.get("killer")
+    assert row is not None and row.state == "failed"
 
 
 async def test_an_image_over_the_pixel_budget_is_refused_before_any_decode(

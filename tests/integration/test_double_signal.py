@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.helpers import delete_topology
+from tests.conftest import DeleteAfter
 from wa_trio.config.settings import Settings
 
 
@@ -40,17 +40,13 @@ def _run_and_signal_twice(env: dict[str, str], gap: float) -> tuple[int, str]:
 
 @pytest.mark.parametrize("gap", [0.0005, 0.001, 0.002])
 async def test_a_second_signal_stops_at_once_without_a_traceback(
-    make_env: Callable[..., dict[str, str]], gap: float
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], gap: float
 ) -> None:
     import trio
 
     env = make_env(HTTP_PORT="0")
-    try:
-        code, stderr = await trio.to_thread.run_sync(
-            _run_and_signal_twice, {**os.environ, **env}, gap
-        )
-    finally:
-        await delete_topology(Settings.from_env(env))
+    delete_after(Settings.from_env(env))
+    code, stderr = await trio.to_thread.run_sync(_run_and_signal_twice, {**os.environ, **env}, gap)
     assert "Traceback" not in stderr
     # 130: the second signal came while stopping; 0: both were taken as one; -15: it came
     # after the stop had finished, while the interpreter exited (death by the signal itself)

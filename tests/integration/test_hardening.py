@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.conftest import BROKER_URL, StartWorker
+from tests.conftest import BROKER_URL, DeleteAfter, StartWorker
 from tests.helpers import (
     EventTap,
     delete_topology,
@@ -117,40 +117,36 @@ async def test_unencodable_headers_on_a_failed_send_go_to_the_retry_queue(
 
 
 async def test_a_long_message_id_is_sent_and_its_events_published(
-    topology: Settings, start_worker: StartWorker
+    delete_after: DeleteAfter, topology: Settings, start_worker: StartWorker
 ) -> None:
     """A 250-byte message_id used to overflow the status event's message id (255 bytes)."""
     tap = EventTap(topology)
     await tap.bind()
-    try:
-        worker = await start_worker(topology)
-        long_id = "L" * 250
-        await publish_many(topology, [job_body(1), job_body(2)], message_ids=[long_id, "short"])
-        await wait_for(lambda: _processed(worker, "success") == 2, what="both sent")
-        await wait_for(lambda: tap.at_least(2), what="both events")
-        keys = {event["job_key"] for event in tap.events}
-        assert "short" in keys
-        assert any(key.startswith("mid-sha256:") for key in keys)
-    finally:
-        await delete_topology(topology, extra_queues=[tap.queue])
+    delete_after(topology, extra_queues=[tap.queue])
+    worker = await start_worker(topology)
+    long_id = "L" * 250
+    await publish_many(topology, [job_body(1), job_body(2)], message_ids=[long_id, "short"])
+    await wait_for(lambda: _processed(worker, "success") == 2, what="both sent")
+    await wait_for(lambda: tap.at_least(2), what="both events")
+    keys = {event["job_key"] for event in tap.events}
+    assert "short" in keys
+    assert any(key.startswith("mid-sha256:") for key in keys)
 
 
 async def test_copies_of_one_message_id_in_one_batch_are_sent_once(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], start_worker: StartWorker
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_PREFETCH_COUNT="50"))
-    try:
-        ids = ["dup", "a", "dup", "b", "dup"]
-        # published before the worker consumes: delivered together, taken as one batch
-        await publish_many(settings, [job_body(1) for _ in ids], message_ids=ids)
-        worker = await start_worker(settings)
-        await wait_for(lambda: _processed(worker, "duplicate") == 2, what="two duplicates")
-        await wait_for(lambda: _processed(worker, "success") == 3, what="three sent")
-        counts = Counter(r["job_key"] for r in sent_records(settings.dry_run_file))
-        assert counts == {"dup": 1, "a": 1, "b": 1}
-        assert await queue_count(settings, settings.queue_name) == 0
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    ids = ["dup", "a", "dup", "b", "dup"]
+    # published before the worker consumes: delivered together, taken as one batch
+    await publish_many(settings, [job_body(1) for _ in ids], message_ids=ids)
+    worker = await start_worker(settings)
+    await wait_for(lambda: _processed(worker, "duplicate") == 2, what="two duplicates")
+    await wait_for(lambda: _processed(worker, "success") == 3, what="three sent")
+    counts = Counter(r["job_key"] for r in sent_records(settings.dry_run_file))
+    assert counts == {"dup": 1, "a": 1, "b": 1}
+    assert await queue_count(settings, settings.queue_name) == 0
 
 
 async def test_a_reused_message_id_with_another_body_is_dead_lettered(
@@ -193,19 +189,17 @@ async def test_a_full_ledger_holds_jobs_reports_it_and_resumes(
 
 
 async def test_a_duplicate_does_not_wait_for_a_pacing_slot(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], start_worker: StartWorker
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_RATE_LIMIT="1/h", WHATSAPP_RATE_BURST="1"))
-    try:
-        worker = await start_worker(settings)
-        await publish_many(settings, [job_body(1)], message_ids=["paced"])
-        await wait_for(lambda: _processed(worker, "success") == 1, what="first sent")
-        await publish_many(settings, [job_body(1), b"{bad"], message_ids=["paced", "junk"])
-        # the bucket is empty for an hour: only the ledger and validation can settle these
-        await wait_for(lambda: _processed(worker, "duplicate") == 1, timeout=10, what="dup")
-        await wait_for(lambda: _processed(worker, "invalid") == 1, timeout=10, what="invalid")
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    worker = await start_worker(settings)
+    await publish_many(settings, [job_body(1)], message_ids=["paced"])
+    await wait_for(lambda: _processed(worker, "success") == 1, what="first sent")
+    await publish_many(settings, [job_body(1), b"{bad"], message_ids=["paced", "junk"])
+    # the bucket is empty for an hour: only the ledger and validation can settle these
+    await wait_for(lambda: _processed(worker, "duplicate") == 1, timeout=10, what="dup")
+    await wait_for(lambda: _processed(worker, "invalid") == 1, timeout=10, what="invalid")
 
 
 # ------------------------------------------------------------------- property: any publish

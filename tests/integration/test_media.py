@@ -14,9 +14,8 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tests.conftest import StartWorker
+from tests.conftest import DeleteAfter, StartWorker
 from tests.helpers import (
-    delete_topology,
     drain_queue,
     error_code,
     job_body,
@@ -148,7 +147,10 @@ def media_job(n: int, media: dict[str, Any], text: str | None = None, **fields: 
 
 
 async def test_every_kind_by_url_and_by_data(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     server, settings, worker = await _start(nursery, make_env, start_worker)
     bodies = []
@@ -163,53 +165,55 @@ async def test_every_kind_by_url_and_by_data(
                 filename=name,
             )
             bodies.append(media_job(0, media, caption))
-    try:
-        await publish_many(settings, bodies)
-        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 12, what="12 sends")
-        records = sent_records(settings.dry_run_file)
-        seen = collections.Counter(r["media"]["kind"] for r in records)
-        assert seen == {kind: 2 for kind in BY_KIND}
-        for record in records:
-            kind = record["media"]["kind"]
-            data, mime = BY_KIND[kind]
-            assert record["media"]["mime_type"] == mime  # sniffed, not the server's text/plain
-            assert record["media"]["size"] == len(data)
-            assert record["media"]["sha256"] == hashlib.sha256(data).hexdigest()
-            assert "data" not in record["media"]  # never the bytes
-            if kind == "document":
-                assert record["media"]["filename"] == "receipt.pdf"
-                assert record["text_message"] == "document caption"
-        transport = worker.transport
-        assert isinstance(transport, DryRunTransport)
-        assert transport.uploads.uploads == 6  # one per content, URL and data alike
-        sample = worker.metrics.registry.get_sample_value
-        assert sample("whatsapp_media_jobs_total", {"kind": "image"}) == 2
-        assert sample("whatsapp_media_fetches_total", {"result": "fetched"}) == 6
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, bodies)
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 12, what="12 sends")
+    records = sent_records(settings.dry_run_file)
+    seen = collections.Counter(r["media"]["kind"] for r in records)
+    assert seen == {kind: 2 for kind in BY_KIND}
+    for record in records:
+        kind = record["media"]["kind"]
+        data, mime = BY_KIND[kind]
+        assert record["media"]["mime_type"] == mime  # sniffed, not the server's text/plain
+        assert record["media"]["size"] == len(data)
+        assert record["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert "data" not in record["media"]  # never the bytes
+        if kind == "document":
+            assert record["media"]["filename"] == "receipt.pdf"
+            assert record["text_message"] == "document caption"
+    transport = worker.transport
+    assert isinstance(transport, DryRunTransport)
+    assert transport.uploads.uploads == 6  # one per content, URL and data alike
+    sample = worker.metrics.registry.get_sample_value
+    assert sample("whatsapp_media_jobs_total", {"kind": "image"}) == 2
+    assert sample("whatsapp_media_fetches_total", {"result": "fetched"}) == 6
 
 
 async def test_a_group_destination(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     _server, settings, _worker = await _start(nursery, make_env, start_worker)
-    try:
-        await publish_many(
-            settings,
-            [
-                job_body(1, destination="120363025246125486@g.us", text_message="hello group"),
-                job_body(2, destination="12036302524@g.us.evil"),
-            ],
-        )
-        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="sent")
-        assert sent_records(settings.dry_run_file)[0]["destination"] == "120363025246125486@g.us"
-        await wait_for(lambda: _failed(_worker, "invalid_destination") == 1, what="malformed group")
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(
+        settings,
+        [
+            job_body(1, destination="120363025246125486@g.us", text_message="hello group"),
+            job_body(2, destination="12036302524@g.us.evil"),
+        ],
+    )
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="sent")
+    assert sent_records(settings.dry_run_file)[0]["destination"] == "120363025246125486@g.us"
+    await wait_for(lambda: _failed(_worker, "invalid_destination") == 1, what="malformed group")
 
 
 async def test_every_media_failure_has_its_code(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     server, settings, worker = await _start(
         nursery, make_env, start_worker, WHATSAPP_MEDIA_MAX_BYTES="4000"
@@ -235,46 +239,48 @@ async def test_every_media_failure_has_its_code(
     bodies = [
         job_body(n, media=media) for n, media in enumerate(m for ms in cases.values() for m in ms)
     ]
-    try:
-        await publish_many(settings, bodies)
-        await wait_for(
-            lambda: sum(_failed(worker, code) for code in cases) == len(bodies),
-            what="every code",
-        )
-        for code, media in cases.items():
-            assert _failed(worker, code) == len(media), code
-        dead = await drain_queue(settings, settings.dlq_name)
-        assert _codes(dead) == sorted(c for c, ms in cases.items() for _ in ms)
-        assert sent_records(settings.dry_run_file) == []
-        assert server.hits["grow"] == 1 and server.hits["big"] == 1
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, bodies)
+    await wait_for(
+        lambda: sum(_failed(worker, code) for code in cases) == len(bodies),
+        what="every code",
+    )
+    for code, media in cases.items():
+        assert _failed(worker, code) == len(media), code
+    dead = await drain_queue(settings, settings.dlq_name)
+    assert _codes(dead) == sorted(c for c, ms in cases.items() for _ in ms)
+    assert sent_records(settings.dry_run_file) == []
+    assert server.hits["grow"] == 1 and server.hits["big"] == 1
 
 
 async def test_a_stall_and_a_503_are_retried_then_sent(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     server, settings, worker = await _start(nursery, make_env, start_worker)
-    try:
-        await publish_many(
-            settings,
-            [
-                job_body(1, media={"kind": "image", "url": server.url("flaky")}),
-                job_body(2, media={"kind": "image", "url": server.url("stall")}),
-            ],
-        )
-        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="flaky sent")
-        assert server.hits["flaky"] == 2  # 503, then 200 on the retry
-        await wait_for(lambda: _failed(worker, "retries_exhausted") == 1, what="the stall gives up")
-        assert _failed(worker, "media_fetch_failed") == 3  # flaky once, the stall twice
-        assert server.hits["stall"] == 2  # WHATSAPP_MEDIA_TIMEOUT=1s bounded each
-        assert (job_metric(worker, "worker_jobs_retried_total") or 0) == 2
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(
+        settings,
+        [
+            job_body(1, media={"kind": "image", "url": server.url("flaky")}),
+            job_body(2, media={"kind": "image", "url": server.url("stall")}),
+        ],
+    )
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="flaky sent")
+    assert server.hits["flaky"] == 2  # 503, then 200 on the retry
+    await wait_for(lambda: _failed(worker, "retries_exhausted") == 1, what="the stall gives up")
+    assert _failed(worker, "media_fetch_failed") == 3  # flaky once, the stall twice
+    assert server.hits["stall"] == 2  # WHATSAPP_MEDIA_TIMEOUT=1s bounded each
+    assert (job_metric(worker, "worker_jobs_retried_total") or 0) == 2
 
 
 async def test_one_image_to_many_recipients_is_fetched_and_uploaded_once(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     server, settings, worker = await _start(nursery, make_env, start_worker)
     recipients = [f"+55119{n:08d}" for n in range(50)]
@@ -282,88 +288,91 @@ async def test_one_image_to_many_recipients_is_fetched_and_uploaded_once(
         job_body(n, destination=number, media={"kind": "image", "url": server.url("file/png")})
         for n, number in enumerate(recipients)
     ]
-    try:
-        await publish_many(settings, bodies)
-        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 50, what="50 sends")
-        assert server.hits["file/png"] == 1
-        transport = worker.transport
-        assert isinstance(transport, DryRunTransport) and transport.uploads.uploads == 1
-        hits = worker.metrics.registry.get_sample_value(
-            "whatsapp_media_cache_hits_total", {"layer": "url"}
-        )
-        assert hits == 49
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, bodies)
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 50, what="50 sends")
+    assert server.hits["file/png"] == 1
+    transport = worker.transport
+    assert isinstance(transport, DryRunTransport) and transport.uploads.uploads == 1
+    hits = worker.metrics.registry.get_sample_value(
+        "whatsapp_media_cache_hits_total", {"layer": "url"}
+    )
+    assert hits == 49
 
 
 async def test_private_addresses_are_refused_before_any_request(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     server, settings, worker = await _start(
         nursery, make_env, start_worker, WHATSAPP_MEDIA_ALLOW_PRIVATE="off"
     )
-    try:
-        await publish_many(
-            settings,
-            [
-                job_body(1, media={"kind": "image", "url": server.url("file/png")}),
-                job_body(2, media={"kind": "image", "url": "http://169.254.169.254/latest/x"}),
-            ],
-        )
-        await wait_for(lambda: _failed(worker, "media_url_refused") == 2, what="refused")
-        assert sum(server.hits.values()) == 0  # never fetched
-        # a redirect is checked again: the first address is allowed here (this test's rule,
-        # the real one for everything else), the redirect's private one is not
-        worker.media.refusal = lambda address: (
-            None if address == "127.0.0.1" else refusal(address, allow_private=False)
-        )
-        await publish_many(
-            settings, [job_body(3, media={"kind": "image", "url": server.url("elsewhere")})]
-        )
-        await wait_for(lambda: _failed(worker, "media_url_refused") == 3, what="redirect refused")
-        assert server.hits["elsewhere"] == 1 and server.hits["file/png"] == 0
-        assert sent_records(settings.dry_run_file) == []
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(
+        settings,
+        [
+            job_body(1, media={"kind": "image", "url": server.url("file/png")}),
+            job_body(2, media={"kind": "image", "url": "http://169.254.169.254/latest/x"}),
+        ],
+    )
+    await wait_for(lambda: _failed(worker, "media_url_refused") == 2, what="refused")
+    assert sum(server.hits.values()) == 0  # never fetched
+    # a redirect is checked again: the first address is allowed here (this test's rule,
+    # the real one for everything else), the redirect's private one is not
+    worker.media.refusal = lambda address: (
+        None if address == "127.0.0.1" else refusal(address, allow_private=False)
+    )
+    await publish_many(
+        settings, [job_body(3, media={"kind": "image", "url": server.url("elsewhere")})]
+    )
+    await wait_for(lambda: _failed(worker, "media_url_refused") == 3, what="redirect refused")
+    assert server.hits["elsewhere"] == 1 and server.hits["file/png"] == 0
+    assert sent_records(settings.dry_run_file) == []
 
 
 async def test_a_revalidation_downloads_nothing_again(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     import wa_trio.media.fetch as media_fetch
 
     server, settings, worker = await _start(nursery, make_env, start_worker)
+    delete_after(settings)
+    await publish_many(
+        settings, [job_body(1, media={"kind": "image", "url": server.url("file/png")})]
+    )
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="first")
+    fresh = media_fetch.FRESH_FOR
+    media_fetch.FRESH_FOR = 0.0  # as if the fresh window had passed
     try:
         await publish_many(
-            settings, [job_body(1, media={"kind": "image", "url": server.url("file/png")})]
+            settings, [job_body(2, media={"kind": "image", "url": server.url("file/png")})]
         )
-        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="first")
-        fresh = media_fetch.FRESH_FOR
-        media_fetch.FRESH_FOR = 0.0  # as if the fresh window had passed
-        try:
-            await publish_many(
-                settings, [job_body(2, media={"kind": "image", "url": server.url("file/png")})]
-            )
-            await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 2, what="second")
-        finally:
-            media_fetch.FRESH_FOR = fresh
-        assert server.hits["file/png"] == 2  # asked again...
-        revalidated = worker.metrics.registry.get_sample_value(
-            "whatsapp_media_cache_hits_total", {"layer": "revalidated"}
-        )
-        assert revalidated == 1  # ...answered 304: the bytes came from the cache
-        assert (
-            worker.metrics.registry.get_sample_value(
-                "whatsapp_media_fetches_total", {"result": "fetched"}
-            )
-            == 1
-        )
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 2, what="second")
     finally:
-        await delete_topology(settings)
+        media_fetch.FRESH_FOR = fresh
+    assert server.hits["file/png"] == 2  # asked again...
+    revalidated = worker.metrics.registry.get_sample_value(
+        "whatsapp_media_cache_hits_total", {"layer": "revalidated"}
+    )
+    assert revalidated == 1  # ...answered 304: the bytes came from the cache
+    assert (
+        worker.metrics.registry.get_sample_value(
+            "whatsapp_media_fetches_total", {"result": "fetched"}
+        )
+        == 1
+    )
 
 
 async def test_the_neonize_worker_sends_media_jobs_from_the_broker(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     """The whole path with the neonize adapter (client double): broker -> fetch -> builder."""
     from neonize.events import ConnectedEv
@@ -379,23 +388,21 @@ async def test_the_neonize_worker_sends_media_jobs_from_the_broker(
     clients: list[FakeClient] = []
     transport = fake_neonize_transport(settings, clients)
     await start_worker(settings, transport=transport)
-    try:
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
-        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
-        await publish_many(
-            settings,
-            [
-                media_job(1, {"kind": "voice", "url": server.url("file/voice")}),
-                job_body(2, text_message="the photo", media={"kind": "image", "data": b64(PNG)}),
-            ],
-        )
-        await wait_for(lambda: len(clients[0].sent_built) == 2, what="two media sends")
-        kinds = sorted(built["kind"] for built in clients[0].built)
-        assert kinds == ["audio", "image"]
-        voice = next(b for b in clients[0].built if b["kind"] == "audio")
-        assert voice["ptt"] is True and voice["data"] == BY_KIND["voice"][0]
-        image = next(m for _, m in clients[0].sent_built if m.HasField("imageMessage"))
-        assert image.imageMessage.caption == "the photo"
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+    await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+    await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+    await publish_many(
+        settings,
+        [
+            media_job(1, {"kind": "voice", "url": server.url("file/voice")}),
+            job_body(2, text_message="the photo", media={"kind": "image", "data": b64(PNG)}),
+        ],
+    )
+    await wait_for(lambda: len(clients[0].sent_built) == 2, what="two media sends")
+    kinds = sorted(built["kind"] for built in clients[0].built)
+    assert kinds == ["audio", "image"]
+    voice = next(b for b in clients[0].built if b["kind"] == "audio")
+    assert voice["ptt"] is True and voice["data"] == BY_KIND["voice"][0]
+    image = next(m for _, m in clients[0].sent_built if m.HasField("imageMessage"))
+    assert image.imageMessage.caption == "the photo"

@@ -13,7 +13,7 @@ from neonize.events import (
     ConnectedEv,
 )
 
-from tests.conftest import StartWorker
+from tests.conftest import DeleteAfter, StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     delete_topology,
@@ -27,7 +27,7 @@ from tests.helpers import (
 from wa_trio.bus.amqp import retry_queue_name
 from wa_trio.config.settings import Settings
 from wa_trio.run import run_worker
-from wa_trio.stores.ledger import Ledger
+from wa_trio.stores.sqlite.ledger import Ledger
 from wa_trio.worker.app import Worker
 
 TOKEN = "operator-token-0123456789"
@@ -40,7 +40,7 @@ async def _none_ready(settings: Settings) -> bool:
 
 @pytest.mark.parametrize("policy", ["resend", "skip"])
 async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
-    topology: Settings, start_worker: StartWorker, policy: str
+    delete_after: DeleteAfter, topology: Settings, start_worker: StartWorker, policy: str
 ) -> None:
     """whatsmeow's ErrMessageTimedOut: the message may have gone out. resend: retried (counted
     ambiguous); skip: dead-lettered with send_timed_out, never sent a second time."""
@@ -54,43 +54,41 @@ async def test_a_send_timeout_is_ambiguous_and_follows_the_policy(
         send_error="timed out waiting for message send response (5511999999999@s.whatsapp.net)",
     )
     worker = await start_worker(settings, transport=transport)
-    try:
-        await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
-        await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
-        await publish_many(settings, [job_body(1)], message_ids=["t-1"])
-        await wait_for(
-            lambda: job_metric(worker, "worker_jobs_ambiguous_total", action=policy) == 1,
-            what=f"one ambiguous {policy}",
-        )
-        await wait_for(
-            lambda: (
-                job_metric(
-                    worker,
-                    "worker_jobs_processed_total",
-                    status="retried" if policy == "resend" else "failed",
-                )
-                == 1
-            ),
-            what="the job settled",
-        )
-        dead = await drain_queue(settings, settings.dlq_name)
-        retried = await drain_queue(settings, retry_queue)
-        codes = [m.header.headers["x-error-code"] for m in dead]
-        for message in dead + retried:
-            assert b"5511999999999" not in repr(message.header.headers).encode()
-        if policy == "skip":
-            assert codes in ([b"send_timed_out"], ["send_timed_out"])
-            assert retried == []
-        else:
-            assert dead == []
-            assert len(retried) == 1
-            assert retried[0].header.headers["x-last-error-code"] in (
-                b"send_timed_out",
-                "send_timed_out",
+    delete_after(settings, [retry_queue])
+    await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
+    await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+    await publish_many(settings, [job_body(1)], message_ids=["t-1"])
+    await wait_for(
+        lambda: job_metric(worker, "worker_jobs_ambiguous_total", action=policy) == 1,
+        what=f"one ambiguous {policy}",
+    )
+    await wait_for(
+        lambda: (
+            job_metric(
+                worker,
+                "worker_jobs_processed_total",
+                status="retried" if policy == "resend" else "failed",
             )
-        assert job_metric(worker, "worker_jobs_failed_total", error_type="send_timed_out") == 1
-    finally:
-        await delete_topology(settings, [retry_queue])
+            == 1
+        ),
+        what="the job settled",
+    )
+    dead = await drain_queue(settings, settings.dlq_name)
+    retried = await drain_queue(settings, retry_queue)
+    codes = [m.header.headers["x-error-code"] for m in dead]
+    for message in dead + retried:
+        assert b"5511999999999" not in repr(message.header.headers).encode()
+    if policy == "skip":
+        assert codes in ([b"send_timed_out"], ["send_timed_out"])
+        assert retried == []
+    else:
+        assert dead == []
+        assert len(retried) == 1
+        assert retried[0].header.headers["x-last-error-code"] in (
+            b"send_timed_out",
+            "send_timed_out",
+        )
+    assert job_metric(worker, "worker_jobs_failed_total", error_type="send_timed_out") == 1
 
 
 async def test_a_hung_send_does_not_hold_shutdown_past_the_grace(

@@ -17,7 +17,7 @@ import pytest
 import trio
 from neonize.events import ConnectedEv, DisconnectedEv, LoggedOutEv
 
-from tests.conftest import StartWorker
+from tests.conftest import DeleteAfter, StartWorker
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     delete_topology,
@@ -32,7 +32,7 @@ from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.bus.dlq import list_dead_letters, replay
 from wa_trio.cli.main import main
 from wa_trio.config.settings import Settings
-from wa_trio.stores.ledger import Ledger
+from wa_trio.stores.sqlite.ledger import Ledger
 from wa_trio.transport import ConnectionState as S
 
 TOKEN = "operator-token-0123456789"
@@ -180,42 +180,40 @@ async def test_metrics_are_rendered_once_per_cache_period(
 
 
 async def test_dlq_triage_survives_odd_headers_and_replay_stops_at_the_count(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], start_worker: StartWorker
 ) -> None:
     """A job that fails again while a worker runs comes back behind the others: replay takes
     the count at the start and stops there (41 jobs used to read as 113 replays)."""
     settings = Settings.from_env(
         make_env(WHATSAPP_DRY_RUN_FAIL_RATE="1", WHATSAPP_RETRY_DELAYS="1ms")
     )
-    try:
-        async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
-            await amqp.declare_topology(connection, settings)
-            async with connection.open_channel() as channel:
-                for i in range(8):
-                    await amqp.publish(
-                        channel,
-                        settings.dlx,
-                        settings.routing_key,
-                        job_body(i),
-                        Properties(
-                            message_id=f"d-{i}",
-                            headers={"x-error-code": "send_failed", "x-retry-count": "abc"},
-                        ),
-                    )
-        letters = await list_dead_letters(settings)
-        assert [letter.retry_count for letter in letters] == [0] * 8
-        worker = await start_worker(settings)  # every send fails: replayed jobs come back
-        with pytest.raises(ValueError, match="limit"):
-            await replay(settings, limit=-1)
-        report = await replay(settings)
-        assert report.replayed == 8
-        await wait_for(
-            lambda: (job_metric(worker, "worker_jobs_processed_total", status="failed") or 0) >= 8,
-            what="all failed again",
-        )
-        assert json.loads(json.dumps(attrs.asdict(report)))["replayed"] == 8
-    finally:
-        await delete_topology(settings, extra_queues=[f"{settings.queue_name}.retry.1ms"])
+    delete_after(settings, extra_queues=[f"{settings.queue_name}.retry.1ms"])
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as connection:
+        await amqp.declare_topology(connection, settings)
+        async with connection.open_channel() as channel:
+            for i in range(8):
+                await amqp.publish(
+                    channel,
+                    settings.dlx,
+                    settings.routing_key,
+                    job_body(i),
+                    Properties(
+                        message_id=f"d-{i}",
+                        headers={"x-error-code": "send_failed", "x-retry-count": "abc"},
+                    ),
+                )
+    letters = await list_dead_letters(settings)
+    assert [letter.retry_count for letter in letters] == [0] * 8
+    worker = await start_worker(settings)  # every send fails: replayed jobs come back
+    with pytest.raises(ValueError, match="limit"):
+        await replay(settings, limit=-1)
+    report = await replay(settings)
+    assert report.replayed == 8
+    await wait_for(
+        lambda: (job_metric(worker, "worker_jobs_processed_total", status="failed") or 0) >= 8,
+        what="all failed again",
+    )
+    assert json.loads(json.dumps(attrs.asdict(report)))["replayed"] == 8
 
 
 async def test_a_job_held_when_whatsapp_drops_mid_batch_is_not_left_maybe_sent(

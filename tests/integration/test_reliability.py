@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import StartWorker, closed_port
+from tests.conftest import DeleteAfter, StartWorker, closed_port
 from tests.helpers import (
     delete_topology,
     drain_queue,
@@ -46,6 +46,7 @@ def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 async def test_kill_9_mid_stream_then_restart_sends_every_job_exactly_once(
+    delete_after: DeleteAfter,
     make_env: Callable[..., dict[str, str]],
 ) -> None:
     port = closed_port()
@@ -53,42 +54,40 @@ async def test_kill_9_mid_stream_then_restart_sends_every_job_exactly_once(
     settings = Settings.from_env(env)
     total = 2000
     ids = [f"job-{i}" for i in range(total)]
+    delete_after(settings)
+    await publish_many(settings, (job_body(i) for i in range(total)), message_ids=ids)
+    first = _worker(env)
     try:
-        await publish_many(settings, (job_body(i) for i in range(total)), message_ids=ids)
-        first = _worker(env)
-        try:
-            await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 500, what="500 sent")
-            first.send_signal(signal.SIGKILL)
-        finally:
-            first.wait(30)
-        sent_before = len(sent_records(settings.dry_run_file))
-        assert sent_before < total, "the stream ended before the kill; the test proved nothing"
-        second = _worker(env)
-        try:
-            await wait_for(
-                lambda: set(counts(settings)) >= set(ids), timeout=120, what="every job sent"
-            )
-            await wait_for(lambda: _queue_empty(settings), what="queue drained")
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                text = (await http.get("/metrics")).text
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(30)
-        ambiguous = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("worker_jobs_ambiguous_total{")
-        )
-        sent = counts(settings)
-        duplicates = {key: n for key, n in sent.items() if n > 1}
-        print(
-            f"\nkill -9 after {sent_before}/{total} sends: {len(duplicates)} sent twice, "
-            f"{ambiguous:g} ambiguous (WHATSAPP_AMBIGUOUS=resend)"
-        )
-        assert set(sent) == set(ids)
-        assert sum(n - 1 for n in duplicates.values()) <= ambiguous  # only the ambiguous window
+        await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 500, what="500 sent")
+        first.send_signal(signal.SIGKILL)
     finally:
-        await delete_topology(settings)
+        first.wait(30)
+    sent_before = len(sent_records(settings.dry_run_file))
+    assert sent_before < total, "the stream ended before the kill; the test proved nothing"
+    second = _worker(env)
+    try:
+        await wait_for(
+            lambda: set(counts(settings)) >= set(ids), timeout=120, what="every job sent"
+        )
+        await wait_for(lambda: _queue_empty(settings), what="queue drained")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            text = (await http.get("/metrics")).text
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    ambiguous = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("worker_jobs_ambiguous_total{")
+    )
+    sent = counts(settings)
+    duplicates = {key: n for key, n in sent.items() if n > 1}
+    print(
+        f"\nkill -9 after {sent_before}/{total} sends: {len(duplicates)} sent twice, "
+        f"{ambiguous:g} ambiguous (WHATSAPP_AMBIGUOUS=resend)"
+    )
+    assert set(sent) == set(ids)
+    assert sum(n - 1 for n in duplicates.values()) <= ambiguous  # only the ambiguous window
 
 
 async def _ambiguous(port: int) -> float:
@@ -103,6 +102,7 @@ async def _ambiguous(port: int) -> float:
 
 @pytest.mark.fault
 async def test_kill_9_ten_times_at_prefetch_100_leaves_at_most_one_ambiguous_job_per_kill(
+    delete_after: DeleteAfter,
     make_env: Callable[..., dict[str, str]],
 ) -> None:
     """The batch path records each job's ``sent`` as soon as its send returns, so a kill -9
@@ -114,46 +114,44 @@ async def test_kill_9_ten_times_at_prefetch_100_leaves_at_most_one_ambiguous_job
     total, kills = 5000, 10
     ids = [f"job-{i}" for i in range(total)]
     ambiguous = 0.0
-    try:
-        await publish_many(settings, (job_body(i) for i in range(total)), message_ids=ids)
-        for kill in range(kills):
-            worker = _worker(env)
-            try:
-                target = (kill + 1) * total // (kills + 2)
-
-                def reached(target: int = target) -> bool:
-                    return len(sent_records(settings.dry_run_file)) >= target
-
-                await wait_for(
-                    reached,
-                    timeout=60,
-                    what=f"{target} sent",
-                )
-                ambiguous += await _ambiguous(port)
-            finally:
-                worker.send_signal(signal.SIGKILL)
-                worker.wait(30)
-        last = _worker(env)
+    delete_after(settings)
+    await publish_many(settings, (job_body(i) for i in range(total)), message_ids=ids)
+    for kill in range(kills):
+        worker = _worker(env)
         try:
+            target = (kill + 1) * total // (kills + 2)
+
+            def reached(target: int = target) -> bool:
+                return len(sent_records(settings.dry_run_file)) >= target
+
             await wait_for(
-                lambda: set(counts(settings)) >= set(ids), timeout=120, what="every job sent"
+                reached,
+                timeout=60,
+                what=f"{target} sent",
             )
-            await wait_for(lambda: _queue_empty(settings), what="queue drained")
             ambiguous += await _ambiguous(port)
         finally:
-            last.send_signal(signal.SIGTERM)
-            last.wait(30)
-        sent = counts(settings)
-        duplicates = sum(n - 1 for n in sent.values())
-        print(
-            f"\nkill -9 x{kills} at prefetch 100 over {total} jobs: {duplicates} sent twice, "
-            f"{ambiguous:g} ambiguous"
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(30)
+    last = _worker(env)
+    try:
+        await wait_for(
+            lambda: set(counts(settings)) >= set(ids), timeout=120, what="every job sent"
         )
-        assert set(sent) == set(ids)
-        assert ambiguous <= kills
-        assert duplicates <= ambiguous
+        await wait_for(lambda: _queue_empty(settings), what="queue drained")
+        ambiguous += await _ambiguous(port)
     finally:
-        await delete_topology(settings)
+        last.send_signal(signal.SIGTERM)
+        last.wait(30)
+    sent = counts(settings)
+    duplicates = sum(n - 1 for n in sent.values())
+    print(
+        f"\nkill -9 x{kills} at prefetch 100 over {total} jobs: {duplicates} sent twice, "
+        f"{ambiguous:g} ambiguous"
+    )
+    assert set(sent) == set(ids)
+    assert ambiguous <= kills
+    assert duplicates <= ambiguous
 
 
 async def _queue_empty(settings: Settings) -> bool:

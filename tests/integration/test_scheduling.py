@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from tests.conftest import StartWorker
+from tests.conftest import DeleteAfter, StartWorker
 from tests.helpers import (
-    delete_topology,
     drain_queue,
     job_body,
     job_metric,
@@ -48,24 +47,22 @@ async def test_a_scheduled_job_waits_in_the_broker_and_arrives_on_time(
 
 
 async def test_a_schedule_too_far_ahead_is_dead_lettered(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], start_worker: StartWorker
 ) -> None:
     settings = Settings.from_env(make_env(WHATSAPP_SCHEDULE_MAX="1h"))
-    try:
-        await start_worker(settings)
-        await publish_many(settings, [job_body(1, send_at=_at(7200))], message_ids=["far"])
+    delete_after(settings)
+    await start_worker(settings)
+    await publish_many(settings, [job_body(1, send_at=_at(7200))], message_ids=["far"])
 
-        async def dead_lettered() -> bool:
-            letters = await drain_queue(settings, settings.dlq_name)
-            return [m.header.headers["x-error-code"] for m in letters] in (
-                ["schedule_too_far"],
-                [b"schedule_too_far"],
-            )
+    async def dead_lettered() -> bool:
+        letters = await drain_queue(settings, settings.dlq_name)
+        return [m.header.headers["x-error-code"] for m in letters] in (
+            ["schedule_too_far"],
+            [b"schedule_too_far"],
+        )
 
-        await wait_for(dead_lettered, what="schedule_too_far")
-        assert sent_records(settings.dry_run_file) == []
-    finally:
-        await delete_topology(settings)
+    await wait_for(dead_lettered, what="schedule_too_far")
+    assert sent_records(settings.dry_run_file) == []
 
 
 async def test_a_scheduled_job_survives_a_worker_restart(topology: Settings) -> None:

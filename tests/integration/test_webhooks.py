@@ -13,7 +13,7 @@ from hypercorn.trio import serve
 from quart import request
 from quart_trio import QuartTrio
 
-from tests.conftest import StartWorker, closed_port
+from tests.conftest import DeleteAfter, StartWorker, closed_port
 from tests.helpers import (
     delete_topology,
     job_body,
@@ -86,7 +86,10 @@ def _result(worker: Worker, result: str) -> float:
 
 
 async def test_500_twice_then_200_is_one_delivery_signed(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     port = closed_port()
     receiver = Receiver([500, 500])
@@ -94,64 +97,57 @@ async def test_500_twice_then_200_is_one_delivery_signed(
     settings = _env(make_env, port)
     worker = await start_worker(settings)
     worker.webhook.backoff.initial = 0.05  # keep the test short; the rules are the same
-    try:
-        await publish_many(settings, [job_body(1)], message_ids=["w-1"])
-        await wait_for(lambda: _result(worker, "delivered") == 1, what="delivered")
-        assert _result(worker, "retried") == 2
-        assert len(receiver.calls) == 3 and all(c["verified"] for c in receiver.calls)
-        assert receiver.calls[-1]["event"]["job_key"] == "w-1"
-        assert job_metric(worker, "worker_jobs_processed_total", status="success") == 1
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, [job_body(1)], message_ids=["w-1"])
+    await wait_for(lambda: _result(worker, "delivered") == 1, what="delivered")
+    assert _result(worker, "retried") == 2
+    assert len(receiver.calls) == 3 and all(c["verified"] for c in receiver.calls)
+    assert receiver.calls[-1]["event"]["job_key"] == "w-1"
+    assert job_metric(worker, "worker_jobs_processed_total", status="success") == 1
 
 
 async def test_a_400_is_not_retried(
-    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+    nursery: trio.Nursery,
 ) -> None:
     port = closed_port()
     receiver = Receiver([400])
     await nursery.start(receiver.serve, port)
     settings = _env(make_env, port)
     worker = await start_worker(settings)
-    try:
-        await publish_many(settings, [job_body(1)], message_ids=["w-400"])
-        await wait_for(lambda: _result(worker, "rejected") == 1, what="rejected")
-        with trio.move_on_after(1.0):  # a retry would come within the first backoff step
-            await wait_for(lambda: len(receiver.calls) > 1, what="no retry")
-        assert len(receiver.calls) == 1 and _result(worker, "retried") == 0
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    await publish_many(settings, [job_body(1)], message_ids=["w-400"])
+    await wait_for(lambda: _result(worker, "rejected") == 1, what="rejected")
+    with trio.move_on_after(1.0):  # a retry would come within the first backoff step
+        await wait_for(lambda: len(receiver.calls) > 1, what="no retry")
+    assert len(receiver.calls) == 1 and _result(worker, "retried") == 0
 
 
 async def test_pending_events_are_delivered_after_a_restart(
-    make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+    delete_after: DeleteAfter, make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
 ) -> None:
     port = closed_port()  # nobody listens yet: the event stays in the outbox
     settings = _env(make_env, port)
-    try:
-        async with trio.open_nursery() as first:
-            worker: Worker = await first.start(
-                lambda task_status: run_worker(
-                    settings, handle_signals=False, task_status=task_status
-                )
-            )
-            await publish_many(settings, [job_body(1)], message_ids=["w-restart"])
-            await wait_for(lambda: _result(worker, "retried") >= 1, what="a failed attempt")
-            worker.stop()
-        receiver = Receiver([])
-        await nursery.start(receiver.serve, port)
-        async with trio.open_nursery() as second:
-            worker = await second.start(
-                lambda task_status: run_worker(
-                    settings, handle_signals=False, task_status=task_status
-                )
-            )
-            await wait_for(lambda: len(receiver.delivered()) == 1, timeout=20, what="delivered")
-            assert receiver.delivered()[0]["event"]["job_key"] == "w-restart"
-            assert receiver.delivered()[0]["verified"]
-            worker.stop()
-    finally:
-        await delete_topology(settings)
+    delete_after(settings)
+    async with trio.open_nursery() as first:
+        worker: Worker = await first.start(
+            lambda task_status: run_worker(settings, handle_signals=False, task_status=task_status)
+        )
+        await publish_many(settings, [job_body(1)], message_ids=["w-restart"])
+        await wait_for(lambda: _result(worker, "retried") >= 1, what="a failed attempt")
+        worker.stop()
+    receiver = Receiver([])
+    await nursery.start(receiver.serve, port)
+    async with trio.open_nursery() as second:
+        worker = await second.start(
+            lambda task_status: run_worker(settings, handle_signals=False, task_status=task_status)
+        )
+        await wait_for(lambda: len(receiver.delivered()) == 1, timeout=20, what="delivered")
+        assert receiver.delivered()[0]["event"]["job_key"] == "w-restart"
+        assert receiver.delivered()[0]["verified"]
+        worker.stop()
 
 
 async def test_with_postgresql_the_holder_of_the_account_delivers_its_events(

@@ -22,7 +22,7 @@ from wa_trio.core.retry import classify_send_error
 from wa_trio.core.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.stores.contacts import ContactStore
+from wa_trio.stores.sqlite.contacts import ContactStore
 from wa_trio.transport.inbound import InboundMessage, as_event
 from wa_trio.transport.neonize.events import inbound_of, signal_of
 from wa_trio.transport.states import ConnectionState as S

@@ -122,6 +122,7 @@ _PURE = [
     ),
     "wa_trio.transport.states",
     "wa_trio.transport.neonize.events",
+    *(f"wa_trio.stores.{name}" for name in ("api_requests", "contacts", "numbers", "outbox")),
 ]
 
 
@@ -196,3 +197,38 @@ def test_each_setting_is_declared_in_at_most_four_lines() -> None:
     }
     assert len(spans) > 60
     assert {name: n for name, n in spans.items() if n > 4} == {}
+
+
+def _started_names(call: ast.Call) -> str:
+    """``nursery.start(parts.transport.run)`` -> "transport.run"; ``partial(fence, ...)`` ->
+    "fence"; ``http_task`` -> "http_task"."""
+    first = call.args[0]
+    if isinstance(first, ast.Call):  # partial(f, ...)
+        first = first.args[0]
+    text = ast.unparse(first)
+    return text.removeprefix("parts.")
+
+
+def test_the_root_nursery_task_list_in_the_map_is_the_code() -> None:
+    tree = ast.parse((SRC / "worker/app.py").read_text())
+    supervise = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_supervise"
+    )
+    root = next(
+        n
+        for n in ast.walk(supervise)
+        if isinstance(n, ast.AsyncWith) and "open_nursery" in ast.unparse(n.items[0])
+    )
+    starts = [
+        n
+        for n in ast.walk(ast.Module(body=root.body, type_ignores=[]))
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and ast.unparse(n.func) in {"nursery.start", "nursery.start_soon"}
+    ]
+    in_code = [_started_names(n) for n in sorted(starts, key=lambda n: (n.lineno, n.col_offset))]
+    doc = Path(__file__).parents[2] / "docs/architecture.md"
+    section = doc.read_text().split("## The tasks of the root nursery")[1].split("\n## ")[0]
+    in_docs = re.findall(r"^\d+\. `([^`]+)`", section, flags=re.MULTILINE)
+    assert len(in_code) >= 10
+    assert in_docs == in_code

@@ -20,7 +20,7 @@ from wa_trio.bus.job_publisher import LivePublisher
 from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import ValidationError, parse_envelope
 from wa_trio.metrics import Metrics
-from wa_trio.stores.api_requests import SqliteApiRequests
+from wa_trio.stores.sqlite.api_requests import SqliteApiRequests
 from wa_trio.web.api import HttpApi, api_routes
 
 KEY = "k" * 24

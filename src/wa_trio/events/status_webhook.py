@@ -21,11 +21,9 @@ import contextlib
 import hashlib
 import hmac
 import json
-import sqlite3
-import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import eliot
@@ -37,10 +35,13 @@ from wa_trio.core.errors import WaTrioError
 from wa_trio.core.retry import Backoff
 from wa_trio.metrics import Metrics
 from wa_trio.stores import open as stores
-from wa_trio.stores.files import open_private_db
+from wa_trio.stores.outbox import Outbox, Pending
+from wa_trio.stores.sqlite.outbox import SqliteOutbox
 
 if TYPE_CHECKING:
     from wa_trio.stores.postgres import PgOutbox
+
+_T = TypeVar("_T")
 
 SIGNATURE = "X-Wa-Trio-Signature"
 TIMESTAMP = "X-Wa-Trio-Timestamp"
@@ -83,105 +84,6 @@ def redirect(status: int) -> bool:
 
 
 @attrs.frozen
-class Pending:
-    id: int
-    job_key: str
-    body: bytes
-    attempts: int
-
-
-class Outbox:
-    """The webhook outbox (blocking sqlite3; the file is the ledger's, the table its own)."""
-
-    def __init__(self, path: Path, max_pending: int) -> None:
-        self._lock = threading.Lock()
-        self._max = max_pending
-        self._db = open_private_db(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS webhook_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "job_key TEXT NOT NULL, body BLOB NOT NULL, created REAL NOT NULL, "
-            "attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL)"
-        )
-
-    def add(self, items: list[tuple[str, bytes]], now: float) -> int:
-        """Store events (job key, body) in one transaction; the number of old ones dropped."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO webhook_outbox (job_key, body, created, next_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(key, body, now, now) for key, body in items],
-                )
-                (count,) = self._db.execute("SELECT count(*) FROM webhook_outbox").fetchone()
-                dropped = max(0, int(count) - self._max)
-                if dropped:
-                    self._db.execute(
-                        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
-                        "ORDER BY id LIMIT ?)",
-                        (dropped,),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-        return dropped
-
-    def next_due(self, now: float) -> Pending | None:
-        """The oldest due event whose job has no older event pending (order per job)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, job_key, body, attempts FROM webhook_outbox o WHERE next_at <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM webhook_outbox p WHERE p.job_key = o.job_key "
-                "AND p.id < o.id) ORDER BY id LIMIT 1",
-                (now,),
-            ).fetchone()
-        return None if row is None else Pending(row[0], row[1], row[2], row[3])
-
-    def next_time(self) -> float | None:
-        with self._lock:
-            (when,) = self._db.execute("SELECT min(next_at) FROM webhook_outbox").fetchone()
-        return None if when is None else float(when)
-
-    def remove(self, event_id: int) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (event_id,))
-
-    def later(self, event_id: int, next_at: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE webhook_outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?",
-                (next_at, event_id),
-            )
-
-    def oldest(self, limit: int) -> list[tuple[int, str, bytes, float]]:
-        """(id, job key, body, created) of the oldest events (the relay's next batch)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, job_key, body, created FROM webhook_outbox ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
-
-    def remove_many(self, ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM webhook_outbox WHERE id = ?", [(i,) for i in ids])
-
-    def stats(self) -> tuple[int, float | None]:
-        """(pending events, creation time of the oldest)."""
-        with self._lock:
-            count, oldest = self._db.execute(
-                "SELECT count(*), min(created) FROM webhook_outbox"
-            ).fetchone()
-        return int(count), None if oldest is None else float(oldest)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-@attrs.frozen
 class WebhookStatistics:
     """What the signed-webhook sink holds now: events on this volume (the local outbox) and,
     with the PostgreSQL store, in the account's outbox there as last seen by the relay."""
@@ -202,7 +104,7 @@ class WebhookSink:
         self.metrics = metrics
         self.enabled = bool(settings.status_webhook_url)
         self.backoff = backoff or Backoff(initial=1.0, cap=300.0)
-        self._outbox: Outbox | None = None
+        self._outbox: SqliteOutbox | None = None  # events are added here, before the ack
         self._shared: PgOutbox | None = None  # WHATSAPP_STORE=postgresql: delivered from here
         self._shared_stats: tuple[int, float | None] = (0, None)
         self._wake = trio.Event()
@@ -223,8 +125,7 @@ class WebhookSink:
 
     def open(self) -> None:
         if self.enabled and self._outbox is None:
-            self._outbox = Outbox(self.settings.ledger_db, self.settings.status_webhook_max_pending)
-            self._shared = stores.shared_outbox(self.settings)
+            self._outbox, self._shared = stores.webhook_outboxes(self.settings)
 
     def add(self, event: dict[str, Any]) -> None:
         """Store one event durably (a short commit on the trio thread: it precedes an ack)."""
@@ -247,7 +148,7 @@ class WebhookSink:
             async with http_client.client() as session:
                 while True:
                     try:
-                        item = await self._io("next_due", time.time())
+                        item = await self._io(self._delivery().next_due, time.time())
                     except WaTrioError as error:  # the store is away: try again shortly
                         eliot.log_message(message_type="wa_trio:webhook:store_failing",
                                           error=error.message)  # fmt: skip
@@ -258,16 +159,18 @@ class WebhookSink:
                         continue
                     await self._deliver(session, item)
 
-    async def _io(self, call: str, *args: Any) -> Any:
-        """A delivery call on the outbox delivered from: the local one on the trio thread (a
-        local read), the store's in a worker thread."""
-        if self._shared is None:
-            assert self._outbox is not None
-            return getattr(self._outbox, call)(*args)
-        result = await trio.to_thread.run_sync(getattr(self._shared, call), *args)
-        if call == "next_due" and result is not None:
-            return Pending(*result)
-        return result
+    def _delivery(self) -> Outbox:
+        """The outbox delivered from: the store's when there is one, else the local one."""
+        outbox = self._shared or self._outbox
+        assert outbox is not None
+        return outbox
+
+    async def _io(self, call: Callable[..., _T], *args: Any) -> _T:
+        """A call on the delivery outbox: inline on the trio thread when it is a local file, in
+        a worker thread when it crosses the network."""
+        if self._delivery().inline:
+            return call(*args)
+        return await trio.to_thread.run_sync(call, *args)
 
     async def _relay(self) -> None:
         """Move events from the local outbox to the store's, a batch at a time (an event is
@@ -315,7 +218,7 @@ class WebhookSink:
         return len(batch)
 
     async def _sleep_until_due(self) -> None:
-        when = await self._io("next_time")
+        when = await self._io(self._delivery().next_time)
         wait = 5.0 if when is None else min(5.0, max(0.01, when - time.time()))
         with trio.move_on_after(wait):
             await self._wake.wait()
@@ -335,7 +238,7 @@ class WebhookSink:
             await self._retry(item, None, error.message)
             return
         if 200 <= answer.status < 300:
-            await self._io("remove", item.id)
+            await self._io(self._delivery().remove, item.id)
             self.metrics.webhook_deliveries.labels("delivered").inc()
         elif transient(answer.status) or (
             redirect(answer.status) and item.attempts < REDIRECT_ATTEMPTS
@@ -344,7 +247,7 @@ class WebhookSink:
             # way); retried a few times in case it is a passing misconfiguration, then rejected
             await self._retry(item, answer.retry_after, f"HTTP {answer.status}")
         else:
-            await self._io("remove", item.id)
+            await self._io(self._delivery().remove, item.id)
             self.metrics.webhook_deliveries.labels("rejected").inc()
             eliot.log_message(
                 message_type="wa_trio:webhook:rejected", status=answer.status, job_key=item.job_key
@@ -354,7 +257,7 @@ class WebhookSink:
         delay = self.backoff.delay_for(item.attempts)
         if retry_after is not None:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-        await self._io("later", item.id, time.time() + delay)
+        await self._io(self._delivery().later, item.id, time.time() + delay)
         self.metrics.webhook_deliveries.labels("retried").inc()
         eliot.log_message(
             message_type="wa_trio:webhook:retry", why=why, attempt=item.attempts + 1,
@@ -373,7 +276,6 @@ class WebhookSink:
 __all__ = [
     "SIGNATURE",
     "TIMESTAMP",
-    "Outbox",
     "WebhookSink",
     "WebhookStatistics",
     "sign",

@@ -16,10 +16,16 @@ from typing import TYPE_CHECKING
 
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import WaTrioError
-from wa_trio.stores.api_requests import ApiRequests, SqliteApiRequests
-from wa_trio.stores.contacts import Contacts, ContactStore
+from wa_trio.stores.api_requests import ApiRequests
+from wa_trio.stores.contacts import Contacts
 from wa_trio.stores.files import StartupError, lock_session, private_dir
-from wa_trio.stores.numbers import NumberCache, Numbers
+from wa_trio.stores.ledger import LedgerStore
+from wa_trio.stores.numbers import Numbers
+from wa_trio.stores.sqlite.api_requests import SqliteApiRequests
+from wa_trio.stores.sqlite.contacts import ContactStore
+from wa_trio.stores.sqlite.ledger import Ledger
+from wa_trio.stores.sqlite.numbers import NumberCache
+from wa_trio.stores.sqlite.outbox import SqliteOutbox
 
 if TYPE_CHECKING:
     from wa_trio.stores.postgres import PgOutbox
@@ -67,14 +73,23 @@ def numbers(settings: Settings, ttl: float) -> Numbers:
     return NumberCache(settings.session_path / "numbers.db", ttl)
 
 
-def shared_outbox(settings: Settings) -> PgOutbox | None:
-    """The status-webhook outbox every replica of the account drains (PostgreSQL), or None
-    (the local outbox in the ledger file is the only one)."""
+def webhook_outboxes(settings: Settings) -> tuple[SqliteOutbox, PgOutbox | None]:
+    """The status-webhook outboxes: the local one in the ledger's file (events are committed
+    there before each ack), and the one every replica of the account drains (PostgreSQL; the
+    sink's relay moves events there), or None (the local one is delivered from)."""
+    local = SqliteOutbox(settings.ledger_db, settings.status_webhook_max_pending)
     if settings.store is None:
-        return None
+        return local, None
     from wa_trio.stores.postgres import PgOutbox
 
-    return PgOutbox(settings.store, settings.account_name, settings.status_webhook_max_pending)
+    bound = settings.status_webhook_max_pending
+    return local, PgOutbox(settings.store, settings.account_name, bound)
+
+
+def local_ledger(settings: Settings) -> LedgerStore:
+    """The account's send ledger on this volume (``ledger.db``; a replica's is the store's,
+    fenced by its lease: ``accounts/replica.py``)."""
+    return Ledger(settings.ledger_db)
 
 
 def api_requests(settings: Settings) -> ApiRequests:
@@ -123,8 +138,9 @@ __all__ = [
     "api_requests",
     "claimed",
     "contacts",
+    "local_ledger",
     "numbers",
     "optout_list",
     "postgres",
-    "shared_outbox",
+    "webhook_outboxes",
 ]

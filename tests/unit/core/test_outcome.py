@@ -26,7 +26,8 @@ from wa_trio.core.outcome import (
     on_send_failure,
     retry_headers,
 )
-from wa_trio.stores.ledger import Begin, Ledger, Mark
+from wa_trio.stores.ledger import Begin, Mark
+from wa_trio.stores.sqlite.ledger import Ledger
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wa_trio.events.status_webhook import Outbox, sign, transient, verify
+from wa_trio.events.status_webhook import sign, transient, verify
+from wa_trio.stores.sqlite.outbox import SqliteOutbox as Outbox
 
 
 def test_a_receiver_verifies_the_signature_in_constant_time_within_five_minutes() -> None:

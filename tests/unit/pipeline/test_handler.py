@@ -114,7 +114,7 @@ def build(tmp_path: Path, make_env: Callable[..., dict[str, str]]) -> Build:
 
 
 def _sqlite(path: Path) -> Any:
-    from wa_trio.stores.ledger import Ledger
+    from wa_trio.stores.sqlite.ledger import Ledger
 
     return Ledger(path)
 

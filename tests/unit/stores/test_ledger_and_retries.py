@@ -10,7 +10,8 @@ from wa_trio.bus._serena_patch import _read_field_value, apply
 from wa_trio.core.headers import encodable
 from wa_trio.core.outcome import Found
 from wa_trio.core.retry import delay_label, retry_delay
-from wa_trio.stores.ledger import Begin, Ledger, LedgerError, Mark
+from wa_trio.stores.ledger import Begin, LedgerError, Mark
+from wa_trio.stores.sqlite.ledger import Ledger
 
 
 def _state(found: Found | None) -> str | None:

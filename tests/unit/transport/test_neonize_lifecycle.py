@@ -76,7 +76,7 @@ async def test_the_canonical_number_whatsapp_answers_is_the_one_sent_to(
 def test_number_cache_rows_of_the_old_schema_are_dropped(tmp_path: Path) -> None:
     import sqlite3
 
-    from wa_trio.stores.numbers import NumberCache
+    from wa_trio.stores.sqlite.numbers import NumberCache
 
     db = sqlite3.connect(tmp_path / "numbers.db")
     db.execute(

@@ -1,7 +1,8 @@
-"""The signed-webhook outbox of one account in PostgreSQL (``webhook.Outbox``'s calls for
-delivery). Events reach it from the replica's local outbox (``WebhookSink``'s relay: the local
-commit before each ack stays on the trio thread, the move to the store is a batch in a worker
-thread), so the account's events are delivered by whichever replica holds the account."""
+"""The signed-webhook outbox of one account in PostgreSQL (``stores.outbox.Outbox``).
+
+Events reach it from the replica's local outbox (``WebhookSink``'s relay: the local commit before
+each ack stays on the trio thread, the move to the store is a batch in a worker thread), so the
+account's events are delivered by whichever replica holds the account."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from typing import Any
 
 import psycopg
 
+from wa_trio.stores.outbox import Pending
 from wa_trio.stores.postgres.db import connect, store_errors
 
 
 class PgOutbox:
+    """The account's outbox in PostgreSQL (``stores.outbox.Outbox``, plus the relay's
+    ``add_relayed``)."""
+
+    inline = False  # across the network: a worker thread
+
     def __init__(self, url: str, account: str, max_pending: int) -> None:
         self.account = account
         self._max = max_pending
@@ -43,9 +50,8 @@ class PgOutbox:
                 )
         return dropped
 
-    def next_due(self, now: float) -> tuple[int, str, bytes, int] | None:
-        """(id, job key, body, attempts) of the oldest due event whose job has no older event
-        pending (order per job)."""
+    def next_due(self, now: float) -> Pending | None:
+        """The oldest due event whose job has no older event pending (order per job)."""
         with self._lock, store_errors("read the webhook outbox"):
             row = self._db.execute(
                 "SELECT id, job_key, body, attempts FROM wa_trio_webhook_outbox o WHERE "
@@ -54,7 +60,9 @@ class PgOutbox:
                 "AND p.id < o.id) ORDER BY id LIMIT 1",
                 (self.account, now),
             ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
+        if row is None:
+            return None
+        return Pending(int(row[0]), str(row[1]), bytes(row[2]), int(row[3]))
 
     def next_time(self) -> float | None:
         with self._lock, store_errors("read the webhook outbox"):
