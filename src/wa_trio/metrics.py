@@ -286,6 +286,24 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.ledger_failing = Gauge(
+            "wa_trio_ledger_failing",
+            "1 while the send ledger cannot be written (a full, read-only or lost disk; the "
+            "PostgreSQL store away): jobs are held, nothing is sent.",
+            registry=r,
+        )
+        self.oldest_job_age = Gauge(
+            "wa_trio_oldest_job_age_seconds",
+            "Estimated age of the oldest job waiting in this worker's queue (0: none waiting; "
+            "NaN: the broker cannot be asked); within one queue sample of the truth.",
+            registry=r,
+        )
+        self.webhook_limit = Gauge(
+            "wa_trio_webhook_outbox_limit",
+            "WHATSAPP_STATUS_WEBHOOK_MAX_PENDING: past it the oldest events are dropped "
+            "(0: webhooks off).",
+            registry=r,
+        )
         self.build = Info("wa_trio_build", "Version of the running worker.", registry=r)
         self.build.info({"version": __version__, "worker": WORKER})
         # make the series exist from the start (a scrape before the first job sees zeros)

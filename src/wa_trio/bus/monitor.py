@@ -14,6 +14,7 @@ slow probe can never disturb the pipeline.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import attrs
@@ -64,6 +65,10 @@ class BrokerMonitor:
         self._cached: CheckResult | None = None
         self._backoff = Backoff(initial=0.5, cap=15.0)
         self._wake = trio.Event()
+        #: the last sampled depth of the job queue (None: unknown), and since when (Unix time)
+        #: it has held jobs without once being seen empty (``core.backlog``)
+        self.depth: int | None = None
+        self.backlog_since: float | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()  # app.py starts it once the pipeline declared the topology
@@ -97,6 +102,7 @@ class BrokerMonitor:
         count or a reassuring 0 (docs/health-and-metrics.md)."""
         self.metrics.queue_depth.labels(self.settings.queue_name).set(math.nan)
         self.metrics.dlq_size.labels(self.settings.dlq_name).set(math.nan)
+        self.depth = None
 
     def sample_now(self) -> None:
         """Ask for a sample at once (tests, and after a burst of dead-letters)."""
@@ -112,6 +118,11 @@ class BrokerMonitor:
             dlq = await amqp.queue_message_count(channel, self.settings.dlq_name)
         self.metrics.queue_depth.labels(self.settings.queue_name).set(depth)
         self.metrics.dlq_size.labels(self.settings.dlq_name).set(dlq)
+        self.depth = depth
+        if depth == 0:
+            self.backlog_since = None
+        elif self.backlog_since is None:
+            self.backlog_since = time.time()
 
     async def check(self) -> CheckResult:
         """The broker health check (cached; see module docstring)."""

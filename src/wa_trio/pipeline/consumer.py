@@ -118,6 +118,7 @@ class Pipeline:
             media,
         )
         self._consume_scope: trio.CancelScope | None = None
+        self.last_taken_published: float | None = None
         self._connected = False
         self._connections = 0
 
@@ -220,6 +221,9 @@ class Pipeline:
                     trace_id=trace_id_of(props.headers, props.correlation_id),
                 )
                 job = Job(delivery, action, self._clock(), key, body_hash(delivery.body))
+                # when the job taken last was published (its AMQP timestamp; else now): the
+                # oldest-job estimate (core/backlog.py)
+                self.last_taken_published = float(props.timestamp or 0) or time.time()
                 await send_jobs.send(job)
 
     # -------------------------------------------------------------------------------- sender

@@ -54,6 +54,7 @@ from wa_trio.web.app import create_app, reachable, run_http
 from wa_trio.worker.startup import (
     admin_token,
     watch_signals,
+    wire_gauges,
 )
 
 if TYPE_CHECKING:  # the web side is web.py's (the one quart importer)
@@ -144,6 +145,7 @@ async def run_once(
         media=fetcher,
     )
     monitor = BrokerMonitor(settings, metrics)
+    wire_gauges(settings, metrics, pipeline, monitor)
     api = (
         await trio.to_thread.run_sync(
             build_api,

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -16,10 +17,14 @@ import attrs
 import eliot
 import trio
 
+from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.config.settings import Settings
+from wa_trio.core.backlog import oldest_job_age
 from wa_trio.core.media_rules import NEEDS_FFMPEG
 from wa_trio.core.templates import TemplateError, TemplateSet
 from wa_trio.log import Redactor
+from wa_trio.metrics import Metrics
+from wa_trio.pipeline.consumer import Pipeline
 from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
 
@@ -140,4 +145,27 @@ async def watch_signals(stop: trio.Event) -> None:
             stop.set()
 
 
-__all__ = ["admin_token", "build_transport", "check_media_tools", "load_templates", "watch_signals"]
+def wire_gauges(
+    settings: Settings, metrics: Metrics, pipeline: Pipeline, monitor: BrokerMonitor
+) -> None:
+    """Gauges read at scrape time from the parts that know (the alert rules use them)."""
+    metrics.ledger_failing.set_function(
+        lambda: 1.0 if pipeline.statistics().ledger_problem else 0.0
+    )
+    metrics.oldest_job_age.set_function(
+        lambda: oldest_job_age(
+            time.time(), monitor.depth, monitor.backlog_since, pipeline.last_taken_published
+        )
+    )
+    webhooks = settings.status_webhook_url is not None
+    metrics.webhook_limit.set(settings.status_webhook_max_pending if webhooks else 0)
+
+
+__all__ = [
+    "admin_token",
+    "build_transport",
+    "check_media_tools",
+    "load_templates",
+    "watch_signals",
+    "wire_gauges",
+]
