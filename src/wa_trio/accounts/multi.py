@@ -30,6 +30,7 @@ from wa_trio.web.accounts_app import create_accounts_app
 from wa_trio.web.api import build_api
 from wa_trio.web.app import reachable, run_http
 from wa_trio.worker.app import Worker
+from wa_trio.worker.console_source import WorkerConsole
 from wa_trio.worker.startup import admin_token, ensure_fd_room, load_templates, watch_signals
 
 
@@ -113,6 +114,7 @@ async def run_accounts(
                 admin_token=token,
                 redactor=Redactor(settings.production),
                 api=api,
+                console=WorkerConsole(settings, lambda: workers),
             )
             try:
                 urls: list[str] = await root.start(

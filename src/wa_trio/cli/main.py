@@ -92,6 +92,12 @@ def _accounts(settings: Settings, args: argparse.Namespace) -> int:
     return accounts(settings, as_json=args.json)
 
 
+def _trace(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.cli.trace import trace
+
+    return trace(settings, args.query, as_json=args.json)
+
+
 #: each subcommand (but ``validate``, which reads no settings) and what runs it
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "check": lambda settings, _args: _check(settings),
@@ -104,6 +110,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "optout": _optout,
     "relogin": _relogin,
     "accounts": _accounts,
+    "trace": _trace,
 }
 
 

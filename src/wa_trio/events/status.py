@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import eliot
 import trio
 
 from wa_trio.bus.amqp import BrokerAddress, Properties
@@ -182,6 +183,13 @@ class StatusPublisher:
             if job is None:
                 self.metrics.receipts_unmatched.inc()  # not ours, or already pruned
                 continue
+            # the job's story (``wa-trio trace``) reads receipts from the log: key and kind only
+            eliot.log_message(
+                message_type="wa_trio:status:receipt",
+                job_key=job[0],
+                status=receipt.kind,
+                whatsapp_message_id=message_id,
+            )
             seconds = epoch_seconds(receipt.timestamp)
             at = datetime.fromtimestamp(seconds, UTC) if seconds else None
             self.emit(

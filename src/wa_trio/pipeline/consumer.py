@@ -64,6 +64,7 @@ class PipelineStatistics:
     connected: bool  # the consuming connection is up
     connections: int  # successful (re)connections
     ledger_problem: str | None  # why the ledger cannot be written now (None: fine)
+    last_sent_at: float | None = None  # Unix time of the last send WhatsApp took
 
 
 class Pipeline:
@@ -123,7 +124,9 @@ class Pipeline:
         self._connections = 0
 
     def statistics(self) -> PipelineStatistics:
-        return PipelineStatistics(self._connected, self._connections, self._gate.problem)
+        return PipelineStatistics(
+            self._connected, self._connections, self._gate.problem, self._sender.last_sent_at
+        )
 
     @property
     def connected(self) -> bool:

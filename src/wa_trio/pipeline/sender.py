@@ -45,6 +45,7 @@ class Sender:
         self.redactor = redactor
         self._stopping = stopping
         self._hard_deadline = math.inf
+        self.last_sent_at: float | None = None  # Unix time of the last send WhatsApp took
         self._protected_scopes: set[trio.CancelScope] = set()
 
     @property
@@ -126,6 +127,7 @@ class Sender:
                         raise SendAbandoned("the shutdown deadline cut a send in flight")
                     self.metrics.send_duration.observe(time.perf_counter() - started)
                     send_action.addSuccessFields(whatsapp_message_id=result.message_id)
+                    self.last_sent_at = time.time()
                     return result
             except NotConnectedError:
                 eliot.log_message(message_type="wa_trio:job:held", reason="whatsapp offline")

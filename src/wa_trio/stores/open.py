@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import WaTrioError
+from wa_trio.core.story import LedgerRow
 from wa_trio.stores.api_requests import ApiRequests
 from wa_trio.stores.contacts import Contacts
 from wa_trio.stores.files import StartupError, lock_session, private_dir
@@ -103,6 +104,41 @@ def api_requests(settings: Settings) -> ApiRequests:
     return SqliteApiRequests(root / "api.db")
 
 
+def ledger_rows(settings: Settings, keys: list[str]) -> list[LedgerRow]:
+    """What every account's send ledger holds for these job keys (``wa-trio trace``, the
+    console): the store's table, or each account's ``ledger.db`` that exists (none is made)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres.ledger import ledger_rows as pg_rows
+
+        return pg_rows(settings.store, keys)
+    found: list[LedgerRow] = []
+    for account in settings.accounts:
+        path = settings.for_account(account).ledger_db
+        if not path.exists():
+            continue
+        ledger = Ledger(path)
+        try:
+            for key in keys:
+                entry = ledger.get(key)
+                if entry is not None:
+                    row = (entry.key, entry.state, entry.whatsapp_id, entry.updated_at)
+                    found.append(LedgerRow(account, *row))
+        finally:
+            ledger.close()
+    return found
+
+
+def lease_holders(settings: Settings) -> dict[str, str]:
+    """Which replica (host:pid) holds each account now: PostgreSQL's lease table; on files
+    there is no lease (the folder's lock is this host's), so nothing."""
+    if settings.store is None:
+        return {}
+    from wa_trio.stores.postgres import lease_table
+
+    rows = lease_table(settings.store)
+    return {row.account: str(row.holder) for row in rows if row.held and row.holder}
+
+
 @contextlib.contextmanager
 def claimed(
     settings: Settings, *, held: str, refuse: type[WaTrioError] = StartupError
@@ -138,6 +174,8 @@ __all__ = [
     "api_requests",
     "claimed",
     "contacts",
+    "lease_holders",
+    "ledger_rows",
     "local_ledger",
     "numbers",
     "optout_list",

@@ -18,6 +18,8 @@ from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
 from wa_trio.web.api import HttpApi, api_routes
 from wa_trio.web.app import ConsumerState, contain_requests, login_routes, masked_linked
+from wa_trio.web.console import ConsoleSource, console_routes
+from wa_trio.web.console_auth import ConsoleAuth
 
 
 class AccountParts(Protocol):
@@ -44,6 +46,7 @@ def create_accounts_app(
     admin_token: str,
     redactor: Redactor,
     api: HttpApi | None = None,
+    console: ConsoleSource | None = None,
 ) -> QuartTrio:
     """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
     account still waiting as a standby is reported so), /metrics with an ``account`` label,
@@ -83,6 +86,8 @@ def create_accounts_app(
     login_routes(app, admin_token, redactor, chosen)
     if api is not None:
         api_routes(app, api)
+    if console is not None:
+        console_routes(app, console, ConsoleAuth(admin_token))
     return app
 
 

@@ -15,13 +15,10 @@ signature and verify token (``meta_webhook.py``), never by the operator token.
 
 from __future__ import annotations
 
-import base64
-import hmac
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
@@ -38,6 +35,8 @@ from wa_trio.transport import ConnectionState, Transport
 from wa_trio.transport.cloud_api.webhook import MAX_BODY, SIGNATURE_HEADER, MetaWebhook
 from wa_trio.web import login_page
 from wa_trio.web.api import HttpApi, api_routes
+from wa_trio.web.console import ConsoleSource, console_routes
+from wa_trio.web.console_auth import COOKIE, ConsoleAuth, same_origin
 
 METRICS_CACHE = 1.0  # seconds a rendered /metrics is served again (a scrape flood costs once)
 
@@ -47,25 +46,6 @@ class ConsumerState(Protocol):
     def connected(self) -> bool: ...
 
     def statistics(self) -> Any: ...
-
-
-def authorized(header: str | None, token: str) -> bool:
-    """Whether an Authorization header carries the operator token (Basic password or Bearer)."""
-    if not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer":
-        given = value
-    elif scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        given = decoded.partition(":")[2]
-    else:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
 
 
 def _is(transport: Transport, state: ConnectionState) -> float:
@@ -98,6 +78,7 @@ def create_app(
     session_path: Path | None = None,
     meta_webhook: MetaWebhook | None = None,
     api: HttpApi | None = None,
+    console: ConsoleSource | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
@@ -146,6 +127,8 @@ def create_app(
         _meta_routes(app, meta_webhook)
     if api is not None:
         api_routes(app, api)
+    if console is not None:
+        console_routes(app, console, ConsoleAuth(admin_token))
     return app
 
 
@@ -207,40 +190,22 @@ def contain_requests(app: QuartTrio, metrics: Metrics) -> None:
         return Response("internal error\n", status=500)
 
 
-def same_origin(headers: Any) -> bool:
-    """Whether a state-changing request comes from our own pages (or from no browser at all).
-
-    A browser sends ``Sec-Fetch-Site`` and ``Origin`` with a cross-site form POST; a page of
-    another site cannot forge either. Without both (curl, a script holding the token) the
-    request is allowed: it carried the token itself. ``headers``: any mapping with ``get``
-    (Quart's ``Headers``, a dict in tests). Issue 26: ``POST /login/relogin`` was
-    reachable from any site once the operator's browser had cached the Basic credential."""
-    site = headers.get("Sec-Fetch-Site")
-    if site is not None and site not in {"same-origin", "none"}:
-        return False
-    origin = headers.get("Origin")
-    if origin is None:
-        return True
-    if origin == "null":
-        return False
-    try:
-        return bool(urlsplit(str(origin)).netloc.lower() == str(headers.get("Host") or "").lower())
-    except ValueError:
-        return False
-
-
 def login_routes(
     app: QuartTrio,
     admin_token: str,
     redactor: Redactor,
     pick: Callable[[], tuple[Transport, str] | None],
 ) -> None:
-    """GET /login and POST /login/relogin (operator token) for the transport ``pick`` names
-    with the page's own address (None: no such account here, 404)."""
+    """GET /login and POST /login/relogin (operator token, or the console's session) for the
+    transport ``pick`` names with the page's own address (None: no such account here, 404)."""
+    auth = ConsoleAuth(admin_token)
+
+    def allowed() -> bool:
+        return auth.check(request.headers.get("Authorization"), request.cookies.get(COOKIE)).ok
 
     @app.get("/login")
     async def login() -> Response:
-        if not authorized(request.headers.get("Authorization"), admin_token):
+        if not allowed():
             return _unauthorized()
         picked = pick()
         if picked is None:
@@ -252,7 +217,7 @@ def login_routes(
 
     @app.post("/login/relogin")
     async def relogin() -> Response:
-        if not authorized(request.headers.get("Authorization"), admin_token):
+        if not allowed():
             return _unauthorized()
         if not same_origin(request.headers):  # a cached Basic credential is not consent
             return Response("cross-site request refused\n", status=403)

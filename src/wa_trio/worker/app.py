@@ -51,6 +51,7 @@ from wa_trio.transport import Transport
 from wa_trio.transport.cloud_api.webhook import MetaWebhook
 from wa_trio.web.api import HttpApi, build_api
 from wa_trio.web.app import create_app, reachable, run_http
+from wa_trio.worker.console_source import console_for
 from wa_trio.worker.startup import (
     admin_token,
     watch_signals,
@@ -175,6 +176,7 @@ async def run_once(
         session_path=settings.session_path,
         meta_webhook=_meta_webhook(settings, metrics, status, inbound),
         api=api,
+        console=console_for(settings, transport, metrics, pipeline, monitor, run.serve_http),
     )
     eliot.log_message(
         message_type="wa_trio:start",

@@ -21,7 +21,7 @@ from wa_trio.core.instants import LATEST, MILLISECONDS, epoch_seconds
 from wa_trio.core.media_rules import refusal, url_problem
 from wa_trio.core.templates import TemplateProblem, TemplateSet
 from wa_trio.events.status_webhook import REDIRECT_ATTEMPTS, redirect, transient
-from wa_trio.web.app import same_origin
+from wa_trio.web.console_auth import same_origin
 from wa_trio.worker.startup import fd_plan
 
 

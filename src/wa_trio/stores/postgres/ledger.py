@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import psycopg
 
 from wa_trio.core.outcome import Found, begin_writes
+from wa_trio.core.story import LedgerRow
 from wa_trio.stores.ledger import Begin, Entry, LedgerError, Mark, Shortcuts
 from wa_trio.stores.postgres.db import LeaseLost, StoreError, connect, one_line
 
@@ -177,3 +178,15 @@ def _ledger_errors(doing: str) -> Iterator[None]:
         raise LedgerError(
             f"the send ledger (PostgreSQL) cannot {doing}: {one_line(error)}"
         ) from None
+
+
+def ledger_rows(url: str, keys: list[str]) -> list[LedgerRow]:
+    """Every account's rows of these job keys, with the lease epoch that wrote each (the
+    console's and ``wa-trio trace``'s look-up; a connection of its own, closed after)."""
+    with contextlib.closing(connect(url, purpose="trace")) as db, _ledger_errors("read"):
+        rows = db.execute(
+            "SELECT account, key, state, whatsapp_id, updated_at, epoch FROM wa_trio_sends "
+            "WHERE key = ANY(%s) ORDER BY account, key",
+            (keys,),
+        ).fetchall()
+    return [LedgerRow(str(r[0]), str(r[1]), str(r[2]), r[3], float(r[4]), int(r[5])) for r in rows]
