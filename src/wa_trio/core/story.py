@@ -111,7 +111,8 @@ def _event(message: Mapping[str, Any]) -> StoryEvent | None:
     if status == "started":
         found = _started(kind, message)
     elif kind == "wa_trio:job" and status in {"succeeded", "failed"}:
-        found = str(message.get("outcome", status)), str(message.get("exception", ""))
+        fallback = "ended" if status == "succeeded" else "raised"
+        found = str(message.get("outcome", fallback)), str(message.get("exception", ""))
     elif kind == "wa_trio:job:send" and status == "succeeded":
         found = "whatsapp_accepted", str(message.get("whatsapp_message_id", ""))
     elif kind == "wa_trio:job:send" and status == "failed":

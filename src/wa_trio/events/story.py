@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from eliottree import render_tasks, tasks_from_iterable
+from eliottree import get_theme, render_tasks, tasks_from_iterable
 
 from wa_trio.bus.dlq import DeadLetter
 from wa_trio.config.settings import Settings
@@ -66,7 +66,8 @@ def read_log(path: Path, query: str, scan: int = SCAN_BYTES) -> list[dict[str, A
 def render_tree(messages: list[dict[str, Any]]) -> str:
     """The tasks as ``eliot-tree`` prints them (no colour)."""
     out = io.StringIO()
-    render_tasks(out.write, tasks_from_iterable(messages), colorize=False, human_readable=True)
+    plain = get_theme(dark_background=False)  # no colour function: plain text
+    render_tasks(out.write, tasks_from_iterable(messages), human_readable=True, theme=plain)
     return out.getvalue()
 
 

@@ -3,6 +3,7 @@ and the session folder's lock (one worker per session)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -30,7 +31,7 @@ def private_dir(path: Path) -> None:
         StartupError: it cannot be created, or others can read it (one line saying why).
     """
     try:
-        path.mkdir(mode=0o700, parents=True)
+        _mkdirs_private(path)
     except FileExistsError:
         if not path.is_dir():
             raise StartupError(f"{path} exists and is not a folder") from None
@@ -42,6 +43,17 @@ def private_dir(path: Path) -> None:
             ) from None
     except OSError as error:
         raise StartupError(f"cannot create the folder {path}: {error.strerror}") from None
+
+
+def _mkdirs_private(path: Path) -> None:
+    """``mkdir -p`` with every folder it creates 0700 (``Path.mkdir(parents=True)`` makes the
+    parents with the umask's mode, 0755 as a rule: with several accounts that was the session
+    root itself, issue 30). Raises FileExistsError when ``path`` itself exists."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    if not missing:
+        raise FileExistsError(path)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=folder != path)
 
 
 _OPENING = threading.Lock()  # one database opened at a time in this process
@@ -56,7 +68,8 @@ def open_private_db(path: Path) -> sqlite3.Connection:
     a moment and SQLite may answer "locked" at once instead of waiting, so the switch is
     retried (50 ms apart, for at most ``OPEN_WAIT`` seconds) and opens in this process take
     turns."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made meanwhile: as good
+        _mkdirs_private(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
     with _OPENING:
@@ -80,7 +93,8 @@ OPEN_WAIT = 10.0  # seconds an opening may wait for the file
 
 def open_private_append(path: Path) -> IO[str]:
     """A text file opened for appending, created 0600 (its folder 0700 when we create it)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made meanwhile: as good
+        _mkdirs_private(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8")
 

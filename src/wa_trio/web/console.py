@@ -38,7 +38,7 @@ _PAGES = Environment(
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form POST say Origin: null
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'",
@@ -109,7 +109,8 @@ def console_routes(app: QuartTrio, source: ConsoleSource, auth: ConsoleAuth) -> 
     from wa_trio.web.console_views import views
 
     for rule, methods, view in views(source, auth):
-        app.add_url_rule(rule, view_func=_guarded(auth, view), methods=methods, endpoint=rule)
+        endpoint = f"console {rule} {methods[0]}"
+        app.add_url_rule(rule, endpoint, _guarded(auth, view), methods=methods)
 
 
 def _guarded(auth: ConsoleAuth, view: Handler) -> Callable[[], Awaitable[Response]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from itertools import groupby
 from urllib.parse import quote
@@ -154,7 +155,8 @@ class _Views:
             number = refs.get(str(form.get("ref", "")))
         if number is None:
             return see("/console/optouts?problem=" + quote("not a phone number (or not listed)"))
-        changed = await self.source.set_optout(number, add, f"console:{access.session[:8]}")
+        operator = hashlib.sha256(access.session.encode()).hexdigest()[:8]  # which session
+        changed = await self.source.set_optout(number, add, f"console:{operator}")
         verb = "added to" if add else "removed from"
         state = "" if changed else " (nothing to change)"
         return see(

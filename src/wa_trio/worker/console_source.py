@@ -69,7 +69,9 @@ class WorkerConsole:
         self.settings = settings
         self._workers = workers
         self._clock = clock
-        self._samples: deque[tuple[float, float, float]] = deque(maxlen=64)
+        #: (when, jobs out so far, jobs waiting): the first at start, before any job
+        self._samples: deque[tuple[float, float, float | None]] = deque(maxlen=64)
+        self._samples.append((clock(), 0.0, None))
 
     # ------------------------------------------------------------------------------ accounts
 
@@ -95,7 +97,11 @@ class WorkerConsole:
             name=name,
             state=transport.state.value,
             linked=masked_linked(transport),
-            pacing_tokens=_rounded(_value(parts, "whatsapp_pacing_tokens")),
+            pacing_tokens=(
+                _rounded(_value(parts, "whatsapp_pacing_tokens"))
+                if self.settings.rate_limit is not None
+                else None  # pacing off: shown so
+            ),
             unanswered_highest=None if highest is None else int(highest),
             unanswered_limit=None if limit is None else int(limit),
             banned_until=when(transport.banned_until) if transport.banned_until else None,
@@ -136,8 +142,8 @@ class WorkerConsole:
                         depth: int | None = await amqp.queue_message_count(channel, name)
                 except WaTrioError:
                     depth = None  # not declared (yet): a missing queue closes its channel
-                if depth is None and role.startswith(("retry", "scheduled")):
-                    continue  # a delay queue nobody declared: nothing waits there
+                if not depth and role.startswith(("retry", "scheduled")):
+                    continue  # an empty delay queue (or one nobody declared): said in a line
                 rows.append(QueueRow(name, role, depth))
         waiting = sum(row.depth or 0 for row in rows if row.role != "dead letters")
         return self._summary(tuple(rows), waiting)
@@ -154,7 +160,8 @@ class WorkerConsole:
             span = now - start[0]
             window = round(span)
             per_out = round((out - start[1]) * 60 / span, 1)
-            per_in = round(max(0.0, per_out + (waiting - start[2]) * 60 / span), 1)
+            if start[2] is not None:
+                per_in = round(max(0.0, per_out + (waiting - start[2]) * 60 / span), 1)
         ages = [_value(parts, "wa_trio_oldest_job_age_seconds") for parts in running]
         known = [age for age in ages if age is not None and age == age]  # NaN: unknown
         oldest = f"{max(known):.0f} s" if known else None

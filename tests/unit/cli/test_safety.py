@@ -82,6 +82,17 @@ def test_an_existing_shared_folder_is_refused_not_chmoded(tmp_path: Path) -> Non
     assert stat.S_IMODE(created.stat().st_mode) == 0o700
 
 
+def test_every_folder_made_on_the_way_is_private_too(tmp_path: Path) -> None:
+    """Issue 30: with several accounts the account's folder is <session>/accounts/<name>;
+    ``mkdir(parents=True)`` made the session root and accounts/ 0755, and the opt-out list in
+    the root was then refused."""
+    account = tmp_path / "session" / "accounts" / "sales"
+    private_dir(account)
+    for folder in (account, account.parent, account.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    private_dir(account.parent.parent)  # the root, now existing, is accepted as private
+
+
 def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
