@@ -171,7 +171,7 @@ def import_account(settings: Settings, source: Path, *, force: bool = False) -> 
                 f"account {account} already has a session in WHATSAPP_STORE; refusing to "
                 "overwrite it. Export it first if you need it, then pass --force"
             )
-        _create_store(settings.session_database)
+        _create_store(stores.session_database(settings))
         return write_session(settings.store, account, _read_sqlite(source))
 
 

@@ -128,6 +128,27 @@ def ledger_rows(settings: Settings, keys: list[str]) -> list[LedgerRow]:
     return found
 
 
+def session_database(settings: Settings) -> str:
+    """What neonize opens for the account's WhatsApp session: the SQLite file, or the store's
+    URL with the account's schema and an ``sslmode`` whatsmeow's driver takes (blocking: may
+    ask the server)."""
+    if settings.store is None:
+        return str(settings.session_db)
+    from wa_trio.stores.postgres.db import session_url
+
+    return session_url(settings.store, settings.account_name)
+
+
+def session_connect_budget(settings: Settings) -> int | None:
+    """neonize connects this process may make before it restarts (None: no bound, SQLite; see
+    ``stores.postgres.db.connect_budget``)."""
+    if settings.store is None:
+        return None
+    from wa_trio.stores.postgres.db import connect_budget
+
+    return connect_budget(settings.store, len(settings.accounts))
+
+
 def lease_holders(settings: Settings) -> dict[str, str]:
     """Which replica (host:pid) holds each account now: PostgreSQL's lease table; on files
     there is no lease (the folder's lock is this host's), so nothing."""
@@ -180,5 +201,7 @@ __all__ = [
     "numbers",
     "optout_list",
     "postgres",
+    "session_connect_budget",
+    "session_database",
     "webhook_outboxes",
 ]

@@ -26,6 +26,7 @@ from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport, new_client
+from wa_trio.transport.neonize.store_connects import StoreConnects
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
 
@@ -160,6 +161,50 @@ async def test_too_many_connects_end_the_transport_for_a_clean_restart(
                 raised.append(error)
     assert raised and "3 connection attempts" in raised[0].message
     assert clients[0].connects == 3
+
+
+async def test_the_store_connect_budget_is_shared_by_every_account_of_the_process(
+    neonize_settings: Settings,
+) -> None:
+    """Issue 27 (4): on PostgreSQL each connect holds a server backend neonize never closes
+    (goneonize/main.go ``getDB``: a new ``sqlstore.New`` per connect, never closed). Two
+    accounts draw on one process-wide budget; the connect past it ends the transport."""
+    budget = StoreConnects(limit=5)
+    raised: list[TransportError] = []
+    clients: list[FakeClient] = []
+    transports = []
+    for _ in range(2):
+        transport = fake_neonize_transport(
+            neonize_settings, clients, dial_error="refused", max_connects=1000
+        )
+        transport.store_connects = budget
+        transports.append(transport)
+    try:
+        async with trio.open_nursery() as nursery:
+            for transport in transports:
+                await nursery.start(transport.run)
+    except* TransportError as group:
+        raised += [e for e in _leaves(group) if isinstance(e, TransportError)]
+    assert raised and "the bound is 5" in raised[0].message
+    assert budget.made == 5 and sum(client.connects for client in clients) == 5
+
+
+def test_the_budget_keeps_the_smallest_bound_and_none_means_none() -> None:
+    budget = StoreConnects()
+    budget.bound(None)
+    for _ in range(50):
+        budget.take()  # SQLite: no bound
+    budget.bound(30)
+    budget.bound(60)
+    assert budget.limit == 30
+    with pytest.raises(TransportError):
+        budget.take()
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for error in group.exceptions for leaf in _leaves(error)]
+    return [group]
 
 
 async def test_a_pair_code_is_asked_only_while_waiting_for_login(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
@@ -24,6 +25,7 @@ from wa_trio.core.lease_rules import (
     SERVER_KEEPALIVE_IDLE,
     SERVER_KEEPALIVE_INTERVAL,
     session_schema,
+    session_store_url,
 )
 from wa_trio.stores.ledger import LedgerError
 
@@ -152,3 +154,42 @@ def store_errors(doing: str) -> Iterator[None]:
         yield
     except psycopg.Error as error:
         raise StoreError(f"WHATSAPP_STORE cannot {doing}: {one_line(error)}") from None
+
+
+#: sslmode values whatsmeow's driver (lib/pq) knows; psycopg (libpq) knows these and two more
+LIB_PQ_SSLMODES = frozenset({"disable", "require", "verify-ca", "verify-full"})
+
+
+def session_url(url: str, account: str) -> str:
+    """The URL neonize opens for ``account``'s session, with an ``sslmode`` both drivers take.
+
+    Without one (or with libpq's ``prefer``/``allow``, which lib/pq refuses), psycopg tries TLS
+    and falls back to plain while lib/pq demands TLS: a server without TLS then works for the
+    ledger and the leases and never for the session. So ask the server the way psycopg does and
+    pin what it negotiated (``require`` over TLS, else ``disable``)."""
+    mode = dict(parse_qsl(urlsplit(url).query)).get("sslmode")
+    session = session_store_url(url, account)
+    if mode in LIB_PQ_SSLMODES:
+        return session
+    with contextlib.closing(connect(url, purpose="sslmode")) as db, store_errors("connect"):
+        tls = bool(db.pgconn.ssl_in_use)
+    parts = urlsplit(session)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "sslmode"]
+    query.append(("sslmode", "require" if tls else "disable"))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def connect_budget(url: str, accounts: int) -> int:
+    """How many neonize connects this process may make on the store before it restarts.
+
+    whatsmeow opens a new connection pool at each client's connect and neonize never closes
+    it: one server backend per connect, held until the process exits (measured: 4 connects,
+    4 backends). A quarter of the server's ``max_connections``, but never fewer than one
+    connect per account and one spare."""
+    with (
+        contextlib.closing(connect(url, purpose="budget")) as db,
+        store_errors("read max_connections"),
+    ):
+        row = db.execute("SHOW max_connections").fetchone()
+    limit = int(row[0]) if row else 100
+    return max(accounts + 1, limit // 4)

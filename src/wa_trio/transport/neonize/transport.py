@@ -55,6 +55,7 @@ from wa_trio.transport.neonize.library import (
 )
 from wa_trio.transport.neonize.login import LoginDriving, LoginInfo
 from wa_trio.transport.neonize.sending import NeonizeSender, open_numbers
+from wa_trio.transport.neonize.store_connects import STORE_CONNECTS
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal, next_state
 from wa_trio.transport.upload_cache import UploadCache
@@ -110,6 +111,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
         self.login = LoginInfo()
         self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
         self.connect_attempts = 0
+        self.store_connects = STORE_CONNECTS  # process-wide (tests give their own)
         self._state = ConnectionState.CONNECTING
         self._connected = trio.Event()
         self._may_reconnect = True
@@ -237,7 +239,9 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
                     self.sending.numbers.close()
 
     async def _watchdog(self) -> None:
-        database = self.settings.session_database
+        database = await trio.to_thread.run_sync(stores.session_database, self.settings)
+        budget = await trio.to_thread.run_sync(stores.session_connect_budget, self.settings)
+        self.store_connects.bound(budget)
         while True:
             if not self._may_reconnect:
                 eliot.log_message(
@@ -259,6 +263,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             if self._client is None:
                 self._client = await trio.to_thread.run_sync(self.client_factory, database)
                 self.register_handlers(self._client)
+            self.store_connects.take()  # PostgreSQL: one backend held per connect (library.py)
             self.apply(Signal("connecting"))
             self._reached = False
             self.connect_attempts += 1

@@ -1,0 +1,96 @@
+"""neonize's real client on a PostgreSQL session store (issue 27, item 4), offline: every
+connect dials a closed loopback port, so nothing leaves the machine, but whatsmeow opens its
+store first, as it does in production.
+
+Pinned upstream behaviour (goneonize/main.go ``getDB``: ``sqlstore.New(..., "postgres", url)``
+at every connect, never closed; whatsmeow's driver is lib/pq, whose ``sslmode`` defaults to
+``require`` and knows neither ``prefer`` nor ``allow``):
+- each connect holds one more server backend for the life of the process;
+- a store URL without ``sslmode`` never reaches a server without TLS.
+What we do about it: ``stores.postgres.db.session_url`` pins the ``sslmode`` psycopg
+negotiated, and the process's connects are bounded (``transport/neonize/store_connects.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import closed_port
+from wa_trio.core.lease_rules import session_schema, session_store_url
+from wa_trio.stores.postgres import ensure_session_schema, migrate
+from wa_trio.stores.postgres.db import connect_budget, session_url
+from wa_trio.transport.neonize.library import create_session_store
+
+
+def _backends(url: str) -> int:
+    with contextlib.closing(psycopg.connect(url, autocommit=True)) as db:
+        row: Any = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0])
+
+
+def _has_whatsmeow_tables(url: str) -> bool:
+    with contextlib.closing(psycopg.connect(url, autocommit=True)) as db:
+        row: Any = db.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = 'whatsmeow_device'",
+            (session_schema("default"),),
+        ).fetchone()
+    return int(row[0]) == 1
+
+
+def _tls(url: str) -> bool:
+    with contextlib.closing(psycopg.connect(url, autocommit=True)) as db:
+        return bool(db.pgconn.ssl_in_use)
+
+
+@pytest.fixture
+def store(pg_store: str) -> str:
+    """The test's database, its URL without ``sslmode`` (as many users write it)."""
+    migrate(pg_store)
+    ensure_session_schema(pg_store, "default")
+    return pg_store.split("?")[0]
+
+
+def test_without_an_sslmode_whatsmeow_never_reaches_a_server_without_tls(store: str) -> None:
+    if _tls(store):  # pragma: no cover - the machine's server has TLS off
+        pytest.fail("this test needs the local PostgreSQL without TLS (ssl = off)")
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    create_session_store(session_store_url(store, "default"), proxy)  # lib/pq: require
+    assert not _has_whatsmeow_tables(store)
+    pinned = session_url(store, "default")
+    assert "sslmode=disable" in pinned and "search_path=" in pinned
+    create_session_store(pinned, proxy)
+    assert _has_whatsmeow_tables(store)
+
+
+def test_an_sslmode_both_drivers_know_is_kept(store: str) -> None:
+    pinned = session_url(store + "?sslmode=disable", "default")
+    assert pinned.count("sslmode=") == 1 and "sslmode=disable" in pinned
+    prefer = session_url(store + "?sslmode=prefer", "default")
+    assert "sslmode=prefer" not in prefer and "sslmode=disable" in prefer
+
+
+def test_each_connect_holds_one_more_backend_until_the_process_ends(store: str) -> None:
+    pinned = session_url(store, "default")
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    before = _backends(store)
+    for _ in range(3):
+        create_session_store(pinned, proxy)
+    assert _backends(store) - before == 3
+
+
+def test_the_budget_is_a_quarter_of_the_server_and_at_least_one_connect_per_account(
+    store: str,
+) -> None:
+    with contextlib.closing(psycopg.connect(store, autocommit=True)) as db:
+        row: Any = db.execute("SHOW max_connections").fetchone()
+    limit = int(row[0])
+    assert connect_budget(store, 1) == max(2, limit // 4)
+    assert connect_budget(store, limit) == limit + 1
