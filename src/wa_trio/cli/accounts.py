@@ -24,6 +24,17 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.log import Redactor
     from wa_trio.stores import open as stores
 
+    if (
+        settings.store is None
+        and args.optout_command != "add"
+        and not settings.session_path.is_dir()
+    ):  # a mistyped path: say so rather than make a folder and an empty list
+        print(
+            f"wa-trio: no session folder at {settings.session_path} (WHATSAPP_SESSION_PATH): "
+            "no opt-out list there",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     store = stores.optout_list(settings)  # one list for every account and replica
     try:
         if args.optout_command == "list":

@@ -143,6 +143,13 @@ def _templates(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.core.templates import TemplateProblem
     from wa_trio.worker.startup import load_templates
 
+    if settings.templates_dir is None:
+        print(
+            "wa-trio: WHATSAPP_TEMPLATES_DIR is unset: there are no templates to "
+            f"{args.templates_command} (docs/templates.md)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     templates = load_templates(settings)
     if args.templates_command == "list":
         for template in templates.names():
@@ -331,6 +338,18 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 def _login(settings: Settings, timeout: float) -> int:
     from wa_trio.cli.login import run_login
     from wa_trio.log import configure_logging
+
+    if settings.transport != "neonize":
+        print(
+            f"wa-trio: WHATSAPP_TRANSPORT={settings.transport} links no device: "
+            + (
+                "dry-run never touches WhatsApp"
+                if settings.transport == "dry-run"
+                else "the Cloud API's account is its access token (docs/cloud-api.md)"
+            ),
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
 
     handle = configure_logging(settings)
     try:

@@ -79,6 +79,7 @@ def create_app(
     meta_webhook: MetaWebhook | None = None,
     api: HttpApi | None = None,
     console: ConsoleSource | None = None,
+    account: str | None = None,
 ) -> QuartTrio:
     app = QuartTrio("wa_trio")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # no route takes a larger body
@@ -121,7 +122,11 @@ def create_app(
             rendered[:] = [(now, metrics.exposition())]
         return Response(rendered[0][1], content_type=CONTENT_TYPE_LATEST)
 
-    login_routes(app, admin_token, redactor, lambda: (transport, "/login"))
+    def chosen() -> tuple[Transport, str] | None:
+        asked = request.args.get("account")  # another account's name is not this one's page
+        return None if asked not in (None, account) else (transport, "/login")
+
+    login_routes(app, admin_token, redactor, chosen)
 
     if meta_webhook is not None:
         _meta_routes(app, meta_webhook)

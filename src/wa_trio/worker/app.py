@@ -177,6 +177,7 @@ async def run_once(
         meta_webhook=_meta_webhook(settings, metrics, status, inbound),
         api=api,
         console=console_for(settings, transport, metrics, pipeline, monitor, run.serve_http),
+        account=settings.account_name,
     )
     eliot.log_message(
         message_type="wa_trio:start",
