@@ -22,7 +22,7 @@ import trio
 
 from wa_trio.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from wa_trio.cli.parser import parser as _parser
-from wa_trio.config.settings import ConfigError, Settings
+from wa_trio.config.settings import ConfigError, Settings, config_problems
 from wa_trio.core.envelope import ValidationError, parse_envelope
 from wa_trio.core.errors import TopologyError, WaTrioError
 from wa_trio.stores.files import StartupError
@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as error:
-        print(f"wa-trio: {error}", file=sys.stderr)
+        # check names every problem at once; other commands the first
+        for each in config_problems(os.environ) if args.command == "check" else [error]:
+            print(f"wa-trio: {each}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         if args.command in {"session", "login"}:
@@ -100,7 +102,7 @@ def _trace(settings: Settings, args: argparse.Namespace) -> int:
 
 #: each subcommand (but ``validate``, which reads no settings) and what runs it
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-    "check": lambda settings, _args: _check(settings),
+    "check": lambda settings, args: _check(settings, args.connect),
     "run": lambda settings, _args: _run(settings),
     "send": lambda settings, args: _send(settings, args),
     "session": lambda settings, args: _session(settings, args),
@@ -128,9 +130,13 @@ def one_account(settings: Settings, name: str | None) -> Settings:
     return settings.for_account(name) if settings.multi_account else settings
 
 
-def _check(settings: Settings) -> int:
+def _check(settings: Settings, connect: bool = False) -> int:
     for name, value in settings.as_redacted_dict().items():
         print(f"{name}={value}")
+    if connect:
+        from wa_trio.cli.check import connect_checks, report
+
+        return EXIT_OK if report(trio.run(connect_checks, settings)) else EXIT_CONFIG
     from wa_trio.worker.startup import load_templates
 
     count = len(load_templates(settings).templates)  # a broken template: one line, exit 2

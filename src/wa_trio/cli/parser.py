@@ -19,7 +19,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wa-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run the worker until SIGTERM/SIGINT")
-    sub.add_parser("check", help="print the effective configuration (secrets redacted)")
+    check = sub.add_parser("check", help="print the effective configuration (secrets redacted)")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also try the broker, the store, ffmpeg, templates, the Cloud API and the port",
+    )
     validate = sub.add_parser("validate", help="validate one job JSON (file or - for stdin)")
     validate.add_argument("file", help="path to a JSON file, or - to read stdin")
     send = sub.add_parser("send", help="publish one job to the configured exchange")

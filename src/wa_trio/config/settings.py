@@ -397,9 +397,28 @@ _CLOUD_REQUIRED = (
 
 
 def _require_cloud(values: dict[str, Any]) -> None:
-    for attr, env in _CLOUD_REQUIRED:
-        if not values.get(attr):
-            raise ConfigError(env, "", "a value whenever WHATSAPP_TRANSPORT=cloud-api")
+    missing = [env for attr, env in _CLOUD_REQUIRED if not values.get(attr)]
+    if missing:  # all of them in one line: four runs to find four was issue 30's complaint
+        raise ConfigError(", ".join(missing), "", "a value whenever WHATSAPP_TRANSPORT=cloud-api")
+
+
+def config_problems(environ: Mapping[str, str]) -> list[ConfigError]:
+    """Every bad value at once (``wa-trio check``), then what only the whole set can tell."""
+    problems: list[ConfigError] = []
+    for field in FIELDS:
+        raw = environ.get(field.env, field.default)
+        if raw is None:
+            continue
+        try:
+            field.parse(raw)
+        except ValueError:
+            problems.append(ConfigError(field.env, raw, field.expected))
+    if not problems:
+        try:
+            Settings.from_env(environ)
+        except ConfigError as error:
+            problems.append(error)
+    return problems
 
 
 def build_url(user: str, password: str, host: str, port: int, vhost: str) -> str:
