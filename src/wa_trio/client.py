@@ -22,13 +22,15 @@ import trio
 from wa_trio.bus.job_publisher import publish_job
 from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import parse_envelope
+from wa_trio.core.templates import TemplateSet
 
 
-def check_job(settings: Settings, body: bytes) -> None:
-    """The worker's validation of a job body, as a publisher can run it (templates and the
-    transport's own look-ups aside). Raises ValidationError."""
+def check_job(settings: Settings, body: bytes, templates: TemplateSet | None = None) -> None:
+    """The worker's validation of a job body, as a publisher can run it (the transport's own
+    look-ups aside; a template job needs the worker's ``templates``). Raises ValidationError."""
     parse_envelope(
         body,
+        templates=templates,
         content_filter=settings.content_filter,
         cloud_templates=settings.transport != "neonize",
         media_inline_max=settings.media_inline_max_bytes,

@@ -7,13 +7,11 @@ Exit codes: 0 ok; 1 a job or command failed (``validate`` of an invalid job, ``s
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -237,76 +235,9 @@ def _run(settings: Settings) -> int:
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from wa_trio.bus.job_publisher import publish_job
+    from wa_trio.cli.send import send
 
-    user_id = args.user_id or str(uuid.uuid4())
-    job: dict[str, object] = {"user_id": user_id, "destination": args.destination}
-    if args.text is not None:
-        job["text_message"] = args.text
-    if (args.media is None) != (args.kind is None):
-        print("wa-trio: --media and --kind go together", file=sys.stderr)
-        return EXIT_FAILED
-    if args.media is None and args.text is None:
-        print("wa-trio: give --text, or --media with --kind", file=sys.stderr)
-        return EXIT_FAILED
-    if args.media is not None:
-        job["media"] = _media_field(args)
-    body = json.dumps(job, ensure_ascii=False).encode()
-    if not args.no_validate:
-        from wa_trio.client import check_job
-
-        try:
-            check_job(settings, body)
-        except ValidationError as error:
-            print(f"wa-trio: job not published: {error.code}: {error.message}", file=sys.stderr)
-            return EXIT_FAILED
-    message_id = args.message_id or str(uuid.uuid4())
-    if args.wait:
-        from wa_trio.bus.job_publisher import publish_and_watch
-
-        # dry-run sends are never delivered or read: "sent" is the last event to wait for
-        final = {"sent", "failed"} if settings.transport == "dry-run" else {"read", "failed"}
-        events = trio.run(
-            functools.partial(
-                publish_and_watch,
-                settings,
-                body,
-                message_id,
-                args.wait_seconds,
-                lambda event: print(json.dumps(event), flush=True),
-                final=final,
-            )
-        )
-        sent = any(event.get("status") in {"sent", "delivered", "read"} for event in events)
-        return EXIT_OK if sent else EXIT_FAILED
-    trio.run(publish_job, settings, body, message_id)
-    print(
-        json.dumps(
-            {
-                "published": True,
-                "message_id": message_id,
-                "exchange": settings.exchange,
-                "routing_key": settings.routing_key,
-            }
-        )
-    )
-    return EXIT_OK
-
-
-def _media_field(args: argparse.Namespace) -> dict[str, str]:
-    """``--media``: a URL is passed on; a file is read and sent inline (base64)."""
-    import base64
-
-    media: dict[str, str] = {"kind": args.kind}
-    if args.media.startswith(("http://", "https://")):
-        media["url"] = args.media
-    else:
-        path = Path(args.media)
-        media["data"] = base64.b64encode(path.read_bytes()).decode()
-        media["filename"] = path.name
-    if args.filename:
-        media["filename"] = args.filename
-    return media
+    return send(settings, args)
 
 
 def _session(settings: Settings, args: argparse.Namespace) -> int:

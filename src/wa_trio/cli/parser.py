@@ -29,8 +29,16 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("file", help="path to a JSON file, or - to read stdin")
     send = sub.add_parser("send", help="publish one job to the configured exchange")
     send.add_argument(
-        "--destination", required=True, help="e.g. +5511999999999, or a group: <digits>@g.us"
+        "--destination", default=None, help="e.g. +5511999999999, or a group: <digits>@g.us"
     )
+    send.add_argument("--json", default=None, metavar="FILE|-", help="the whole job's JSON body")
+    send.add_argument("--template", default=None, help="a template's name (WHATSAPP_TEMPLATES_DIR)")
+    send.add_argument("--params", default=None, help="with --template: its variables, as JSON")
+    send.add_argument("--language", default=None, help="with --template: e.g. pt_BR")
+    send.add_argument("--send-at", default=None, help="RFC 3339 time to send at (a schedule)")
+    send.add_argument("--expires-at", default=None, help="RFC 3339 time after which not to send")
+    send.add_argument("--ttl-seconds", type=int, default=None, help="not to send after N seconds")
+    send.add_argument("--account", default=None, help="the account to send from (several)")
     send.add_argument("--text", default=None, help="message text (a media's caption)")
     send.add_argument(
         "--media", default=None, help="a file (sent inline, base64) or an http(s) URL"
