@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from urllib.parse import quote
 
 import attrs
 import trio
@@ -117,6 +118,38 @@ def relogin(settings: Settings) -> int:
         print("wa-trio: the worker connects (or logs in) again; see /login", file=sys.stderr)
         return EXIT_OK
     print(f"wa-trio: the worker answered HTTP {status}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def inbound(settings: Settings, sender: str, text: str, account: str | None) -> int:
+    """``wa-trio inbound``: POST /dry-run/inbound on the running worker (a dry-run one)."""
+    from wa_trio import http_client
+
+    token = settings.admin_token
+    if not token:
+        print("wa-trio: inbound needs WHATSAPP_ADMIN_TOKEN (the running worker's)", file=sys.stderr)
+        return EXIT_CONFIG
+    path = "/dry-run/inbound" + (f"?account={quote(account)}" if account else "")
+    body = {"from": sender, "text": text}
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def ask() -> tuple[int, str]:
+        async with http_client.client(10.0) as session:
+            answer = await http_client.call_json(
+                session, "POST", _local_url(settings, path), json_body=body, headers=headers
+            )
+        return answer.status, json.dumps(answer.payload)
+
+    try:
+        status, text_back = trio.run(ask)
+    except http_client.HttpError as error:
+        print(f"wa-trio: no worker answers at {_local_url(settings, '')}: {error.message}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    if status == 202:
+        print(text_back.strip())
+        return EXIT_OK
+    print(f"wa-trio: the worker answered HTTP {status}: {text_back.strip()[:200]}", file=sys.stderr)
     return EXIT_FAILED
 
 

@@ -86,6 +86,12 @@ def _relogin(settings: Settings, args: argparse.Namespace) -> int:
     return relogin(settings)
 
 
+def _inbound(settings: Settings, args: argparse.Namespace) -> int:
+    from wa_trio.cli.accounts import inbound
+
+    return inbound(settings, args.sender, args.text, args.account)
+
+
 def _accounts(settings: Settings, args: argparse.Namespace) -> int:
     from wa_trio.cli.accounts import accounts
 
@@ -111,6 +117,7 @@ _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "relogin": _relogin,
     "accounts": _accounts,
     "trace": _trace,
+    "inbound": _inbound,
 }
 
 

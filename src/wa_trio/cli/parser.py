@@ -105,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
         help="ask the running worker (HTTP_HOST:HTTP_PORT, WHATSAPP_ADMIN_TOKEN) to connect or "
         "log in again: after a logout, or when it stopped trying (state failed)",
     )
+    inbound = sub.add_parser(
+        "inbound",
+        help="dry-run only: have the running worker 'receive' a message (try opt-outs, replies)",
+    )
+    inbound.add_argument("--from", dest="sender", required=True, help="the sender's number")
+    inbound.add_argument("--text", required=True, help="what they wrote, e.g. STOP")
+    inbound.add_argument("--account", default=None, help="which of WHATSAPP_ACCOUNTS receives it")
     login = sub.add_parser("login", help="link the WhatsApp account (QR or pair code), then exit")
     login.add_argument("--timeout", type=float, default=300.0, help="give up after N seconds")
     login.add_argument("--account", default=None, help="which of WHATSAPP_ACCOUNTS to link")

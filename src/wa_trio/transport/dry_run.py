@@ -26,7 +26,7 @@ from wa_trio.core.media_rules import MediaPayload
 from wa_trio.log import Redactor
 from wa_trio.stores.files import open_private_append
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
-from wa_trio.transport.inbound import InboundMessage
+from wa_trio.transport.inbound import MAX_TEXT, InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.upload_cache import UploadCache
 
@@ -53,7 +53,20 @@ class DryRunTransport:
         self.sent = 0
         self.uploads: UploadCache[str] = UploadCache()
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # dry-run has none
-        self.on_inbound: Callable[[InboundMessage], None] | None = None  # nor inbound
+        self.on_inbound: Callable[[InboundMessage], None] | None = None  # simulated only
+
+    def simulate_inbound(self, sender: str, text: str) -> str:
+        """A message "received" from ``sender`` (E.164), handed on as a real one would be
+        (``wa-trio inbound``, POST /dry-run/inbound): the opt-out flow, replies that reset the
+        unanswered count and the inbound events can be tried without a phone. Its id."""
+        message_id = f"DRYIN{uuid.uuid4().hex[:16].upper()}"
+        if self.on_inbound is not None:
+            message = InboundMessage(
+                self.account, message_id, sender, time.time(), "text",
+                text=text[:MAX_TEXT], transport="dry-run",
+            )  # fmt: skip
+            self.on_inbound(message)
+        return message_id
 
     def health_problem(self) -> str | None:
         return None

@@ -17,7 +17,13 @@ from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics, accounts_exposition
 from wa_trio.transport import ConnectionState, Transport
 from wa_trio.web.api import HttpApi, api_routes
-from wa_trio.web.app import ConsumerState, contain_requests, login_routes, masked_linked
+from wa_trio.web.app import (
+    ConsumerState,
+    contain_requests,
+    dry_run_routes,
+    login_routes,
+    masked_linked,
+)
 from wa_trio.web.console import ConsoleSource, console_routes
 from wa_trio.web.console_auth import ConsoleAuth
 
@@ -84,6 +90,7 @@ def create_accounts_app(
         return None if worker is None else (worker.transport, f"/login?account={name}")
 
     login_routes(app, admin_token, redactor, chosen)
+    dry_run_routes(app, admin_token, chosen)
     if api is not None:
         api_routes(app, api)
     if console is not None:

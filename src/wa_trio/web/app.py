@@ -29,6 +29,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wa_trio.bus.monitor import BrokerMonitor
+from wa_trio.core.envelope import ValidationError, clean_destination
+from wa_trio.core.identity import person_key
 from wa_trio.log import Redactor, log_contained, mask_phone
 from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport
@@ -127,6 +129,7 @@ def create_app(
         return None if asked not in (None, account) else (transport, "/login")
 
     login_routes(app, admin_token, redactor, chosen)
+    dry_run_routes(app, admin_token, chosen)
 
     if meta_webhook is not None:
         _meta_routes(app, meta_webhook)
@@ -233,6 +236,36 @@ def login_routes(
         return Response(
             "", status=303, headers={"Location": picked[1], "Cache-Control": "no-store"}
         )
+
+
+def dry_run_routes(
+    app: QuartTrio, admin_token: str, pick: Callable[[], tuple[Transport, str] | None]
+) -> None:
+    """POST /dry-run/inbound (operator token): a message "received" by a dry-run account, as
+    ``wa-trio inbound`` sends it (docs/inbound.md). Other transports answer 404."""
+    auth = ConsoleAuth(admin_token)
+
+    @app.post("/dry-run/inbound")
+    async def simulate() -> tuple[dict[str, Any], int]:
+        if not auth.check(request.headers.get("Authorization"), request.cookies.get(COOKIE)).ok:
+            return {"error": "operator token required"}, 401
+        if not same_origin(request.headers):
+            return {"error": "cross-site request refused"}, 403
+        picked = pick()
+        simulate_inbound = getattr(picked[0], "simulate_inbound", None) if picked else None
+        if simulate_inbound is None:
+            return {"error": "no dry-run account here"}, 404
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            return {"error": 'expected {"from": "<number>", "text": "<text>"}'}, 422
+        try:
+            sender = clean_destination(person_key(str(body.get("from", ""))[:64]))
+        except ValidationError as error:
+            return {"error": f"from: {error.message}"}, 422
+        return {
+            "accepted": True,
+            "whatsapp_message_id": simulate_inbound(sender, body["text"]),
+        }, 202
 
 
 def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
