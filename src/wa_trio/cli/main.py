@@ -170,6 +170,7 @@ def _templates(settings: Settings, args: argparse.Namespace) -> int:
                         "name": template.name,
                         "language": template.language,
                         "params": sorted(template.params),
+                        "optional": sorted(template.optional),
                         "file": template.path.name,
                     }
                 )
@@ -221,9 +222,27 @@ def _validate(file: str) -> int:
     return EXIT_OK
 
 
+def _in_container() -> bool:
+    """Podman writes /run/.containerenv, Docker /.dockerenv; both set ``container`` too
+    (Podman) or Kubernetes its service variables."""
+    marks = (Path("/run/.containerenv"), Path("/.dockerenv"))
+    return any(mark.exists() for mark in marks) or bool(
+        os.environ.get("container")  # noqa: SIM112 - systemd's and Podman's own name
+        or os.environ.get("KUBERNETES_SERVICE_HOST")
+    )
+
+
 def _run(settings: Settings) -> int:
+    from wa_trio.config.describe import outside_image_defaults
     from wa_trio.log import configure_logging
     from wa_trio.run import run_worker
+
+    line, refusal = outside_image_defaults(settings, os.environ, _in_container())
+    if refusal is not None and not settings.session_path.exists():
+        print(f"wa-trio: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
 
     handle = configure_logging(settings)
     try:

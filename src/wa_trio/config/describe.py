@@ -4,6 +4,7 @@ a test checks both files carry it verbatim). Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from wa_trio.config import grammar as g
@@ -53,3 +54,44 @@ def markdown_table() -> str:
 
 
 __all__ = ["markdown_table", "shown_settings"]
+
+
+#: the Go worker's defaults that only make sense inside its image (a broker named
+#: ``rabbitmq`` on the compose network, a volume at ``/app/session``)
+_IMAGE_DEFAULTS = ("RABBITMQ_URL", "RABBITMQ_HOST", "WHATSAPP_SESSION_PATH")
+IMAGE_SESSION = "/app/session"
+
+
+def outside_image_defaults(
+    settings: Settings, environ: Mapping[str, str], in_container: bool
+) -> tuple[str | None, str | None]:
+    """(the first line a bare run outside a container prints about the image's defaults it
+    uses, a refusal when that would make ``/app`` on the host); (None, None) in a container
+    or when the environment names them. Issue 30: the defaults are kept for drop-in
+    compatibility inside the image, where they are right."""
+    if in_container:
+        return None, None
+    broker = "RABBITMQ_URL" not in environ and "RABBITMQ_HOST" not in environ
+    session = "WHATSAPP_SESSION_PATH" not in environ
+    used = []
+    if broker:
+        used.append(
+            f"broker {settings.rabbitmq_host}:{settings.rabbitmq_port} (user "
+            f"{settings.rabbitmq_user}, vhost {settings.rabbitmq_vhost})"
+        )
+    if session:
+        used.append(f"session folder {settings.session_path}")
+    line = (
+        "wa-trio: outside a container, using the image's defaults: " + "; ".join(used)
+        + " (set RABBITMQ_URL and WHATSAPP_SESSION_PATH to choose)"
+        if used
+        else None
+    )  # fmt: skip
+    refusal = None
+    if session and str(settings.session_path) == IMAGE_SESSION:
+        refusal = (
+            f"WHATSAPP_SESSION_PATH defaults to {IMAGE_SESSION}, the image's volume; outside a "
+            "container set it (for instance WHATSAPP_SESSION_PATH=./session): wa-trio does not "
+            "make /app on a host"
+        )
+    return line, refusal

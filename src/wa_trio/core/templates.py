@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from wa_trio.core.errors import WaTrioError
@@ -52,6 +52,38 @@ class Template:
     path: Path
     params: frozenset[str]  # the variables it uses
     compiled: jinja2.Template = attrs.field(repr=False, eq=False)
+    #: variables used only under an ``{% if name %}`` that tests them: optional (None when
+    #: not given), so "{% if coupon %}Use {{ coupon }}{% endif %}" needs no coupon (issue 30)
+    optional: frozenset[str] = frozenset()
+
+
+def guarded_only(parsed: nodes.Template) -> frozenset[str]:
+    """The variables every use of which is inside an ``{% if %}`` (or ``elif``) whose test
+    names them, or is that test itself."""
+    unguarded: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(node: nodes.Node, guards: frozenset[str]) -> None:
+        if isinstance(node, nodes.If):
+            names = [node.test, *node.test.find_all(nodes.Name)]  # find_all skips the test itself
+            tested = frozenset(n.name for n in names if isinstance(n, nodes.Name))
+            seen.update(tested)  # a test of the name is a guarded use
+            for child in node.body:
+                walk(child, guards | tested)
+            for branch in node.elif_:
+                walk(branch, guards)
+            for child in node.else_:
+                walk(child, guards)
+            return
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            seen.add(node.name)
+            if node.name not in guards:
+                unguarded.add(node.name)
+        for child in node.iter_child_nodes():
+            walk(child, guards)
+
+    walk(parsed, frozenset())
+    return frozenset(seen - unguarded)
 
 
 def _environment() -> SandboxedEnvironment:
@@ -98,12 +130,14 @@ class TemplateSet:
             except OSError as error:
                 raise TemplateError(f"{path}: {error.strerror}") from None
             key = (match["name"], match["lang"])
+            params = frozenset(meta.find_undeclared_variables(parsed))
             found[key] = Template(
                 match["name"],
                 match["lang"],
                 path,
-                frozenset(meta.find_undeclared_variables(parsed)),
+                params,
                 compiled,
+                guarded_only(parsed) & params,
             )
         return cls(found)
 
@@ -142,7 +176,7 @@ class TemplateSet:
                     "characters) or a number",
                     code="template_params_invalid",
                 )
-        missing = sorted(template.params - params.keys())
+        missing = sorted(template.params - template.optional - params.keys())
         extra = sorted(params.keys() - template.params)
         if missing or extra:
             detail = "; ".join(
@@ -157,7 +191,8 @@ class TemplateSet:
             )
             raise TemplateProblem(f"template {name!r}: {detail}", code="template_params_invalid")
         try:
-            return template.compiled.render(**params)
+            unset = dict.fromkeys(template.optional - params.keys())  # None: the if is false
+            return template.compiled.render(**unset, **params)
         except Exception as error:  # noqa: BLE001 - any failure of a render is the params'
             # undefined attribute, sandbox refusal, and the everyday ones: a filter given the
             # wrong type ("%.2f"|format("12.50"), |round on a string), a division by zero,

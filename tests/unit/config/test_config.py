@@ -148,3 +148,26 @@ def test_no_secret_in_the_repr_of_the_settings() -> None:
     assert "store-pw-5" not in shown and "admin-token-6" not in shown
     assert "hook:***@example.com" in shown  # redacted, still recognisable
     assert {"RABBITMQ_PASSWORD", "WHATSAPP_STATUS_WEBHOOK_URL"} <= SECRET_VARS
+
+
+def test_a_bare_run_outside_a_container_says_which_image_defaults_it_uses() -> None:
+    """Issue 30: host `rabbitmq`, user `woragis`, /app/session are the image's; outside it a
+    bare run names them in its first line and never makes /app on the host."""
+    from wa_trio.config.describe import outside_image_defaults
+
+    bare = Settings.from_env({})
+    line, refusal = outside_image_defaults(bare, {}, in_container=False)
+    assert line is not None and "broker rabbitmq:5672 (user woragis, vhost woragis)" in line
+    assert "session folder /app/session" in line
+    assert refusal is not None and "does not make /app" in refusal
+    assert outside_image_defaults(bare, {}, in_container=True) == (None, None)
+    chosen = {"RABBITMQ_URL": "amqp://guest:guest@localhost:5672/", "WHATSAPP_SESSION_PATH": "s"}
+    assert outside_image_defaults(Settings.from_env(chosen), chosen, in_container=False) == (
+        None,
+        None,
+    )
+    only_broker = {"WHATSAPP_SESSION_PATH": "./session"}
+    line, refusal = outside_image_defaults(
+        Settings.from_env(only_broker), only_broker, in_container=False
+    )
+    assert line is not None and "session folder" not in line and refusal is None

@@ -151,3 +151,33 @@ def test_the_published_job_schema_agrees_with_the_worker(folder: Path) -> None:
         pass
     else:
         raise AssertionError("the schema accepted text_message and template together")
+
+
+@pytest.mark.parametrize(
+    ("source", "optional"),
+    [
+        ("{% if coupon %}Use {{ coupon }}.{% endif %}Hi {{ name }}", {"coupon"}),
+        ("{% if vip %}Hi {{ name }}{% endif %}", {"vip"}),  # name not tested: required
+        ("{% if a %}{{ a }}{% elif b %}{{ b }}{% else %}{{ c }}{% endif %}", {"a", "b"}),
+        ("{{ coupon }}{% if coupon %}!{% endif %}", set()),  # used outside the if too
+        ("{% if a %}{% if b %}{{ a }}{{ b }}{% endif %}{% endif %}", {"a", "b"}),
+        ("{% for x in items %}{{ x }}{% endfor %}", set()),
+    ],
+)
+def test_variables_used_only_under_an_if_that_tests_them_are_optional(
+    tmp_path: Path, source: str, optional: set[str]
+) -> None:
+    (tmp_path / "t.txt").write_text(source)
+    assert set(TemplateSet.load(tmp_path).pick("t", None).optional) == optional
+
+
+def test_an_optional_variable_may_be_left_out(tmp_path: Path) -> None:
+    """Issue 30: a template that mentions a variable only inside ``{% if %}`` required it."""
+    (tmp_path / "greet.txt").write_text(
+        "Hi {{ name }}.{% if coupon %} Use {{ coupon }}.{% endif %}"
+    )
+    templates = TemplateSet.load(tmp_path)
+    assert templates.render("greet", {"name": "Ana"}) == "Hi Ana."
+    assert templates.render("greet", {"name": "Ana", "coupon": "X1"}) == "Hi Ana. Use X1."
+    with pytest.raises(TemplateProblem, match="missing name"):
+        templates.render("greet", {"coupon": "X1"})
