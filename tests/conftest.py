@@ -144,6 +144,18 @@ async def failing_topology(make_env: Callable[..., dict[str, str]]) -> AsyncIter
     await delete_topology(settings)  # the retry and wait queues too
 
 
+@pytest.fixture(autouse=True)
+def _fresh_store_connects() -> Iterator[None]:
+    """The process-wide budget of neonize connects on a PostgreSQL store
+    (``transport/neonize/store_connects.py``) is a production process's: each test starts with
+    a fresh one, as a process would."""
+    from wa_trio.transport.neonize.store_connects import STORE_CONNECTS
+
+    STORE_CONNECTS.limit, STORE_CONNECTS.made = None, 0
+    yield
+    STORE_CONNECTS.limit, STORE_CONNECTS.made = None, 0
+
+
 #: the ``delete_after`` fixture's type: ``delete_after(settings, extra_queues=())`` -> settings
 DeleteAfter = Callable[..., Settings]
 

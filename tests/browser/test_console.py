@@ -185,8 +185,10 @@ async def _pages(settings: Settings, accounts: Accounts, browser: Browser) -> No
     html = await _in_thread(browser.click, "button.remove")
     assert "removed from the list" in html
     await wait_for(
-        lambda: not any(
-            person_key(NUMBER) in worker.safety._optouts for worker in accounts.workers.values()
+        lambda: (
+            not any(
+                person_key(NUMBER) in worker.safety._optouts for worker in accounts.workers.values()
+            )
         ),
         what="every account sees the opt-out gone",
     )

@@ -188,7 +188,9 @@ async def drain_queue_until(settings: Settings, count: int) -> list[Any]:
 async def test_login_and_import_are_refused_while_a_replica_holds_the_account(
     pg_store: str, make_env: Callable[..., dict[str, str]], tmp_path: Any
 ) -> None:
-    env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_ACCOUNTS="sales,support")
+    env = make_env(
+        WHATSAPP_STORE=pg_store, WHATSAPP_ACCOUNTS="sales,support", WHATSAPP_TRANSPORT="neonize"
+    )  # login links a neonize device (dry-run links none: refused first, issue 30)
     await trio.to_thread.run_sync(migrate, pg_store)
     holder = LeaseConnection(pg_store, "sales")
     assert holder.try_take() is not None

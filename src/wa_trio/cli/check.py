@@ -41,14 +41,15 @@ async def _broker(settings: Settings) -> Line:
 
 
 def _store(settings: Settings) -> Line | None:
-    if settings.store is None:
+    store = stores.postgres(settings)
+    if store is None:
         return None
     try:
         url = stores.session_database(settings)
     except WaTrioError as error:
         return "problem", f"store: {error.message}"
     mode = "sslmode=" + url.split("sslmode=")[1].split("&")[0] if "sslmode=" in url else "?"
-    return "ok", f"store {redact_url(settings.store)}: reachable; neonize gets {mode}"
+    return "ok", f"store {redact_url(store)}: reachable; neonize gets {mode}"
 
 
 def _media(settings: Settings, which: Callable[[str], str | None] = shutil.which) -> Line | None:

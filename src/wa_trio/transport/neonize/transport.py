@@ -263,7 +263,8 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             if self._client is None:
                 self._client = await trio.to_thread.run_sync(self.client_factory, database)
                 self.register_handlers(self._client)
-            self.store_connects.take()  # PostgreSQL: one backend held per connect (library.py)
+            if stores.postgres(self.settings):  # one backend held per connect (store_connects)
+                self.store_connects.take()
             self.apply(Signal("connecting"))
             self._reached = False
             self.connect_attempts += 1
