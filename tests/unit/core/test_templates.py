@@ -115,7 +115,8 @@ def test_cli_lists_renders_and_checks(
     monkeypatch.setenv("WHATSAPP_TEMPLATES_DIR", str(folder))
     assert main(["templates", "list"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {"name": "otp", "language": None, "params": ["code"], "file": "otp.txt"} in listed
+    otp = {"name": "otp", "language": None, "params": ["code"], "optional": [], "file": "otp.txt"}
+    assert otp in listed
     assert main(["templates", "render", "otp", "--params", '{"code": "9"}']) == 0
     assert capsys.readouterr().out == "Your code is 9\n"
     assert main(["templates", "render", "otp", "--params", "{}"]) == 1

@@ -263,8 +263,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             if self._client is None:
                 self._client = await trio.to_thread.run_sync(self.client_factory, database)
                 self.register_handlers(self._client)
-            if stores.postgres(self.settings):  # one backend held per connect (store_connects)
-                self.store_connects.take()
+            self.store_connects.take()  # PostgreSQL: bounded (store_connects); files: counted
             self.apply(Signal("connecting"))
             self._reached = False
             self.connect_attempts += 1
