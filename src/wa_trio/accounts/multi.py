@@ -24,7 +24,7 @@ from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import WhatsAppEnvelope, parse_envelope
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
-from wa_trio.stores.files import StartupError
+from wa_trio.stores.files import StartupError, write_http_address
 from wa_trio.transport import Transport
 from wa_trio.web.accounts_app import create_accounts_app
 from wa_trio.web.api import build_api
@@ -125,6 +125,7 @@ async def run_accounts(
                     f"cannot listen on {settings.http_host}:{settings.http_port} (HTTP_HOST, "
                     f"HTTP_PORT): {group.exceptions[0]}"
                 ) from None
+            write_http_address(settings.session_path, reachable(urls[0]))
             if handle_signals:
                 print(f"wa-trio: HTTP listening on {', '.join(urls)}", file=sys.stderr, flush=True)
                 root.start_soon(watch_signals, stop)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from urllib.parse import quote
 
 import attrs
@@ -81,10 +82,13 @@ async def _local_health(settings: Settings) -> dict[str, tuple[str | None, str |
     """account -> (state, masked linked number) from the local worker's /healthz; {} when no
     worker answers there."""
     from wa_trio import http_client
+    from wa_trio.stores.files import read_http_address
 
+    # the address the running worker left in its session folder, else HTTP_HOST:HTTP_PORT
+    base = read_http_address(settings.session_path) or _local_url(settings, "")
     try:
         async with http_client.client(5.0) as session:
-            answer = await http_client.call_json(session, "GET", _local_url(settings, "/healthz"))
+            answer = await http_client.call_json(session, "GET", base + "/healthz")
     except http_client.HttpError:
         return {}
     body = answer.payload if isinstance(answer.payload, dict) else {}
@@ -174,7 +178,7 @@ def accounts(settings: Settings, *, as_json: bool = False) -> int:
     return EXIT_OK
 
 
-def _rows_from_store(settings: Settings) -> list[dict[str, str | None]]:
+def _rows_from_store(settings: Settings) -> list[dict[str, Any]]:
     import time
 
     from wa_trio.stores.postgres import lease_table, migrate
@@ -182,7 +186,7 @@ def _rows_from_store(settings: Settings) -> list[dict[str, str | None]]:
     assert settings.store is not None
     migrate(settings.store)
     known = {row.account: row for row in lease_table(settings.store)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in sorted(set(settings.accounts) | set(known)):
         row = known.get(name)
         if row is None:
@@ -201,7 +205,7 @@ def _rows_from_store(settings: Settings) -> list[dict[str, str | None]]:
                 "state": state,
                 "linked": row.linked,
                 "holder": holder,
-                "heartbeat_age_s": None if seen is None else str(seen),
+                "heartbeat_age_s": seen,  # a number (seconds), or None
             }
         )
     return rows

@@ -139,3 +139,29 @@ def try_lock_session(path: Path) -> IO[bytes] | None:
         return None
     os.chmod(path / ".lock", 0o600)
     return handle
+
+
+#: where a running worker leaves the address of its HTTP server, in its session folder (the
+#: process's root with several accounts), so ``wa-trio accounts`` finds it without being told
+#: HTTP_HOST and HTTP_PORT again
+HTTP_ADDRESS_FILE = ".http"
+
+
+def write_http_address(folder: Path, url: str) -> None:
+    """Record the worker's HTTP address (0600; replaced atomically)."""
+    target = folder / HTTP_ADDRESS_FILE
+    temporary = folder / f"{HTTP_ADDRESS_FILE}.new"
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(url + "\n")
+    temporary.replace(target)
+
+
+def read_http_address(folder: Path) -> str | None:
+    try:
+        text = (folder / HTTP_ADDRESS_FILE).read_text().strip()
+    except OSError:
+        return None
+    return text if text.startswith(("http://", "https://")) else None

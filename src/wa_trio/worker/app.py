@@ -43,9 +43,7 @@ from wa_trio.media.cache import MediaCache
 from wa_trio.media.fetch import MediaFetcher
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline.consumer import Pipeline
-from wa_trio.stores.files import (
-    StartupError,
-)
+from wa_trio.stores.files import StartupError, write_http_address
 from wa_trio.stores.ledger import AsyncLedger, LedgerError
 from wa_trio.transport import Transport
 from wa_trio.transport.cloud_api.webhook import MetaWebhook
@@ -313,6 +311,7 @@ async def _supervise(
         if serve_http:
             urls = await nursery.start(http_task)
             eliot.log_message(message_type="wa_trio:http:listening", urls=urls)
+            write_http_address(settings.session_path, reachable(urls[0]))
         else:
             http_done.set()
         if handle_signals:  # a person started it: say where to look
