@@ -41,6 +41,12 @@ class FakeGraph:
         self.checks = 0
         self.uploads: list[dict[str, Any]] = []
         self.problems: list[str] = []  # requests a real Graph API would refuse
+        #: the number's throughput as Meta enforces it: more sends than this in any second
+        #: answer 130429 (None: not enforced); ``level`` is what the number node says
+        self.throughput: int | None = None
+        self.level: str | None = None
+        self.over_throughput = 0
+        self._recent: list[float] = []
         self.app = QuartTrio("fake-graph")
         self.port = 0
 
@@ -50,10 +56,10 @@ class FakeGraph:
             problem = self._auth_problem(number_id)
             if problem:
                 return problem
-            return await self._answer(
-                self.number_answer,
-                {"display_phone_number": "+1 555-010-0000", "id": NUMBER_ID},
-            )
+            node: dict[str, Any] = {"display_phone_number": "+1 555-010-0000", "id": NUMBER_ID}
+            if self.level is not None:
+                node["throughput"] = {"level": self.level}
+            return await self._answer(self.number_answer, node)
 
         @self.app.post(f"/{VERSION}/<number_id>/media")
         async def media(number_id: str) -> Any:
@@ -82,6 +88,9 @@ class FakeGraph:
             if shape:
                 self.problems.append(shape)
                 return _error_body(400, 100, shape)
+            if self._over_throughput():
+                self.over_throughput += 1
+                return _error_body(400, 130429, "rate limit hit")
             self.sends.append(body)
             answer = self.answers.pop(0) if self.answers else Answer()
             wamid = f"wamid.{len(self.sends)}"
@@ -94,6 +103,17 @@ class FakeGraph:
             if answer.status == 200:
                 self.accepted.append(wamid)
             return result
+
+    def _over_throughput(self) -> bool:
+        """Meta's rule: at most ``throughput`` messages in any one-second window."""
+        if self.throughput is None:
+            return False
+        now = trio.current_time()
+        self._recent = [t for t in self._recent if now - t < 1.0]
+        if len(self._recent) >= self.throughput:
+            return True
+        self._recent.append(now)
+        return False
 
     def _auth_problem(self, number_id: str) -> Any:
         if number_id != NUMBER_ID:

@@ -62,7 +62,7 @@ class AccountSafety:
         self._version = (store.data_version(), self.optout_store.data_version())
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
-        self._new_optouts: list[str] = []
+        self._new_optouts: list[tuple[str, str]] = []  # (number, source)
         self.reachout_until = 0.0
         self._answers_in, self._answers_out = trio.open_memory_channel[str](1000)
         metrics.unanswered_limit.set(settings.unanswered_limit or 0)
@@ -95,7 +95,10 @@ class AccountSafety:
         self._counts[number] = self._counts.get(number, 0) + 1
         self._sent[number] = self._sent.get(number, 0) + 1
 
-    def after_failure(self, code: str) -> None:
+    def after_failure(self, code: str, number: str | None = None) -> None:
+        if code == "opted_out" and number is not None:  # Meta's 131050: they stopped marketing
+            self._opt_out(person_key(number), "cloud:131050")
+            return
         if code == "reachout_timelocked":
             until = self._clock() + self.settings.reachout_pause
             if until > self.reachout_until + 60:
@@ -115,15 +118,21 @@ class AccountSafety:
         sender = person_key(message.sender)
         self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
         self._replies[sender] = message.timestamp or self._clock()
-        if is_optout(message.text, self._keywords) and sender not in self._optouts:
-            self._optouts.add(sender)
-            self._new_optouts.append(sender)
-            self.metrics.optouts.inc()
-            eliot.log_message(
-                message_type="wa_trio:safety:opted_out",
-                number=self.redactor.phone(sender),
-                source="inbound",
-            )
+        if is_optout(message.text, self._keywords):
+            self._opt_out(sender, "inbound")
+
+    def _opt_out(self, number: str, source: str) -> None:
+        """Onto the list (written at the next flush, with where it came from)."""
+        if number in self._optouts:
+            return
+        self._optouts.add(number)
+        self._new_optouts.append((number, source))
+        self.metrics.optouts.inc()
+        eliot.log_message(
+            message_type="wa_trio:safety:opted_out",
+            number=self.redactor.phone(number),
+            source=source,
+        )
 
     # ------------------------------------------------------------------ the task
 
@@ -149,8 +158,8 @@ class AccountSafety:
         def write() -> tuple[int, int]:
             if sent or replies:
                 self.store.record(sent, replies, self._clock())
-            for number in new:
-                self.optout_store.add_optout(number, f"inbound:{self.settings.account_name}")
+            for number, source in new:
+                self.optout_store.add_optout(number, f"{source}:{self.settings.account_name}")
             return self.store.data_version(), self.optout_store.data_version()
 
         try:
@@ -165,8 +174,9 @@ class AccountSafety:
             )
             return
         if self.settings.optout_reply:
-            for number in new:
-                self._answers_in.send_nowait(number)
+            for number, source in new:
+                if source == "inbound":  # a STOP is answered once; Meta's 131050 is not ours to
+                    self._answers_in.send_nowait(number)
         if version != self._version:  # another connection (the CLI, an account) changed them
             self._version = version
             snapshot = await trio.to_thread.run_sync(self.store.snapshot)

@@ -218,7 +218,7 @@ async def test_permanent_meta_errors_are_dead_lettered_with_our_codes(
 async def test_rate_limits_and_5xx_are_retried_through_the_ladder_then_sent(
     make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
 ) -> None:
-    answers = [Answer(400, 130429), Answer(503, 2), Answer(500, 131000)]
+    answers = [Answer(400, 80007), Answer(503, 2), Answer(500, 131000)]  # 130429: in place
     graph, settings, worker = await _start(
         nursery, make_env, start_worker, answers, WHATSAPP_RETRY_DELAYS="1s,1s,1s"
     )

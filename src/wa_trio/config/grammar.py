@@ -259,6 +259,15 @@ def optional_count(value: str) -> int | None:
     return positive_int(value)
 
 
+def optional_mps(value: str) -> int | None:
+    if not value.strip():
+        return None
+    count = positive_int(value)
+    if count > 10_000:
+        raise ValueError
+    return count
+
+
 def optional_phone(value: str) -> str | None:
     if not value:
         return None

@@ -125,6 +125,9 @@ class Settings:
     cloud_verify_token: str | None = _setting("WHATSAPP_CLOUD_VERIFY_TOKEN", "",
         "a token without spaces (or empty)", g.optional_secret,
         "cloud-api: the webhook subscription's verify token (required with cloud-api).")
+    cloud_mps: int | None = _setting("WHATSAPP_CLOUD_MPS", "", "an integer >= 1 (or empty)",
+        g.optional_mps, "cloud-api: messages a second for the number (empty: its tier, read "
+        "from Meta: 80, or 1000 once upgraded; 20 for a number shared with the Business app).")
     dry_run_file: Path | None = _setting("WHATSAPP_DRY_RUN_FILE", "",
         "a file path (or empty)", g.optional_path,
         "dry-run only: append one JSON line per would-be send to this file.")

@@ -309,7 +309,7 @@ class JobHandler:
         except SendError as error:
             batch.begun.discard(job.tag)
             if self.safety is not None:
-                self.safety.after_failure(error.code)
+                self.safety.after_failure(error.code, message.destination)
             hand.known.send_error = error
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)

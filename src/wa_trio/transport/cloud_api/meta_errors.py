@@ -59,6 +59,12 @@ TABLE: Mapping[int, Rule] = {
     ),
     131026: Rule("undeliverable", False, False, "the recipient cannot receive this message"),
     131049: Rule("undeliverable", False, False, "Meta chose not to deliver (per-user limits)"),
+    131050: Rule(
+        "opted_out",
+        False,
+        False,
+        "the user stopped marketing messages from this business: opted out, never retried",
+    ),
     131021: Rule("invalid_parameter", False, False, "the recipient is the sender"),
     131030: Rule("undeliverable", False, False, "the recipient is not in the test allow-list"),
     100: Rule("invalid_parameter", False, False, "an invalid parameter"),

@@ -27,8 +27,10 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config.settings import Settings
+from wa_trio.core.cloud_limits import backoff_for, bucket_for, mps_for, tier_level
 from wa_trio.core.errors import NotConnectedError, SendError
 from wa_trio.core.media_rules import MediaPayload
+from wa_trio.core.pacing import Pacer
 from wa_trio.core.retry import Backoff
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, LoginStatus, OutgoingMessage, SendResult
@@ -38,6 +40,8 @@ from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.upload_cache import UploadCache
 
+RATE_ATTEMPTS = 6  # a send tries this often through 130429 before the job's retry ladder
+THROUGHPUT_CODE = 130429
 REQUEST_TIMEOUT = 20.0  # seconds per request (connect, write, read): Meta answers in ~1 s
 STOPPED_RECHECK = 60.0  # seconds between checks of a stopped account
 
@@ -70,6 +74,11 @@ class CloudApiTransport:
         self._problem: str | None = None
         self._linked_as: str | None = None
         self.sent = 0
+        self.throttled = 0  # 130429 answers (the number over its throughput), backed off
+        self._mps_override = settings.cloud_mps
+        self.mps = mps_for(None, self._mps_override)
+        self._pacer = _bucket(self.mps)
+        self._paused_until = 0.0  # trio time: the number backs off after a 130429
         self.uploads: UploadCache[str] = UploadCache(ttl=29 * 86400.0)
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # set by the app
         #: inbound messages arrive by webhook (``meta_webhook``), which the app wires directly
@@ -120,7 +129,7 @@ class CloudApiTransport:
                 "GET",
                 f"{self._base}/{self._number_id}",
                 headers=self._auth,
-                params={"fields": "display_phone_number,verified_name,quality_rating"},
+                params={"fields": "display_phone_number,verified_name,quality_rating,throughput"},
             )
         except http_client.HttpError as error:
             self._set(ConnectionState.DISCONNECTED, None, f"Meta unreachable ({error.message})")
@@ -135,6 +144,7 @@ class CloudApiTransport:
             if isinstance(shown, str):
                 digits = re.sub(r"\D", "", shown)[:15]
                 self._linked_as = f"+{digits}" if digits else None
+            self._pace_at(mps_for(tier_level(answer.payload), self._mps_override))
             self._set(ConnectionState.CONNECTED, None, "the number answers")
             return float("inf")
         failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
@@ -194,18 +204,42 @@ class CloudApiTransport:
                 transient=False,
             )
         media_id = await self._upload(message.media) if message.media is not None else None
-        answer = await self._call(
-            "POST",
-            f"{self._base}/{self._number_id}/messages",
-            json_body=messages.message_body(message, media_id),
-        )
-        if 200 <= answer.status < 300:
-            found = messages.message_id(answer.payload)
-            if found is None:
-                eliot.log_message(message_type="wa_trio:cloud_api:no_message_id")
-            self.sent += 1
-            return SendResult(message_id=found or "", timestamp=time.time())
+        body = messages.message_body(message, media_id)
+        for attempt in range(RATE_ATTEMPTS):
+            await self._paced()
+            answer = await self._call("POST", f"{self._base}/{self._number_id}/messages",
+                                      json_body=body)  # fmt: skip
+            if 200 <= answer.status < 300:
+                found = messages.message_id(answer.payload)
+                if found is None:
+                    eliot.log_message(message_type="wa_trio:cloud_api:no_message_id")
+                self.sent += 1
+                return SendResult(message_id=found or "", timestamp=time.time())
+            failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
+            if failure.meta_code != THROUGHPUT_CODE or attempt + 1 == RATE_ATTEMPTS:
+                break
+            # the number is over its throughput: it backs off (every send waits), the job
+            # keeps its place and its retries (Meta took nothing)
+            self.throttled += 1
+            wait = backoff_for(attempt, failure.retry_after)
+            self._paused_until = max(self._paused_until, trio.current_time() + wait)
+            eliot.log_message(message_type="wa_trio:cloud_api:throttled", wait=round(wait, 3))
         raise self._failure(answer)
+
+    def _pace_at(self, mps: int) -> None:
+        if mps != self.mps:
+            self.mps = mps
+            self._pacer = _bucket(mps)
+            eliot.log_message(message_type="wa_trio:cloud_api:throughput", mps=mps)
+
+    async def _paced(self) -> None:
+        """Wait for the number's turn: its throughput (a token bucket at ``mps``), and the end
+        of a 130429 back-off."""
+        now = trio.current_time()
+        start = max(now, self._paused_until)
+        wait = (start - now) + self._pacer.reserve(start, "")
+        if wait > 0:
+            await trio.sleep(wait)
 
     async def _upload(self, media: MediaPayload) -> str:
         """The media's id at Meta: uploaded once per content (``UploadCache``, 29 days: Meta
@@ -257,6 +291,11 @@ class CloudApiTransport:
             raise SendError(
                 f"the Cloud API cannot be reached ({error.message})", code="cloud_api_unavailable"
             ) from None
+
+
+def _bucket(mps: int) -> Pacer:
+    rate, burst = bucket_for(mps)
+    return Pacer(rate=rate, burst=burst)
 
 
 __all__ = ["REQUEST_TIMEOUT", "STOPPED_RECHECK", "CloudApiTransport"]
