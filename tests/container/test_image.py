@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -84,18 +85,36 @@ class Podman:
         return result.stdout
 
 
+def _checkout(target: Path) -> Path:
+    """The project's tracked files, as a user's clone has them (the build context)."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
 @pytest.fixture(scope="module")
-def image() -> Iterator[tuple[Podman, str]]:
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Podman, str]]:
     if not SHARED.exists():  # our machines set Podman up with it; elsewhere the machine's own
         require_tool("podman", how="apt install podman")
     podman = Podman()
     tag = f"localhost/wa-trio:test-{uuid.uuid4().hex[:8]}"
-    # built the way the docs tell users to, twice, as a user rebuilding does: the second build
-    # reuses every cached layer (a bind mount from a cached build stage once came up empty)
-    for _ in range(2):
+    context = _checkout(tmp_path_factory.mktemp("context"))
+    # built the way the docs tell users to, twice, as a user rebuilding does, with a change in
+    # between outside the build stage: the second build reuses every cached layer of it (a bind
+    # mount from a cached build stage once came up empty: "No matching distribution", issue 30)
+    for build in range(2):
+        if build:
+            with (context / "docs" / "operations.md").open("a") as docs:
+                docs.write("\n<!-- edited between two builds -->\n")
         podman(
             "build", *podman.build_flags, "--format", "docker", "-t", tag, "-f",
-            str(ROOT / "Containerfile"), str(ROOT), timeout=1800,
+            str(context / "Containerfile"), str(context), timeout=1800,
         )  # fmt: skip
     try:
         yield podman, tag
