@@ -68,11 +68,13 @@ def declarations(settings: Settings) -> list[Declaration]:
             "queue",
             settings.queue_name,
             _named(settings, "queue", settings.queue_name, "WHATSAPP_QUEUE_NAME"),
+            arguments=queue_arguments(settings, "jobs"),
         ),
         Declaration(
             "queue",
             settings.dlq_name,
             _named(settings, "queue", settings.dlq_name, "WHATSAPP_DLQ_NAME"),
+            arguments=queue_arguments(settings, "dead letters"),
         ),
     ]
     return main
@@ -95,8 +97,31 @@ def _delay_queue(settings: Settings, name: str, delay: float) -> Declaration:
             "x-message-ttl": round(delay * 1000),
             "x-dead-letter-exchange": settings.exchange,
             "x-dead-letter-routing-key": settings.routing_key,
+            **(queue_arguments(settings, "delay") or {}),
         },
     )
+
+
+#: quorum queues: a job delivered this often without an ack goes to the DLQ (a poison message
+#: the ledger's crash-loop rule did not end first; a held job returned on each reconnect of a
+#: long outage counts too, hence far above RabbitMQ 4's default of 20)
+DELIVERY_LIMIT = 200
+
+
+def queue_arguments(settings: Settings, role: str) -> dict[str, Any] | None:
+    """The arguments WHATSAPP_QUEUE_TYPE adds to a queue (None: classic, as the Go worker's).
+
+    Quorum: the type; the job queue dead-letters to the DLX past ``DELIVERY_LIMIT``; a delay
+    queue dead-letters back at least once (RabbitMQ 3.10+: needs ``reject-publish``), so a job
+    whose time came is never lost between the two queues."""
+    if settings.queue_type != "quorum":
+        return None
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if role == "jobs":
+        arguments |= {"x-delivery-limit": DELIVERY_LIMIT, "x-dead-letter-exchange": settings.dlx}
+    if role == "delay":
+        arguments |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    return arguments
 
 
 _INEQUIVALENT = re.compile(
@@ -109,9 +134,22 @@ def mismatch(reply: str, declared: Declaration) -> TopologyError:
     """The one line for a 406 on ``declared``: which argument differs, and the fix."""
     match = _INEQUIVALENT.search(reply)
     differs = f"argument {match['arg']!r} differs ({match['detail']})" if match else reply
+    fix = declared.fix
+    other_type = match is not None and (
+        match["arg"] == "x-queue-type"
+        # a quorum declaration meets a classic queue: RabbitMQ names the first argument the
+        # classic one lacks, not the type
+        or ("x-queue-type" in (declared.arguments or {}) and "current is none" in match["detail"])
+    )
+    if other_type:
+        fix = (
+            "a queue cannot change type. Drain it (stop the publishers, let the worker empty "
+            "it, then delete it) or shovel its jobs to a queue of the new type, or set "
+            "WHATSAPP_QUEUE_TYPE back to the queue's type"
+        )
     return TopologyError(
         f"the broker refused {declared.kind} {declared.name!r}: it already exists with other "
-        f"settings: {differs}. Fix: {declared.fix}"
+        f"settings: {differs}. Fix: {fix}"
     )
 
 

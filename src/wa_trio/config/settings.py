@@ -92,6 +92,9 @@ class Settings:
     exchange_type: str = _setting("WHATSAPP_EXCHANGE_TYPE", "topic",
         "direct, topic, fanout or headers", g.choice("direct", "topic", "fanout", "headers"),
         "Type of WHATSAPP_EXCHANGE.")
+    queue_type: str = _setting("WHATSAPP_QUEUE_TYPE", "classic", "classic or quorum",
+        g.choice("classic", "quorum"), "Type of every queue wa-trio declares; quorum for a "
+        "RabbitMQ cluster (replicated; a delivery limit; docs/scaling.md).")
     prefetch_count: int = _setting("WHATSAPP_PREFETCH_COUNT", "1",
         "an integer from 1 to 65535", g.prefetch,
         "Unacknowledged jobs the broker may hand the worker at once.")
