@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from tests.conftest import StartWorker
@@ -14,6 +15,7 @@ from tests.fake_graph import NUMBER_ID, TOKEN, Answer, FakeGraph
 from tests.helpers import delete_topology, error_code, job_body, publish_many, stop_worker, wait_for
 from tests.helpers import drain_queue as _drain
 from wa_trio.config.settings import Settings
+from wa_trio.core.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, OutgoingMessage
 from wa_trio.transport.cloud_api import CloudApiTransport
@@ -108,3 +110,22 @@ async def test_131050_opts_the_person_out_and_the_next_job_makes_no_request(
         with trio.move_on_after(15):
             await stop_worker(worker)
         await delete_topology(settings)
+
+
+async def test_131056_rests_that_recipient_only(
+    make_env: Callable[..., dict[str, str]], nursery: trio.Nursery
+) -> None:
+    graph = FakeGraph([Answer(status=400, meta_code=131056)])
+    await nursery.start(graph.serve)
+    transport = CloudApiTransport(_settings(make_env, graph), Redactor(True))
+    await nursery.start(transport.run)
+    await wait_for(lambda: transport.state is ConnectionState.CONNECTED, what="connected")
+    busy = OutgoingMessage("+5511999990001", "hi", UID, "k1")
+    with pytest.raises(SendError) as first:
+        await transport.send(busy)
+    assert first.value.transient and (first.value.retry_after or 0) >= 6.0
+    with pytest.raises(SendError) as again:  # within the rest: back to its ladder, no request
+        await transport.send(OutgoingMessage("+5511999990001", "hi", UID, "k2"))
+    assert again.value.code == "cloud_rate_limited" and len(graph.sends) == 1
+    other = await transport.send(OutgoingMessage("+5511999990002", "hi", UID, "k3"))
+    assert other.message_id == "wamid.2"  # another recipient is not held up

@@ -47,6 +47,12 @@ def bucket_for(mps: int) -> tuple[float, int]:
     return max(min(mps * PACE_SHARE, mps - 1.0), mps / 2), 1
 
 
+def window_limit(mps: int) -> int:
+    """Sends that may start in any one second: the level, less the share kept as margin for
+    the time a request takes to reach Meta (at least one)."""
+    return max(1, int(mps * PACE_SHARE))
+
+
 def backoff_for(attempt: int, retry_after: float | None) -> float:
     """Seconds the number waits after its ``attempt``-th 130429 in a row (0-based)."""
     if retry_after is not None and retry_after > 0:
@@ -62,4 +68,5 @@ __all__ = [
     "bucket_for",
     "mps_for",
     "tier_level",
+    "window_limit",
 ]

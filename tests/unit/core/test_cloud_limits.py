@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wa_trio.core.cloud_limits import backoff_for, bucket_for, mps_for, tier_level
+from wa_trio.core.cloud_limits import backoff_for, bucket_for, mps_for, tier_level, window_limit
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,8 @@ def test_the_bucket_never_lets_more_than_the_level_into_one_second(mps: int) -> 
 )
 def test_the_back_off_after_130429(attempt: int, retry_after: float | None, wait: float) -> None:
     assert backoff_for(attempt, retry_after) == wait
+
+
+@pytest.mark.parametrize(("mps", "limit"), [(1, 1), (20, 19), (80, 77), (1000, 970)])
+def test_the_sends_that_may_start_in_one_second(mps: int, limit: int) -> None:
+    assert window_limit(mps) == limit

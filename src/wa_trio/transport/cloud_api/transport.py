@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,14 @@ import trio
 
 from wa_trio import http_client
 from wa_trio.config.settings import Settings
-from wa_trio.core.cloud_limits import backoff_for, bucket_for, mps_for, tier_level
+from wa_trio.core.cloud_limits import (
+    PAIR_PAUSE,
+    backoff_for,
+    bucket_for,
+    mps_for,
+    tier_level,
+    window_limit,
+)
 from wa_trio.core.errors import NotConnectedError, SendError
 from wa_trio.core.media_rules import MediaPayload
 from wa_trio.core.pacing import Pacer
@@ -42,6 +50,7 @@ from wa_trio.transport.upload_cache import UploadCache
 
 RATE_ATTEMPTS = 6  # a send tries this often through 130429 before the job's retry ladder
 THROUGHPUT_CODE = 130429
+PAIR_RATE_CODE = 131056
 REQUEST_TIMEOUT = 20.0  # seconds per request (connect, write, read): Meta answers in ~1 s
 STOPPED_RECHECK = 60.0  # seconds between checks of a stopped account
 
@@ -79,6 +88,8 @@ class CloudApiTransport:
         self.mps = mps_for(None, self._mps_override)
         self._pacer = _bucket(self.mps)
         self._paused_until = 0.0  # trio time: the number backs off after a 130429
+        self._pair_paused: dict[str, float] = {}  # recipient -> trio time (131056, pair rate)
+        self._window: deque[float] = deque()  # when the sends of the last second started
         self.uploads: UploadCache[str] = UploadCache(ttl=29 * 86400.0)
         self.on_receipt: Callable[[ReceiptInfo], None] | None = None  # set by the app
         #: inbound messages arrive by webhook (``meta_webhook``), which the app wires directly
@@ -203,6 +214,7 @@ class CloudApiTransport:
                 code="destination_unsupported",
                 transient=False,
             )
+        self._pair_rest(message.destination)
         media_id = await self._upload(message.media) if message.media is not None else None
         body = messages.message_body(message, media_id)
         for attempt in range(RATE_ATTEMPTS):
@@ -216,6 +228,15 @@ class CloudApiTransport:
                 self.sent += 1
                 return SendResult(message_id=found or "", timestamp=time.time())
             failure = classify(answer.status, answer.payload, answer.headers, answer.retry_after)
+            if failure.meta_code == PAIR_RATE_CODE:  # this recipient rests, not the number
+                rest = max(PAIR_PAUSE, failure.retry_after or 0.0)
+                self._pair_paused[message.destination] = trio.current_time() + rest
+                raise SendError(
+                    f"Cloud API 131056: {failure.detail}",
+                    code=failure.rule.code,
+                    transient=True,
+                    retry_after=rest,
+                )
             if failure.meta_code != THROUGHPUT_CODE or attempt + 1 == RATE_ATTEMPTS:
                 break
             # the number is over its throughput: it backs off (every send waits), the job
@@ -226,6 +247,22 @@ class CloudApiTransport:
             eliot.log_message(message_type="wa_trio:cloud_api:throttled", wait=round(wait, 3))
         raise self._failure(answer)
 
+    def _pair_rest(self, recipient: str) -> None:
+        """A recipient Meta said was written to too often (131056) rests ``PAIR_PAUSE``: a job
+        to them meanwhile goes back to its retry ladder without a request (transient, with the
+        rest left as its Retry-After); other recipients are not held up."""
+        now = trio.current_time()
+        if len(self._pair_paused) > 10_000:
+            self._pair_paused = {k: t for k, t in self._pair_paused.items() if t > now}
+        until = self._pair_paused.get(recipient, 0.0)
+        if until > now:
+            raise SendError(
+                "Cloud API 131056: this recipient rests after too many messages (pair rate)",
+                code="cloud_rate_limited",
+                transient=True,
+                retry_after=until - now,
+            )
+
     def _pace_at(self, mps: int) -> None:
         if mps != self.mps:
             self.mps = mps
@@ -233,13 +270,23 @@ class CloudApiTransport:
             eliot.log_message(message_type="wa_trio:cloud_api:throughput", mps=mps)
 
     async def _paced(self) -> None:
-        """Wait for the number's turn: its throughput (a token bucket at ``mps``), and the end
-        of a 130429 back-off."""
+        """Wait for the number's turn: the end of a 130429 back-off, a token bucket at the
+        level (smooth sends), then the window rule Meta applies, on the times sends really
+        start (a stalled process must not release a bunch at once)."""
         now = trio.current_time()
         start = max(now, self._paused_until)
         wait = (start - now) + self._pacer.reserve(start, "")
         if wait > 0:
             await trio.sleep(wait)
+        limit = window_limit(self.mps)
+        while True:
+            now = trio.current_time()
+            while self._window and now - self._window[0] >= 1.0:
+                self._window.popleft()
+            if len(self._window) < limit:
+                self._window.append(now)
+                return
+            await trio.sleep(self._window[0] + 1.0 - now)
 
     async def _upload(self, media: MediaPayload) -> str:
         """The media's id at Meta: uploaded once per content (``UploadCache``, 29 days: Meta
