@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,20 @@ class Browser:
         self._pw.stop()
 
 
-async def _in_thread(call: Callable[..., Any], *args: Any) -> Any:
-    return await trio.to_thread.run_sync(call, *args)
+def _browse(settings: Settings, accounts: Accounts) -> list[str]:
+    """The whole browser session in one worker thread: Playwright's sync API belongs to the
+    thread that started it (a pool thread per call fails: "Cannot switch to a different
+    thread"); the trio side (publishing, waiting) is called back with ``trio.from_thread``."""
+    browser = Browser(accounts.http_url)
+    try:
+        _pages(settings, accounts, browser)
+    finally:
+        browser.close()
+    return browser.seen
+
+
+def _trio(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return trio.from_thread.run(partial(call, *args, **kwargs))
 
 
 async def test_the_console_walked_in_a_browser(two: Settings, nursery: trio.Nursery) -> None:
@@ -139,52 +152,51 @@ async def _walk(settings: Settings, accounts: Accounts) -> None:
         assert wrong.status_code == 401
         forged = await http.post("/console/optouts", data={"action": "add", "number": NUMBER})
         assert forged.status_code == 401
-    browser: Browser = await _in_thread(Browser, base)
-    try:
-        await _pages(settings, accounts, browser)
-    finally:
-        await _in_thread(browser.close)
+    seen = await trio.to_thread.run_sync(_browse, settings, accounts)
     # no page ever held a full number or the token
-    for html in browser.seen:
+    for html in seen:
         assert "5511999990001" not in html and TOKEN not in html
 
 
-async def _pages(settings: Settings, accounts: Accounts, browser: Browser) -> None:
-    html = await _in_thread(browser.visit, "/console", "accounts")
+def _pages(settings: Settings, accounts: Accounts, browser: Browser) -> None:
+    html = browser.visit("/console", "accounts")
     for name in ("a", "b"):
         assert re.search(
             rf'data-account="{name}">\s*<td>{name}</td>\s*<td class="ok">connected', html
         )
     # an opt-out through the console, then a job to that number: dead-lettered opted_out
-    await _in_thread(browser.visit, "/console/optouts")
-    await _in_thread(browser.fill, "#add-number", "+55 (11) 99999-0001")
-    html = await _in_thread(browser.click, "#add", "optouts")
+    browser.visit("/console/optouts")
+    browser.fill("#add-number", "+55 (11) 99999-0001")
+    html = browser.click("#add", "optouts")
     assert "+55*******0001 added to the list" in html
     # each account reloads the shared list within a second (account_safety.FLUSH_EVERY)
-    await wait_for(
+    _trio(
+        wait_for,
         lambda: all(
             person_key(NUMBER) in worker.safety._optouts for worker in accounts.workers.values()
         ),
         what="every account sees the opt-out",
     )
-    await publish_many(
+    _trio(
+        publish_many,
         settings,
         [job_body(1, destination=NUMBER), b"{not json", job_body(2, destination="+5511988887777")],
         message_ids=["job-opted", "job-broken", "job-fine"],
     )
-    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 1, what="one sent")
-    await wait_for(_dlq(settings, 2), what="two dead letters")
-    html = await _in_thread(browser.visit, "/console/dead-letters", "dead-letters")
+    _trio(wait_for, lambda: len(sent_records(settings.dry_run_file)) == 1, what="one sent")
+    _trio(wait_for, _dlq(settings, 2), what="two dead letters")
+    html = browser.visit("/console/dead-letters", "dead-letters")
     assert 'id="code-opted_out"' in html and 'id="code-invalid_json"' in html
     assert "+55*******0001" in html
     # the cross-site form is refused and changes nothing
-    status = await _in_thread(browser.cross_site_post, "/console/optouts", {"action": "remove"})
+    status = browser.cross_site_post("/console/optouts", {"action": "remove"})
     assert status in {401, 403}
     # remove the opt-out, then replay the one letter (confirmed) and see it sent
-    await _in_thread(browser.visit, "/console/optouts")
-    html = await _in_thread(browser.click, "button.remove")
+    browser.visit("/console/optouts")
+    html = browser.click("button.remove")
     assert "removed from the list" in html
-    await wait_for(
+    _trio(
+        wait_for,
         lambda: (
             not any(
                 person_key(NUMBER) in worker.safety._optouts for worker in accounts.workers.values()
@@ -192,20 +204,18 @@ async def _pages(settings: Settings, accounts: Accounts, browser: Browser) -> No
         ),
         what="every account sees the opt-out gone",
     )
-    await _in_thread(browser.visit, "/console/dead-letters")
-    html = await _in_thread(
-        browser.click, 'tr[data-key="job-opted"] a:text("replay")', "confirm-replay"
-    )
+    browser.visit("/console/dead-letters")
+    html = browser.click('tr[data-key="job-opted"] a:text("replay")', "confirm-replay")
     assert "Replay job job-opted?" in html
-    html = await _in_thread(browser.click, "#confirm", "replayed")
+    html = browser.click("#confirm", "replayed")
     assert "replay: 1 taken" in html
-    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 2, what="replayed, sent")
-    html = await _in_thread(browser.visit, "/console/queues", "queues")
+    _trio(wait_for, lambda: len(sent_records(settings.dry_run_file)) == 2, what="replayed, sent")
+    html = browser.visit("/console/queues", "queues")
     assert 'data-queue="' + settings.dlq_name + '"' in html
     # the job's story by its message id: dead-lettered, then taken again and sent
-    await _in_thread(browser.visit, "/console/jobs")
-    await _in_thread(browser.fill, "input[name=q]", "job-opted")
-    html = await _in_thread(browser.click, "#find", "job-story")
+    browser.visit("/console/jobs")
+    browser.fill("input[name=q]", "job-opted")
+    html = browser.click("#find", "job-story")
     events = re.findall(r"<td>(\w+)</td><td>", html.split('id="events"')[1].split("</table>")[0])
     assert events == [
         "taken", "dead_lettered", "failed", "taken", "whatsapp_accepted", "success"
