@@ -287,3 +287,24 @@ async def test_real_client_offline_lifecycle_fd_count_stays_bounded(
     leaked = len(os.listdir("/proc/self/fd")) - fds_before
     print(f"\n{transport.connect_attempts} failed connects: {leaked} more open fds")
     assert leaked <= transport.connect_attempts + 5
+
+
+def test_go_filters_neonize_logs_below_warnings() -> None:
+    """Issue 27 (10): the level neonize's connect() hands to Go is computed from the module
+    logger's own level, as client.py does (``LogLevel.from_logging(log.level).level``); Go
+    drops lines under it (goneonize/utils/log.go ``NewLogger``; "" meant everything)."""
+    import logging
+
+    from neonize.utils.enum import LogLevel
+
+    from wa_trio.transport.neonize.library import _route_neonize_logs
+
+    neonize_log = logging.getLogger("neonize.client")  # client.py's ``log``
+    before = neonize_log.level
+    try:
+        neonize_log.setLevel(logging.NOTSET)
+        assert LogLevel.from_logging(neonize_log.level).level == b""  # the old hand-over
+        _route_neonize_logs()
+        assert LogLevel.from_logging(neonize_log.level).level == b"WARN"
+    finally:
+        neonize_log.setLevel(before)

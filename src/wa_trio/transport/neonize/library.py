@@ -136,6 +136,11 @@ def _route_neonize_logs() -> None:
         logger.handlers[:] = [bridge]
         logger.setLevel(logging.WARNING)
         logger.propagate = False
+    # the level Go filters at: neonize's connect() passes ``LogLevel.from_logging(log.level)``
+    # of its module logger ``neonize.client`` to Go (client.py), the logger's *own* level, not
+    # the effective one: left NOTSET it became "" and Go's logger (goneonize/utils/log.go
+    # ``NewLogger``: "" is -1) sent every DEBUG line across into Python (issue 27, item 10)
+    logging.getLogger("neonize.client").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
