@@ -11,30 +11,16 @@ import pytest
 import trio
 
 from tests.conftest import StartWorker
-from tests.fake_graph import NUMBER_ID, TOKEN, Answer, FakeGraph
+from tests.fake_graph import Answer, FakeGraph
 from tests.helpers import delete_topology, error_code, job_body, publish_many, stop_worker, wait_for
 from tests.helpers import drain_queue as _drain
-from wa_trio.config.settings import Settings
+from tests.integration.test_cloud_api import _settings
 from wa_trio.core.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, OutgoingMessage
 from wa_trio.transport.cloud_api import CloudApiTransport
 
 UID = "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f"
-
-
-def _settings(make_env: Callable[..., dict[str, str]], graph: FakeGraph, **over: str) -> Settings:
-    return Settings.from_env(
-        make_env(
-            WHATSAPP_TRANSPORT="cloud-api",
-            WHATSAPP_CLOUD_API_URL=graph.base_url,
-            WHATSAPP_CLOUD_PHONE_NUMBER_ID=NUMBER_ID,
-            WHATSAPP_CLOUD_ACCESS_TOKEN=TOKEN,
-            WHATSAPP_CLOUD_APP_SECRET="meta-app-secret-0123456789",
-            WHATSAPP_CLOUD_VERIFY_TOKEN="verify-token-0123456789",
-            **over,
-        )
-    )
 
 
 async def test_the_numbers_tier_is_held_for_ten_seconds(

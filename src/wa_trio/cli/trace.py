@@ -15,14 +15,10 @@ from datetime import UTC, datetime
 
 import trio
 
-from wa_trio.bus import dlq
 from wa_trio.cli.exits import EXIT_FAILED, EXIT_OK
 from wa_trio.config.settings import Settings
-from wa_trio.core.errors import WaTrioError
 from wa_trio.core.story import Story
-from wa_trio.events.story import job_story
-
-DLQ_SCAN = 1000  # dead letters looked through for the job's
+from wa_trio.events.story import story_with_letters
 
 
 def _when(at: float) -> str:
@@ -53,17 +49,8 @@ def as_text(story: Story, dlq_note: str | None) -> str:
     return "\n".join(lines)
 
 
-async def _story(settings: Settings, query: str) -> tuple[Story, str | None]:
-    try:
-        letters = await dlq.list_dead_letters(settings, DLQ_SCAN)
-        note = None
-    except WaTrioError as error:
-        letters, note = [], f"the DLQ could not be read: {error.message}"
-    return await job_story(settings, query, letters), note
-
-
 def trace(settings: Settings, query: str, *, as_json: bool) -> int:
-    story, note = trio.run(_story, settings, query)
+    story, note = trio.run(story_with_letters, settings, query)
     if as_json:
         print(json.dumps({**story.as_dict(), "found": story.found, "dlq_note": note}))
     else:

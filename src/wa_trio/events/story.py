@@ -18,8 +18,9 @@ from typing import Any
 import trio
 from eliottree import get_theme, render_tasks, tasks_from_iterable
 
-from wa_trio.bus.dlq import DeadLetter
+from wa_trio.bus.dlq import DeadLetter, list_dead_letters
 from wa_trio.config.settings import Settings
+from wa_trio.core.errors import WaTrioError
 from wa_trio.core.story import Letter, Story, events_of, wanted_tasks
 from wa_trio.log import log_file_path
 from wa_trio.stores import open as stores
@@ -96,4 +97,17 @@ async def job_story(settings: Settings, query: str, letters: list[DeadLetter]) -
     return await trio.to_thread.run_sync(_gather, settings, query.strip(), letters)
 
 
-__all__ = ["SCAN_BYTES", "job_story", "read_log", "render_tree"]
+DLQ_SCAN = 1000  # dead letters looked through for the job's
+
+
+async def story_with_letters(settings: Settings, query: str) -> tuple[Story, str | None]:
+    """The story, its dead letters read from the DLQ first (``wa-trio trace`` and the console):
+    a broker that cannot be reached leaves them out and says so (the note); the rest is local."""
+    try:
+        letters, note = await list_dead_letters(settings, DLQ_SCAN), None
+    except WaTrioError as error:
+        letters, note = [], f"the DLQ could not be read: {error.message}"
+    return await job_story(settings, query, letters), note
+
+
+__all__ = ["SCAN_BYTES", "job_story", "read_log", "render_tree", "story_with_letters"]

@@ -22,7 +22,7 @@ from wa_trio.bus.topology import delay_queues
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import WaTrioError
 from wa_trio.core.story import Story
-from wa_trio.events.story import job_story
+from wa_trio.events.story import story_with_letters
 from wa_trio.log import mask_phone
 from wa_trio.metrics import Metrics
 from wa_trio.stores import open as stores
@@ -33,7 +33,6 @@ from wa_trio.web.app import ConsumerState, masked_linked
 from wa_trio.web.console import AccountRow, QueueRow, QueueSummary, when
 
 RATE_WINDOW = 60.0  # seconds the per-minute rates are measured over (at least)
-DLQ_SCAN = 1000
 
 
 def _value(parts: AccountParts, name: str) -> float | None:
@@ -221,11 +220,7 @@ class WorkerConsole:
     # --------------------------------------------------------------------------------- story
 
     async def story(self, query: str) -> tuple[Story, str | None]:
-        try:
-            letters, note = await dlq.list_dead_letters(self.settings, DLQ_SCAN), None
-        except WaTrioError as error:
-            letters, note = [], f"the DLQ could not be read: {error.message}"
-        return await job_story(self.settings, query, letters), note
+        return await story_with_letters(self.settings, query)
 
 
 def console_for(
