@@ -17,6 +17,7 @@ foreign (non-trio) thread as whatsmeow's Go threads do.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from typing import Any
 
 from neonize.events import EVENT_TO_INT, ConnectedEv
 from neonize.exc import IsOnWhatsAppError, NeonizeError, PairPhoneError
-from neonize.proto.Neonize_pb2 import JID, Device, GroupInfo, IsOnWhatsAppResponse, SendResponse
+from neonize.proto.Neonize_pb2 import (
+    JID,
+    Device,
+    GroupInfo,
+    IsOnWhatsAppResponse,
+    SendResponse,
+    UploadResponse,
+)
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from wa_trio.config.settings import Settings
@@ -141,7 +149,8 @@ class FakeClient:
             self.sent.append((to.User, ""))
         return SendResponse(ID=f"3EB0{len(self.sent):016X}", Timestamp=1_700_000_000)
 
-    # neonize's builders: each uploads the bytes (counted) and returns a real waE2E Message
+    # neonize's image and document builders (our code builds the other kinds around ``upload``):
+    # each uploads the bytes (counted) and returns a real waE2E Message
     def _built(self, kind: str, data: bytes, **options: Any) -> None:
         assert isinstance(data, bytes), "a builder must get our bytes, never a URL or a path"
         self.built.append({"kind": kind, "data": data, **options})
@@ -149,14 +158,6 @@ class FakeClient:
     def build_image_message(self, file: bytes, caption: str | None = None) -> e2e.Message:
         self._built("image", file, caption=caption)
         return e2e.Message(imageMessage=e2e.ImageMessage(mimetype="image/png", caption=caption))
-
-    def build_video_message(self, file: bytes, caption: str | None = None) -> e2e.Message:
-        self._built("video", file, caption=caption)
-        return e2e.Message(videoMessage=e2e.VideoMessage(mimetype="video/mp4", caption=caption))
-
-    def build_audio_message(self, file: bytes, ptt: bool = False) -> e2e.Message:
-        self._built("audio", file, ptt=ptt)
-        return e2e.Message(audioMessage=e2e.AudioMessage(mimetype="audio/ogg", PTT=ptt))
 
     def build_document_message(
         self,
@@ -173,9 +174,18 @@ class FakeClient:
             )
         )
 
-    def build_sticker_message(self, file: bytes) -> e2e.Message:
-        self._built("sticker", file)
-        return e2e.Message(stickerMessage=e2e.StickerMessage(mimetype="image/webp"))
+    def upload(self, binary: bytes, media_type: Any = None) -> UploadResponse:
+        """neonize client.py ``NewClient.upload``: whatsmeow's ``Upload`` encrypts and uploads
+        the bytes and answers with an ``UploadResponse`` (the media type only picks the MMS path
+        and the key's info string); here the upload is recorded, not sent."""
+        assert isinstance(binary, bytes), "an upload gets our bytes"
+        kind = getattr(media_type, "name", "MediaDocument")
+        self.built.append({"kind": kind, "data": binary})
+        digest = hashlib.sha256(binary).digest()
+        return UploadResponse(
+            url=f"https://mmg.whatsapp.net/{digest.hex()[:16]}", DirectPath="/v/t62/x",
+            MediaKey=b"k" * 32, FileEncSHA256=digest, FileSHA256=digest, FileLength=len(binary),
+        )  # fmt: skip
 
     def get_joined_groups(self) -> list[GroupInfo]:
         self.group_lookups += 1

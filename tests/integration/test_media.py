@@ -30,7 +30,7 @@ from tests.helpers import (
 )
 from tests.media_samples import BY_KIND, GIF, PNG, b64
 from wa_trio.config.settings import Settings
-from wa_trio.core.media_rules import refusal
+from wa_trio.core.media_rules import VOICE_MIME, refusal
 from wa_trio.transport.dry_run import DryRunTransport
 from wa_trio.worker.app import Worker
 
@@ -401,8 +401,11 @@ async def test_the_neonize_worker_sends_media_jobs_from_the_broker(
     )
     await wait_for(lambda: len(clients[0].sent_built) == 2, what="two media sends")
     kinds = sorted(built["kind"] for built in clients[0].built)
-    assert kinds == ["audio", "image"]
-    voice = next(b for b in clients[0].built if b["kind"] == "audio")
-    assert voice["ptt"] is True and voice["data"] == BY_KIND["voice"][0]
+    assert kinds == ["MediaAudio", "image"]  # the voice note uploaded as audio
+    voice = next(b for b in clients[0].built if b["kind"] == "MediaAudio")
+    assert voice["data"] == BY_KIND["voice"][0]  # already OGG/Opus: kept as it is
+    note = next(m for _, m in clients[0].sent_built if m.HasField("audioMessage"))
+    assert (note.audioMessage.PTT, note.audioMessage.mimetype) == (True, VOICE_MIME)
+    assert note.audioMessage.seconds == 1
     image = next(m for _, m in clients[0].sent_built if m.HasField("imageMessage"))
     assert image.imageMessage.caption == "the photo"

@@ -51,9 +51,15 @@ def test_one_boundary_module_per_dependency() -> None:
     assert {p.split("/")[0] for p in web} == {"web"}
     assert _importers("httpx") <= {"http_client.py"}
     assert _importers("magic") == {"media/sniff.py"}
-    assert _importers("PIL") == {"media/sniff.py"}
+    assert _importers("PIL") == {"media/images.py"}
     assert {"/".join(p.split("/")[:2]) for p in _importers("psycopg")} == {"stores/postgres"}
     assert {p.split("/")[0] for p in _importers("werkzeug")} <= {"web"}
+    ffmpeg_callers = {
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if re.search(r"\"ff(mpeg|probe)\"", path.read_text())
+    }
+    assert ffmpeg_callers <= {"media/ffmpeg.py", "worker/startup.py", "cli/check.py"}
 
 
 _IMPORT = re.compile(r"^\s*(?:from|import) wa_trio\.(\w+)", re.MULTILINE)

@@ -21,7 +21,7 @@ from wa_trio.bus.amqp import BrokerAddress
 from wa_trio.config.redact import redact_url
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import WaTrioError
-from wa_trio.core.media_rules import NEEDS_FFMPEG
+from wa_trio.core.media_rules import ffmpeg_kinds
 from wa_trio.stores import open as stores
 
 Line = tuple[str, str]  # (ok | warning | problem, what)
@@ -53,9 +53,9 @@ def _store(settings: Settings) -> Line | None:
 
 
 def _media(settings: Settings, which: Callable[[str], str | None] = shutil.which) -> Line | None:
-    if settings.transport != "neonize":
+    if not ffmpeg_kinds(settings.transport):
         return None
-    needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
+    needing = sorted(set(settings.media_kinds) & ffmpeg_kinds(settings.transport))
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
     if needing and missing:
         return "warning", f"{' and '.join(missing)} not found: media kinds {', '.join(needing)} off"

@@ -167,7 +167,7 @@ class Settings:
     media_kinds: tuple[str, ...] = _setting("WHATSAPP_MEDIA_KINDS",
         "image,document,video,audio,voice,sticker", "comma-separated media kinds (or empty: "
         "text only)", g.media_kinds, "Media kinds this worker sends (others: media_unsupported). "
-        "video, audio, voice and sticker need ffmpeg with neonize.")
+        "voice needs ffmpeg; with neonize audio and video too.")
     media_cache_bytes: int = _setting("WHATSAPP_MEDIA_CACHE_BYTES", "256MB",
         "a size like 256MB or a byte count", g.size,
         "Fetched media kept on disk under the session path (by URL and content hash), at most.")

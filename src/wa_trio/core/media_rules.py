@@ -61,8 +61,22 @@ _ALIASES = {
     "audio/opus": "audio/ogg",
     "video/x-m4v": "video/mp4",
 }
-#: kinds neonize turns into WhatsApp media with ffmpeg/ffprobe (thumbnails, durations, webp)
-NEEDS_FFMPEG = frozenset({"video", "voice", "sticker", "audio"})
+#: a sticker as WhatsApp shows one: a 512x512 WebP of at most 100 KB (still) or 500 KB (animated)
+STICKER_SIDE = 512
+STICKER_STATIC_MAX = 100 * 1024
+STICKER_ANIMATED_MAX = 500 * 1024
+#: the MIME type of a WhatsApp voice note (what the phones record and expect)
+VOICE_MIME = "audio/ogg; codecs=opus"
+#: kinds prepared with ffprobe/ffmpeg (``media/ffmpeg.py``: lengths, thumbnails, voice notes);
+#: stickers are scaled with Pillow
+NEEDS_FFMPEG = frozenset({"video", "voice", "audio"})
+
+
+def ffmpeg_kinds(transport: str) -> frozenset[str]:
+    """The kinds a transport's media preparation runs ffmpeg for (``media/prepare.py``): neonize
+    needs lengths, thumbnails and voice notes; the Cloud API only voice notes (Meta takes OGG/Opus
+    voice notes and reads the rest itself); the dry run prepares nothing."""
+    return {"neonize": NEEDS_FFMPEG, "cloud-api": frozenset({"voice"})}.get(transport, frozenset())
 
 MAX_URL = 2048
 MAX_FILENAME = 255
@@ -96,10 +110,24 @@ class MediaPayload:
     mime_type: str
     sha256: str
     filename: str | None = None
+    #: length of audio, voice and video (whole seconds, read by ffprobe; 0: not read)
+    seconds: int = 0
+    #: a video's first frame, JPEG (neonize's video message shows it; empty: none)
+    thumbnail: bytes = attrs.field(default=b"", repr=False)
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def base_mime(self) -> str:
+        """The MIME type without its parameters (``audio/ogg`` for a voice note)."""
+        return self.mime_type.split(";", 1)[0].strip()
+
+    def converted(self, data: bytes, mime_type: str, **more: Any) -> MediaPayload:
+        """The same media as other bytes (a voice note transcoded, a sticker scaled)."""
+        digest = hashlib.sha256(data).hexdigest()
+        return attrs.evolve(self, data=data, mime_type=mime_type, sha256=digest, **more)
 
 
 def parse_media(value: Any, *, inline_max: int) -> MediaSpec:
@@ -314,12 +342,17 @@ __all__ = [
     "KINDS",
     "LIMITS",
     "NEEDS_FFMPEG",
+    "STICKER_ANIMATED_MAX",
+    "STICKER_SIDE",
+    "STICKER_STATIC_MAX",
     "SUPPORTED",
+    "VOICE_MIME",
     "MediaPayload",
     "MediaProblem",
     "MediaSpec",
     "cap",
     "check_type",
+    "ffmpeg_kinds",
     "parse_media",
     "payload",
     "refusal",

@@ -1,4 +1,5 @@
-"""Media bytes for a job: fetched safely (URL) or decoded (inline), sniffed, checked, cached.
+"""Media bytes for a job: fetched safely (URL) or decoded (inline), sniffed, checked, cached,
+then made ready for WhatsApp (``media/prepare.py``: voice notes, stickers, lengths).
 
 Fetching a URL (``MediaFetcher.payload``):
 
@@ -40,7 +41,9 @@ from wa_trio.core.media_rules import (
     url_problem,
 )
 from wa_trio.media.cache import MediaCache, UrlEntry
-from wa_trio.media.sniff import mime_of, pixels_of
+from wa_trio.media.images import pixels_of
+from wa_trio.media.prepare import Preparer
+from wa_trio.media.sniff import mime_of
 from wa_trio.metrics import Metrics
 
 MAX_REDIRECTS = 3
@@ -80,6 +83,8 @@ class MediaFetcher:
         )
         self.resolver = resolver
         self.fetches = 0  # requests that downloaded a body (the bench counts them)
+        #: voice notes, stickers, lengths and thumbnails made once per content
+        self.preparer = Preparer(settings.transport)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the pooled HTTP client for the worker's life (a task of the root nursery)."""
@@ -116,8 +121,9 @@ class MediaFetcher:
             why = too_many_pixels(pixels, self.settings.media_max_pixels)
             if why is not None:
                 raise MediaProblem("media_too_large", why)
+        ready = await self.preparer.prepared(checked)
         self.metrics.jobs_by_kind.labels(spec.kind).inc()
-        return checked
+        return ready
 
     async def _bytes_of(self, url: str, limit: int) -> bytes:
         cached = await trio.to_thread.run_sync(self.cache.entry, url)

@@ -20,7 +20,7 @@ import trio
 from wa_trio.bus.monitor import BrokerMonitor
 from wa_trio.config.settings import Settings
 from wa_trio.core.backlog import oldest_job_age
-from wa_trio.core.media_rules import NEEDS_FFMPEG
+from wa_trio.core.media_rules import ffmpeg_kinds
 from wa_trio.core.templates import TemplateError, TemplateSet
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
@@ -53,13 +53,12 @@ def check_media_tools(
     which: Callable[[str], str | None] = shutil.which,
     out: TextIO | None = None,
 ) -> Settings:
-    """neonize turns video, audio, voice and stickers into WhatsApp media with ffmpeg/ffprobe.
-    Without them those kinds are switched off (jobs of them are dead-lettered
+    """Voice notes (both transports), audio and video (neonize: lengths, thumbnails) are prepared
+    with ffmpeg/ffprobe (``media/prepare.py``). Without them those kinds are switched off (jobs of them are dead-lettered
     ``media_unsupported``) and the start says so once: a text-only deployment, the Go worker's
     whole contract, never needs ffmpeg (issue 30). The settings to run with."""
-    if settings.transport != "neonize":
-        return settings
-    needing = sorted(set(settings.media_kinds) & NEEDS_FFMPEG)
+    needs = ffmpeg_kinds(settings.transport)
+    needing = sorted(set(settings.media_kinds) & needs)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
     if not (needing and missing):
         return settings
@@ -69,7 +68,7 @@ def check_media_tools(
     )
     print(line, file=out if out is not None else sys.stderr, flush=True)
     eliot.log_message(message_type="wa_trio:media:kinds_off", kinds=needing, missing=missing)
-    kinds = tuple(kind for kind in settings.media_kinds if kind not in NEEDS_FFMPEG)
+    kinds = tuple(kind for kind in settings.media_kinds if kind not in needs)
     return attrs.evolve(settings, media_kinds=kinds)
 
 

@@ -204,6 +204,16 @@ def test_the_upload_cache() -> None:
     assert (uploads.uploads, uploads.hits) == (4, 1)
 
 
+def _cloud_env() -> dict[str, str]:
+    return {
+        "WHATSAPP_TRANSPORT": "cloud-api",
+        "WHATSAPP_CLOUD_PHONE_NUMBER_ID": "106540352242922",
+        "WHATSAPP_CLOUD_ACCESS_TOKEN": "EAAtoken",
+        "WHATSAPP_CLOUD_APP_SECRET": "app-secret",
+        "WHATSAPP_CLOUD_VERIFY_TOKEN": "verify-token",
+    }
+
+
 def test_without_ffmpeg_the_media_kinds_that_need_it_are_off_and_said_once(
     make_env: Callable[..., dict[str, str]],
 ) -> None:
@@ -212,17 +222,21 @@ def test_without_ffmpeg_the_media_kinds_that_need_it_are_off_and_said_once(
     neonize = Settings.from_env(make_env(WHATSAPP_TRANSPORT="neonize"))
     said = io.StringIO()
     running = check_media_tools(neonize, which=lambda _tool: None, out=said)
-    assert running.media_kinds == ("image", "document")
+    assert running.media_kinds == ("image", "document", "sticker")  # stickers: Pillow
     line = said.getvalue()
     assert line.count("\n") == 1 and "ffmpeg and ffprobe not found" in line
-    assert "audio, sticker, video, voice are off" in line
+    assert "audio, video, voice are off" in line
     text_only = attrs.evolve(neonize, media_kinds=("image", "document"))
     quiet = io.StringIO()
     assert check_media_tools(text_only, which=lambda _t: None, out=quiet) == text_only
+    cloud = Settings.from_env(make_env(**_cloud_env()))
+    assert check_media_tools(cloud, which=lambda _t: None, out=quiet).media_kinds == (
+        "image", "document", "video", "audio", "sticker"
+    )  # fmt: skip
     dry_run = Settings.from_env(make_env())
     assert check_media_tools(dry_run, which=lambda _tool: None, out=quiet) == dry_run
     assert check_media_tools(neonize, which=lambda tool: f"/usr/bin/{tool}", out=quiet) == neonize
-    assert quiet.getvalue() == ""
+    assert quiet.getvalue().count("voice are off") == 1  # the Cloud API's only ffmpeg kind
 
 
 def test_the_published_schema_takes_media_and_group_jobs() -> None:

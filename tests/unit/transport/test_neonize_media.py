@@ -21,7 +21,7 @@ from wa_trio.core.media_rules import MediaPayload
 from wa_trio.transport import ConnectionState as S
 from wa_trio.transport import OutgoingMessage
 from wa_trio.transport.neonize import NeonizeTransport
-from wa_trio.transport.neonize.library import MEDIA_FIELDS
+from wa_trio.transport.neonize.media import MEDIA_FIELDS
 
 GROUP = "120363025246125486@g.us"
 
@@ -45,6 +45,18 @@ async def connected(
     yield transport, clients[0]
 
 
+#: what reaches the client per kind: neonize's own builder (image, document) or its upload
+#: with the media type neonize's builders pass (client.py ``build_audio_message`` etc.)
+_REACHES = {
+    "image": "image",
+    "document": "document",
+    "audio": "MediaAudio",
+    "voice": "MediaAudio",
+    "video": "MediaVideo",
+    "sticker": "MediaImage",
+}
+
+
 @pytest.mark.parametrize("kind", sorted(BY_KIND))
 async def test_each_kind_reaches_its_builder_with_our_bytes(
     connected: tuple[NeonizeTransport, FakeClient], kind: str
@@ -55,12 +67,8 @@ async def test_each_kind_reaches_its_builder_with_our_bytes(
     result = await transport.send(OutgoingMessage("+5511999999999", caption, "u", "k", media=media))
     assert result.message_id.startswith("3EB0")
     [built] = client.built
-    assert built["kind"] == ("audio" if kind == "voice" else kind)
+    assert built["kind"] == _REACHES[kind]
     assert built["data"] == media.data  # our bytes, not a URL
-    if kind == "voice":
-        assert built["ptt"] is True
-    if kind == "audio":
-        assert built["ptt"] is False
     if kind == "document":
         assert (built["filename"], built["mimetype"]) == ("receipt.pdf", "application/pdf")
     [(to, message)] = client.sent_built
@@ -68,6 +76,10 @@ async def test_each_kind_reaches_its_builder_with_our_bytes(
     field = getattr(message, MEDIA_FIELDS[kind])
     if caption:
         assert field.caption == caption
+    if kind in {"audio", "voice"}:  # our sniffed type, not neonize's re-sniff
+        assert (field.PTT, field.mimetype) == (kind == "voice", media.mime_type)
+    if kind in {"audio", "voice", "video", "sticker"}:
+        assert field.fileLength == len(media.data) and field.URL.startswith("https://mmg.")
 
 
 async def test_the_same_content_is_uploaded_once_with_each_caption(
@@ -110,3 +122,55 @@ async def test_groups_are_checked_against_the_joined_list(
     assert client.group_lookups == lookups
     await transport.send(OutgoingMessage(GROUP, "", "u", "k4", media=payload("image")))
     assert client.sent_built[-1][0] == GROUP
+
+
+async def test_neonize_s_real_client_builds_every_kind_with_only_the_upload_replaced() -> None:
+    """neonize's own ``NewClient`` (client.py): ``upload`` and the image and document builders
+    run as shipped; only the Go ``Upload`` answers here. Each kind is prepared first as the
+    worker does (media/prepare.py: a voice note from MP3, a 600x300 sticker)."""
+    from neonize.client import NewClient
+    from neonize.proto.Neonize_pb2 import UploadResponse, UploadReturnFunction
+
+    from tests.helpers import require_tool
+    from tests.media_samples import MP3
+    from wa_trio.core.media_rules import VOICE_MIME
+    from wa_trio.media.prepare import Preparer
+    from wa_trio.transport.neonize.media import build_media
+
+    require_tool("ffmpeg", how="apt-get install ffmpeg")
+    uploads: list[tuple[int, int]] = []
+
+    class Go:
+        def Upload(self, _uuid: bytes, data: bytes, size: int, media_type: int) -> bytes:
+            uploads.append((size, media_type))
+            answer = UploadResponse(
+                url="https://mmg.whatsapp.net/x", DirectPath="/v/x", Handle="", MediaKey=b"k",
+                FileEncSHA256=b"e", FileSHA256=b"s", FileLength=size,
+            )  # fmt: skip
+            return bytes(UploadReturnFunction(UploadResponse=answer).SerializeToString())
+
+    client = object.__new__(NewClient)
+    client.uuid = b"test"
+    client._NewClient__client = Go()
+    preparer = Preparer("neonize")
+    samples = {**BY_KIND, "voice": (MP3, "audio/mpeg")}
+    for kind, (data, mime) in sorted(samples.items()):
+        ready = await preparer.prepared(
+            MediaPayload(kind, data, mime, hashlib.sha256(data).hexdigest(), "r.pdf")
+        )
+        message = await trio.to_thread.run_sync(build_media, client, ready)
+        field = getattr(message, MEDIA_FIELDS[kind])
+        assert (field.fileLength, field.URL) == (len(ready.data), "https://mmg.whatsapp.net/x")
+        assert uploads[-1][0] == len(ready.data)
+        if kind == "voice":
+            assert (field.PTT, field.mimetype, field.seconds) == (True, VOICE_MIME, 1)
+        if kind == "audio":
+            assert (field.PTT, field.mimetype, field.seconds) == (False, "audio/mpeg", 1)
+        if kind == "video":
+            assert field.seconds == 1 and field.JPEGThumbnail.startswith(b"\xff\xd8")
+        if kind == "sticker":
+            assert (field.mimetype, field.width, field.height) == ("image/webp", 512, 512)
+        if kind == "document":
+            assert (field.fileName, field.mimetype) == ("r.pdf", "application/pdf")
+    # the media types neonize's builders use: audio 2, document 3, image 0 (sticker), video 1
+    assert [t for _, t in uploads] == [2, 3, 0, 0, 1, 2]

@@ -295,13 +295,14 @@ class CloudApiTransport:
         known = self.uploads.get(key, time.time())
         if known is not None:
             return known
-        name = media.filename or f"{media.kind}.{media.mime_type.rsplit('/', 1)[-1]}"
+        mime = media.base_mime  # Meta's upload takes "audio/ogg" for an OGG/Opus voice note
+        name = media.filename or f"{media.kind}.{mime.rsplit('/', 1)[-1]}"
         try:
             answer = await self._call(
                 "POST",
                 f"{self._base}/{self._number_id}/media",
-                files={"file": (name, media.data, media.mime_type)},
-                form={"messaging_product": "whatsapp", "type": media.mime_type},
+                files={"file": (name, media.data, mime)},
+                form={"messaging_product": "whatsapp", "type": mime},
             )
         except SendError as error:  # an upload lost is not a message maybe sent
             raise SendError(error.message, code="cloud_api_unavailable") from None

@@ -192,45 +192,6 @@ def send_built(client: Any, jid_user: str, message: Any, server: str = "") -> An
     return client.send_message(_jid(jid_user, server), message)
 
 
-#: our media kinds -> the field of waE2E.Message the builders fill
-MEDIA_FIELDS = {
-    "image": "imageMessage",
-    "video": "videoMessage",
-    "audio": "audioMessage",
-    "voice": "audioMessage",
-    "document": "documentMessage",
-    "sticker": "stickerMessage",
-}
-
-
-def build_media(client: Any, kind: str, data: bytes, mime_type: str, filename: str | None) -> Any:
-    """The media message, built (and uploaded) by neonize's own builder for ``kind`` from our
-    bytes - never a URL, which neonize would fetch itself past our limits and guard. Built
-    without a caption: ``with_caption`` sets each job's."""
-    if kind == "image":
-        return client.build_image_message(data)
-    if kind == "video":
-        return client.build_video_message(data)
-    if kind in {"audio", "voice"}:
-        return client.build_audio_message(data, ptt=kind == "voice")
-    if kind == "document":
-        return client.build_document_message(
-            data, filename=filename, title=filename, mimetype=mime_type
-        )
-    if kind == "sticker":
-        return client.build_sticker_message(data)
-    raise ValueError(kind)
-
-
-def with_caption(message: Any, kind: str, caption: str) -> Any:
-    """A copy of a built media message with this job's caption (image, video, document)."""
-    copy = type(message)()
-    copy.CopyFrom(message)
-    if caption and kind in {"image", "video", "document"}:
-        getattr(copy, MEDIA_FIELDS[kind]).caption = caption
-    return copy
-
-
 def joined_groups(client: Any) -> set[str]:
     """``<user>@g.us`` of every group the account is in."""
     return {f"{group.JID.User}@{group.JID.Server}" for group in client.get_joined_groups()}

@@ -23,15 +23,14 @@ from wa_trio.stores import open as stores
 from wa_trio.stores.numbers import Numbers, Resolution
 from wa_trio.transport import OutgoingMessage, SendResult
 from wa_trio.transport.neonize.library import (
-    build_media,
     go_call,
     joined_groups,
     neonize_errors,
     send_built,
     send_text,
     show_composing,
-    with_caption,
 )
+from wa_trio.transport.neonize.media import build_media, with_caption
 from wa_trio.transport.upload_cache import UploadCache
 
 GROUPS_TTL = 600.0  # seconds the joined-groups list is trusted
@@ -87,15 +86,7 @@ class NeonizeSender:
         key = (media.sha256, media.kind, media.filename)
         built = self.uploads.get(key, time.time())
         if built is None:
-            built = await go_call(
-                build_media,
-                client,
-                media.kind,
-                media.data,
-                media.mime_type,
-                media.filename,
-                limiter=self._limiter,
-            )
+            built = await go_call(build_media, client, media, limiter=self._limiter)
             self.uploads.put(key, built, time.time())
         return built
 
