@@ -156,6 +156,18 @@ def _fresh_store_connects() -> Iterator[None]:
     STORE_CONNECTS.limit, STORE_CONNECTS.made = None, 0
 
 
+@pytest.fixture(autouse=True)
+def _no_concurrent_map_access() -> Iterator[None]:
+    """The neonize double records what would be Go's "fatal error: concurrent map writes"
+    (tests/fakes.py ``GoMapsModel``): no test may produce one."""
+    from tests.fakes import GO_MAPS_MODEL
+
+    GO_MAPS_MODEL.violations.clear()
+    yield
+    found, GO_MAPS_MODEL.violations[:] = list(GO_MAPS_MODEL.violations), []
+    assert not found, f"neonize's client maps were touched during a write: {found}"
+
+
 #: the ``delete_after`` fixture's type: ``delete_after(settings, extra_queues=())`` -> settings
 DeleteAfter = Callable[..., Settings]
 

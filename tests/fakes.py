@@ -20,10 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from neonize.events import EVENT_TO_INT, ConnectedEv
+from neonize.events import EVENT_TO_INT, INT_TO_EVENT, ConnectedEv
 from neonize.exc import IsOnWhatsAppError, NeonizeError, PairPhoneError
 from neonize.proto.Neonize_pb2 import (
     JID,
@@ -41,10 +44,80 @@ from wa_trio.log import Redactor
 from wa_trio.transport.neonize import NeonizeTransport
 
 
-class _EventRegistry:
+class GoMapsModel:
+    """goneonize's client maps (main.go ``clients``, ``StopSignal``, ``eventChannel``): plain Go
+    maps. A write while anything else touches them is Go's "fatal error: concurrent map
+    writes" (or "concurrent map read and map write"), which ends the process; here each such
+    overlap is recorded in ``violations`` (the tests assert there are none)."""
+
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.writing = 0
+        self.reading = 0
+        self.violations: list[str] = []
+        self.finalizer_stops: list[bytes] = []  # Go's Stop from a dropped client's finalizer
+
+    @contextmanager
+    def access(self, what: str, *, write: bool, hold: float = 0.002) -> Iterator[None]:
+        with self._lock:
+            if self.writing or (write and self.reading):
+                self.violations.append(what)
+            if write:
+                self.writing += 1
+            else:
+                self.reading += 1
+        try:
+            time.sleep(hold)  # a map access takes a moment
+            yield
+        finally:
+            with self._lock:
+                if write:
+                    self.writing -= 1
+                else:
+                    self.reading -= 1
+
+
+GO_MAPS_MODEL = GoMapsModel()  # process-wide, as goneonize's maps are
+
+
+def _reads_maps(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A goneonize export: it reads ``clients[id]`` on its first line, and never again."""
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with GO_MAPS_MODEL.access(f"{method.__name__} reads the client maps", write=False):
+            pass
+        return method(self, *args, **kwargs)
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+def _go_stop(uuid: bytes) -> None:
+    """What neonize's finalizer calls (client.py ``NewClient._release_ffi``: Go's ``Stop``, a
+    write of the client maps from the garbage collector, at whatever moment it runs: outside
+    any guard). Counted, not timed: whether it overlaps another access is up to the collector;
+    the transport detaches the finalizer once it stopped the client itself."""
+    GO_MAPS_MODEL.finalizer_stops.append(uuid)
+
+
+class _EventRegistry:
+    def __init__(self, client: Any = None) -> None:
         self.handlers: dict[type, Callable[[Any, Any], None]] = {}
         self.qr_handler: Callable[[Any, bytes], None] | None = None
+        self.client = client
+
+    def execute(self, _uuid: Any, binary: Any, _size: Any, code: int) -> None:
+        """neonize events.py ``Event.execute``: event 0 is the account's "me" (FetchMe, sent
+        by goneonize's ``CallbackFunction`` right after it read the client maps): it sets
+        ``client.me`` and calls no handler."""
+        if code == 0:
+            if self.client is not None:
+                self.client.me = binary
+            return
+        handler = self.handlers.get(INT_TO_EVENT[code])
+        if handler is not None:
+            handler(self.client, binary)  # the double passes the event itself, not its bytes
 
     def __call__(self, event_type: type) -> Callable[[Callable[[Any, Any], None]], None]:
         EVENT_TO_INT[event_type]  # like neonize: an unknown type raises KeyError
@@ -71,13 +144,19 @@ class FakeClient:
         dial_error: str | None = None,
         groups: set[str] | None = None,
         ignores_stop_while_waiting: bool = False,
+        early_stops_ignored: int = 0,
     ) -> None:
         self.ignores_stop_while_waiting = ignores_stop_while_waiting
+        #: stops that come before goneonize's ``Neonize`` wrote ``StopSignal`` cancel nothing
+        self.early_stops_ignored = early_stops_ignored
+        self.uuid = f"fake-{id(self)}".encode()
+        # client.py ``NewClient.__init__``: Go's Stop when the client is garbage-collected
+        self._stop_finalizer = weakref.finalize(self, _go_stop, self.uuid)
         self.groups = groups or set()  # "<digits>@g.us" the account is in
         self.group_lookups = 0
         self.built: list[dict[str, Any]] = []  # every builder call: kind, bytes, options
         self.database = database
-        self.event = _EventRegistry()
+        self.event = _EventRegistry(self)
         self.sent: list[tuple[str, str]] = []
         self.sent_built: list[tuple[str, e2e.Message]] = []
         self.lookups: list[str] = []
@@ -106,10 +185,41 @@ class FakeClient:
         self.stopped.clear()
         if self.dial_error is not None:
             raise NeonizeError(self.dial_error)
+        # goneonize ``Neonize`` (main.go): StopSignal, eventChannel and clients written first
+        with GO_MAPS_MODEL.access("Neonize writes the client maps", write=True):
+            pass
+        if self.me is not None:  # a logged-in session: after the dial, CallbackFunction
+            self.fetch_me()  # reads the maps and sends event 0 (a login: after its QR phase)
         self.stopped.wait()  # like whatsmeow: returns only after stop()
+
+    def fetch_me(self) -> None:
+        """goneonize ``CallbackFunction``: reads ``eventChannel[id]`` and ``clients[id]``
+        (``FetchMe``), then event 0 through ``Event.execute`` (on this Go thread)."""
+        with GO_MAPS_MODEL.access("CallbackFunction reads the client maps", write=False):
+            pass
+        self.event.execute(self.uuid, self.me or Device(), 0, 0)
+
+    def finish_login(self, status: str = "success") -> None:
+        """The QR channel ends (goneonize ``Neonize``'s QR loop): its last status goes to the
+        login-status call back on the Go thread, then ``CallbackFunction`` reads the maps."""
+        self.waiting_for_login = False
+        on_status = getattr(self, "_NewClient__onLoginStatus", None)
+        thread = threading.Thread(target=self._finish_login, args=(on_status, status))
+        thread.start()
+        thread.join()
+
+    def _finish_login(self, on_status: Any, status: str) -> None:
+        if on_status is not None:
+            on_status(self.uuid, status)
+        self.fetch_me()
 
     def stop(self) -> None:
         self.stops += 1
+        if self.early_stops_ignored > 0:
+            self.early_stops_ignored -= 1  # came before StopSignal was written: a no-op
+            return
+        with GO_MAPS_MODEL.access("Stop deletes from the client maps", write=True):
+            pass
         if self.ignores_stop_while_waiting and self.waiting_for_login:
             # issue 27's audit of neonize 0.5.2: once the QR codes ran out (or a pairing
             # failed), goneonize's ``Neonize`` (main.go) waits for a device id that never
@@ -118,6 +228,7 @@ class FakeClient:
         self.waiting_for_login = False
         self.stopped.set()
 
+    @_reads_maps
     def is_on_whatsapp(self, *numbers: str) -> list[IsOnWhatsAppResponse]:
         self.lookups.extend(numbers)
         if self.lookup_error is not None:
@@ -135,6 +246,7 @@ class FakeClient:
             for n in numbers
         ]
 
+    @_reads_maps
     def send_message(self, to: JID, message: Any) -> SendResponse:
         """Text (a str) or a built message (a waE2E Message), as neonize's ``send_message``."""
         if self.send_gate is not None:
@@ -155,10 +267,12 @@ class FakeClient:
         assert isinstance(data, bytes), "a builder must get our bytes, never a URL or a path"
         self.built.append({"kind": kind, "data": data, **options})
 
+    @_reads_maps
     def build_image_message(self, file: bytes, caption: str | None = None) -> e2e.Message:
         self._built("image", file, caption=caption)
         return e2e.Message(imageMessage=e2e.ImageMessage(mimetype="image/png", caption=caption))
 
+    @_reads_maps
     def build_document_message(
         self,
         file: bytes,
@@ -174,6 +288,7 @@ class FakeClient:
             )
         )
 
+    @_reads_maps
     def upload(self, binary: bytes, media_type: Any = None) -> UploadResponse:
         """neonize client.py ``NewClient.upload``: whatsmeow's ``Upload`` encrypts and uploads
         the bytes and answers with an ``UploadResponse`` (the media type only picks the MMS path
@@ -187,15 +302,18 @@ class FakeClient:
             MediaKey=b"k" * 32, FileEncSHA256=digest, FileSHA256=digest, FileLength=len(binary),
         )  # fmt: skip
 
+    @_reads_maps
     def get_joined_groups(self) -> list[GroupInfo]:
         self.group_lookups += 1
         return [
             GroupInfo(JID=JID(User=jid.split("@")[0], Server="g.us")) for jid in sorted(self.groups)
         ]
 
+    @_reads_maps
     def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
         self.presences.append((jid.User, state.name))
 
+    @_reads_maps
     def get_pn_from_lid(self, jid: JID) -> JID:
         """neonize client.py ``get_pn_from_lid``: whatsmeow's LID store; an unknown LID raises
         ``GetJIDFromStoreError`` (the Go side answers with an error, not an empty JID)."""
@@ -206,6 +324,7 @@ class FakeClient:
             raise GetJIDFromStoreError(f"no phone number for lid {jid.User}")
         return JID(User=number, Server="s.whatsapp.net")
 
+    @_reads_maps
     def PairPhone(
         self, phone: str, push: bool, client_name: Any = None, client_type: Any = None
     ) -> str:
@@ -225,8 +344,9 @@ class FakeClient:
     def fire(self, event: Any) -> None:
         if isinstance(event, ConnectedEv) and self.me is None:
             self.me = Device(JID=JID(User="5511988887777", Server="s.whatsapp.net"))
-        handler = self.event.handlers[type(event)]
-        thread = threading.Thread(target=handler, args=(self, event))
+        assert type(event) in self.event.handlers
+        code = EVENT_TO_INT[type(event)]  # through Event.execute, as goneonize delivers it
+        thread = threading.Thread(target=self.event.execute, args=(self.uuid, event, 0, code))
         thread.start()
         thread.join()
 

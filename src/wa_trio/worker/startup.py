@@ -53,10 +53,11 @@ def check_media_tools(
     which: Callable[[str], str | None] = shutil.which,
     out: TextIO | None = None,
 ) -> Settings:
-    """Voice notes (both transports), audio and video (neonize: lengths, thumbnails) are prepared
-    with ffmpeg/ffprobe (``media/prepare.py``). Without them those kinds are switched off (jobs of them are dead-lettered
-    ``media_unsupported``) and the start says so once: a text-only deployment, the Go worker's
-    whole contract, never needs ffmpeg (issue 30). The settings to run with."""
+    """Voice notes (both transports), audio and video (neonize: lengths, thumbnails) are
+    prepared with ffmpeg/ffprobe (``media/prepare.py``). Without them those kinds are switched
+    off (jobs of them are dead-lettered ``media_unsupported``) and the start says so once: a
+    text-only deployment, the Go worker's whole contract, never needs ffmpeg (issue 30). The
+    settings to run with."""
     needs = ffmpeg_kinds(settings.transport)
     needing = sorted(set(settings.media_kinds) & needs)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]

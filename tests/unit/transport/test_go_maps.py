@@ -1,12 +1,15 @@
 """neonize's client maps are plain Go maps: our guard lets starts and stops run alone and
-every other call together (transport/neonize/runtime.GoMaps)."""
+every other call together (transport/neonize/go_maps.py)."""
 
 from __future__ import annotations
+
+import threading
+from functools import partial
 
 import trio
 import trio.testing
 
-from wa_trio.transport.neonize.library import GoMaps
+from wa_trio.transport.neonize.go_maps import GoMaps
 
 
 async def test_readers_share_writers_are_alone_and_go_first() -> None:
@@ -67,3 +70,80 @@ async def test_a_cancelled_waiter_leaves_the_guard_usable() -> None:
             pass
         async with guard.writing():
             pass
+
+
+async def test_a_long_call_holds_the_maps_only_while_it_enters_go() -> None:
+    """goneonize's exports read ``clients[id]`` on their first line (main.go ``SendMessage``,
+    ``Upload``, ...): a 75 s send must not keep another account's start (a writer) waiting.
+    The writer gets in while the send is still running (before: only after it returned)."""
+    from wa_trio.transport.neonize.go_maps import ENTRY_HOLD, GO_MAPS, go_call
+
+    gate = threading.Event()
+    finished: list[str] = []
+
+    async def long_send() -> None:
+        await go_call(partial(gate.wait, 30))
+        finished.append("send")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(long_send)
+        await trio.sleep(0.05)  # the send is in Go
+        started = trio.current_time()
+        with trio.fail_after(10):
+            async with GO_MAPS.writing():
+                waited = trio.current_time() - started
+                assert finished == []  # the send has not returned
+        gate.set()
+    assert finished == ["send"]
+    assert waited <= ENTRY_HOLD + 5  # about ENTRY_HOLD; never the send's whole length
+
+
+async def test_a_call_cancelled_before_its_turn_never_enters_go() -> None:
+    from wa_trio.transport.neonize.go_maps import GO_MAPS, go_call
+
+    entered: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def writer() -> None:
+            async with GO_MAPS.writing():
+                await trio.sleep(0.3)
+
+        nursery.start_soon(writer)
+        await trio.sleep(0.05)
+        with trio.move_on_after(0.1):
+            await go_call(entered.append, 1)  # waits for the writer; cancelled meanwhile
+    await trio.sleep(0.1)
+    assert entered == []
+    assert await go_call(entered.append, 2) is None and entered == [2]  # the guard is free
+
+
+async def test_the_reads_after_a_login_are_covered_until_event_0() -> None:
+    """goneonize ``Neonize``: after the QR channel's last status call back, on the same Go
+    thread, ``CallbackFunction`` reads ``eventChannel[id]`` and ``clients[id]`` and only then
+    sends event 0. Another account's stop (a writer) that comes meanwhile waits for event 0
+    (before: it ran during the reads, Go's "concurrent map read and map write")."""
+    from tests.fakes import GO_MAPS_MODEL
+    from wa_trio.transport.neonize.go_maps import GO_MAPS, LoginReads
+
+    reads = LoginReads(trio.lowlevel.current_trio_token())
+    status_called = threading.Event()
+    log: list[str] = []
+
+    def go_thread() -> None:  # the Go side of a login that just succeeded
+        reads.go_thread_status()  # blocks until a reader is held
+        status_called.set()
+        with GO_MAPS_MODEL.access("CallbackFunction reads", write=False, hold=0.3):
+            log.append("read")
+        reads.go_thread_me()
+
+    async def other_accounts_stop() -> None:
+        await trio.to_thread.run_sync(status_called.wait)
+        async with GO_MAPS.writing():
+            with GO_MAPS_MODEL.access("another account's Stop", write=True):
+                log.append("stop")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_accounts_stop)
+        await trio.to_thread.run_sync(go_thread)
+    assert log == ["read", "stop"] and GO_MAPS_MODEL.violations == []
+    assert reads.reads_seen == 1

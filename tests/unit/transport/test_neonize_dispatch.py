@@ -54,7 +54,7 @@ def execute(client: FakeClient, event: Any) -> None:
     data = as_go_encodes(event).SerializeToString()
     buffer = ctypes.create_string_buffer(data, len(data))
     code = EVENT_TO_INT[type(event)]
-    dispatch = client.event.execute  # type: ignore[attr-defined]  # neonize's own Event
+    dispatch = client.event.execute  # neonize's own Event (with our hook around it)
     thread = threading.Thread(target=dispatch, args=(0, ctypes.addressof(buffer), len(data), code))
     thread.start()
     thread.join()
@@ -209,14 +209,16 @@ def test_any_event_through_neonize_dispatch_leaves_trio_running(
 async def test_connected_sessions_hold_no_token_of_trios_default_limiter() -> None:
     """45 sessions (more than trio's 40 default tokens) connected at once: a short blocking
     call of the process still runs at once (before: it waited behind every connect())."""
-    from wa_trio.transport.neonize.library import connect_registered
+    from wa_trio.transport.neonize.go_maps import LoginReads, connect_registered
 
     release = threading.Event()
     async with trio.open_nursery() as nursery:
         for _ in range(45):
             registered = trio.Event()
             registered.set()  # each client said something at once: the maps hold ends
-            nursery.start_soon(connect_registered, nursery, partial(release.wait, 30), registered)
+            reads = LoginReads(trio.lowlevel.current_trio_token())
+            connect = partial(release.wait, 30)
+            nursery.start_soon(connect_registered, nursery, connect, registered, reads)
         await wait_for(lambda: threading.active_count() >= 45, what="45 connect threads")
         assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
         with trio.fail_after(5):

@@ -4,6 +4,7 @@ No broker: the transport alone."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import trio
 from neonize.events import ConnectedEv
 
-from tests.fakes import FakeClient, fake_neonize_transport
+from tests.fakes import GO_MAPS_MODEL, FakeClient, fake_neonize_transport
 from tests.helpers import wait_for
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import SendError, TransportError
@@ -308,3 +309,57 @@ def test_go_filters_neonize_logs_below_warnings() -> None:
         assert LogLevel.from_logging(neonize_log.level).level == b"WARN"
     finally:
         neonize_log.setLevel(before)
+
+
+async def test_a_stop_that_came_too_early_is_sent_again_until_connect_returns(
+    neonize_settings: Settings,
+) -> None:
+    """Issue 27, item 9: a stop before goneonize's ``Neonize`` wrote the client's
+    ``StopSignal`` cancels nothing (main.go): connect() keeps blocking. After a logout the
+    transport stops again every second until connect() returned (before: one stop, and the
+    watchdog waited for ever), then detaches neonize's finalizer (client.py
+    ``NewClient.__init__``: a dropped client would call Go's ``Stop`` from the garbage
+    collector, outside the guard of the client maps)."""
+    from neonize.events import LoggedOutEv
+
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients, early_stops_ignored=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        client = clients[0]
+        await trio.to_thread.run_sync(client.fire, ConnectedEv())
+        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+        assert client._stop_finalizer.alive  # neonize's, until we stopped the client
+        await trio.to_thread.run_sync(client.fire, LoggedOutEv(OnConnect=False, Reason=2))
+        await wait_for(client.stopped.is_set, timeout=10, what="connect() returned")
+        assert client.stops == 2 and transport.stop_retries == 1
+        await wait_for(lambda: not client._stop_finalizer.alive, what="finalizer detached")
+        nursery.cancel_scope.cancel()
+    uuid = client.uuid
+    del client, transport
+    clients.clear()
+    gc.collect()
+    assert uuid not in GO_MAPS_MODEL.finalizer_stops  # collected without a second Go Stop
+
+
+async def test_a_finished_qr_login_holds_and_gives_back_a_reader(
+    neonize_settings: Settings,
+) -> None:
+    """The hooks on a real transport: the QR channel's last status call back (neonize's
+    ``NewClient.__onLoginStatus``, which only prints) takes a reader on the Go thread, event 0
+    gives it back; nothing stays held (a leak would keep every other account's start out)."""
+    from wa_trio.transport.neonize.go_maps import GO_MAPS
+
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        await trio.to_thread.run_sync(clients[0].fire_qr, "2@first")
+        await wait_for(lambda: transport.state is S.WAITING_FOR_LOGIN, what="waiting")
+        await wait_for(lambda: GO_MAPS._readers == 0, what="no reader during the QR phase")
+        await trio.to_thread.run_sync(clients[0].finish_login)
+        assert transport._reads is not None and transport._reads.reads_seen == 1
+        await wait_for(lambda: GO_MAPS._readers == 0, what="the reader given back")
+        nursery.cancel_scope.cancel()

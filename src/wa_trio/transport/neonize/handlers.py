@@ -22,7 +22,8 @@ from wa_trio.core.errors import SendError
 from wa_trio.log import Redactor, log_contained
 from wa_trio.transport.inbound import InboundMessage, e164
 from wa_trio.transport.neonize.events import EVENT_NAMES, inbound_of, receipt_of, signal_of
-from wa_trio.transport.neonize.library import go_call, lid_jid, neonize_errors
+from wa_trio.transport.neonize.go_maps import LoginReads, go_call
+from wa_trio.transport.neonize.library import lid_jid, neonize_errors
 from wa_trio.transport.receipts import ReceiptInfo
 from wa_trio.transport.states import Signal
 
@@ -38,6 +39,7 @@ class GoThreadHandlers:
     _nursery: trio.Nursery | None
     _client: Any
     _limiter: trio.CapacityLimiter
+    _reads: LoginReads | None  # the connect under way's map reads (go_maps.py)
 
     def apply(self, signal: Signal) -> None:
         raise NotImplementedError  # the transport's state machine
@@ -127,6 +129,32 @@ class GoThreadHandlers:
         client.event(events.ReceiptEv)(bulkhead("receipt", on_receipt))
         client.event(events.MessageEv)(bulkhead("message", on_message))
         client.event.qr(bulkhead("qr", on_qr))
+        self._hook_map_reads(client)
+
+    def _hook_map_reads(self, client: Any) -> None:
+        """goneonize reads its client maps just after the QR channel's last status call back
+        and just before event 0 (go_maps.py): both call backs run on the Go thread; the first
+        waits there for a reader's ticket, the second gives it back. neonize's own status
+        call back only prints (client.py ``NewClient.__onLoginStatus``); event 0 only sets
+        ``client.me`` (events.py ``Event.execute``), which still runs."""
+        execute = client.event.execute
+
+        def on_status(_uuid: Any, _status: Any) -> None:
+            try:
+                if self._reads is not None:
+                    self._reads.go_thread_status()
+            except Exception as error:  # noqa: BLE001 - the callback's bulkhead
+                self._callback_failed("login_status", error)
+
+        def on_execute(uuid: Any, binary: Any, size: Any, code: Any) -> None:
+            try:
+                execute(uuid, binary, size, code)
+            finally:
+                if self._reads is not None:  # event 0 first: the reads are done
+                    self._reads.go_thread_me()
+
+        client._NewClient__onLoginStatus = on_status  # read by connect(), as the name it has
+        client.event.execute = on_execute
 
 
 __all__ = ["GoThreadHandlers"]

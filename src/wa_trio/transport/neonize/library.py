@@ -23,13 +23,12 @@ import logging
 import os
 import platform
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import eliot
 import segno
-import trio
 
 from wa_trio.core.errors import SendError, TransportError
 from wa_trio.log import mask_numbers
@@ -252,91 +251,3 @@ def create_session_store(database: str, closed_proxy: str) -> None:
         client.stop()
 
 
-class GoMaps:
-    """neonize keeps every client of the process in plain Go maps (``clients``,
-    ``StopSignal``, ``eventChannel`` in goneonize/main.go), written without a lock when a client
-    starts (``Neonize``) and stops (``Stop``) and read by every other call. Two accounts
-    starting or stopping at once abort the whole process ("fatal error: concurrent map
-    writes", seen here with 20 accounts); a read during a write can too. So, process-wide:
-    a start or stop is a *writer* (alone), every other call a *reader* (together), writers
-    first. All our neonize calls are dispatched from the one trio loop, so a trio-side lock
-    is enough."""
-
-    def __init__(self) -> None:
-        self._changed = trio.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[None]:
-        async with self._changed:
-            while self._writing or self._writers_waiting:
-                await self._changed.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                async with self._changed:
-                    self._readers -= 1
-                    self._changed.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[None]:
-        async with self._changed:
-            self._writers_waiting += 1
-            try:
-                while self._writing or self._readers:
-                    await self._changed.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                async with self._changed:
-                    self._writing = False
-                    self._changed.notify_all()
-
-
-GO_MAPS = GoMaps()
-
-
-async def go_call(
-    fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter | None = None
-) -> Any:
-    """A neonize call that reads neonize's client maps (anything but a start or a stop), in a
-    worker thread (abandoned on cancel: a Go call cannot be interrupted)."""
-    async with GO_MAPS.reading():
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
-
-
-REGISTER_WINDOW = 3.0  # at most this long a starting client holds neonize's maps (GoMaps)
-
-
-async def connect_registered(
-    nursery: trio.Nursery, connect: Callable[[], Any], registered: trio.Event
-) -> None:
-    """Run ``connect`` (neonize's blocking connect, for as long as the connection lives) in a
-    worker thread as a writer of neonize's client maps until the client registered itself:
-    ``connect`` returned, or ``registered`` was set (the client said anything: an event), or
-    ``REGISTER_WINDOW`` passed. The writer's hold runs in ``nursery``."""
-
-    async def hold(*, task_status: trio.TaskStatus[None]) -> None:
-        async with GO_MAPS.writing():
-            task_status.started()
-            with trio.move_on_after(REGISTER_WINDOW):
-                await registered.wait()
-
-    await nursery.start(hold)
-    try:
-        # a limiter of its own: connect() holds its thread for the session's whole life, and
-        # 40 accounts on trio's default limiter (40 tokens) stalled every other to_thread
-        # call of the process (sends 5 s late, a shutdown of 2 min 13 s; issue 27)
-        await trio.to_thread.run_sync(
-            connect, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1)
-        )
-    finally:
-        registered.set()

@@ -17,7 +17,8 @@ from wa_trio.config.settings import Settings
 from wa_trio.core.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, LoginStatus
-from wa_trio.transport.neonize.library import go_call, neonize_errors, pair_client, print_qr
+from wa_trio.transport.neonize.go_maps import LoginReads, go_call
+from wa_trio.transport.neonize.library import neonize_errors, pair_client, print_qr
 from wa_trio.transport.states import Signal
 
 
@@ -48,11 +49,12 @@ class LoginDriving:
     _abandon_after: float
     _connect_scope: trio.CancelScope
     _connect_done: trio.Event
+    _reads: LoginReads | None
 
     def apply(self, signal: Signal) -> None:
         raise NotImplementedError  # the transport's state machine
 
-    async def _stop_client(self) -> None:
+    async def _stop_client(self, *, until_returned: float = 0.0) -> None:
         raise NotImplementedError  # the transport's
 
     def login_status(self) -> LoginStatus:
@@ -67,6 +69,8 @@ class LoginDriving:
 
     def on_qr(self, payload: str) -> None:
         """A new QR code (trio thread): terminal block, log, /login."""
+        if self._reads is not None:
+            self._reads.shown_qr()  # the map reads wait for the QR channel's end
         self.login.qr = payload
         self.login.qr_count += 1
         self._last_code_at = trio.current_time()
@@ -137,9 +141,7 @@ class LoginDriving:
         abandoned (it counts towards MAX_CONNECTS, the restart bound) and the next login
         starts on a new client, with a new key on the Go side."""
         connecting, done = self._connect_scope, self._connect_done
-        await self._stop_client()
-        with trio.move_on_after(self._abandon_after):
-            await done.wait()  # the watchdog left this connect(): it returned
+        await self._stop_client(until_returned=self._abandon_after)  # stopped again till then
         if not done.is_set():
             self.abandoned += 1
             eliot.log_message(

@@ -22,8 +22,8 @@ from wa_trio.log import Redactor
 from wa_trio.stores import open as stores
 from wa_trio.stores.numbers import Numbers, Resolution
 from wa_trio.transport import OutgoingMessage, SendResult
+from wa_trio.transport.neonize.go_maps import go_call
 from wa_trio.transport.neonize.library import (
-    go_call,
     joined_groups,
     neonize_errors,
     send_built,

@@ -42,10 +42,9 @@ from wa_trio.stores import open as stores
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.neonize.events import TERMINAL
+from wa_trio.transport.neonize.go_maps import GO_MAPS, LoginReads, connect_registered
 from wa_trio.transport.neonize.handlers import GoThreadHandlers
 from wa_trio.transport.neonize.library import (
-    GO_MAPS,
-    connect_registered,
     linked_number,
     neonize_errors,
     new_client,
@@ -62,6 +61,7 @@ from wa_trio.transport.upload_cache import UploadCache
 
 NUMBER_CACHE_TTL = 7 * 86400.0
 STOP_TIMEOUT = 5.0
+STOP_RETRY = 1.0  # seconds between stops of a client whose connect() has not returned
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
 _STABLE_AFTER = 60.0  # a session that lasted this long resets the reconnect backoff
@@ -107,6 +107,8 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
         self._abandon_after = abandon_after
         self._connect_scope = trio.CancelScope()  # the connect() in progress
         self._connect_done = trio.Event()  # set when that connect() returned
+        self._connect_done.set()  # (none under way yet)
+        self.stop_retries = 0  # stops sent again because connect() had not returned
         self.abandoned = 0  # connect() threads left behind (their client ignored stop())
         self.login = LoginInfo()
         self.transitions: list[tuple[ConnectionState, ConnectionState, str]] = []
@@ -121,6 +123,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
         self._limiter = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         self._registered = trio.Event()  # the client being connected wrote neonize's maps
+        self._reads: LoginReads | None = None  # its map reads after the dial or the login
         self._pair_requested = False
         self._qr_stale_after = qr_stale_after
         self._max_connects = max_connects
@@ -181,7 +184,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
         if signal.kind in TERMINAL and self._nursery is not None:
             # whatsmeow stopped reconnecting but connect() keeps blocking: end it, so the
             # watchdog reaches its re-login wait or its back-off
-            self._nursery.start_soon(self._stop_client)
+            self._nursery.start_soon(partial(self._stop_client, until_returned=STOP_TIMEOUT * 2))
 
     def _announce(self, old: ConnectionState, signal: Signal, loud: str | None) -> None:
         """A state change in the log; what needs an operator on stderr too."""
@@ -286,7 +289,11 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
                             connect = partial(
                                 self._client.connect, proxy_settings(self.settings.proxy)
                             )
-                            await connect_registered(self._nursery, connect, self._registered)
+                            assert self._token is not None
+                            self._reads = reads = LoginReads(self._token)
+                            await connect_registered(
+                                self._nursery, connect, self._registered, reads
+                            )
                     finally:
                         done.set()
                     self.apply(Signal("disconnected"))
@@ -320,10 +327,34 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             return max(0.0, self.banned_until - time.time())
         return float("inf")
 
-    async def _stop_client(self) -> None:
+    async def _stop_client(self, *, until_returned: float = 0.0) -> None:
+        """Stop the client (a writer of neonize's maps). With ``until_returned``: stop again
+        every ``STOP_RETRY`` seconds, for at most that long, until its ``connect()`` returned
+        (a stop that came before goneonize's ``Neonize`` wrote the client's ``StopSignal``
+        cancels nothing, main.go). Then neonize's finalizer is detached: a dropped client
+        would otherwise call Go's ``Stop`` again from the garbage collector, outside the
+        guard (client.py ``NewClient.__init__``: ``weakref.finalize(self, _release_ffi)``)."""
         client = self._client
         if client is None:
             return
+        await self._stop_once(client)
+        done = self._connect_done
+        with trio.move_on_after(until_returned):
+            while not done.is_set():
+                with trio.move_on_after(STOP_RETRY):
+                    await done.wait()
+                if not done.is_set():
+                    self.stop_retries += 1
+                    await self._stop_once(client)
+        finalizer = getattr(client, "_stop_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
+        if self._state is ConnectionState.CONNECTED:
+            self.apply(Signal("disconnected"))
+
+    async def _stop_once(self, client: Any) -> None:
+        if self._reads is not None:
+            self._reads.let_go()  # its own reads must not hold its stop (a writer) back
         with trio.move_on_after(STOP_TIMEOUT) as scope:
             try:
                 with neonize_errors("stop", code="stop_failed", mask=self.redactor.text):
@@ -333,8 +364,6 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
                 eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
         if scope.cancelled_caught:
             eliot.log_message(message_type="wa_trio:whatsapp:stop_timed_out", seconds=STOP_TIMEOUT)
-        if self._state is ConnectionState.CONNECTED:
-            self.apply(Signal("disconnected"))
 
     # ------------------------------------------------------------------------------ sending
 
