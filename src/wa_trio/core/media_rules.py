@@ -78,6 +78,7 @@ def ffmpeg_kinds(transport: str) -> frozenset[str]:
     voice notes and reads the rest itself); the dry run prepares nothing."""
     return {"neonize": NEEDS_FFMPEG, "cloud-api": frozenset({"voice"})}.get(transport, frozenset())
 
+
 MAX_URL = 2048
 MAX_FILENAME = 255
 _MIME = re.compile(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*")

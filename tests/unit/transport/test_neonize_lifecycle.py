@@ -322,23 +322,24 @@ async def test_a_stop_that_came_too_early_is_sent_again_until_connect_returns(
     collector, outside the guard of the client maps)."""
     from neonize.events import LoggedOutEv
 
-    clients: list[FakeClient] = []
-    transport = fake_neonize_transport(neonize_settings, clients, early_stops_ignored=1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.run)
-        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
-        client = clients[0]
-        await trio.to_thread.run_sync(client.fire, ConnectedEv())
-        await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
-        assert client._stop_finalizer.alive  # neonize's, until we stopped the client
-        await trio.to_thread.run_sync(client.fire, LoggedOutEv(OnConnect=False, Reason=2))
-        await wait_for(client.stopped.is_set, timeout=10, what="connect() returned")
-        assert client.stops == 2 and transport.stop_retries == 1
-        await wait_for(lambda: not client._stop_finalizer.alive, what="finalizer detached")
-        nursery.cancel_scope.cancel()
-    uuid = client.uuid
-    del client, transport
-    clients.clear()
+    async def scenario() -> bytes:
+        clients: list[FakeClient] = []
+        transport = fake_neonize_transport(neonize_settings, clients, early_stops_ignored=1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run)
+            await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+            client = clients[0]
+            await trio.to_thread.run_sync(client.fire, ConnectedEv())
+            await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+            assert client._stop_finalizer.alive  # neonize's, until we stopped the client
+            await trio.to_thread.run_sync(client.fire, LoggedOutEv(OnConnect=False, Reason=2))
+            await wait_for(client.stopped.is_set, timeout=10, what="connect() returned")
+            assert client.stops == 2 and transport.stop_retries == 1
+            await wait_for(lambda: not client._stop_finalizer.alive, what="finalizer detached")
+            nursery.cancel_scope.cancel()
+        return client.uuid
+
+    uuid = await scenario()  # the client and its transport are dropped here
     gc.collect()
     assert uuid not in GO_MAPS_MODEL.finalizer_stops  # collected without a second Go Stop
 

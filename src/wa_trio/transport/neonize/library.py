@@ -249,5 +249,3 @@ def create_session_store(database: str, closed_proxy: str) -> None:
         client.connect(proxy_settings(closed_proxy))
     with contextlib.suppress(Exception):
         client.stop()
-
-
