@@ -165,6 +165,7 @@ class FakeClient:
         self.send_gate = send_gate  # when set: a send blocks until the gate opens (a hung send)
         self.sending = 0
         self.stopped = threading.Event()
+        self.ends_with: str | None = None  # connect() raises this when it returns
         self.connects = 0
         self.me: Any = None
         self.presences: list[tuple[str, str]] = []
@@ -191,6 +192,9 @@ class FakeClient:
         if self.me is not None:  # a logged-in session: after the dial, CallbackFunction
             self.fetch_me()  # reads the maps and sends event 0 (a login: after its QR phase)
         self.stopped.wait()  # like whatsmeow: returns only after stop()
+        failure, self.ends_with = self.ends_with, None
+        if failure is not None:
+            raise NeonizeError(failure)
 
     def fetch_me(self) -> None:
         """goneonize ``CallbackFunction``: reads ``eventChannel[id]`` and ``clients[id]``
@@ -198,6 +202,14 @@ class FakeClient:
         with GO_MAPS_MODEL.access("CallbackFunction reads the client maps", write=False):
             pass
         self.event.execute(self.uuid, self.me or Device(), 0, 0)
+
+    def receive_server_error_receipt(self) -> None:
+        """whatsmeow dispatches a ``server-error`` receipt; goneonize's ``EncodeReceipts``
+        (utils/encoder.go) has no case for it and leaves the required ``Type`` unset, so
+        ``CallbackFunction``'s ``proto.Marshal`` fails and ``Neonize`` returns that error:
+        connect() raises while whatsmeow's client stays connected (no further events)."""
+        self.ends_with = "proto: required field neonize.Receipt.Type not set"
+        self.stopped.set()  # connect() returns (here: by the same wake-up a stop uses)
 
     def finish_login(self, status: str = "success") -> None:
         """The QR channel ends (goneonize ``Neonize``'s QR loop): its last status goes to the

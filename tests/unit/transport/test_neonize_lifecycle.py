@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -363,4 +364,33 @@ async def test_a_finished_qr_login_holds_and_gives_back_a_reader(
         await trio.to_thread.run_sync(clients[0].finish_login)
         assert transport._reads is not None and transport._reads.reads_seen == 1
         await wait_for(lambda: GO_MAPS._readers == 0, what="the reader given back")
+        nursery.cancel_scope.cancel()
+
+
+def _connects_reach(client: FakeClient, count: int) -> bool:
+    return client.connects == count
+
+
+async def test_a_server_error_receipt_is_not_a_failed_dial(neonize_settings: Settings) -> None:
+    """Issue 27, item 10: goneonize cannot encode a ``server-error`` receipt (its required
+    ``Type`` is left unset, utils/encoder.go ``EncodeReceipts``), so connect() raises "proto:
+    required field neonize.Receipt.Type not set" while whatsmeow stays connected. The transport
+    stops that client and connects again without back-off, counts no failed connect and does
+    not report a dial failure (before: dial_failed, counted towards WHATSAPP_CONNECT_MAX_
+    FAILURES, so a few such receipts marked the account failed)."""
+    clients: list[FakeClient] = []
+    transport = fake_neonize_transport(neonize_settings, clients)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        await wait_for(lambda: bool(clients) and clients[0].connects == 1, what="connect")
+        client = clients[0]
+        for round_ in range(1, neonize_settings.connect_max_failures + 2):
+            await trio.to_thread.run_sync(client.fire, ConnectedEv())
+            await wait_for(lambda: transport.state is S.CONNECTED, what="connected")
+            client.receive_server_error_receipt()
+            await wait_for(partial(_connects_reach, client, round_ + 1), what="connected again")
+        assert transport.events_lost == neonize_settings.connect_max_failures + 1
+        assert transport.failures_in_a_row == 0
+        assert "dial_failed" not in {kind for _, _, kind in transport.transitions}
+        assert transport.state is not S.FAILED
         nursery.cancel_scope.cancel()

@@ -24,6 +24,15 @@ TERMINAL = frozenset(
 )
 
 
+def event_not_encodable(message: str) -> bool:
+    """connect() raised because goneonize could not encode an event, not because the dial
+    failed: ``EncodeReceipts`` (utils/encoder.go) leaves the required ``Type`` of a
+    ``server-error`` receipt unset and ``CallbackFunction``'s ``proto.Marshal`` answers Go's
+    ``RequiredNotSet`` error ("proto: required field neonize.Receipt.Type not set"), which
+    ``Neonize`` returns. The session itself is fine: reconnect at once, count nothing."""
+    return "required field" in message and "not set" in message
+
+
 #: chats that are not a conversation with the account: contacts' Status posts
 #: (``status@broadcast``, which whatsmeow marks IsGroup), broadcast lists and channels
 #: (whatsmeow's types.BroadcastServer and NewsletterServer); never published, never an opt-out

@@ -140,6 +140,28 @@ async def go_call(
     return result.unwrap()
 
 
+async def go_stop(client: Any, *, bound: float = 5.0) -> None:
+    """``client.stop()`` in a worker thread, for a caller holding the writer. Abandoned on
+    cancel, but the caller's writer is kept (shielded, at most ``bound`` seconds) until the
+    thread returned: an abandoned Stop still deleting from the maps must not meet the next
+    writer or a reader."""
+    returned = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def stop() -> None:
+        try:
+            client.stop()
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(returned.set)
+
+    try:
+        await trio.to_thread.run_sync(stop, abandon_on_cancel=True)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(bound):
+            await returned.wait()
+
+
 class LoginReads:
     """The reader hold around ``CallbackFunction``'s map reads for one ``connect()`` (see the
     module docstring). ``go_thread_status`` and ``go_thread_me`` run on Go threads."""
@@ -150,6 +172,9 @@ class LoginReads:
         self._gone = trio.Event()
         self.reads_seen = 0  # event-0 call backs (the tests count them)
         self.qr_shown = False  # a QR code came: the reads wait for the QR channel's end
+        #: set once nothing of this connect reads the maps soon: its reads are done (an event
+        #: came) or wait for a login (a QR code came); a stop waits for it, bounded
+        self.settled = trio.Event()
 
     async def hold(self) -> None:
         if not self._held:
@@ -171,6 +196,7 @@ class LoginReads:
     def shown_qr(self) -> None:
         """Trio thread: a QR code came; nothing is read until the QR channel ends."""
         self.qr_shown = True
+        self.settled.set()
         self.let_go()
 
     def go_thread_status(self) -> None:
@@ -184,7 +210,11 @@ class LoginReads:
         event 0 first, only after its reads; the ticket goes back."""
         self.reads_seen += 1
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self.let_go)
+            self._token.run_sync_soon(self._done_reading)
+
+    def _done_reading(self) -> None:
+        self.settled.set()
+        self.let_go()
 
 
 async def connect_registered(
@@ -214,9 +244,16 @@ async def connect_registered(
         # a limiter of its own: connect() holds its thread for the session's whole life, and
         # 40 accounts on trio's default limiter (40 tokens) stalled every other to_thread
         # call of the process (sends 5 s late, a shutdown of 2 min 13 s; issue 27)
-        await trio.to_thread.run_sync(
-            connect, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1)
-        )
+        try:
+            await trio.to_thread.run_sync(
+                connect, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1)
+            )
+        except trio.Cancelled:
+            raise  # abandoned: its thread may still be about to read the maps
+        except BaseException:
+            reads.settled.set()  # connect() itself ended: nothing of it reads any more
+            raise
+        reads.settled.set()
     finally:
         returned.set()
         registered.set()
@@ -232,4 +269,5 @@ __all__ = [
     "LoginReads",
     "connect_registered",
     "go_call",
+    "go_stop",
 ]

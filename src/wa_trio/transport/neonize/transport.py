@@ -41,8 +41,8 @@ from wa_trio.log import Redactor
 from wa_trio.stores import open as stores
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
-from wa_trio.transport.neonize.events import TERMINAL
-from wa_trio.transport.neonize.go_maps import GO_MAPS, LoginReads, connect_registered
+from wa_trio.transport.neonize.events import TERMINAL, event_not_encodable
+from wa_trio.transport.neonize.go_maps import GO_MAPS, LoginReads, connect_registered, go_stop
 from wa_trio.transport.neonize.handlers import GoThreadHandlers
 from wa_trio.transport.neonize.library import (
     linked_number,
@@ -61,6 +61,9 @@ from wa_trio.transport.upload_cache import UploadCache
 
 NUMBER_CACHE_TTL = 7 * 86400.0
 STOP_TIMEOUT = 5.0
+#: a stop of a client whose connect() just began waits at most this long for its map reads
+#: (goneonize reads them right after the dial; a stop meanwhile deletes under them)
+SETTLE_BEFORE_STOP = 2.0
 STOP_RETRY = 1.0  # seconds between stops of a client whose connect() has not returned
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
@@ -108,6 +111,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
         self._connect_scope = trio.CancelScope()  # the connect() in progress
         self._connect_done = trio.Event()  # set when that connect() returned
         self._connect_done.set()  # (none under way yet)
+        self.events_lost = 0  # connects ended by an event goneonize could not encode
         self.stop_retries = 0  # stops sent again because connect() had not returned
         self.abandoned = 0  # connect() threads left behind (their client ignored stop())
         self.login = LoginInfo()
@@ -298,10 +302,13 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
                         done.set()
                     self.apply(Signal("disconnected"))
                 except SendError as error:
-                    self.apply(Signal("dial_failed", detail=error.message[:200]))
-                    # some failures end connect() while the Go client keeps running: stop it
-                    # before the next attempt, or two clients fight for the session
-                    await self._stop_client()
+                    if event_not_encodable(error.message):
+                        await self._event_lost(error.message)
+                    else:
+                        self.apply(Signal("dial_failed", detail=error.message[:200]))
+                        # some failures end connect() while the Go client keeps running: stop
+                        # it before the next attempt, or two clients fight for the session
+                        await self._stop_client()
             await trio.to_thread.run_sync(tighten_session_files, self.settings.session_path)
             if trio.current_time() - started > _STABLE_AFTER:
                 self.backoff.reset()
@@ -319,6 +326,19 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             eliot.log_message(message_type="wa_trio:whatsapp:reconnect_in", seconds=round(delay, 3))
             with trio.move_on_after(delay):
                 await self._relogin.wait()
+
+    async def _event_lost(self, message: str) -> None:
+        """A ``server-error`` receipt ended connect() (``events.event_not_encodable``): whatsmeow
+        is still connected but no event reaches us any more. Stop that client and connect again
+        at once: not a failed dial, no back-off, the state says disconnected meanwhile."""
+        self.events_lost += 1
+        eliot.log_message(
+            message_type="wa_trio:whatsapp:event_lost", error=message[:200], lost=self.events_lost
+        )
+        self._reached = True  # it had reached WhatsApp: not a failed connect
+        self.apply(Signal("disconnected"))
+        await self._stop_client()
+        self.backoff.reset()
 
     def _until_ban_ends(self) -> float:
         """Seconds to wait before reconnecting by itself: a temporary ban's rest; otherwise
@@ -353,13 +373,16 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             self.apply(Signal("disconnected"))
 
     async def _stop_once(self, client: Any) -> None:
-        if self._reads is not None:
-            self._reads.let_go()  # its own reads must not hold its stop (a writer) back
+        reads = self._reads
+        if reads is not None:
+            with trio.move_on_after(SETTLE_BEFORE_STOP):  # a connect just begun: its reads
+                await reads.settled.wait()  # first (set at once once they or connect() ended)
+            reads.let_go()  # its own reads must not hold its stop (a writer) back
         with trio.move_on_after(STOP_TIMEOUT) as scope:
             try:
                 with neonize_errors("stop", code="stop_failed", mask=self.redactor.text):
                     async with GO_MAPS.writing():  # Stop deletes from neonize's client maps
-                        await trio.to_thread.run_sync(client.stop, abandon_on_cancel=True)
+                        await go_stop(client)
             except SendError as error:
                 eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
         if scope.cancelled_caught:
