@@ -34,14 +34,21 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
+import eliot
 import outcome
 import trio
+
+from wa_trio.core.errors import SendError
+from wa_trio.transport.neonize.library import neonize_errors
 
 REGISTER_WINDOW = 3.0  # at most this long a starting client holds neonize's maps as a writer
 #: at most this long a dial holds a reader for the reads after it (whatsmeow's own dial and
 #: handshake timeouts are shorter; other accounts' starts and stops wait meanwhile)
 READS_WINDOW = 30.0
 ENTRY_HOLD = 1.0  # a call's reader hold: the Go export reads the map on entry, well within this
+#: a stop of a client whose connect() just began waits at most this long for its map reads
+#: (goneonize reads them right after the dial; a stop meanwhile deletes under them)
+SETTLE_BEFORE_STOP = 2.0
 
 
 class GoMaps:
@@ -162,6 +169,27 @@ async def go_stop(client: Any, *, bound: float = 5.0) -> None:
             await returned.wait()
 
 
+async def stop_guarded(
+    client: Any, reads: LoginReads | None, limit: float, *, mask: Callable[[str], str]
+) -> None:
+    """Stop ``client`` as a writer of the maps, within ``limit`` seconds; what fails is logged. A
+    connect just begun does its map reads first (``LoginReads.settled``, at most
+    ``SETTLE_BEFORE_STOP``), and its own reader never holds its stop back."""
+    if reads is not None:
+        with trio.move_on_after(SETTLE_BEFORE_STOP):
+            await reads.settled.wait()
+        reads.let_go()
+    with trio.move_on_after(limit) as scope:
+        try:
+            with neonize_errors("stop", code="stop_failed", mask=mask):
+                async with GO_MAPS.writing():  # Stop deletes from neonize's client maps
+                    await go_stop(client, bound=limit)
+        except SendError as error:
+            eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
+    if scope.cancelled_caught:
+        eliot.log_message(message_type="wa_trio:whatsapp:stop_timed_out", seconds=limit)
+
+
 class LoginReads:
     """The reader hold around ``CallbackFunction``'s map reads for one ``connect()`` (see the
     module docstring). ``go_thread_status`` and ``go_thread_me`` run on Go threads."""
@@ -270,4 +298,5 @@ __all__ = [
     "connect_registered",
     "go_call",
     "go_stop",
+    "stop_guarded",
 ]

@@ -42,7 +42,7 @@ from wa_trio.stores import open as stores
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult
 from wa_trio.transport.inbound import InboundMessage
 from wa_trio.transport.neonize.events import TERMINAL, event_not_encodable
-from wa_trio.transport.neonize.go_maps import GO_MAPS, LoginReads, connect_registered, go_stop
+from wa_trio.transport.neonize.go_maps import LoginReads, connect_registered, stop_guarded
 from wa_trio.transport.neonize.handlers import GoThreadHandlers
 from wa_trio.transport.neonize.library import (
     linked_number,
@@ -61,9 +61,6 @@ from wa_trio.transport.upload_cache import UploadCache
 
 NUMBER_CACHE_TTL = 7 * 86400.0
 STOP_TIMEOUT = 5.0
-#: a stop of a client whose connect() just began waits at most this long for its map reads
-#: (goneonize reads them right after the dial; a stop meanwhile deletes under them)
-SETTLE_BEFORE_STOP = 2.0
 STOP_RETRY = 1.0  # seconds between stops of a client whose connect() has not returned
 QR_STALE_AFTER = 65.0  # no new QR code for this long while waiting for login: restart it
 MAX_CONNECTS = 500  # one leaked fd a connect (neonize 0.5.2): restart the process before 1024
@@ -373,20 +370,7 @@ class NeonizeTransport(LoginDriving, GoThreadHandlers):
             self.apply(Signal("disconnected"))
 
     async def _stop_once(self, client: Any) -> None:
-        reads = self._reads
-        if reads is not None:
-            with trio.move_on_after(SETTLE_BEFORE_STOP):  # a connect just begun: its reads
-                await reads.settled.wait()  # first (set at once once they or connect() ended)
-            reads.let_go()  # its own reads must not hold its stop (a writer) back
-        with trio.move_on_after(STOP_TIMEOUT) as scope:
-            try:
-                with neonize_errors("stop", code="stop_failed", mask=self.redactor.text):
-                    async with GO_MAPS.writing():  # Stop deletes from neonize's client maps
-                        await go_stop(client)
-            except SendError as error:
-                eliot.log_message(message_type="wa_trio:whatsapp:stop_failed", error=error.message)
-        if scope.cancelled_caught:
-            eliot.log_message(message_type="wa_trio:whatsapp:stop_timed_out", seconds=STOP_TIMEOUT)
+        await stop_guarded(client, self._reads, STOP_TIMEOUT, mask=self.redactor.text)
 
     # ------------------------------------------------------------------------------ sending
 
