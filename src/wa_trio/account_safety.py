@@ -63,6 +63,8 @@ class AccountSafety:
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
         self._new_optouts: list[tuple[str, str]] = []  # (number, source)
+        #: Cloud API: BSUID -> the number a webhook carried with it (``_person``)
+        self._links: dict[str, str] = {}
         self.reachout_until = 0.0
         self._answers_in, self._answers_out = trio.open_memory_channel[str](1000)
         metrics.unanswered_limit.set(settings.unanswered_limit or 0)
@@ -113,13 +115,29 @@ class AccountSafety:
     # ------------------------------------------------------------------ what comes in
 
     def on_inbound(self, message: InboundMessage) -> None:
-        if not message.direct or message.sender is None:
+        if not message.direct:
             return
-        sender = person_key(message.sender)
+        sender = self._person(message)
         self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
         self._replies[sender] = message.timestamp or self._clock()
         if is_optout(message.text, self._keywords):
             self._opt_out(sender, "inbound")
+
+    def _person(self, message: InboundMessage) -> str:
+        """The sender's one key (core/identity.py): their canonical number; on the Cloud API a
+        BSUID seen with a number is linked to it (an opt-out made under the BSUID alone is
+        then made under the number too), and a BSUID alone stands for the number it was
+        linked to, or for itself."""
+        user_id = message.user_id
+        if message.sender is None:
+            assert user_id is not None  # ``direct``
+            return self._links.get(user_id, user_id)
+        number = person_key(message.sender)
+        if user_id is not None and self._links.get(user_id) != number:
+            self._links[user_id] = number
+            if user_id in self._optouts:
+                self._opt_out(number, "inbound")
+        return number
 
     def _opt_out(self, number: str, source: str) -> None:
         """Onto the list (written at the next flush, with where it came from)."""
@@ -175,7 +193,8 @@ class AccountSafety:
             return
         if self.settings.optout_reply:
             for number, source in new:
-                if source == "inbound":  # a STOP is answered once; Meta's 131050 is not ours to
+                if source == "inbound" and number.startswith("+"):  # a STOP is answered once
+                    # (a BSUID alone is not an address we send to); Meta's 131050 is not ours to
                     self._answers_in.send_nowait(number)
         if version != self._version:  # another connection (the CLI, an account) changed them
             self._version = version

@@ -6,6 +6,7 @@ spending the job's retries, and 131050 opts the person out."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -115,3 +116,72 @@ async def test_131056_rests_that_recipient_only(
     assert again.value.code == "cloud_rate_limited" and len(graph.sends) == 1
     other = await transport.send(OutgoingMessage("+5511999990002", "hi", UID, "k3"))
     assert other.message_id == "wamid.2"  # another recipient is not held up
+
+
+def _received(messages: list[dict[str, Any]]) -> bytes:
+    """Meta's messages webhook (BSUIDs since 2026: ``from_user_id`` beside, or instead of,
+    ``from``; docs/cloud-api.md)."""
+    from tests.fake_graph import dump
+
+    value = {"messaging_product": "whatsapp", "messages": messages}
+    return dump(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": value}]}],
+        }
+    )
+
+
+async def test_a_stop_from_a_username_user_stops_jobs_to_their_number(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+) -> None:
+    """Issue 27, one identity per person, from outside: a signed webhook brings STOP from a
+    user known only by their BSUID (no phone number), another message links that BSUID to
+    their number (Brazil's old form); a job to the number in its other form is dead-lettered
+    ``opted_out`` without a request to Meta. The published inbound event names the BSUID."""
+    import httpx
+
+    from tests.helpers import EventTap
+    from tests.integration.test_cloud_api import APP_SECRET
+    from wa_trio.transport.cloud_api.webhook import SIGNATURE_HEADER, signature
+
+    graph = FakeGraph()
+    await nursery.start(graph.serve)
+    settings = _settings(make_env, graph, WHATSAPP_RATE_LIMIT="off")
+    worker = await start_worker(settings)
+    tap = EventTap(settings, routing_key=settings.inbound_routing_key)
+    await tap.bind()
+    user = "BR.13491208655302741918"
+    try:
+        await wait_for(lambda: worker.transport.state is ConnectionState.CONNECTED, what="up")
+        stop = {"from_user_id": user, "id": "wamid.in1", "timestamp": "1764111111",
+                "type": "text", "text": {"body": "STOP"}}  # fmt: skip
+        linked = {"from": "551187654321", "from_user_id": user, "id": "wamid.in2",
+                  "timestamp": "1764111112", "type": "text", "text": {"body": "ok"}}  # fmt: skip
+        async with httpx.AsyncClient(base_url=worker.http_url) as http:
+            for body in (_received([stop]), _received([linked])):
+                answer = await http.post(
+                    "/webhooks/whatsapp",
+                    content=body,
+                    headers={SIGNATURE_HEADER: signature(APP_SECRET, body)},
+                )
+                assert answer.status_code == 200
+        await wait_for(lambda: tap.at_least(2), what="both published")
+        assert [(e["sender"], e.get("sender_user_id")) for e in tap.events] == [
+            (None, user),
+            ("+551187654321", user),
+        ]
+        await publish_many(settings, [job_body(1, destination="+55 11 98765-4321")], ["j-1"])
+
+        async def dead() -> bool:
+            from tests.helpers import queue_count
+
+            return await queue_count(settings, settings.dlq_name) == 1
+
+        await wait_for(dead, what="dead-lettered")
+        assert [error_code(m) for m in await _drain(settings, settings.dlq_name)] == ["opted_out"]
+        assert graph.sends == []
+    finally:
+        with trio.move_on_after(15):
+            await stop_worker(worker)
+        await delete_topology(settings, extra_queues=[tap.queue])

@@ -17,7 +17,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from wa_trio.account_safety import AccountSafety
 from wa_trio.cli.main import main
 from wa_trio.config.settings import Settings
-from wa_trio.core.identity import person_key
+from wa_trio.core.identity import bsuid, person_key
 from wa_trio.core.retry import classify_send_error
 from wa_trio.core.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
 from wa_trio.log import Redactor
@@ -323,5 +323,57 @@ async def test_a_stop_in_one_form_stops_jobs_in_the_other(
         assert verdict is not None and verdict.code == "opted_out", job_destination
     await safety.flush()
     assert {o.number for o in store.optouts()} == {"+5511987654321", "+525512345678"}
+    store.close()
+    safety.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("US.13491208655302741918", True),
+        ("US.ENT.11815799212886844830", True),  # a parent BSUID
+        ("HK.abcXYZ123", True),
+        ("us.1349", False),  # the country code is upper case
+        ("US.", False),
+        ("+5511987654321", False),
+        ("US.1349 1208", False),
+        (12345, False),
+    ],
+)
+def test_a_bsuid_is_checked_and_is_its_own_key(value: object, valid: bool) -> None:
+    assert (bsuid(value) is not None) is valid
+    if valid:
+        assert isinstance(value, str) and person_key(value) == value
+
+
+async def test_a_stop_known_only_by_bsuid_stops_the_number_once_linked(
+    make_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Issue 27 (one identity per person, Cloud API): a user with a username may send STOP
+    with no phone number, only Meta's BSUID. It is an opt-out under the BSUID at once, and
+    under their number as soon as a webhook carries both (before: dropped, the sender was
+    None). And the other way round: a BSUID already linked to a number stands for it."""
+    settings = Settings.from_env(make_env())
+    store = ContactStore(tmp_path / "contacts.db")
+    safety = AccountSafety(settings, Metrics("q", "q.dlq"), Redactor(True), store)
+    user = "BR.13491208655302741918"
+
+    def received(sender: str | None, user_id: str, text: str, n: int) -> InboundMessage:
+        return InboundMessage("default", f"in{n}", sender, 1.0, "text", text, user_id=user_id)
+
+    safety.on_inbound(received(None, user, "STOP", 1))
+    assert safety.verdict(user) is not None
+    assert safety.verdict("+5511987654321") is None  # not linked yet
+    safety.on_inbound(received("+551187654321", user, "thanks", 2))  # old form, same person
+    for job_destination in ("+5511987654321", "+55 11 8765-4321"):
+        verdict = safety.verdict(job_destination)
+        assert verdict is not None and verdict.code == "opted_out", job_destination
+    other = "MX.99887766554433221100"
+    safety.on_inbound(received("+5215512345678", other, "hola", 3))  # linked first
+    safety.on_inbound(received(None, other, "PARAR", 4))  # then a STOP with the BSUID alone
+    verdict = safety.verdict("+52 55 1234 5678")
+    assert verdict is not None and verdict.code == "opted_out"
+    await safety.flush()
+    assert {o.number for o in store.optouts()} == {user, "+5511987654321", "+525512345678"}
     store.close()
     safety.close()

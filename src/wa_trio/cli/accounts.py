@@ -22,7 +22,7 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
     from wa_trio.core.envelope import clean_destination
-    from wa_trio.core.identity import person_key
+    from wa_trio.core.identity import bsuid, person_key
     from wa_trio.log import Redactor
     from wa_trio.stores import open as stores
 
@@ -44,7 +44,8 @@ def optout(settings: Settings, args: argparse.Namespace) -> int:
                 print(json.dumps(attrs.asdict(entry)))
             return EXIT_OK
         try:
-            number = clean_destination(person_key(args.number))  # any form of the number
+            # any form of the number, or a Cloud API user's BSUID (core/identity.py)
+            number = bsuid(args.number) or clean_destination(person_key(args.number))
         except ValidationError as error:
             print(f"wa-trio: {error.code}: {error.message}", file=sys.stderr)
             return EXIT_FAILED

@@ -12,6 +12,11 @@ and libphonenumber do not agree on one (issue 27):
 
 ``person_key`` maps each to the canonical E.164 form (libphonenumber's: with Brazil's 9, without
 Mexico's 1, with Argentina's 9). Opt-outs, unanswered counts and per-recipient pacing use it.
+
+On the Cloud API, Meta's business-scoped user id (BSUID, e.g. ``US.13491208655302741918``: the
+user's ISO country code, a period, up to 128 letters and digits; a parent BSUID adds ``ENT.``)
+names a person whose webhooks may carry no phone number (usernames, 2026). ``bsuid`` checks
+one; it is that person's key until a webhook carrying both links it to their number.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ _PUNCTUATION = re.compile(r"[\s\-.()]")
 _BR_OLD_MOBILE = re.compile(r"\+55([1-9][1-9])([6-9]\d{7})")
 _MX_OLD_MOBILE = re.compile(r"\+521(\d{10})")
 _AR_WITHOUT_9 = re.compile(r"\+54([1-9]\d{9})")
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 
 
 def person_key(number: str) -> str:
     """The one key of the person behind ``number`` (``+`` and digits, punctuation allowed);
-    other numbers come back without their punctuation, unchanged."""
+    other numbers come back without their punctuation, unchanged; a BSUID as it is."""
+    if bsuid(number) is not None:
+        return number
     cleaned = _PUNCTUATION.sub("", number)
     if match := _BR_OLD_MOBILE.fullmatch(cleaned):
         return f"+55{match[1]}9{match[2]}"
@@ -37,4 +45,11 @@ def person_key(number: str) -> str:
     return cleaned
 
 
-__all__ = ["person_key"]
+def bsuid(value: object) -> str | None:
+    """``value`` when it is a well-formed BSUID, else None."""
+    if isinstance(value, str) and _BSUID.fullmatch(value):
+        return value
+    return None
+
+
+__all__ = ["bsuid", "person_key"]

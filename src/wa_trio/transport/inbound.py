@@ -52,12 +52,15 @@ class InboundMessage:
     #: the sender's hidden id (``<id>@lid`` user part) when WhatsApp gave no number: the
     #: transport resolves it through whatsmeow's LID store before the message goes on
     lid: str | None = None
+    #: Cloud API: Meta's business-scoped user id of the sender (core/identity.py), with or
+    #: without a number
+    user_id: str | None = None
 
     @property
     def direct(self) -> bool:
-        """A one-to-one message from a person we know the number of (opt-outs and replies
-        count only these)."""
-        return self.group is None and self.sender is not None
+        """A one-to-one message from a person we can name: their number, or (Cloud API) their
+        BSUID (opt-outs and replies count only these)."""
+        return self.group is None and (self.sender is not None or self.user_id is not None)
 
 
 def as_event(message: InboundMessage) -> dict[str, Any]:
@@ -76,6 +79,8 @@ def as_event(message: InboundMessage) -> dict[str, Any]:
         "text": message.text,
         "reply_to": message.reply_to,
     }
+    if message.user_id is not None:  # Cloud API: Meta's BSUID (docs/inbound.md)
+        event["sender_user_id"] = message.user_id
     if message.mime_type is not None or message.size is not None:
         event["media"] = {"mime_type": message.mime_type, "size": message.size}
     return event

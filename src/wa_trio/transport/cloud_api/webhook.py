@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from wa_trio.core.identity import bsuid
 from wa_trio.core.instants import epoch_seconds
 from wa_trio.log import log_contained
 from wa_trio.metrics import Metrics
@@ -143,6 +144,7 @@ def _inbound(message: Any) -> InboundMessage | None:
         mime_type=mime,
         size=size,
         transport="cloud-api",
+        user_id=bsuid(message.get("from_user_id")),
     )
 
 
