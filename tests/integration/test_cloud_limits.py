@@ -185,3 +185,53 @@ async def test_a_stop_from_a_username_user_stops_jobs_to_their_number(
         with trio.move_on_after(15):
             await stop_worker(worker)
         await delete_topology(settings, extra_queues=[tap.queue])
+
+
+async def test_131049_is_tried_again_a_day_later_within_the_deadline(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+) -> None:
+    """Meta's per-user marketing limit is not permanent: the job waits a day in the wait
+    queues (``x-not-before``, one retry, a ``retrying`` event) and is sent when it comes back
+    after that; a job whose deadline comes first is dead-lettered ``expired`` at once."""
+    import time
+    from datetime import UTC, datetime
+
+    from wa_trio.bus.topology import wait_queue_name
+    from wa_trio.core.job import not_before
+    from wa_trio.core.schedule import LADDER
+
+    limited = Answer(status=400, meta_code=131049)
+    graph = FakeGraph([limited, limited])
+    await nursery.start(graph.serve)
+    settings = _settings(make_env, graph, WHATSAPP_RATE_LIMIT="off")
+    worker = await start_worker(settings)
+    day = wait_queue_name(settings, LADDER[0])
+    try:
+        await wait_for(lambda: worker.transport.state is ConnectionState.CONNECTED, what="up")
+        soon = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat()
+        await publish_many(settings, [job_body(1), job_body(2, expires_at=soon)], ["m-1", "m-2"])
+
+        async def settled() -> bool:
+            from tests.helpers import queue_count
+
+            return (
+                await queue_count(settings, day) == 1
+                and await queue_count(settings, settings.dlq_name) == 1
+            )
+
+        await wait_for(settled, what="one resting, one expired")
+        assert [error_code(m) for m in await _drain(settings, settings.dlq_name)] == ["expired"]
+        [resting] = await _drain(settings, day)
+        headers = resting.header.headers
+        rest = not_before(headers)
+        assert rest is not None and 86000 < rest - time.time() <= 86400
+        assert headers["x-retry-count"] == 1
+        # a day later: the copy comes back from the wait queue with its rest over
+        back = {**headers, "x-not-before": time.time() - 1}
+        await publish_many(settings, [resting.body], ["m-1"], headers=back)
+        await wait_for(lambda: len(graph.accepted) == 1, what="sent the second time")
+        assert len(graph.sends) == 3  # two refused (one per job), one accepted
+    finally:
+        with trio.move_on_after(15):
+            await stop_worker(worker)
+        await delete_topology(settings)

@@ -28,6 +28,9 @@ LAST_ERROR_CODE = "x-last-error-code"
 LAST_ERROR = "x-last-error"
 HEADER_NOTES = "x-header-notes"
 EXPIRES_AT = "x-expires-at"  # a job's deadline (Unix seconds), carried by its retry copies
+#: not sent before (Unix seconds): a rest Meta asked for that is longer than the retry ladder
+#: (131049: a day), carried by the wait queues like a ``send_at``
+NOT_BEFORE = "x-not-before"
 DEATH = "x-death"  # RabbitMQ's dead-letter history: dropped, the broker rebuilds it
 
 MAX_KEY_BYTES = 255

@@ -57,6 +57,18 @@ def retry_count(headers: Mapping[str, Any]) -> int:
         return 0
 
 
+def not_before(headers: Mapping[str, Any]) -> float | None:
+    """``x-not-before`` (Unix seconds) when it is a sane time; None otherwise."""
+    value = headers.get("x-not-before")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
+        return None
+    try:
+        moment = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return moment if 0 < moment < 1e11 else None
+
+
 @attrs.define
 class Job:
     """A delivery in hand: the AMQP delivery, its eliot action and its identity."""

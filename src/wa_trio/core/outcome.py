@@ -141,6 +141,16 @@ def on_send_failure(
     return Retry(delay, retries_done + 1)
 
 
+def rest_beyond_ladder(error: SendError, schedule: tuple[float, ...]) -> float | None:
+    """The rest a transient failure asks for (``retry_after``) when it is longer than the
+    longest delay of the retry ladder (Meta's 131049: try again in a day); None otherwise. Such
+    a job waits in the wait queues (``x-not-before``) instead of spending the ladder early."""
+    hint = error.retry_after
+    if not error.transient or error.ambiguous or hint is None:
+        return None
+    return hint if hint > max(schedule, default=0.0) else None
+
+
 # ------------------------------------------------------------------------ batches and acks
 
 
@@ -258,5 +268,6 @@ __all__ = [
     "decide",
     "defer_repeats",
     "on_send_failure",
+    "rest_beyond_ladder",
     "retry_headers",
 ]

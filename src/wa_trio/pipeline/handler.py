@@ -23,7 +23,7 @@ from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope, parse_envel
 from wa_trio.core.errors import SendError, TransportError
 from wa_trio.core.expiry import deadline
 from wa_trio.core.identity import person_key
-from wa_trio.core.job import Job, retry_count
+from wa_trio.core.job import Job, not_before, retry_count
 from wa_trio.core.media_rules import MediaProblem
 from wa_trio.core.outcome import Outcome, ack_plan, defer_repeats
 from wa_trio.core.pacing import Pacer
@@ -72,6 +72,15 @@ class _InHand:
         """The message to send (the plan asks for no step that needs it before validation)."""
         assert self.message is not None
         return self.message
+
+
+def _not_before(job: Job, envelope: WhatsAppEnvelope) -> float | None:
+    """When the job may go: its ``send_at``, or a rest Meta asked for (``x-not-before``),
+    whichever is later (None: now)."""
+    times = [envelope.send_at.timestamp()] if envelope.send_at is not None else []
+    rest = not_before(job.delivery.properties.headers)
+    times += [rest] if rest is not None else []
+    return max(times, default=None)
 
 
 def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
@@ -263,7 +272,7 @@ class JobHandler:
         hand.envelope = envelope
         hand.message = _outgoing(job, envelope)
         known.group = envelope.group
-        known.send_at = None if envelope.send_at is None else envelope.send_at.timestamp()
+        known.send_at = _not_before(job, envelope)
         known.expires = self._deadline(job, envelope)
         known.has_media = envelope.media is not None
 

@@ -39,8 +39,10 @@ from wa_trio.core.outcome import (
     bare_headers,
     dead_letter_headers,
     on_send_failure,
+    rest_beyond_ladder,
     retry_headers,
 )
+from wa_trio.core.schedule import LADDER, next_hop
 from wa_trio.events.status import StatusPublisher, make_event
 from wa_trio.metrics import WORKER, Metrics
 
@@ -107,6 +109,11 @@ class Copies:
         the job is dead-lettered ``expired``."""
         self._metrics.failed(error.code)
         done = retry_count(job.delivery.properties.headers)
+        rest = rest_beyond_ladder(error, self._settings.retry_delays)
+        if rest is not None:
+            if outlives(expires, time.time(), rest):
+                return await self.expired(job, channel, user_id, f"after {error.code}")
+            return await self.rest(job, channel, rest, error, user_id, expires)
         verdict = on_send_failure(
             error,
             ambiguous_policy=self._settings.ambiguous,
@@ -170,6 +177,36 @@ class Copies:
                 return Outcome.FAILED
             await job.delivery.ack()
         return Outcome.SCHEDULED
+
+    async def rest(
+        self,
+        job: Job,
+        channel: Channel,
+        rest: float,
+        error: SendError,
+        user_id: str,
+        expires: float | None,
+    ) -> Outcome:
+        """A rest longer than the retry ladder (``rest_beyond_ladder``): through the wait
+        queues with ``x-not-before`` (then the job is looked at again like a ``send_at``), one
+        retry counted, the deadline carried along."""
+        done = retry_count(job.delivery.properties.headers)
+        headers = retry_headers(
+            job.delivery.properties.headers, retry=done + 1, code=error.code, message=error.message
+        )
+        headers[h.NOT_BEFORE] = round(time.time() + rest, 3)
+        if expires is not None:
+            headers[EXPIRES_HEADER] = round(expires, 3)
+        queue = amqp.wait_queue_name(self._settings, next_hop(rest) or LADDER[0])
+        with eliot.start_action(
+            action_type="wa_trio:job:rest", code=error.code, seconds=round(rest), queue=queue
+        ):
+            if not await self._republish(job, channel, queue, headers, error.code):
+                return Outcome.FAILED
+            self.emit("retrying", job, user_id, code=error.code, retry=done + 1)
+            await job.delivery.ack()
+        self._metrics.retried()
+        return Outcome.RETRIED
 
     async def _republish(
         self, job: Job, channel: Channel, queue: str, headers: dict[str, Any], code: str

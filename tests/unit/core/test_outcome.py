@@ -9,6 +9,7 @@ import pytest
 
 from wa_trio.core.errors import SendError
 from wa_trio.core.headers import HEADER_NOTES
+from wa_trio.core.job import not_before
 from wa_trio.core.outcome import (
     CRASH_LIMIT,
     DeadLetter,
@@ -24,6 +25,7 @@ from wa_trio.core.outcome import (
     decide,
     defer_repeats,
     on_send_failure,
+    rest_beyond_ladder,
     retry_headers,
 )
 from wa_trio.stores.ledger import Begin, Mark
@@ -219,3 +221,41 @@ def test_held_jobs_are_not_counted() -> None:
 )
 def test_the_ledgers_begin_rule(found: Found | None, body_hash: str, writes: int | None) -> None:
     assert begin_writes(found, body_hash) == writes
+
+
+@pytest.mark.parametrize(
+    ("error", "rest"),
+    [
+        (SendError("131049", code="marketing_limited", retry_after=86400.0), 86400.0),
+        (SendError("long rate limit", code="cloud_rate_limited", retry_after=7200.0), 7200.0),
+        (SendError("short", code="cloud_rate_limited", retry_after=60.0), None),  # the ladder
+        (SendError("at the ladder's end", retry_after=1800.0), None),
+        (SendError("no hint"), None),
+        (SendError("permanent", transient=False, retry_after=86400.0), None),
+        (SendError("maybe sent", code="send_timed_out", retry_after=86400.0), None),
+    ],
+)
+def test_a_rest_longer_than_the_ladder_waits_in_the_wait_queues(
+    error: SendError, rest: float | None
+) -> None:
+    assert rest_beyond_ladder(error, (5.0, 30.0, 120.0, 600.0, 1800.0)) == rest
+
+
+@pytest.mark.parametrize(
+    ("headers", "moment"),
+    [
+        ({"x-not-before": 1_764_111_111.5}, 1_764_111_111.5),
+        ({"x-not-before": "1764111111"}, 1_764_111_111.0),
+        ({"x-not-before": b"1764111111"}, 1_764_111_111.0),
+        ({"x-not-before": True}, None),
+        ({"x-not-before": "soon"}, None),
+        ({"x-not-before": -5}, None),
+        ({"x-not-before": 1e300}, None),
+        ({"x-not-before": [1]}, None),
+        ({}, None),
+    ],
+)
+def test_not_before_reads_only_a_sane_time(
+    headers: dict[str, object], moment: float | None
+) -> None:
+    assert not_before(headers) == moment

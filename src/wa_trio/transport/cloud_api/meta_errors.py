@@ -58,7 +58,12 @@ TABLE: Mapping[int, Rule] = {
         "more than 24 hours since the customer last wrote: send an approved template",
     ),
     131026: Rule("undeliverable", False, False, "the recipient cannot receive this message"),
-    131049: Rule("undeliverable", False, False, "Meta chose not to deliver (per-user limits)"),
+    131049: Rule(
+        "marketing_limited",
+        True,
+        False,
+        "Meta held this marketing message back for the user (per-user marketing limit)",
+    ),
     131050: Rule(
         "opted_out",
         False,
@@ -88,6 +93,11 @@ TABLE: Mapping[int, Rule] = {
 }
 
 #: every code this module can give (README and docs list them)
+#: 131049, Meta's per-user marketing limit ("healthy ecosystem"): a later try may go through; a
+#: day later (Meta's error codes page), through the wait queues, bounded by the job's deadline
+MARKETING_LIMIT_CODE = 131049
+MARKETING_LIMIT_REST = 86400.0
+
 CODES = frozenset(
     {rule.code for rule in TABLE.values()} | {"cloud_api_unavailable", "cloud_api_rejected"}
 )
@@ -134,6 +144,8 @@ def classify(
         else:
             rule = Rule("cloud_api_rejected", False, False, f"HTTP {status}")
     hint = retry_after
+    if meta_code == MARKETING_LIMIT_CODE:  # Meta: not permanent, try again in a day
+        hint = max(hint or 0.0, MARKETING_LIMIT_REST)
     if rule.transient and hint is None and headers is not None:
         hint = usage_hint(headers.get("x-business-use-case-usage"))
     return Failure(rule, meta_code, detail or f"HTTP {status}", hint)
@@ -162,4 +174,14 @@ def usage_hint(header: str | None) -> float | None:
     return max(minutes) * 60.0 if minutes else None
 
 
-__all__ = ["CODES", "TABLE", "Failure", "Rule", "classify", "meta_error", "usage_hint"]
+__all__ = [
+    "CODES",
+    "MARKETING_LIMIT_CODE",
+    "MARKETING_LIMIT_REST",
+    "TABLE",
+    "Failure",
+    "Rule",
+    "classify",
+    "meta_error",
+    "usage_hint",
+]
