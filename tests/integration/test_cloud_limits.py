@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.conftest import StartWorker
-from tests.fake_graph import Answer, FakeGraph
+from tests.fake_graph import Answer, FakeGraph, dump
 from tests.helpers import delete_topology, error_code, job_body, publish_many, stop_worker, wait_for
 from tests.helpers import drain_queue as _drain
 from tests.integration.test_cloud_api import _settings
@@ -235,3 +235,68 @@ async def test_131049_is_tried_again_a_day_later_within_the_deadline(
         with trio.move_on_after(15):
             await stop_worker(worker)
         await delete_topology(settings)
+
+
+async def test_redelivered_webhooks_publish_once_even_after_a_restart(
+    make_env: Callable[..., dict[str, str]], start_worker: StartWorker, nursery: trio.Nursery
+) -> None:
+    """Meta sends a notification again when it did not see our 200: the same inbound message
+    and the same status, posted three times (the third after a restart of the worker), give
+    one inbound event and one status event."""
+    import httpx
+
+    from tests.helpers import EventTap
+    from tests.integration.test_cloud_api import APP_SECRET
+    from wa_trio.transport.cloud_api.webhook import SIGNATURE_HEADER, signature
+
+    graph = FakeGraph()
+    await nursery.start(graph.serve)
+    settings = _settings(make_env, graph, WHATSAPP_RATE_LIMIT="off")
+    inbound = EventTap(settings, routing_key=settings.inbound_routing_key)
+    status = EventTap(settings)
+    await inbound.bind()
+    await status.bind()
+    message = {"from": "5511988887777", "id": "wamid.in9", "timestamp": "1764111111",
+               "type": "text", "text": {"body": "oi"}}  # fmt: skip
+    try:
+        worker = await start_worker(settings)
+        await wait_for(lambda: worker.transport.state is ConnectionState.CONNECTED, what="up")
+        await publish_many(settings, [job_body(1)], ["d-1"])
+        await wait_for(lambda: len(graph.accepted) == 1, what="sent")
+        delivered = {"id": "wamid.1", "status": "delivered", "timestamp": "1764111112"}
+        body = dump(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": {
+                    "messaging_product": "whatsapp", "messages": [message],
+                    "statuses": [delivered]}}]}],
+            }
+        )  # fmt: skip
+        headers = {SIGNATURE_HEADER: signature(APP_SECRET, body)}
+
+        async def post(to: str) -> None:
+            async with httpx.AsyncClient(base_url=to) as http:
+                answer = await http.post("/webhooks/whatsapp", content=body, headers=headers)
+                assert answer.status_code == 200
+
+        await post(worker.http_url)
+        await post(worker.http_url)
+
+        async def published() -> bool:
+            return await inbound.at_least(1) and await status.at_least(2)
+
+        await wait_for(published, what="published")
+        with trio.move_on_after(15):
+            await stop_worker(worker)
+        worker = await start_worker(settings)
+        await wait_for(lambda: worker.transport.state is ConnectionState.CONNECTED, what="up")
+        await post(worker.http_url)
+        await trio.sleep(1.5)  # what a third copy would take to be published
+        await inbound.at_least(0)
+        await status.at_least(0)
+        assert [e["whatsapp_message_id"] for e in inbound.events] == ["wamid.in9"]
+        assert [e["status"] for e in status.events] == ["sent", "delivered"]
+        with trio.move_on_after(15):
+            await stop_worker(worker)
+    finally:
+        await delete_topology(settings, extra_queues=[inbound.queue, status.queue])

@@ -492,3 +492,23 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
             await wait_for(lambda: workers[-1] is None, timeout=30, what="stopped")
         finally:
             await delete_topology(settings)
+
+
+def test_webhook_items_seen_are_shared_by_replicas_and_kept_per_account(pg_store: str) -> None:
+    """The Cloud API's redelivery guard on PostgreSQL (stores/postgres/seen.py): what one
+    replica recorded, the next holder of the account reads; other accounts are apart."""
+    from wa_trio.stores.postgres.db import migrate
+    from wa_trio.stores.postgres.seen import PgSeen
+
+    migrate(pg_store)
+    now = 1_800_000_000.0
+    first, taker, other = PgSeen(pg_store, "shop"), PgSeen(pg_store, "shop"), PgSeen(pg_store, "x")
+    try:
+        first.add([("message:wamid.1", now - 10), ("status:wamid.2:read", now)])
+        first.add([("message:wamid.1", now)])  # again: kept once
+        assert taker.recent(now - 3600, 10) == ["status:wamid.2:read", "message:wamid.1"]
+        assert other.recent(now - 3600, 10) == []
+        assert taker.prune(now - 5) == 1 and taker.recent(0, 10) == ["status:wamid.2:read"]
+    finally:
+        for store in (first, taker, other):
+            store.close()

@@ -22,11 +22,13 @@ from wa_trio.stores.contacts import Contacts
 from wa_trio.stores.files import StartupError, lock_session, private_dir
 from wa_trio.stores.ledger import LedgerStore
 from wa_trio.stores.numbers import Numbers
+from wa_trio.stores.seen import Seen
 from wa_trio.stores.sqlite.api_requests import SqliteApiRequests
 from wa_trio.stores.sqlite.contacts import ContactStore
 from wa_trio.stores.sqlite.ledger import Ledger
 from wa_trio.stores.sqlite.numbers import NumberCache
 from wa_trio.stores.sqlite.outbox import SqliteOutbox
+from wa_trio.stores.sqlite.seen import SqliteSeen
 
 if TYPE_CHECKING:
     from wa_trio.stores.postgres import PgOutbox
@@ -102,6 +104,17 @@ def api_requests(settings: Settings) -> ApiRequests:
         return PgApiRequests(settings.store)
     root = settings.shared_session_path or settings.session_path
     return SqliteApiRequests(root / "api.db")
+
+
+def webhook_seen(settings: Settings) -> Seen:
+    """Meta's webhook items this account already handled: ``webhooks.db`` in its session
+    folder, or the store's table (whichever replica holds the account sees them)."""
+    if settings.store is not None:
+        from wa_trio.stores.postgres.seen import PgSeen
+
+        return PgSeen(settings.store, settings.account_name)
+    private_dir(settings.session_path)
+    return SqliteSeen(settings.session_path / "webhooks.db")
 
 
 def ledger_rows(settings: Settings, keys: list[str]) -> list[LedgerRow]:

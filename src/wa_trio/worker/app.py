@@ -3,6 +3,7 @@
     transport.run   -> the WhatsApp side (dry-run: nothing; neonize: connect + watchdog)
     status.run      -> status events out (own connection, confirms)
     webhook.run     -> status events POSTed, signed, from a durable outbox (when configured)
+    meta.run        -> Cloud API: Meta's webhook items seen, written behind (redeliveries)
     run_http        -> /healthz /readyz /metrics /login
     pipeline.run    -> consume -> validate -> send -> ack (reconnects on broker loss); the
                        broker monitor starts once its topology is declared
@@ -52,6 +53,7 @@ from wa_trio.web.app import create_app, reachable, run_http
 from wa_trio.worker.console_source import console_for
 from wa_trio.worker.startup import (
     admin_token,
+    meta_webhook,
     watch_signals,
     wire_gauges,
 )
@@ -163,6 +165,7 @@ async def run_once(
     )
     if api is not None:
         status.observers.append(api.observe)
+    meta = meta_webhook(settings, metrics, status.on_receipt, inbound.on_inbound)
     app = create_app(
         consumer=pipeline,
         monitor=monitor,
@@ -172,7 +175,7 @@ async def run_once(
         admin_token=admin_token(settings) if run.serve_http else secrets.token_urlsafe(24),
         redactor=redactor,
         session_path=settings.session_path,
-        meta_webhook=_meta_webhook(settings, metrics, status, inbound),
+        meta_webhook=meta,
         api=api,
         console=console_for(settings, transport, metrics, pipeline, monitor, run.serve_http),
         account=settings.account_name,
@@ -197,6 +200,7 @@ async def run_once(
         safety,
         inbound,
         fetcher,
+        meta,
         api,
     )
     try:
@@ -217,22 +221,6 @@ async def run_once(
     eliot.log_message(message_type="wa_trio:stopped")
 
 
-def _meta_webhook(
-    settings: Settings, metrics: Metrics, status: StatusPublisher, inbound: InboundPublisher
-) -> MetaWebhook | None:
-    """Meta's webhook routes, served only with the Cloud API transport."""
-    if settings.transport != "cloud-api":
-        return None
-    assert settings.cloud_app_secret and settings.cloud_verify_token  # Settings requires them
-    return MetaWebhook(
-        settings.cloud_app_secret,
-        settings.cloud_verify_token,
-        metrics,
-        status.on_receipt,
-        inbound.on_inbound,
-    )
-
-
 @attrs.frozen
 class _Parts:
     """What ``run_worker`` built, for ``_supervise`` to run."""
@@ -249,6 +237,7 @@ class _Parts:
     safety: AccountSafety
     inbound: InboundPublisher
     media: MediaFetcher
+    meta: MetaWebhook | None
     api: HttpApi | None = None
 
 
@@ -305,6 +294,8 @@ async def _supervise(
         await nursery.start(parts.inbound.run)
         await nursery.start(parts.safety.run, parts.transport)
         await nursery.start(parts.media.run)
+        if parts.meta is not None:
+            await nursery.start(parts.meta.run)
         if parts.api is not None:
             await nursery.start(parts.api.run)
         urls: list[str] = []

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
 import attrs
@@ -25,8 +26,13 @@ from wa_trio.core.templates import TemplateError, TemplateSet
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline.consumer import Pipeline
+from wa_trio.stores import open as stores
 from wa_trio.stores.files import StartupError
 from wa_trio.transport import Transport
+from wa_trio.transport.cloud_api.dedup import WebhookSeen
+from wa_trio.transport.cloud_api.webhook import MetaWebhook
+from wa_trio.transport.inbound import InboundMessage
+from wa_trio.transport.receipts import ReceiptInfo
 
 
 def build_transport(settings: Settings) -> Transport:
@@ -161,11 +167,34 @@ def wire_gauges(
     metrics.webhook_limit.set(settings.status_webhook_max_pending if webhooks else 0)
 
 
+def meta_webhook(
+    settings: Settings,
+    metrics: Metrics,
+    on_receipt: Callable[[ReceiptInfo], None],
+    on_inbound: Callable[[InboundMessage], None],
+) -> MetaWebhook | None:
+    """Meta's webhook routes, served only with the Cloud API transport, with the store of the
+    items already handled (redeliveries dropped: transport/cloud_api/dedup.py)."""
+    if settings.transport != "cloud-api":
+        return None
+    assert settings.cloud_app_secret and settings.cloud_verify_token  # Settings requires them
+    seen = WebhookSeen(partial(stores.webhook_seen, settings))
+    return MetaWebhook(
+        settings.cloud_app_secret,
+        settings.cloud_verify_token,
+        metrics,
+        on_receipt,
+        on_inbound,
+        seen,
+    )
+
+
 __all__ = [
     "admin_token",
     "build_transport",
     "check_media_tools",
     "load_templates",
+    "meta_webhook",
     "watch_signals",
     "wire_gauges",
 ]

@@ -120,6 +120,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "client TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, "
         "code TEXT, whatsapp_id TEXT, updated_at DOUBLE PRECISION NOT NULL)",
     ),
+    7: (  # Meta's webhook items already handled (redeliveries are dropped; issue 33)
+        "CREATE TABLE wa_trio_webhook_seen (account TEXT NOT NULL, key TEXT NOT NULL, "
+        "seen_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (account, key))",
+        "CREATE INDEX wa_trio_webhook_seen_at ON wa_trio_webhook_seen (seen_at)",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 

@@ -27,11 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 from wa_trio.core.identity import bsuid
 from wa_trio.core.instants import epoch_seconds
 from wa_trio.log import log_contained
 from wa_trio.metrics import Metrics
+from wa_trio.transport.cloud_api.dedup import WebhookSeen
 from wa_trio.transport.cloud_api.meta_errors import classify
 from wa_trio.transport.inbound import KINDS, MAX_TEXT, InboundMessage, e164
 from wa_trio.transport.receipts import ReceiptInfo
@@ -175,7 +177,9 @@ class MetaWebhook:
         metrics: Metrics,
         on_receipt: Callable[[ReceiptInfo], None],
         on_inbound: Callable[[InboundMessage], None] | None = None,
+        seen: WebhookSeen | None = None,
     ) -> None:
+        self.seen = seen  # redeliveries dropped (dedup.py); None: every item is handled
         self._on_inbound = on_inbound
         self._secret = app_secret
         self._verify_token = verify_token
@@ -217,17 +221,35 @@ class MetaWebhook:
         if parsed.skipped:
             self._metrics.contained.labels("webhook_item").inc(parsed.skipped)
         for receipt in parsed.receipts:
+            if not self._first(f"status:{receipt.message_ids[0]}:{receipt.kind}"):
+                continue
             self._metrics.meta_webhook_items.labels(f"status_{receipt.kind}").inc()
             self._hand(self._on_receipt, receipt)
         if parsed.sent:
             self._metrics.meta_webhook_items.labels("status_sent").inc(parsed.sent)
         for message in parsed.inbound:
+            if not self._first(f"message:{message.message_id}"):
+                continue
             if self._on_inbound is None:
                 self._metrics.meta_webhook_items.labels("inbound_dropped").inc()
                 continue
             self._metrics.meta_webhook_items.labels("inbound").inc()
             self._hand(self._on_inbound, message)
         return 200
+
+    def _first(self, key: str) -> bool:
+        """Whether this item is new; a redelivered one is counted (``duplicate``) and dropped."""
+        if self.seen is None or self.seen.first(key):
+            return True
+        self._metrics.meta_webhook_items.labels("duplicate").inc()
+        return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The de-duplication's store (a task of the root nursery; nothing without one)."""
+        if self.seen is None:
+            task_status.started()
+            return
+        await self.seen.run(task_status=task_status)
 
     def _hand(self, to: Callable[[Any], None], item: Any) -> None:
         """Hand one item on; one that fails is counted and the others still go."""
