@@ -101,3 +101,26 @@ async def test_a_classic_queue_asked_to_be_quorum_is_one_line(
     line = refused.value.message
     assert "\n" not in line and "differs" in line
     assert "a queue cannot change type" in line and "WHATSAPP_QUEUE_TYPE" in line
+
+
+async def test_a_worker_whose_first_listed_node_is_down_uses_the_next(
+    delete_after: DeleteAfter,
+    make_env: Callable[..., dict[str, str]],
+    start_worker: StartWorker,
+) -> None:
+    """RABBITMQ_URL lists a cluster's nodes: the first (a closed port here, as a node that is
+    down) is skipped and the worker connects, consumes and publishes through the next; its
+    status events and broker monitor (connections of their own) find it too."""
+    from tests.conftest import closed_port
+    from wa_trio.bus.address import NODES
+
+    down = closed_port()
+    url = f"amqp://guest:guest@127.0.0.1:{down},127.0.0.1:5672/"
+    settings = delete_after(Settings.from_env(make_env(RABBITMQ_URL=url)))
+    address = BrokerAddress.from_settings(settings)
+    assert address.all_nodes == (("127.0.0.1", down), ("127.0.0.1", 5672))
+    worker = await start_worker(settings)
+    await publish_many(settings, [job_body(n) for n in range(5)])
+    await wait_for(lambda: len(sent_records(settings.dry_run_file)) == 5, what="5 sent")
+    assert NODES.order(address)[0] == ("127.0.0.1", 5672)  # the node that answered: first now
+    assert (await worker.monitor.check()).ok  # the monitor's own connection too

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import attrs
+import eliot
 import trio
 from serena import AMQPConnection, AMQPError, BasicHeader, Channel, open_connection
 from serena.enums import ClassID
@@ -31,6 +32,7 @@ from serena.payloads.method import BasicQOSOkPayload, BasicQOSPayload
 
 from wa_trio.bus import _serena_patch as serena_patch
 from wa_trio.bus import topology
+from wa_trio.bus.address import NODE_TIMEOUT, NODES, REFUSALS, BrokerAddress, describe, leaves
 from wa_trio.bus.topology import retry_queue_name, wait_queue_name
 from wa_trio.config.settings import Settings
 from wa_trio.core import headers
@@ -72,89 +74,97 @@ class EncodeError(WaTrioError):
     code = "unencodable"
 
 
-@attrs.frozen
-class BrokerAddress:
-    host: str
-    port: int
-    user: str
-    password: str = attrs.field(repr=False)
-    vhost: str
-    tls: bool = False
-
-    @property
-    def redacted(self) -> str:
-        scheme = "amqps" if self.tls else "amqp"
-        return f"{scheme}://{self.user}:***@{self.host}:{self.port}/{self.vhost}"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BrokerAddress:
-        return cls(
-            host=settings.rabbitmq_host,
-            port=settings.rabbitmq_port,
-            user=settings.rabbitmq_user,
-            password=settings.rabbitmq_password,
-            vhost=settings.rabbitmq_vhost,
-            tls=settings.rabbitmq_url.startswith("amqps://"),
-        )
-
-
 Connection = AMQPConnection
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
-    return [error]
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 @contextlib.asynccontextmanager
 async def connect(
     address: BrokerAddress, *, heartbeat: int = 30, name: str = "wa-trio"
 ) -> AsyncIterator[Connection]:
-    """Open a connection; failures come out as ``BrokerError`` (or TopologyError)."""
+    """Open a connection; failures come out as ``BrokerError`` (or TopologyError). A cluster's
+    nodes are tried in ``NODES``' order, the next when one is unreachable (``NODE_TIMEOUT``);
+    a refused login is not tried elsewhere (the same users on every node)."""
+    async with contextlib.AsyncExitStack() as stack:
+        connection, where = await _open_first(stack, address, NODES.order(address), heartbeat)
+        NODES.answered(address, where)
+        try:
+            yield connection
+        except BaseException as error:
+            if _is_broker_failure(error):
+                NODES.lost(address)  # the next connect starts at the following node
+            _fail(error, where)
+            raise
+
+
+async def _open_first(
+    stack: contextlib.AsyncExitStack,
+    address: BrokerAddress,
+    order: list[tuple[str, int]],
+    heartbeat: int,
+) -> tuple[Connection, BrokerAddress]:
+    """The first node of ``order`` that opens a connection (entered on ``stack``)."""
     ssl_context = ssl.create_default_context() if address.tls else None
-    try:
-        async with open_connection(
-            address.host,
-            port=address.port,
-            username=address.user,
-            password=address.password,
-            virtual_host=address.vhost,
+    for index, node in enumerate(order):
+        where = address.at(node)
+        opening = open_connection(
+            where.host,
+            port=where.port,
+            username=where.user,
+            password=where.password,
+            virtual_host=where.vhost,
             ssl_context=ssl_context,
             heartbeat_interval=heartbeat,
             channel_buffer_size=_BUFFER_FRAMES,
-        ) as connection:
-            yield connection
-    except BaseException as error:
-        _refused(error, address)
+        )
+        last = index == len(order) - 1
         try:
-            _translate(error)
-        except BrokerError as failure:  # say which broker (redacted)
-            raise BrokerError(f"{address.redacted}: {failure}") from None
-        raise
+            if len(order) > 1:
+                await _reachable(where)
+            return await stack.enter_async_context(opening), where
+        except BaseException as error:
+            _refused(error, where)
+            if last or not _is_broker_failure(error):
+                _fail(error, where)
+                raise
+            eliot.log_message(
+                message_type="wa_trio:broker:node_unreachable", node=f"{where.host}:{where.port}"
+            )
+    raise AssertionError("unreachable: the last node raises")
 
 
-#: the broker's refusals that are configuration (AMQP reply codes): our login, the vhost
-_REFUSALS = {
-    403: "refused the login of user {user!r} (ACCESS_REFUSED): check RABBITMQ_USER and "
-    "RABBITMQ_PASSWORD (or RABBITMQ_URL)",
-    530: "refused virtual host {vhost!r} (NOT_ALLOWED: it does not exist, or the user may not "
-    "use it): check RABBITMQ_VHOST (or RABBITMQ_URL)",
-}
+async def _reachable(where: BrokerAddress) -> None:
+    """A node of several answers TCP within ``NODE_TIMEOUT`` (a cut node would hold the AMQP
+    handshake for the kernel's whole connect timeout). OSError or TimeoutError otherwise."""
+    try:
+        with trio.fail_after(NODE_TIMEOUT):
+            stream = await trio.open_tcp_stream(where.host, where.port)
+    except trio.TooSlowError:
+        raise TimeoutError(f"no answer within {NODE_TIMEOUT:g}s") from None
+    await stream.aclose()
+
+
+def _is_broker_failure(error: BaseException) -> bool:
+    found = leaves(error)
+    return bool(found) and all(isinstance(leaf, _BROKER_FAILURES) for leaf in found)
+
+
+def _fail(error: BaseException, address: BrokerAddress) -> None:
+    """Raise what ``error`` means for us (one line, naming the broker), if anything."""
+    _refused(error, address)
+    try:
+        _translate(error)
+    except BrokerError as failure:  # say which broker (redacted)
+        raise BrokerError(f"{address.redacted}: {failure}") from None
 
 
 def _refused(error: BaseException, address: BrokerAddress) -> None:
     """Raise ``BrokerRefusedError`` (one line) when the broker refused our login or vhost."""
-    for leaf in _leaves(error):
-        if not isinstance(leaf, UnexpectedCloseError) or leaf.reply_code not in _REFUSALS:
+    for leaf in leaves(error):
+        if not isinstance(leaf, UnexpectedCloseError) or leaf.reply_code not in REFUSALS:
             continue
         if "is down" in str(leaf.reply_message):  # a vhost still starting: an outage, retried
             continue
-        what = _REFUSALS[leaf.reply_code].format(user=address.user, vhost=address.vhost)
+        what = REFUSALS[leaf.reply_code].format(user=address.user, vhost=address.vhost)
         raise BrokerRefusedError(f"the broker at {address.host}:{address.port} {what}") from None
 
 
@@ -174,24 +184,24 @@ _BROKER_FAILURES = (
 
 def _translate(error: BaseException) -> None:
     """Raise our error for a group made only of broker failures; return to re-raise otherwise."""
-    leaves = _leaves(error)
-    if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in leaves):
+    found = leaves(error)
+    if any(isinstance(leaf, KeyboardInterrupt | SystemExit) for leaf in found):
         return
-    if any(isinstance(leaf, trio.Cancelled) for leaf in leaves):
+    if any(isinstance(leaf, trio.Cancelled) for leaf in found):
         # a broker failure that races a cancellation (a shutdown while the broker goes away):
         # the cancellation wins, the failure is moot and must not escape as a crash
         if isinstance(error, BaseExceptionGroup) and all(
-            isinstance(leaf, (trio.Cancelled, *_BROKER_FAILURES)) for leaf in leaves
+            isinstance(leaf, (trio.Cancelled, *_BROKER_FAILURES)) for leaf in found
         ):
             cancelled, _ = error.split(trio.Cancelled)
             if cancelled is not None:
                 raise cancelled from None
         return
-    topology = [leaf for leaf in leaves if isinstance(leaf, TopologyError)]
+    topology = [leaf for leaf in found if isinstance(leaf, TopologyError)]
     if topology:
         raise topology[0] from None
-    if leaves and all(isinstance(leaf, _BROKER_FAILURES) for leaf in leaves):
-        raise BrokerError("; ".join(_describe(leaf) for leaf in leaves)) from error
+    if found and all(isinstance(leaf, _BROKER_FAILURES) for leaf in found):
+        raise BrokerError("; ".join(describe(leaf) for leaf in found)) from error
 
 
 async def set_prefetch(channel: Channel, count: int) -> None:
@@ -380,10 +390,10 @@ async def publish(
         try:
             serialise_basic_header(ClassID.BASIC, len(body), header)
         except Exception as error:  # noqa: BLE001 - struct.error, ValueError, OverflowError...
-            raise EncodeError(f"properties not encodable: {_describe(error)[:200]}") from None
+            raise EncodeError(f"properties not encodable: {describe(error)[:200]}") from None
     try:
         await channel.basic_publish(exchange, routing_key, body, header=header, mandatory=mandatory)
     except MessageReturnedError as error:
         raise BrokerError(f"message returned by the broker (unroutable): {error}") from None
     except AMQPError as error:
-        raise BrokerError(_describe(error)) from None
+        raise BrokerError(describe(error)) from None

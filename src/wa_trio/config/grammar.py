@@ -128,11 +128,28 @@ def optional_path(value: str) -> Path | None:
 
 
 def amqp_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
-        raise ValueError
-    _ = parts.port  # raises ValueError on a bad port
+    """One URL; its host part may list several nodes of a cluster, comma-separated
+    (``amqp://user:pass@node1:5672,node2:5672,node3/vhost``): ``broker_nodes``."""
+    broker_nodes(value)
     return value
+
+
+def broker_nodes(url: str) -> tuple[tuple[str, int], ...]:
+    """The ``(host, port)`` of every node an AMQP URL lists, in order (the default port for
+    a node without one). Raises ValueError on anything else."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in {"amqp", "amqps"} or not sep:
+        raise ValueError
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    hosts = netloc[netloc.rfind("@") + 1 :]
+    default = 5671 if scheme == "amqps" else 5672
+    nodes = []
+    for node in hosts.split(","):
+        parts = urlsplit(f"{scheme}://{node}")
+        if not parts.hostname:
+            raise ValueError
+        nodes.append((parts.hostname, parts.port or default))  # .port raises on a bad port
+    return tuple(nodes)
 
 
 def http_url(value: str) -> str | None:

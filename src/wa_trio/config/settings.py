@@ -70,7 +70,8 @@ class Settings:
     # fmt: off
     # a table: one setting each, at most four lines (env, default, expected, parser, meaning)
     rabbitmq_url: str = _setting("RABBITMQ_URL", None, "an amqp:// or amqps:// URL", g.amqp_url,
-        "Broker URL; overrides the five RABBITMQ_* parts below.")
+        "Broker URL; overrides the five RABBITMQ_* parts below. A cluster: its nodes as the "
+        "host, comma-separated (amqp://u:p@node1:5672,node2:5672/vh); the next on failure.")
     rabbitmq_user: str = _setting("RABBITMQ_USER", "woragis", "a user name", g.nonempty,
         "Broker user.")
     rabbitmq_password: str = _setting("RABBITMQ_PASSWORD", "woragis", "a password", g.text,
@@ -435,10 +436,14 @@ def build_url(user: str, password: str, host: str, port: int, vhost: str) -> str
 
 
 def _apply_url(values: dict[str, Any]) -> None:
-    parts = urlsplit(values["rabbitmq_url"])
-    values["rabbitmq_user"] = unquote(parts.username or "guest")
-    values["rabbitmq_password"] = unquote(parts.password or "guest")
-    values["rabbitmq_host"] = parts.hostname or "localhost"
-    values["rabbitmq_port"] = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    """User, password, the first node and the vhost from RABBITMQ_URL (the other nodes of a
+    cluster: ``grammar.broker_nodes``)."""
+    url = values["rabbitmq_url"]
+    scheme, _, rest = url.partition("://")
+    netloc, _, tail = rest.partition("/")
+    user, _, password = netloc.rpartition("@")[0].partition(":")
+    values["rabbitmq_user"] = unquote(user or "guest")
+    values["rabbitmq_password"] = unquote(password or "guest")
+    values["rabbitmq_host"], values["rabbitmq_port"] = g.broker_nodes(url)[0]
+    path = urlsplit(f"{scheme}://x/{tail}").path[1:]
     values["rabbitmq_vhost"] = unquote(path) if path else "/"

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from wa_trio.bus.address import BrokerAddress, NodeOrder
 from wa_trio.config.describe import markdown_table
-from wa_trio.config.grammar import parse_duration
+from wa_trio.config.grammar import broker_nodes, parse_duration
 from wa_trio.config.redact import SECRET_VARS, redact_url
 from wa_trio.config.settings import (
     FIELDS,
@@ -171,3 +173,43 @@ def test_a_bare_run_outside_a_container_says_which_image_defaults_it_uses() -> N
         Settings.from_env(only_broker), only_broker, in_container=False
     )
     assert line is not None and "session folder" not in line and refusal is None
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/", (("127.0.0.1", 5672),)),
+        ("amqp://u:p@n1:5672,n2:5673,n3/vh", (("n1", 5672), ("n2", 5673), ("n3", 5672))),
+        ("amqps://u:p@n1,n2/vh", (("n1", 5671), ("n2", 5671))),
+        ("amqp://u:p@[::1]:5674,n2/vh", (("::1", 5674), ("n2", 5672))),
+        ("amqp://u:p%2C@n1,n2/vh", (("n1", 5672), ("n2", 5672))),  # a comma in the password
+    ],
+)
+def test_rabbitmq_url_may_list_the_nodes_of_a_cluster(
+    make_env: Callable[..., dict[str, str]], url: str, nodes: tuple[tuple[str, int], ...]
+) -> None:
+    settings = Settings.from_env(make_env(RABBITMQ_URL=url))
+    assert broker_nodes(url) == nodes
+    assert BrokerAddress.from_settings(settings).all_nodes == nodes
+    assert (settings.rabbitmq_host, settings.rabbitmq_port) == nodes[0]
+    assert settings.rabbitmq_user in {"guest", "u"}
+    assert "p" not in settings.redacted_url.split("@")[0].split("//")[1].split(":")[-1]
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://u:p@n1,,n2/vh", "amqp://u:p@n1:99999,n2/vh", "http://n1,n2/", "amqp://"]
+)
+def test_a_bad_node_list_is_one_line(make_env: Callable[..., dict[str, str]], url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(make_env(RABBITMQ_URL=url))
+    assert "RABBITMQ_URL" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_next_connect_starts_at_the_node_after_a_lost_one() -> None:
+    address = BrokerAddress("n1", 5672, "u", "p", "/", nodes=(("n1", 5672), ("n2", 5672)))
+    order = NodeOrder()
+    assert order.order(address) == [("n1", 5672), ("n2", 5672)]
+    order.answered(address, address.at(("n2", 5672)))  # n1 did not answer, n2 did
+    assert order.order(address) == [("n2", 5672), ("n1", 5672)]
+    order.lost(address)  # n2's connection was lost: n1 first next time
+    assert order.order(address) == [("n1", 5672), ("n2", 5672)]
