@@ -84,16 +84,18 @@ async def connect(
     """Open a connection; failures come out as ``BrokerError`` (or TopologyError). A cluster's
     nodes are tried in ``NODES``' order, the next when one is unreachable (``NODE_TIMEOUT``);
     a refused login is not tried elsewhere (the same users on every node)."""
-    async with contextlib.AsyncExitStack() as stack:
-        connection, where = await _open_first(stack, address, NODES.order(address), heartbeat)
-        NODES.answered(address, where)
-        try:
+    where: BrokerAddress | None = None  # translated outside serena's nursery (it wraps errors)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            connection, where = await _open_first(stack, address, NODES.order(address), heartbeat)
+            NODES.answered(address, where)
             yield connection
-        except BaseException as error:
+    except BaseException as error:
+        if where is not None:  # a failure to open was said by _open_first
             if _is_broker_failure(error):
                 NODES.lost(address)  # the next connect starts at the following node
             _fail(error, where)
-            raise
+        raise
 
 
 async def _open_first(
@@ -133,8 +135,7 @@ async def _open_first(
 
 
 async def _reachable(where: BrokerAddress) -> None:
-    """A node of several answers TCP within ``NODE_TIMEOUT`` (a cut node would hold the AMQP
-    handshake for the kernel's whole connect timeout). OSError or TimeoutError otherwise."""
+    """A node of several answers TCP within ``NODE_TIMEOUT`` (else OSError or TimeoutError)."""
     try:
         with trio.fail_after(NODE_TIMEOUT):
             stream = await trio.open_tcp_stream(where.host, where.port)
