@@ -54,6 +54,7 @@ class GoMapsModel:
         self._lock = threading.Lock()
         self.writing = 0
         self.reading = 0
+        self._active: list[str] = []  # what touches the maps now (for the report)
         self.violations: list[str] = []
         self.finalizer_stops: list[bytes] = []  # Go's Stop from a dropped client's finalizer
 
@@ -61,11 +62,12 @@ class GoMapsModel:
     def access(self, what: str, *, write: bool, hold: float = 0.002) -> Iterator[None]:
         with self._lock:
             if self.writing or (write and self.reading):
-                self.violations.append(what)
+                self.violations.append(f"{what} (during: {', '.join(self._active)})")
             if write:
                 self.writing += 1
             else:
                 self.reading += 1
+            self._active.append(what)
         try:
             time.sleep(hold)  # a map access takes a moment
             yield
@@ -75,6 +77,7 @@ class GoMapsModel:
                     self.writing -= 1
                 else:
                     self.reading -= 1
+                self._active.remove(what)
 
 
 GO_MAPS_MODEL = GoMapsModel()  # process-wide, as goneonize's maps are

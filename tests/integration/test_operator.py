@@ -73,7 +73,9 @@ async def test_looking_at_login_never_starts_a_login_only_a_post_does(
     await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="client")
     await trio.to_thread.run_sync(clients[0].fire, LoggedOutEv(OnConnect=False, Reason=2))
     await wait_for(lambda: transport.state is S.LOGGED_OUT, what="logged out")
-    clients[0].stop()
+    # the transport stops the logged-out client itself (a stop from here would be outside
+    # the guard of neonize's client maps: tests/fakes.py GoMapsModel)
+    await wait_for(clients[0].stopped.is_set, what="the client stopped")
     async with httpx.AsyncClient(base_url=worker.http_url, headers=_basic(TOKEN)) as http:
         for _ in range(5):  # looking, again and again, changes nothing
             page = await http.get("/login")
