@@ -15,6 +15,7 @@ The decisions are ``safety_rules``'s; this object keeps what they need in memory
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ import trio
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import SendError, WaTrioError
 from wa_trio.core.identity import person_key
-from wa_trio.core.safety_rules import Verdict, is_optout, judge, keyword_set
+from wa_trio.core.safety_rules import (
+    DAILY_WINDOW,
+    Verdict,
+    is_optout,
+    judge,
+    keyword_set,
+    over_daily_limit,
+)
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.stores import open as stores
@@ -59,6 +67,8 @@ class AccountSafety:
         snapshot = store.snapshot()
         self._optouts = {person_key(n) for n in self.optout_store.snapshot().optouts}
         self._counts = {person_key(n): count for n, count in snapshot.unanswered.items()}
+        #: the recipients of the last 24 hours, oldest first (WHATSAPP_CLOUD_DAILY_LIMIT)
+        self._window = collections.OrderedDict(sorted(snapshot.last_sent.items(), key=_second))
         self._version = (store.data_version(), self.optout_store.data_version())
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
@@ -82,6 +92,23 @@ class AccountSafety:
 
     def verdict(self, number: str) -> Verdict | None:
         number = person_key(number)  # one key per person (identity.py)
+        return self._judge(number) or self._daily(number)
+
+    def _daily(self, number: str) -> Verdict | None:
+        """WHATSAPP_CLOUD_DAILY_LIMIT over the recipients of the last 24 hours."""
+        limit = self.settings.cloud_daily_limit if self.settings.transport == "cloud-api" else None
+        if limit is None:
+            return None
+        now = self._clock()
+        window = self._window
+        while window and next(iter(window.values())) < now - DAILY_WINDOW:
+            window.popitem(last=False)
+        oldest = next(iter(window.values()), None)
+        return over_daily_limit(
+            limit=limit, in_window=number in window, count=len(window), oldest=oldest, now=now
+        )
+
+    def _judge(self, number: str) -> Verdict | None:
         return judge(
             opted_out=number in self._optouts,
             unanswered=self._counts.get(number, 0),
@@ -96,6 +123,8 @@ class AccountSafety:
         number = person_key(number)
         self._counts[number] = self._counts.get(number, 0) + 1
         self._sent[number] = self._sent.get(number, 0) + 1
+        self._window[number] = self._clock()  # the last 24 hours' recipients, oldest first
+        self._window.move_to_end(number)
 
     def after_failure(self, code: str, number: str | None = None) -> None:
         if code == "opted_out" and number is not None:  # Meta's 131050: they stopped marketing
@@ -225,6 +254,10 @@ class AccountSafety:
         self.store.close()
         if self.optout_store is not self.store:
             self.optout_store.close()
+
+
+def _second(item: tuple[str, float]) -> float:
+    return item[1]
 
 
 __all__ = ["FLUSH_EVERY", "AccountSafety"]

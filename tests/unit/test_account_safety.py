@@ -5,6 +5,7 @@ states, and the CLI's opt-out list."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from wa_trio.cli.main import main
 from wa_trio.config.settings import Settings
 from wa_trio.core.identity import bsuid, person_key
 from wa_trio.core.retry import classify_send_error
-from wa_trio.core.safety_rules import UNANSWERED_RECHECK, is_optout, judge, keyword_set
+from wa_trio.core.safety_rules import (
+    UNANSWERED_RECHECK,
+    is_optout,
+    judge,
+    keyword_set,
+    over_daily_limit,
+)
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.stores.sqlite.contacts import ContactStore
@@ -377,3 +384,67 @@ async def test_a_stop_known_only_by_bsuid_stops_the_number_once_linked(
     assert {o.number for o in store.optouts()} == {user, "+5511987654321", "+525512345678"}
     store.close()
     safety.close()
+
+
+@pytest.mark.parametrize(
+    ("limit", "in_window", "count", "oldest", "held_for"),
+    [
+        (None, False, 10**6, 0.0, None),  # off
+        (250, False, 249, 1000.0, None),  # room for one more
+        (250, False, 250, 1000.0, 86400.0 - 500.0),  # a new one waits for the oldest to leave
+        (250, True, 250, 1000.0, None),  # Meta counts users: one already in the window goes
+        (2, False, 2, 1500.0 - 86400.0, 1.0),  # the oldest leaves now: looked at again soon
+    ],
+)
+def test_the_daily_limit_holds_only_new_recipients(
+    limit: int | None, in_window: bool, count: int, oldest: float, held_for: float | None
+) -> None:
+    verdict = over_daily_limit(
+        limit=limit, in_window=in_window, count=count, oldest=oldest, now=1500.0
+    )
+    if held_for is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and verdict.code == "daily_limit"
+        assert not verdict.dead_letter and verdict.wait == held_for
+
+
+async def test_the_daily_limit_counts_the_last_24_hours_across_a_restart(
+    make_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Issue 33: WHATSAPP_CLOUD_DAILY_LIMIT=2 on the Cloud API: two recipients sent to, a third
+    is held (parked, not dead-lettered) until the first leaves the 24-hour window; the first
+    two may still be written to; a restarted worker reads the window back from its store."""
+    env = make_env(
+        WHATSAPP_TRANSPORT="cloud-api",
+        WHATSAPP_CLOUD_PHONE_NUMBER_ID="106540352242922",
+        WHATSAPP_CLOUD_ACCESS_TOKEN="EAAtoken",
+        WHATSAPP_CLOUD_APP_SECRET="app-secret",
+        WHATSAPP_CLOUD_VERIFY_TOKEN="verify-token",
+        WHATSAPP_CLOUD_DAILY_LIMIT="2",
+        WHATSAPP_UNANSWERED_LIMIT="off",
+    )
+    settings = Settings.from_env(env)
+    now = [time.time()]
+    store = ContactStore(tmp_path / "contacts.db")
+    safety = AccountSafety(
+        settings, Metrics("q", "q.dlq"), Redactor(True), store, clock=lambda: now[0]
+    )
+    safety.after_send("+5511999990001")
+    await safety.flush()  # as the flush task does every second
+    now[0] += 3600
+    safety.after_send("+5511999990002")
+    held = safety.verdict("+5511999990003")
+    assert held is not None and held.code == "daily_limit" and not held.dead_letter
+    assert held.wait == pytest.approx(86400 - 3600)
+    assert safety.verdict("+55 11 99999-0001") is None  # already in the window
+    await safety.flush()
+    safety.close()
+    store = ContactStore(tmp_path / "contacts.db")
+    again = AccountSafety(
+        settings, Metrics("q", "q.dlq"), Redactor(True), store, clock=lambda: now[0]
+    )
+    assert again.verdict("+5511999990003") is not None  # the window came back from the store
+    now[0] += 86400 - 3600 + 1  # the first recipient left the window
+    assert again.verdict("+5511999990003") is None
+    again.close()

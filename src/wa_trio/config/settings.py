@@ -132,6 +132,9 @@ class Settings:
     cloud_mps: int | None = _setting("WHATSAPP_CLOUD_MPS", "", "an integer >= 1 (or empty)",
         g.optional_mps, "cloud-api: messages a second for the number (empty: its tier, read "
         "from Meta: 80, or 1000 once upgraded; 20 for a number shared with the Business app).")
+    cloud_daily_limit: int | None = _setting("WHATSAPP_CLOUD_DAILY_LIMIT", "off",
+        "an integer >= 1, or off", g.optional_count, "cloud-api: unique recipients a day (your "
+        "messaging tier: 250, 2000, 10000, 100000); a new recipient beyond it is held, not lost.")
     dry_run_file: Path | None = _setting("WHATSAPP_DRY_RUN_FILE", "",
         "a file path (or empty)", g.optional_path,
         "dry-run only: append one JSON line per would-be send to this file.")

@@ -78,4 +78,35 @@ def judge(
     return None
 
 
-__all__ = ["UNANSWERED_RECHECK", "Verdict", "is_optout", "judge", "keyword_set", "normalize"]
+#: Meta's messaging limits count the unique users a number messaged in a rolling 24 hours
+DAILY_WINDOW = 86400.0
+
+
+def over_daily_limit(
+    *, limit: int | None, in_window: bool, count: int, oldest: float | None, now: float
+) -> Verdict | None:
+    """WHATSAPP_CLOUD_DAILY_LIMIT: a new recipient beyond ``limit`` unique users in the last
+    24 hours is held (parked, never dead-lettered) until the oldest of them leaves the window;
+    a recipient already in it may always be written to again (Meta counts users, not
+    messages). None: it may go."""
+    if limit is None or in_window or count < limit:
+        return None
+    frees_in = max(1.0, (oldest or now) + DAILY_WINDOW - now)
+    return Verdict(
+        "daily_limit",
+        False,
+        f"{count} unique recipients in the last 24 hours; WHATSAPP_CLOUD_DAILY_LIMIT is {limit}",
+        frees_in,
+    )
+
+
+__all__ = [
+    "DAILY_WINDOW",
+    "UNANSWERED_RECHECK",
+    "Verdict",
+    "is_optout",
+    "judge",
+    "keyword_set",
+    "normalize",
+    "over_daily_limit",
+]

@@ -31,6 +31,11 @@ class OptOut:
 class Snapshot:
     optouts: frozenset[str]
     unanswered: dict[str, int]  # every known contact (0 when they answered last)
+    #: when each contact was last sent to, for those of the last ``RECENT`` seconds
+    last_sent: dict[str, float] = attrs.field(factory=dict)
+
+
+RECENT = 86400.0  # the window of ``Snapshot.last_sent`` (Meta's daily messaging limits)
 
 
 class Contacts(Protocol):
@@ -47,4 +52,4 @@ class Contacts(Protocol):
     def record(self, sent: Mapping[str, int], replies: Mapping[str, float], now: float) -> None: ...
 
 
-__all__ = ["Contacts", "OptOut", "Snapshot"]
+__all__ = ["RECENT", "Contacts", "OptOut", "Snapshot"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from wa_trio.stores.contacts import OptOut, Snapshot
+from wa_trio.stores.contacts import RECENT, OptOut, Snapshot
 from wa_trio.stores.numbers import Resolution
 from wa_trio.stores.postgres.db import connect, store_errors
 
@@ -72,7 +72,12 @@ class PgContactStore:
                     (self.account,),
                 ).fetchall()
             )
-        return Snapshot(optouts, counts)
+            recent = self._db.execute(
+                "SELECT number, last_sent_at FROM wa_trio_contacts WHERE account = %s AND "
+                "last_sent_at >= %s",
+                (self.account, time.time() - RECENT),
+            ).fetchall()
+        return Snapshot(optouts, counts, dict(recent))
 
     def add_optout(self, number: str, source: str, now: float | None = None) -> bool:
         with self._lock, store_errors("write the opt-outs"), self._db.transaction():

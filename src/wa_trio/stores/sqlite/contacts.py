@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from wa_trio.stores.contacts import OptOut, Snapshot
+from wa_trio.stores.contacts import RECENT, OptOut, Snapshot
 from wa_trio.stores.files import open_private_db
 
 
@@ -40,7 +40,11 @@ class ContactStore:
         with self._lock:
             optouts = frozenset(row[0] for row in self._db.execute("SELECT number FROM optouts"))
             counts = dict(self._db.execute("SELECT number, unanswered FROM contacts").fetchall())
-        return Snapshot(optouts, counts)
+            recent = self._db.execute(
+                "SELECT number, last_sent_at FROM contacts WHERE last_sent_at >= ?",
+                (time.time() - RECENT,),
+            ).fetchall()
+        return Snapshot(optouts, counts, dict(recent))
 
     # ---------------------------------------------------------------------------- opt-outs
 
