@@ -8,8 +8,8 @@
   ffprobe/ffmpeg (``media/ffmpeg.py``: both pipes drained), so neonize's own ffmpeg helper, which
   can deadlock on a noisy input, never runs; the MIME type is our sniffed one.
 
-The dry run prepares nothing. The last ``KEEP`` prepared payloads are kept by content, so a
-campaign with one voice note transcodes it once.
+The dry run prepares nothing. The last ``KEEP`` prepared payloads (``KEEP_BYTES`` at most) are
+kept by content, so a campaign with one voice note transcodes it once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from wa_trio.core.media_rules import VOICE_MIME, MediaPayload
 from wa_trio.media import ffmpeg
 from wa_trio.media.images import sticker_webp
 
-KEEP = 32  # prepared payloads kept by content (each at most WhatsApp's 16 MB for the kind)
+KEEP = 32  # prepared payloads kept by content, at most
+KEEP_BYTES = 64 * 1024**2  # and at most this many bytes of them (a video may be 16 MB)
 
 
 class Preparer:
@@ -43,11 +44,11 @@ class Preparer:
         kept = self._kept.get(key)
         if kept is not None:
             self._kept.move_to_end(key)
-            return attrs_with_filename(kept, media.filename)
+            return _named(kept, media.filename)
         ready = await self._prepare(media)
         self.runs += 1
         self._kept[key] = ready
-        while len(self._kept) > KEEP:
+        while len(self._kept) > KEEP or sum(p.size for p in self._kept.values()) > KEEP_BYTES:
             self._kept.popitem(last=False)
         return ready
 
@@ -72,11 +73,11 @@ class Preparer:
         )
 
 
-def attrs_with_filename(media: MediaPayload, filename: str | None) -> MediaPayload:
+def _named(media: MediaPayload, filename: str | None) -> MediaPayload:
     """A kept payload under this job's file name."""
     if media.filename == filename:
         return media
     return media.converted(media.data, media.mime_type, filename=filename)
 
 
-__all__ = ["KEEP", "Preparer"]
+__all__ = ["KEEP", "KEEP_BYTES", "Preparer"]
