@@ -77,10 +77,26 @@ def notification(statuses: list[dict[str, Any]], messages: int = 0) -> dict[str,
             {"from": "5511988887777", "id": f"wamid.in{n}", "type": "text", "text": {"body": "oi"}}
             for n in range(messages)
         ]
+    return meta_body(value)
+
+
+def meta_body(value: dict[str, Any]) -> dict[str, Any]:
+    """Meta's notification around one ``messages`` change ``value``."""
     return {
         "object": "whatsapp_business_account",
         "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": value}]}],
     }
+
+
+async def post_signed(base_url: str, body: bytes) -> int:
+    """POST ``body`` to the worker's Meta webhook, signed with the app secret; the status."""
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        answer = await http.post(
+            "/webhooks/whatsapp",
+            content=body,
+            headers={SIGNATURE_HEADER: signature(APP_SECRET, body)},
+        )
+    return answer.status_code
 
 
 async def _start(

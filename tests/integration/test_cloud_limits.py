@@ -15,7 +15,7 @@ from tests.conftest import StartWorker
 from tests.fake_graph import Answer, FakeGraph, dump
 from tests.helpers import delete_topology, error_code, job_body, publish_many, stop_worker, wait_for
 from tests.helpers import drain_queue as _drain
-from tests.integration.test_cloud_api import _settings
+from tests.integration.test_cloud_api import _settings, meta_body, post_signed
 from wa_trio.core.errors import SendError
 from wa_trio.log import Redactor
 from wa_trio.transport import ConnectionState, OutgoingMessage
@@ -119,17 +119,9 @@ async def test_131056_rests_that_recipient_only(
 
 
 def _received(messages: list[dict[str, Any]]) -> bytes:
-    """Meta's messages webhook (BSUIDs since 2026: ``from_user_id`` beside, or instead of,
+    """Meta's webhook (BSUIDs since 2026: ``from_user_id`` beside, or instead of,
     ``from``; docs/cloud-api.md)."""
-    from tests.fake_graph import dump
-
-    value = {"messaging_product": "whatsapp", "messages": messages}
-    return dump(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": value}]}],
-        }
-    )
+    return dump(meta_body({"messaging_product": "whatsapp", "messages": messages}))
 
 
 async def test_a_stop_from_a_username_user_stops_jobs_to_their_number(
@@ -139,11 +131,8 @@ async def test_a_stop_from_a_username_user_stops_jobs_to_their_number(
     user known only by their BSUID (no phone number), another message links that BSUID to
     their number (Brazil's old form); a job to the number in its other form is dead-lettered
     ``opted_out`` without a request to Meta. The published inbound event names the BSUID."""
-    import httpx
 
     from tests.helpers import EventTap
-    from tests.integration.test_cloud_api import APP_SECRET
-    from wa_trio.transport.cloud_api.webhook import SIGNATURE_HEADER, signature
 
     graph = FakeGraph()
     await nursery.start(graph.serve)
@@ -158,14 +147,8 @@ async def test_a_stop_from_a_username_user_stops_jobs_to_their_number(
                 "type": "text", "text": {"body": "STOP"}}  # fmt: skip
         linked = {"from": "551187654321", "from_user_id": user, "id": "wamid.in2",
                   "timestamp": "1764111112", "type": "text", "text": {"body": "ok"}}  # fmt: skip
-        async with httpx.AsyncClient(base_url=worker.http_url) as http:
-            for body in (_received([stop]), _received([linked])):
-                answer = await http.post(
-                    "/webhooks/whatsapp",
-                    content=body,
-                    headers={SIGNATURE_HEADER: signature(APP_SECRET, body)},
-                )
-                assert answer.status_code == 200
+        for body in (_received([stop]), _received([linked])):
+            assert await post_signed(worker.http_url, body) == 200
         await wait_for(lambda: tap.at_least(2), what="both published")
         assert [(e["sender"], e.get("sender_user_id")) for e in tap.events] == [
             (None, user),
@@ -243,11 +226,8 @@ async def test_redelivered_webhooks_publish_once_even_after_a_restart(
     """Meta sends a notification again when it did not see our 200: the same inbound message
     and the same status, posted three times (the third after a restart of the worker), give
     one inbound event and one status event."""
-    import httpx
 
     from tests.helpers import EventTap
-    from tests.integration.test_cloud_api import APP_SECRET
-    from wa_trio.transport.cloud_api.webhook import SIGNATURE_HEADER, signature
 
     graph = FakeGraph()
     await nursery.start(graph.serve)
@@ -264,23 +244,10 @@ async def test_redelivered_webhooks_publish_once_even_after_a_restart(
         await publish_many(settings, [job_body(1)], ["d-1"])
         await wait_for(lambda: len(graph.accepted) == 1, what="sent")
         delivered = {"id": "wamid.1", "status": "delivered", "timestamp": "1764111112"}
-        body = dump(
-            {
-                "object": "whatsapp_business_account",
-                "entry": [{"id": "WABA-ID", "changes": [{"field": "messages", "value": {
-                    "messaging_product": "whatsapp", "messages": [message],
-                    "statuses": [delivered]}}]}],
-            }
-        )  # fmt: skip
-        headers = {SIGNATURE_HEADER: signature(APP_SECRET, body)}
-
-        async def post(to: str) -> None:
-            async with httpx.AsyncClient(base_url=to) as http:
-                answer = await http.post("/webhooks/whatsapp", content=body, headers=headers)
-                assert answer.status_code == 200
-
-        await post(worker.http_url)
-        await post(worker.http_url)
+        value = {"messaging_product": "whatsapp", "messages": [message], "statuses": [delivered]}
+        body = dump(meta_body(value))
+        assert await post_signed(worker.http_url, body) == 200
+        assert await post_signed(worker.http_url, body) == 200
 
         async def published() -> bool:
             return await inbound.at_least(1) and await status.at_least(2)
@@ -290,7 +257,7 @@ async def test_redelivered_webhooks_publish_once_even_after_a_restart(
             await stop_worker(worker)
         worker = await start_worker(settings)
         await wait_for(lambda: worker.transport.state is ConnectionState.CONNECTED, what="up")
-        await post(worker.http_url)
+        assert await post_signed(worker.http_url, body) == 200
         await trio.sleep(1.5)  # what a third copy would take to be published
         await inbound.at_least(0)
         await status.at_least(0)

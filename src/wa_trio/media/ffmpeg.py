@@ -12,10 +12,12 @@ the input raises ``MediaProblem`` ``media_unsupported`` (the job is dead-lettere
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -67,17 +69,18 @@ async def _run(args: list[str], what: str) -> bytes:
     return bytes(done.stdout)
 
 
-async def _in_folder(data: bytes, name: str) -> tuple[tempfile.TemporaryDirectory[str], Path]:
-    folder = tempfile.TemporaryDirectory(prefix="wa-trio-media-")
-    path = Path(folder.name) / name
-    await trio.to_thread.run_sync(path.write_bytes, data)
-    return folder, path
+@contextlib.asynccontextmanager
+async def _written(data: bytes) -> AsyncIterator[Path]:
+    """``data`` as a file in a private temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="wa-trio-media-") as folder:
+        path = Path(folder) / "input"
+        await trio.to_thread.run_sync(path.write_bytes, data)
+        yield path
 
 
 async def probe(data: bytes) -> Probe:
     """Length and codecs of ``data``."""
-    folder, path = await _in_folder(data, "input")
-    with folder:
+    async with _written(data) as path:
         out = await _run(
             ["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
              "-show_streams", str(path)],
@@ -96,8 +99,7 @@ async def probe(data: bytes) -> Probe:
 async def voice_note(data: bytes) -> bytes:
     """``data`` (any audio ffmpeg reads: MP3, M4A, AAC, WAV, OGG/Vorbis...) as an OGG/Opus
     voice note."""
-    folder, path = await _in_folder(data, "input")
-    with folder:
+    async with _written(data) as path:
         return await _run(
             ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *VOICE_ARGS, "-f", "ogg",
              "pipe:1"],
@@ -109,8 +111,7 @@ async def thumbnail(data: bytes) -> bytes:
     """A video's first frame, JPEG, its longer side ``THUMBNAIL_SIDE`` pixels."""
     side = THUMBNAIL_SIDE
     scale = f"scale='if(gt(iw,ih),{side},-2)':'if(gt(iw,ih),-2,{side})'"
-    folder, path = await _in_folder(data, "input")
-    with folder:
+    async with _written(data) as path:
         return await _run(
             ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-frames:v", "1", "-an",
              "-vf", scale, "-f", "mjpeg", "pipe:1"],

@@ -113,7 +113,12 @@ class Copies:
         if rest is not None:
             if outlives(expires, time.time(), rest):
                 return await self.expired(job, channel, user_id, f"after {error.code}")
-            return await self.rest(job, channel, rest, error, user_id, expires)
+            # through the wait queues (like a ``send_at``), one retry counted
+            retry = Retry(rest, done + 1)
+            queue = amqp.wait_queue_name(self._settings, next_hop(rest) or LADDER[0])
+            return await self.retry_later(
+                job, channel, retry, error, user_id, expires, queue, time.time() + rest
+            )
         verdict = on_send_failure(
             error,
             ambiguous_policy=self._settings.ambiguous,
@@ -178,36 +183,6 @@ class Copies:
             await job.delivery.ack()
         return Outcome.SCHEDULED
 
-    async def rest(
-        self,
-        job: Job,
-        channel: Channel,
-        rest: float,
-        error: SendError,
-        user_id: str,
-        expires: float | None,
-    ) -> Outcome:
-        """A rest longer than the retry ladder (``rest_beyond_ladder``): through the wait
-        queues with ``x-not-before`` (then the job is looked at again like a ``send_at``), one
-        retry counted, the deadline carried along."""
-        done = retry_count(job.delivery.properties.headers)
-        headers = retry_headers(
-            job.delivery.properties.headers, retry=done + 1, code=error.code, message=error.message
-        )
-        headers[h.NOT_BEFORE] = round(time.time() + rest, 3)
-        if expires is not None:
-            headers[EXPIRES_HEADER] = round(expires, 3)
-        queue = amqp.wait_queue_name(self._settings, next_hop(rest) or LADDER[0])
-        with eliot.start_action(
-            action_type="wa_trio:job:rest", code=error.code, seconds=round(rest), queue=queue
-        ):
-            if not await self._republish(job, channel, queue, headers, error.code):
-                return Outcome.FAILED
-            self.emit("retrying", job, user_id, code=error.code, retry=done + 1)
-            await job.delivery.ack()
-        self._metrics.retried()
-        return Outcome.RETRIED
-
     async def _republish(
         self, job: Job, channel: Channel, queue: str, headers: dict[str, Any], code: str
     ) -> bool:
@@ -243,16 +218,22 @@ class Copies:
         error: SendError,
         user_id: str,
         expires: float | None = None,
+        queue: str | None = None,
+        not_before: float | None = None,
     ) -> Outcome:
         """Republish to the delay queue for the next retry (confirmed), then ack; the deadline
-        rides along (``x-expires-at``) so a retry never restarts a job's clock."""
+        rides along (``x-expires-at``) so a retry never restarts a job's clock. A rest longer
+        than the ladder (``rest_beyond_ladder``) goes to a wait ``queue`` with ``x-not-before``
+        instead."""
         delivery = job.delivery
         headers = retry_headers(
             delivery.properties.headers, retry=retry.retry, code=error.code, message=error.message
         )
         if expires is not None:
             headers[EXPIRES_HEADER] = round(expires, 3)
-        queue = amqp.retry_queue_name(self._settings, retry.delay)
+        if not_before is not None:
+            headers[h.NOT_BEFORE] = round(not_before, 3)
+        queue = queue or amqp.retry_queue_name(self._settings, retry.delay)
         with eliot.start_action(
             action_type="wa_trio:job:retry_later",
             code=error.code,

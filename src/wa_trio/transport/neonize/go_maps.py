@@ -237,6 +237,8 @@ class LoginReads:
         """Any event through ``Event.execute`` (Go thread): ``CallbackFunction`` delivers them,
         event 0 first, only after its reads; the ticket goes back."""
         self.reads_seen += 1
+        if self.reads_seen > 1 and not self._held:  # the reads were done and said already
+            return
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._done_reading)
 
