@@ -73,6 +73,10 @@ class AccountSafety:
         self._sent: dict[str, int] = {}  # not yet written
         self._replies: dict[str, float] = {}
         self._new_optouts: list[tuple[str, str]] = []  # (number, source)
+        #: who wrote in the last 24 hours, oldest first (the Cloud API's customer-service
+        #: window: the pool routes free text there only inside it; in memory, so a restart
+        #: sends such jobs to other accounts until the person writes again)
+        self._heard: collections.OrderedDict[str, float] = collections.OrderedDict()
         #: Cloud API: BSUID -> the number a webhook carried with it (``_person``)
         self._links: dict[str, str] = {}
         self.reachout_until = 0.0
@@ -107,6 +111,14 @@ class AccountSafety:
         return over_daily_limit(
             limit=limit, in_window=number in window, count=len(window), oldest=oldest, now=now
         )
+
+    def window_open(self, number: str) -> bool:
+        """Whether ``number``'s person wrote to this account in the last 24 hours."""
+        horizon = self._clock() - DAILY_WINDOW
+        heard = self._heard
+        while heard and next(iter(heard.values())) < horizon:
+            heard.popitem(last=False)
+        return person_key(number) in heard
 
     def _judge(self, number: str) -> Verdict | None:
         return judge(
@@ -149,6 +161,8 @@ class AccountSafety:
         sender = self._person(message)
         self._counts[sender] = 0  # a reply resets the budget (and makes a known chat)
         self._replies[sender] = message.timestamp or self._clock()
+        self._heard[sender] = self._clock()
+        self._heard.move_to_end(sender)
         if is_optout(message.text, self._keywords):
             self._opt_out(sender, "inbound")
 

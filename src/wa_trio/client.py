@@ -32,7 +32,7 @@ def check_job(settings: Settings, body: bytes, templates: TemplateSet | None = N
         body,
         templates=templates,
         content_filter=settings.content_filter,
-        cloud_templates=settings.transport != "neonize",
+        cloud_templates=settings.transports != {"neonize"},
         media_inline_max=settings.media_inline_max_bytes,
     )
 

@@ -105,7 +105,7 @@ async def run_accounts(
         async with trio.open_nursery() as accounts_nursery:
             for name in settings.accounts:
                 accounts_nursery.start_soon(one, name)
-            router = PoolRouter(settings, live, metrics)
+            router = PoolRouter(settings, live, metrics, partial(_window_open, workers))
             await root.start(router.run)
             app = create_accounts_app(
                 workers=workers,
@@ -115,6 +115,7 @@ async def run_accounts(
                 redactor=Redactor(settings.production),
                 api=api,
                 console=WorkerConsole(settings, lambda: workers),
+                cloud_account=settings.cloud_account,
             )
             try:
                 urls: list[str] = await root.start(
@@ -143,6 +144,13 @@ async def run_accounts(
         root.cancel_scope.cancel()
 
 
+def _window_open(workers: dict[str, Worker], account: str, destination: str) -> bool:
+    """Whether ``destination`` wrote to ``account`` in the last 24 hours (the pool sends free
+    text to the Cloud API account only then)."""
+    worker = workers.get(account)
+    return worker is not None and worker.safety.window_open(destination)
+
+
 def _validator(settings: Settings) -> Callable[[bytes], WhatsAppEnvelope]:
     """The API's validation of a job for the pool: the worker's rules, the process's templates;
     a Cloud API template is accepted unless every account sends through neonize."""
@@ -150,7 +158,7 @@ def _validator(settings: Settings) -> Callable[[bytes], WhatsAppEnvelope]:
         parse_envelope,
         content_filter=settings.content_filter,
         templates=load_templates(settings),
-        cloud_templates=settings.transport != "neonize",
+        cloud_templates=settings.transports != {"neonize"},
         media_inline_max=settings.media_inline_max_bytes,
     )
 

@@ -5,7 +5,10 @@ Each account runs the whole pipeline on ``<WHATSAPP_QUEUE_NAME>.<account>`` (pub
 a job there with routing key ``<WHATSAPP_ROUTING_KEY>.<account>``). The router consumes the main
 queue and, per job, asks ``routing.route``: a job naming an ``account`` goes to it (unknown:
 dead-lettered ``unknown_account``); any other goes to the connected account that rendezvous
-hashing picks for its recipient. The copy is published to the exchange with the account's
+hashing picks for its recipient among those whose transport can send it (``routing.can_send``:
+a Cloud API template alone only to the Cloud API account; free text to the Cloud API account
+only inside the recipient's customer-service window, which the account's safety learns from
+the messages the person sends). The copy is published to the exchange with the account's
 routing key (confirmed, mandatory), then the original is acked: a crash in between sends a
 second copy to the same account, whose ledger sees the same ``message_id`` and sends it once.
 With no account connected the router waits (the job stays in the pool, unacked at most one).
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import eliot
@@ -30,44 +33,85 @@ from wa_trio.config.settings import Settings
 from wa_trio.core import headers as h
 from wa_trio.core.outcome import dead_letter_headers
 from wa_trio.core.retry import Backoff
-from wa_trio.core.routing import Route, route
+from wa_trio.core.routing import Needs, Route, can_send, needs_of, route
 from wa_trio.metrics import Metrics
 from wa_trio.transport import ConnectionState, Transport
 
 WAIT_FOR_ACCOUNT = 1.0  # seconds between looks while no account is connected
 
 
-def _fields(body: bytes) -> tuple[str | None, str]:
-    """The job's ``account`` and ``destination`` as far as they can be read (never raises)."""
+_CODES = {
+    "unknown_account": "the job names an account this worker does not run",
+    "cloud_template_unsupported": "no account of this worker sends Cloud API templates",
+}
+
+#: whether account's recipient's customer-service window is open (``AccountSafety``)
+WindowOpen = Callable[[str, str], bool]
+
+
+def _fields(body: bytes) -> tuple[str | None, str, Needs]:
+    """The job's ``account``, ``destination`` and needs as far as they can be read (never
+    raises)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None, ""
+        return None, "", Needs()
     if not isinstance(data, dict):
-        return None, ""
+        return None, "", Needs()
     named, destination = data.get("account"), data.get("destination")
     return (
         named if isinstance(named, str) else None,
         destination if isinstance(destination, str) else "",
+        needs_of(data),
     )
 
 
 class PoolRouter:
     def __init__(
-        self, settings: Settings, transports: Mapping[str, Transport], metrics: Metrics
+        self,
+        settings: Settings,
+        transports: Mapping[str, Transport],
+        metrics: Metrics,
+        window_open: WindowOpen | None = None,
     ) -> None:
         self.settings = settings
         self.transports = transports
         self.metrics = metrics
+        self.window_open = window_open or (lambda _account, _destination: False)
         self.address = BrokerAddress.from_settings(settings)
         self.forwarded: collections.Counter[str] = collections.Counter()
 
-    def connected(self) -> list[str]:
+    def connected(self, needs: Needs | None = None, destination: str = "") -> list[str]:
+        """The accounts connected now that can send a job of ``needs`` to ``destination``."""
+        needs = needs or Needs()
         return [
             name
             for name, transport in self.transports.items()
             if transport.state is ConnectionState.CONNECTED
+            and self._can(name, transport.cloud_templates, needs, destination)
         ]
+
+    def capable(self, needs: Needs) -> list[str]:
+        """The accounts configured that could send a job of ``needs`` (window open)."""
+        return [
+            name
+            for name in self.settings.accounts
+            if can_send(
+                needs,
+                cloud_templates=self.settings.transport_of(name) != "neonize",
+                windowed=False,
+                window_open=True,
+            )
+        ]
+
+    def _can(self, name: str, cloud_templates: bool, needs: Needs, destination: str) -> bool:
+        windowed = self.settings.transport_of(name) == "cloud-api"
+        return can_send(
+            needs,
+            cloud_templates=cloud_templates,
+            windowed=windowed,
+            window_open=windowed and self.window_open(name, destination),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -90,13 +134,14 @@ class PoolRouter:
         await keep_connected(self.address, serve, what="wa_trio:pool", backoff=backoff)
 
     async def _route(self, channel: Channel, delivery: Delivery) -> None:
-        named, destination = _fields(delivery.body)
+        named, destination, needs = _fields(delivery.body)
         while True:
             decision = route(
                 named=named,
                 destination=destination,
                 accounts=self.settings.accounts,
-                connected=self.connected(),
+                connected=self.connected(needs, destination),
+                capable=self.capable(needs),
             )
             if decision.account is not None or decision.code is not None:
                 break
@@ -120,7 +165,7 @@ class PoolRouter:
 
     async def _dead_letter(self, channel: Channel, delivery: Delivery, decision: Route) -> None:
         assert decision.code is not None
-        message = "the job names an account this worker does not run"
+        message = _CODES[decision.code]
         headers = dead_letter_headers(
             delivery.properties.headers,
             code=decision.code,

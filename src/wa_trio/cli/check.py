@@ -53,9 +53,10 @@ def _store(settings: Settings) -> Line | None:
 
 
 def _media(settings: Settings, which: Callable[[str], str | None] = shutil.which) -> Line | None:
-    if not ffmpeg_kinds(settings.transport):
+    needs = ffmpeg_kinds(*settings.transports)
+    if not needs:
         return None
-    needing = sorted(set(settings.media_kinds) & ffmpeg_kinds(settings.transport))
+    needing = sorted(set(settings.media_kinds) & needs)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
     if needing and missing:
         return "warning", f"{' and '.join(missing)} not found: media kinds {', '.join(needing)} off"
@@ -75,7 +76,7 @@ def _templates(settings: Settings) -> Line | None:
 
 
 async def _cloud(settings: Settings) -> Line | None:
-    if settings.transport != "cloud-api":
+    if settings.cloud_account is None:
         return None
     url = f"{settings.cloud_api_url}/{settings.cloud_phone_number_id}"
     headers = {"Authorization": f"Bearer {settings.cloud_access_token}"}

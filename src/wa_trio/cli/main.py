@@ -209,7 +209,7 @@ def _validate(file: str) -> int:
             body,
             content_filter=settings.content_filter,
             templates=templates,
-            cloud_templates=settings.transport != "neonize",
+            cloud_templates=settings.transports != {"neonize"},
         )
     except ValidationError as error:
         print(json.dumps({"ok": False, "code": error.code, "message": error.message}))

@@ -250,11 +250,34 @@ def media_kinds(value: str) -> tuple[str, ...]:
 _ACCOUNT = re.compile(r"[a-z0-9-]{1,32}")
 
 
-def accounts(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names or len(set(names)) != len(names) or not all(_ACCOUNT.fullmatch(n) for n in names):
+#: the transports an account may name (``WHATSAPP_ACCOUNTS=shop:neonize,api:cloud-api``)
+TRANSPORTS = ("neonize", "cloud-api", "dry-run")
+
+
+def account_entries(value: str) -> tuple[tuple[str, str | None], ...]:
+    """``name[:transport],...``: each account's name and the transport it names (None: the
+    process's WHATSAPP_TRANSPORT)."""
+    entries = []
+    for part in (part.strip() for part in value.split(",")):
+        if not part:
+            continue
+        name, colon, transport = (item.strip() for item in part.partition(":"))
+        if not _ACCOUNT.fullmatch(name) or (colon and transport not in TRANSPORTS):
+            raise ValueError
+        entries.append((name, transport or None))
+    names = [name for name, _ in entries]
+    if not names or len(set(names)) != len(names):
         raise ValueError
-    return names
+    return tuple(entries)
+
+
+def accounts(value: str) -> tuple[str, ...]:
+    return tuple(name for name, _ in account_entries(value))
+
+
+def account_transports(value: str) -> tuple[tuple[str, str], ...]:
+    """The accounts of ``value`` that name their transport, with it."""
+    return tuple((name, kind) for name, kind in account_entries(value) if kind is not None)
 
 
 def keywords(value: str) -> tuple[str, ...]:

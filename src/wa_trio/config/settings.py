@@ -238,10 +238,14 @@ class Settings:
         "an integer >= 1", g.positive_int,
         "Failed connects in a row before the account goes to state failed (health red) instead "
         "of retrying forever; POST /login/relogin resets it.")
-    accounts: tuple[str, ...] = _setting("WHATSAPP_ACCOUNTS", "default",
-        "comma-separated names of a-z, 0-9 and - (1-32 each)", g.accounts,
-        "The WhatsApp accounts this worker runs; more than one: a queue per account and the main"
-        " queue as their pool (docs/scaling.md).")
+    accounts: tuple[str, ...] = _setting("WHATSAPP_ACCOUNTS", "default", "comma-separated names "
+        "(a-z, 0-9, -; 1-32) each with an optional :neonize, :cloud-api or :dry-run", g.accounts,
+        "The accounts this worker runs and their transports (else WHATSAPP_TRANSPORT); several: a"
+        " queue each, the main queue their pool, routed by what each can send (docs/scaling.md).")
+    fallback: str = _setting("WHATSAPP_FALLBACK", "off", "off or cloud-api",
+        g.choice("off", "cloud-api"),
+        "cloud-api: a job with a cloud_template beside its text, held by a neonize account that "
+        "is banned, logged out or failed, is sent once through the Cloud API account instead.")
     standby: bool = _setting("WHATSAPP_STANDBY", "off", "on or off", g.on_off,
         "When another worker holds this session: wait as its standby (take over the moment it "
         "ends, kill -9 included) instead of refusing to start (docs/scaling.md).")
@@ -284,6 +288,8 @@ class Settings:
     #: the account these settings are for (``for_account``; "" before it: the process, or
     #: the one account); not an environment variable
     account: str = attrs.field(default="")
+    #: the accounts of WHATSAPP_ACCOUNTS that name their transport (``name:cloud-api``)
+    account_transports: tuple[tuple[str, str], ...] = attrs.field(default=())
     #: with several accounts: the process's session folder (the opt-out list every account
     #: shares lives there); None with one account
     shared_session_path: Path | None = attrs.field(default=None)
@@ -312,12 +318,28 @@ class Settings:
         folder = self.session_path if name == "default" else self.session_path / "accounts" / name
         return attrs.evolve(
             self,
+            transport=self.transport_of(name),
             account=name,
             queue_name=f"{self.queue_name}.{name}",
             routing_key=f"{self.routing_key}.{name}",
             session_path=folder,
             shared_session_path=self.session_path,
         )
+
+    def transport_of(self, name: str) -> str:
+        """The transport account ``name`` sends through."""
+        return dict(self.account_transports).get(name, self.transport)
+
+    @property
+    def transports(self) -> frozenset[str]:
+        """The transports the accounts send through."""
+        return frozenset(self.transport_of(name) for name in self.accounts)
+
+    @property
+    def cloud_account(self) -> str | None:
+        """The account that sends through the Cloud API (at most one: WHATSAPP_CLOUD_*
+        describe one number), if any."""
+        return next((a for a in self.accounts if self.transport_of(a) == "cloud-api"), None)
 
     @property
     def session_db(self) -> Path:
@@ -369,8 +391,7 @@ class Settings:
                 "",
                 "a secret of 16 or more characters whenever WHATSAPP_STATUS_WEBHOOK_URL is set",
             )
-        if values["transport"] == "cloud-api":
-            _require_cloud(values)
+        _per_account_transports(values, environ.get("WHATSAPP_ACCOUNTS", "default"))
         if len(values["accounts"]) > 1 and values["exchange_type"] in {"fanout", "headers"}:
             raise ConfigError(
                 "WHATSAPP_EXCHANGE_TYPE",
@@ -409,7 +430,32 @@ _CLOUD_REQUIRED = (
 def _require_cloud(values: dict[str, Any]) -> None:
     missing = [env for attr, env in _CLOUD_REQUIRED if not values.get(attr)]
     if missing:  # all of them in one line: four runs to find four was issue 30's complaint
-        raise ConfigError(", ".join(missing), "", "a value whenever WHATSAPP_TRANSPORT=cloud-api")
+        raise ConfigError(
+            ", ".join(missing), "", "a value whenever an account sends through cloud-api"
+        )
+
+
+def _per_account_transports(values: dict[str, Any], raw: str) -> None:
+    """Each account's transport (WHATSAPP_ACCOUNTS=name:transport, else WHATSAPP_TRANSPORT):
+    the Cloud API's settings when one uses it, one Cloud API account at most, and what
+    WHATSAPP_FALLBACK needs."""
+    named = g.account_transports(raw)
+    values["account_transports"] = named
+    if len(values["accounts"]) == 1 and named:  # one account: its transport is the process's
+        values["transport"] = named[0][1]
+    chosen = dict(named)
+    kinds = [chosen.get(name, values["transport"]) for name in values["accounts"]]
+    if kinds.count("cloud-api") > 1:  # WHATSAPP_CLOUD_* describe one number
+        raise ConfigError("WHATSAPP_ACCOUNTS", raw, "one cloud-api account per process at most")
+    if "cloud-api" in kinds:
+        _require_cloud(values)
+    if values["fallback"] == "cloud-api" and not {"cloud-api", "neonize"} <= set(kinds):
+        raise ConfigError(
+            "WHATSAPP_FALLBACK",
+            "cloud-api",
+            "off unless WHATSAPP_ACCOUNTS has a "
+            "neonize account and a cloud-api one (shop:neonize,api:cloud-api)",
+        )
 
 
 def config_problems(environ: Mapping[str, str]) -> list[ConfigError]:

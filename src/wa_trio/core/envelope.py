@@ -211,16 +211,11 @@ def parse_envelope(
         raise ValidationError("wrong_type", f"the job must be a JSON object, not {_kind(data)}")
     if not _all_encodable(data):
         raise ValidationError("invalid_encoding", "a string of the job holds an unpaired surrogate")
-    cloud = None
     media = None
     if "media" in data:
         media = _media(data, media_inline_max)
         data = {**data, "text_message": data.get("text_message", "")}
-    if "cloud_template" in data:
-        cloud = _cloud_template(data, allowed=cloud_templates)
-        data = {**data, "text_message": ""}
-    elif "template" in data:
-        data = _with_rendered_template(data, templates)
+    data, cloud = _text_forms(data, templates, cloud_templates)
     wire = _structure(data)
     for value in (wire.user_id, wire.text_message, wire.destination):
         if not utf8_ok(value):
@@ -230,7 +225,8 @@ def parse_envelope(
     except ValueError:
         raise ValidationError("invalid_user_id", CODES["invalid_user_id"]) from None
     destination = clean_recipient(wire.destination)
-    if cloud is None and not (media is not None and wire.text_message == ""):
+    alone = (cloud is not None or media is not None) and wire.text_message == ""
+    if not alone:
         validate_text(wire.text_message, content_filter=content_filter)
     expires_at, ttl_seconds = _expiry(wire.expires_at, wire.ttl_seconds)
     send_at = _instant(wire.send_at, "invalid_schedule")
@@ -244,6 +240,19 @@ def parse_envelope(
         cloud_template=cloud,
         media=media,
     )
+
+
+def _text_forms(
+    data: dict[str, Any], templates: TemplateSet | None, cloud_templates: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The job with its ``template`` rendered into ``text_message`` (``""`` for a Cloud API
+    template alone), and its ``cloud_template``, if any."""
+    cloud = _cloud_template(data, allowed=cloud_templates) if "cloud_template" in data else None
+    if "template" in data:
+        return _with_rendered_template(data, templates), cloud
+    if cloud is not None and "text_message" not in data:
+        return {**data, "text_message": ""}, cloud
+    return data, cloud
 
 
 def _media(data: dict[str, Any], inline_max: int) -> MediaSpec:
@@ -262,11 +271,12 @@ def _media(data: dict[str, Any], inline_max: int) -> MediaSpec:
 
 
 def _cloud_template(data: dict[str, Any], *, allowed: bool) -> dict[str, Any]:
-    if "text_message" in data or "template" in data:
-        raise ValidationError(
-            "wrong_type", "give one of text_message, template or cloud_template, not two"
-        )
-    if not allowed:
+    """The job's Cloud API template. Beside a ``text_message`` or a ``template`` it is the
+    form a Cloud API account sends (the pool's choice, or WHATSAPP_FALLBACK), and a neonize
+    account sends the text; alone it needs a transport that sends it (``allowed``)."""
+    if "text_message" in data and "template" in data:
+        raise ValidationError("wrong_type", "give text_message or template, not both")
+    if not allowed and not (data.get("text_message") or "template" in data):
         raise ValidationError("cloud_template_unsupported", CODES["cloud_template_unsupported"])
     try:
         return cloud_template.check(data["cloud_template"])

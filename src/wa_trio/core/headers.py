@@ -31,6 +31,8 @@ EXPIRES_AT = "x-expires-at"  # a job's deadline (Unix seconds), carried by its r
 #: not sent before (Unix seconds): a rest Meta asked for that is longer than the retry ladder
 #: (131049: a day), carried by the wait queues like a ``send_at``
 NOT_BEFORE = "x-not-before"
+#: on a job a stuck neonize account handed to the Cloud API account: that account's name
+FALLBACK_FROM = "x-wa-fallback-from"
 DEATH = "x-death"  # RabbitMQ's dead-letter history: dropped, the broker rebuilds it
 
 MAX_KEY_BYTES = 255

@@ -69,6 +69,13 @@ def not_before(headers: Mapping[str, Any]) -> float | None:
     return moment if 0 < moment < 1e11 else None
 
 
+def earliest(headers: Mapping[str, Any], send_at: float | None) -> float | None:
+    """When a job may go: its ``send_at``, or a rest Meta asked for (``x-not-before``),
+    whichever is later (None: now)."""
+    times = [t for t in (send_at, not_before(headers)) if t is not None]
+    return max(times, default=None)
+
+
 @attrs.define
 class Job:
     """A delivery in hand: the AMQP delivery, its eliot action and its identity."""

@@ -72,11 +72,12 @@ VOICE_MIME = "audio/ogg; codecs=opus"
 NEEDS_FFMPEG = frozenset({"video", "voice", "audio"})
 
 
-def ffmpeg_kinds(transport: str) -> frozenset[str]:
-    """The kinds a transport's media preparation runs ffmpeg for (``media/prepare.py``): neonize
-    needs lengths, thumbnails and voice notes; the Cloud API only voice notes (Meta takes OGG/Opus
-    voice notes and reads the rest itself); the dry run prepares nothing."""
-    return {"neonize": NEEDS_FFMPEG, "cloud-api": frozenset({"voice"})}.get(transport, frozenset())
+def ffmpeg_kinds(*transports: str) -> frozenset[str]:
+    """The kinds the transports' media preparation runs ffmpeg for (``media/prepare.py``):
+    neonize needs lengths, thumbnails and voice notes; the Cloud API only voice notes (Meta takes
+    OGG/Opus voice notes and reads the rest itself); the dry run prepares nothing."""
+    table = {"neonize": NEEDS_FFMPEG, "cloud-api": frozenset({"voice"})}
+    return frozenset().union(*(table.get(kind, frozenset()) for kind in transports))
 
 
 MAX_URL = 2048

@@ -29,6 +29,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # already sent (or, with WHATSAPP_AMBIGUOUS=skip, maybe sent)
     HELD = "held"  # a stop began first: left unacked, the broker redelivers it
     SCHEDULED = "scheduled"  # not due yet: parked in a wait queue (send_at)
+    FORWARDED = "forwarded"  # handed to the Cloud API account (WHATSAPP_FALLBACK)
 
     @property
     def counted(self) -> bool:
@@ -63,6 +64,10 @@ class Found:
     deaths: int = 0
 
 
+#: ledger states that end a job: sent, or handed to the Cloud API account (WHATSAPP_FALLBACK)
+DONE = frozenset({"sent", "forwarded"})
+
+
 def begin_writes(found: Found | None, body_hash: str | None) -> int | None:
     """The ledger's begin rule, one for both stores: the ``deaths`` to write with a
     ``sending`` row, or None to leave the row as it is (already ``sent``, or another body's:
@@ -70,7 +75,7 @@ def begin_writes(found: Found | None, body_hash: str | None) -> int | None:
     is a worker that died holding the job: one death more."""
     if found is None:
         return 0
-    if found.state == "sent" or (found.body_hash and found.body_hash != body_hash):
+    if found.state in DONE or (found.body_hash and found.body_hash != body_hash):
         return None
     return found.deaths + 1 if found.state == "sending" else 0
 
@@ -85,7 +90,7 @@ def decide(found: Found | None, *, body_hash: str | None = None, ambiguous: str)
         return Decision.SEND
     if found.body_hash and found.body_hash != body_hash:
         return Decision.CONFLICT
-    if found.state == "sent":
+    if found.state in DONE:
         return Decision.DUPLICATE
     if found.state == "sending":
         if found.deaths + 1 >= CRASH_LIMIT:

@@ -7,6 +7,7 @@ of the old inline handler is here, with a table test (``tests/unit/core/test_pla
 
     validate -> (schedule) -> (account safety) -> (media) -> (ledger peek, pace) -> connected
     -> (expired?) -> begin (the ledger's ``sending`` row) -> send -> sent / failed send
+    (a stuck account with WHATSAPP_FALLBACK: ... -> (expired?) -> (peek) -> fall back)
 
 The ambiguous policy (WHATSAPP_AMBIGUOUS) is read on both ledger paths: the peek before pacing
 ends only a duplicate or a conflict (an ambiguous row is decided at ``Begin``, where a death is
@@ -57,6 +58,7 @@ class Known:
     peek: Found | None = None
     paced: bool = False
     connected: bool = False
+    fall_back: bool = False  # the account is stuck and the job goes to the Cloud API account
     begun: bool = False
     found: Found | None = None  # the row ``Begin`` found
     sent: bool = False
@@ -175,15 +177,21 @@ class Sent:
     """WhatsApp took it: recorded ``sent``, acked with its batch."""
 
 
-End = Hold | DeadLetter | Park | NotSent | Expired | FailedSend | CrashLoop | Sent
+@attrs.frozen
+class FallBack:
+    """The account is banned, logged out or failed and WHATSAPP_FALLBACK=cloud-api: the job
+    (with its ``cloud_template``) goes to the Cloud API account's queue, once."""
+
+
+End = Hold | DeadLetter | Park | NotSent | Expired | FailedSend | CrashLoop | Sent | FallBack
 Step = Action | End
 
-ENDS = (Hold, DeadLetter, Park, NotSent, Expired, FailedSend, CrashLoop, Sent)
+ENDS = (Hold, DeadLetter, Park, NotSent, Expired, FailedSend, CrashLoop, Sent, FallBack)
 
 # the steps without fields, made once (frozen: safe to share; a job takes about six steps)
 _VALIDATE, _JUDGE, _FETCH, _PEEK, _PACE = Validate(), Judge(), Fetch(), Peek(), Pace()
 _CONNECT, _BEGIN, _SEND, _RESEND = Connect(), Begin(), Send(), Send(ambiguous=True)
-_HOLD, _CRASH_LOOP, _SENT = Hold(), CrashLoop(), Sent()
+_HOLD, _CRASH_LOOP, _SENT, _FALL_BACK = Hold(), CrashLoop(), Sent(), FallBack()
 
 
 def next_step(known: Known, rules: Rules, now: float) -> Step:
@@ -202,7 +210,7 @@ def next_step(known: Known, rules: Rules, now: float) -> Step:
     if not known.begun:
         if is_expired(known.expires, now):  # after pacing and any wait for WhatsApp
             return Expired("before its send")
-        return _BEGIN
+        return _fallen_back(known, rules) if known.fall_back else _BEGIN
     return _after_begin(known, rules)
 
 
@@ -234,6 +242,17 @@ def _paced(known: Known, rules: Rules) -> Step | None:
     if early in {Decision.DUPLICATE, Decision.CONFLICT}:
         return NotSent(early)
     return None if known.paced else _PACE
+
+
+def _fallen_back(known: Known, rules: Rules) -> Step:
+    """A stuck account's job for the Cloud API account: the ledger read first (a job this
+    account sent before it got stuck, redelivered since, is a duplicate, not sent twice)."""
+    if known.check_ledger and not known.peeked:
+        return _PEEK
+    early = decide(known.peek, body_hash=known.body_hash, ambiguous=rules.ambiguous)
+    if early in {Decision.DUPLICATE, Decision.CONFLICT, Decision.AMBIGUOUS_SKIP}:
+        return NotSent(early)
+    return _FALL_BACK
 
 
 def _after_begin(known: Known, rules: Rules) -> Step:
@@ -294,6 +313,7 @@ __all__ = [
     "End",
     "Expired",
     "FailedSend",
+    "FallBack",
     "Fetch",
     "Hold",
     "Judge",

@@ -23,7 +23,7 @@ from wa_trio.core.envelope import ValidationError, WhatsAppEnvelope, parse_envel
 from wa_trio.core.errors import SendError, TransportError
 from wa_trio.core.expiry import deadline
 from wa_trio.core.identity import person_key
-from wa_trio.core.job import Job, not_before, retry_count
+from wa_trio.core.job import Job, earliest, retry_count
 from wa_trio.core.media_rules import MediaProblem
 from wa_trio.core.outcome import Outcome, ack_plan, defer_repeats
 from wa_trio.core.pacing import Pacer
@@ -37,6 +37,7 @@ from wa_trio.pipeline.sender import SendAbandoned, Sender
 from wa_trio.pipeline.settle import Copies
 from wa_trio.stores.ledger import AsyncLedger, Begin, LedgerError, Mark
 from wa_trio.transport import OutgoingMessage, SendResult
+from wa_trio.transport.states import STUCK
 
 #: failures of what the worker stands on, not of a job: they propagate (reconnect, hold, fence,
 #: exit) instead of being pinned on the job in hand
@@ -72,15 +73,6 @@ class _InHand:
         """The message to send (the plan asks for no step that needs it before validation)."""
         assert self.message is not None
         return self.message
-
-
-def _not_before(job: Job, envelope: WhatsAppEnvelope) -> float | None:
-    """When the job may go: its ``send_at``, or a rest Meta asked for (``x-not-before``),
-    whichever is later (None: now)."""
-    times = [envelope.send_at.timestamp()] if envelope.send_at is not None else []
-    rest = not_before(job.delivery.properties.headers)
-    times += [rest] if rest is not None else []
-    return max(times, default=None)
 
 
 def _outgoing(job: Job, envelope: WhatsAppEnvelope) -> OutgoingMessage:
@@ -123,6 +115,8 @@ class JobHandler:
         self._clock = clock
         self._stopping = stopping
         self.templates = templates
+        #: a neonize account of a process with WHATSAPP_FALLBACK=cloud-api
+        self._fallback = settings.fallback == "cloud-api" and settings.transport == "neonize"
         self._rules = Rules(
             schedule_max=settings.schedule_max,
             ambiguous=settings.ambiguous,
@@ -235,8 +229,13 @@ class JobHandler:
         hand.known.stopped = not await self._sender.pace(person_key(hand.out.destination))
 
     async def _connect(self, hand: _InHand, _step: plan.Connect, _batch: _Batch) -> None:
-        hand.known.connected = True
-        hand.known.stopped = not await self._sender.wait_connected()
+        """Wait for WhatsApp; with WHATSAPP_FALLBACK, a job that has a Cloud API form stops
+        waiting when the account is stuck (banned, logged out, failed) and falls back."""
+        known, envelope = hand.known, hand.envelope
+        may = self._fallback and envelope is not None and envelope.cloud_template is not None
+        known.connected = True
+        known.stopped = not await self._sender.wait_connected(or_stuck=may)
+        known.fall_back = may and self._sender.transport.state in STUCK
 
     async def _end(
         self, hand: _InHand, channel: Channel, batch: _Batch, end: plan.End
@@ -245,6 +244,12 @@ class JobHandler:
         job = hand.job
         if isinstance(end, plan.Sent):
             return None
+        if isinstance(end, plan.FallBack):  # the copy, its record, then the ack
+            to = await self._copies.fall_back(job, channel)
+            batch.marks.append(Mark(job.key, "forwarded", to, body_hash=job.body_hash))
+            await self._gate.flush(batch.marks)
+            await job.delivery.ack()
+            return Outcome.FORWARDED
         if isinstance(end, plan.CrashLoop):
             batch.marks.append(Mark(job.key, "failed", body_hash=job.body_hash))
             await self._gate.flush(batch.marks)
@@ -272,7 +277,8 @@ class JobHandler:
         hand.envelope = envelope
         hand.message = _outgoing(job, envelope)
         known.group = envelope.group
-        known.send_at = _not_before(job, envelope)
+        at = envelope.send_at.timestamp() if envelope.send_at is not None else None
+        known.send_at = earliest(job.delivery.properties.headers, at)
         known.expires = self._deadline(job, envelope)
         known.has_media = envelope.media is not None
 
@@ -373,7 +379,7 @@ class JobHandler:
         if not batch.sent:
             return
         for job, message, result in batch.sent:
-            self._copies.emit("sent", job, message.user_id, whatsapp_message_id=result.message_id)
+            self._copies.sent(job, message.user_id, result.message_id)
         by_tag = {job.tag: job for job, _, _ in batch.sent}
         for tag, multiple in ack_plan(by_tag, (batch.open - by_tag.keys()) | batch.held):
             await by_tag[tag].delivery.ack(multiple=multiple)

@@ -23,6 +23,7 @@ from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
 from wa_trio.pipeline.ledger_gate import Held
 from wa_trio.transport import ConnectionState, OutgoingMessage, SendResult, Transport
+from wa_trio.transport.states import STUCK
 
 
 class SendAbandoned(Exception):
@@ -76,12 +77,14 @@ class Sender:
             finally:
                 self._protected_scopes.discard(scope)
 
-    async def wait_connected(self) -> bool:
-        """Wait until WhatsApp can send; False when a stop began first (a stop is prompt
-        however long WhatsApp stays away)."""
+    async def wait_connected(self, *, or_stuck: bool = False) -> bool:
+        """Wait until WhatsApp can send (``or_stuck``: or the account is banned, logged out or
+        failed, for WHATSAPP_FALLBACK; the state tells which); False when a stop began first
+        (a stop is prompt however long WhatsApp stays away)."""
         if self.stopping:
             return False
-        if self.transport.state is ConnectionState.CONNECTED:
+        state = self.transport.state
+        if state is ConnectionState.CONNECTED or (or_stuck and state in STUCK):
             return True  # the hot path: no task, no checkpoint
         async with trio.open_nursery() as nursery:
 
@@ -89,7 +92,14 @@ class Sender:
                 await self._stopping.wait()
                 nursery.cancel_scope.cancel()
 
+            async def until_stuck() -> None:
+                while self.transport.state not in STUCK:  # noqa: ASYNC110 - no event for it
+                    await trio.sleep(1.0)  # a ban lasts hours: one look a second
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(until_stop)
+            if or_stuck:
+                nursery.start_soon(until_stuck)
             await self.transport.wait_connected()
             nursery.cancel_scope.cancel()
         return not self.stopping

@@ -42,6 +42,7 @@ from wa_trio.core.outcome import (
     rest_beyond_ladder,
     retry_headers,
 )
+from wa_trio.core.routing import pinned_key
 from wa_trio.core.schedule import LADDER, next_hop
 from wa_trio.events.status import StatusPublisher, make_event
 from wa_trio.metrics import WORKER, Metrics
@@ -247,6 +248,31 @@ class Copies:
             await delivery.ack()
         self._metrics.retried()
         return Outcome.RETRIED
+
+    async def fall_back(self, job: Job, channel: Channel) -> str:
+        """A copy of the job pinned to the Cloud API account (WHATSAPP_FALLBACK), confirmed,
+        marked with this account's name (``x-wa-fallback-from``: that account never falls
+        back again, and its ``sent`` event names this one) and with a message_id (the job
+        key: a second copy, after a crash before the ack, is a duplicate there). The account
+        it went to; the caller records it and acks."""
+        settings = self._settings
+        to = settings.cloud_account
+        assert to is not None  # Settings refuses WHATSAPP_FALLBACK without one
+        props = job.delivery.properties
+        headers, notes = h.encodable(props.headers)
+        headers.update(h.notes_header(notes))
+        headers[h.FALLBACK_FROM] = settings.account_name
+        key = pinned_key(settings.routing_key, settings.account_name, to)
+        copy = attrs.evolve(props, headers=headers, message_id=props.message_id or job.key)
+        with eliot.start_action(action_type="wa_trio:job:fall_back", to=to):
+            await amqp.publish(channel, settings.exchange, key, job.delivery.body, copy)
+        return to
+
+    def sent(self, job: Job, user_id: str, whatsapp_id: str) -> None:
+        """The ``sent`` event (naming the account a WHATSAPP_FALLBACK copy came from)."""
+        came_from = job.delivery.properties.headers.get(h.FALLBACK_FROM)
+        extra = {"fallback_from": str(came_from)} if came_from is not None else {}
+        self.emit("sent", job, user_id, whatsapp_message_id=whatsapp_id, **extra)
 
     def emit(self, status: str, job: Job, user_id: str | None, **fields: Any) -> None:
         self._status.emit(make_event(status, job_key=job.key, user_id=user_id, **fields))

@@ -22,6 +22,9 @@ class ConnectionState(enum.Enum):
     FAILED = "failed"  # WHATSAPP_CONNECT_MAX_FAILURES failed connects in a row: an operator acts
 
 
+#: states an operator must act on (WHATSAPP_FALLBACK=cloud-api sends around them)
+STUCK = frozenset({ConnectionState.LOGGED_OUT, ConnectionState.BANNED, ConnectionState.FAILED})
+
 # ConnectFailure.Reason values (neonize's ConnectFailureReason enum)
 _LOGGED_OUT_REASONS = {2, 4, 5}  # LOGGED_OUT, MAIN_DEVICE_GONE, UNKNOWN_LOGOUT
 _BANNED_REASONS = {3}  # TEMP_BANNED

@@ -23,6 +23,7 @@ from wa_trio.web.app import (
     dry_run_routes,
     login_routes,
     masked_linked,
+    meta_routes,
 )
 from wa_trio.web.console import ConsoleSource, console_routes
 from wa_trio.web.console_auth import ConsoleAuth
@@ -53,10 +54,12 @@ def create_accounts_app(
     redactor: Redactor,
     api: HttpApi | None = None,
     console: ConsoleSource | None = None,
+    cloud_account: str | None = None,
 ) -> QuartTrio:
     """The one HTTP server of a multi-account process: /healthz and /readyz per account (an
     account still waiting as a standby is reported so), /metrics with an ``account`` label,
-    /login?account=NAME and POST /login/relogin?account=NAME (operator token)."""
+    /login?account=NAME and POST /login/relogin?account=NAME (operator token), and Meta's
+    webhook for the Cloud API account (``cloud_account``) when there is one."""
     app = QuartTrio("wa_trio_accounts")
     contain_requests(app, metrics)
 
@@ -91,6 +94,9 @@ def create_accounts_app(
 
     login_routes(app, admin_token, redactor, chosen)
     dry_run_routes(app, admin_token, chosen)
+    if cloud_account is not None:
+        # the account's ``app.Worker`` while it runs (a standby has none: 503)
+        meta_routes(app, lambda: getattr(workers.get(cloud_account), "meta", None))
     if api is not None:
         api_routes(app, api)
     if console is not None:

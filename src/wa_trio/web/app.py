@@ -132,7 +132,7 @@ def create_app(
     dry_run_routes(app, admin_token, chosen)
 
     if meta_webhook is not None:
-        _meta_routes(app, meta_webhook)
+        meta_routes(app, lambda: meta_webhook)
     if api is not None:
         api_routes(app, api)
     if console is not None:
@@ -268,9 +268,15 @@ def dry_run_routes(
         }, 202
 
 
-def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
+def meta_routes(app: QuartTrio, hook_of: Callable[[], MetaWebhook | None]) -> None:
+    """Meta's webhook routes, handled by the Cloud API account's ``MetaWebhook`` (``hook_of``:
+    None while that account is not running here, e.g. a standby: 503, and Meta retries)."""
+
     @app.get("/webhooks/whatsapp")
     async def meta_handshake() -> Response:
+        hook = hook_of()
+        if hook is None:
+            return Response("", status=503)
         args = request.args
         status, body = hook.handshake(
             args.get("hub.mode"), args.get("hub.verify_token"), args.get("hub.challenge")
@@ -279,6 +285,9 @@ def _meta_routes(app: QuartTrio, hook: MetaWebhook) -> None:
 
     @app.post("/webhooks/whatsapp")
     async def meta_notification() -> Response:
+        hook = hook_of()
+        if hook is None:
+            return Response("", status=503)
         if (request.content_length or 0) > MAX_BODY:
             return Response("", status=hook.refuse("too_large"))
         header = request.headers.get(SIGNATURE_HEADER)

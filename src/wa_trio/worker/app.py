@@ -82,6 +82,7 @@ class Worker:
     safety: AccountSafety
     inbound: InboundPublisher
     media: MediaFetcher
+    meta: MetaWebhook | None  # the Cloud API's webhook (a multi-account server routes to it)
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
 
@@ -323,6 +324,7 @@ async def _supervise(
             parts.safety,
             parts.inbound,
             parts.media,
+            parts.meta,
             urls,
             stop_event=stop,
         )

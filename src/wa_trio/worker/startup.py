@@ -64,7 +64,7 @@ def check_media_tools(
     off (jobs of them are dead-lettered ``media_unsupported``) and the start says so once: a
     text-only deployment, the Go worker's whole contract, never needs ffmpeg (issue 30). The
     settings to run with."""
-    needs = ffmpeg_kinds(settings.transport)
+    needs = ffmpeg_kinds(*settings.transports)
     needing = sorted(set(settings.media_kinds) & needs)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if which(tool) is None]
     if not (needing and missing):

@@ -112,6 +112,35 @@ CASES: list[tuple[str, Known, Rules, plan.Step]] = [
     ("no pacer: no peek", known(), RULES, plan.Begin()),
     # connected, expiry, begin
     ("connect", known(connected=False), RULES, plan.Connect()),
+    # a stuck account with WHATSAPP_FALLBACK: the ledger read, then the Cloud API account
+    ("stuck: fall back", ready(fall_back=True), RULES, plan.FallBack()),
+    ("stuck, not read: peek", known(fall_back=True), RULES, plan.Peek()),
+    ("stuck, no ledger", known(fall_back=True, check_ledger=False), RULES, plan.FallBack()),
+    (
+        "stuck, sent",
+        ready(fall_back=True, peek=row("sent")),
+        RULES,
+        plan.NotSent(Decision.DUPLICATE),
+    ),
+    (
+        "stuck, forwarded before",
+        ready(fall_back=True, peek=row("forwarded")),
+        RULES,
+        plan.NotSent(Decision.DUPLICATE),
+    ),
+    (
+        "stuck, sending (skip)",
+        ready(fall_back=True, peek=row("sending")),
+        SKIP,
+        plan.NotSent(Decision.AMBIGUOUS_SKIP),
+    ),
+    ("stuck, sending (resend)", ready(fall_back=True, peek=row("sending")), RULES, plan.FallBack()),
+    (
+        "stuck, expired",
+        ready(fall_back=True, expires=NOW - 1),
+        RULES,
+        plan.Expired("before its send"),
+    ),
     ("expired before its send", known(expires=NOW - 1), RULES, plan.Expired("before its send")),
     ("not expired yet", known(expires=NOW + 1), RULES, plan.Begin()),
     # after begin: the ledger's verdict with each policy

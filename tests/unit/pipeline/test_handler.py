@@ -282,7 +282,7 @@ async def test_a_job_in_hand_at_each_crash_is_dead_lettered_crash_loop(build: Bu
 async def test_a_crash_before_begin_leaves_no_row_and_is_sent_plainly(build: Build) -> None:
     rig = build()
 
-    async def crash_on_connect() -> bool:
+    async def crash_on_connect(*, or_stuck: bool = False) -> bool:
         raise Crash
 
     rig.handler._sender.wait_connected = crash_on_connect  # type: ignore[method-assign]

@@ -242,9 +242,20 @@ def test_a_job_with_a_cloud_template() -> None:
     with pytest.raises(ValidationError) as unsupported:
         parse_envelope(json.dumps(job).encode(), cloud_templates=False)
     assert unsupported.value.code == "cloud_template_unsupported"
-    with pytest.raises(ValidationError) as both:
-        parse_envelope(json.dumps({**job, "text_message": "hi"}).encode(), cloud_templates=True)
-    assert both.value.code == "wrong_type"
+    # beside a text (the form a neonize account sends: the pool and WHATSAPP_FALLBACK) it is
+    # kept on any transport; an empty text is no text
+    for allowed in (True, False):
+        both = parse_envelope(
+            json.dumps({**job, "text_message": "hi"}).encode(), cloud_templates=allowed
+        )
+        assert both.text_message == "hi" and both.cloud_template is not None
+    with pytest.raises(ValidationError) as empty:
+        parse_envelope(json.dumps({**job, "text_message": ""}).encode(), cloud_templates=False)
+    assert empty.value.code == "cloud_template_unsupported"
+    with pytest.raises(ValidationError) as three:
+        three_forms = {**job, "text_message": "hi", "template": "welcome"}
+        parse_envelope(json.dumps(three_forms).encode(), cloud_templates=True)
+    assert three.value.code == "wrong_type"
     bad = {**job, "cloud_template": {"name": "otp_code"}}
     with pytest.raises(ValidationError) as invalid:
         parse_envelope(json.dumps(bad).encode(), cloud_templates=True)
