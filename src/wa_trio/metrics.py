@@ -28,7 +28,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 WORKER = "whatsapp"
 
 #: worker_jobs_processed_total{status}: how each job ended.
-STATUSES = ("success", "invalid", "failed", "retried", "duplicate", "scheduled")
+STATUSES = ("success", "invalid", "failed", "retried", "duplicate", "scheduled", "forwarded")
 # status event kinds (docs/status-events.md); wa_trio.events.status uses this tuple
 STATUS_EVENTS = ("sent", "delivered", "read", "failed", "retrying")
 

@@ -45,6 +45,7 @@ def make_event(
     code: str | None = None,
     retry: int | None = None,
     at: datetime | None = None,
+    fallback_from: str | None = None,
 ) -> dict[str, Any]:
     """One event (pure). See docs/status-events.md."""
     assert status in STATUSES, status
@@ -60,6 +61,8 @@ def make_event(
         event["code"] = code
     if retry is not None:
         event["retry"] = retry
+    if fallback_from is not None:  # sent by the Cloud API for this account (WHATSAPP_FALLBACK)
+        event["fallback_from"] = fallback_from
     return event
 
 

@@ -237,7 +237,9 @@ class Pipeline:
         size = batch_size(self.settings.prefetch_count, pacing=self.pacer.enabled)
         async with receive_jobs:
             while not self.stopping:
-                if not await self._sender.wait_connected():
+                # with WHATSAPP_FALLBACK a stuck account takes jobs too (the handler sends those
+                # with a Cloud API form to that account; the others wait for WhatsApp in hand)
+                if not await self._sender.wait_connected(or_stuck=self._handler.falls_back):
                     return
                 try:
                     job = await receive_jobs.receive()

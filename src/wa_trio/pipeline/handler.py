@@ -116,7 +116,7 @@ class JobHandler:
         self._stopping = stopping
         self.templates = templates
         #: a neonize account of a process with WHATSAPP_FALLBACK=cloud-api
-        self._fallback = settings.fallback == "cloud-api" and settings.transport == "neonize"
+        self.falls_back = settings.fallback == "cloud-api" and settings.transport == "neonize"
         self._rules = Rules(
             schedule_max=settings.schedule_max,
             ambiguous=settings.ambiguous,
@@ -232,7 +232,7 @@ class JobHandler:
         """Wait for WhatsApp; with WHATSAPP_FALLBACK, a job that has a Cloud API form stops
         waiting when the account is stuck (banned, logged out, failed) and falls back."""
         known, envelope = hand.known, hand.envelope
-        may = self._fallback and envelope is not None and envelope.cloud_template is not None
+        may = self.falls_back and envelope is not None and envelope.cloud_template is not None
         known.connected = True
         known.stopped = not await self._sender.wait_connected(or_stuck=may)
         known.fall_back = may and self._sender.transport.state in STUCK
