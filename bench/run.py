@@ -669,11 +669,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--api", action="store_true",
                         help="only the HTTP send API against the publish paths of wa-trio send")
+    parser.add_argument("--cloud", action="store_true",
+                        help="only the Cloud API route at Meta's top tier against bare httpx "
+                             "(bench/cloud.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency_seconds = min(args.jobs, 3000), 3.0
     n = args.jobs
+    if args.cloud:
+        import cloud  # bench/cloud.py (it imports this module's helpers)
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = cloud.bench_cloud(n, Path(tmpdir))
+        print(json.dumps(result, indent=2))
+        print("\n".join(cloud.table(result)))
+        return
     if args.api:
         with tempfile.TemporaryDirectory() as tmpdir:
             print(json.dumps(bench_api(n, Path(tmpdir)), indent=2))
