@@ -672,11 +672,22 @@ def main() -> None:
     parser.add_argument("--cloud", action="store_true",
                         help="only the Cloud API route at Meta's top tier against bare httpx "
                              "(bench/cloud.py)")
+    parser.add_argument("--replicas", action="store_true",
+                        help="only two replicas on PostgreSQL: rolling restarts and kills -9 "
+                             "under load (bench/replicas.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency_seconds = min(args.jobs, 3000), 3.0
     n = args.jobs
+    if args.replicas:
+        import replicas  # bench/replicas.py
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = replicas.bench_replicas(Path(tmpdir))
+        print(json.dumps(result, indent=2))
+        print("\n".join(replicas.table(result)))
+        return
     if args.cloud:
         import cloud  # bench/cloud.py (it imports this module's helpers)
 

@@ -254,6 +254,12 @@ class Metrics:
             "The account's lease epoch this worker holds (WHATSAPP_STORE=postgresql; 0: none).",
             registry=r,
         )
+        self.takeover_grace = Gauge(
+            "wa_trio_lease_takeover_grace_seconds",
+            "How long the last take-over of the lease waited for a previous holder to fence "
+            "itself (0: it released the lease).",
+            registry=r,
+        )
         self.leases_lost = Counter(
             "wa_trio_leases_lost_total",
             "Times this worker fenced itself: its account's lease connection failed.",

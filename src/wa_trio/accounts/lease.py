@@ -1,5 +1,5 @@
 """An account's lease across replicas (WHATSAPP_STORE=postgresql://...): taken (a standby
-tries every ``RETRY_EVERY`` s), kept (pinged; lost -> ``LeaseLost`` fences the holder),
+queues for it at the server), kept (pinged; lost -> ``LeaseLost`` fences the holder),
 released. The timings and why they are safe: ``lease_rules``."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from wa_trio.core.lease_rules import (
     FENCE_AFTER,
     PING_EVERY,
     RETRY_EVERY,
-    TAKEOVER_GRACE,
+    WAIT_SLICE,
     must_fence,
+    takeover_grace,
 )
 from wa_trio.metrics import Metrics
 from wa_trio.stores.postgres import LeaseConnection, LeaseLost, StoreError
@@ -81,9 +82,9 @@ class Lease:
 async def take_lease(
     settings: Settings, store: str, metrics: Metrics, *, serve_http: bool
 ) -> Lease:
-    """The account's lease: at once when it is free, else as a standby trying every
-    ``RETRY_EVERY`` s. When its last holder did not release it (killed, cut off), wait
-    ``TAKEOVER_GRACE`` s more: a holder cut off by the server has fenced itself by then.
+    """The account's lease: at once when it is free, else as a standby queued for it at the
+    server. When its last holder did not release it (killed, cut off), wait
+    ``takeover_grace`` more: a holder cut off by the server has fenced itself by then.
 
     Raises:
         StoreError: the store cannot be reached at all when starting (one line).
@@ -95,15 +96,15 @@ async def take_lease(
 
             async def retry() -> LeaseConnection:
                 while True:
-                    await trio.sleep(RETRY_EVERY)
-                    try:
-                        if await trio.to_thread.run_sync(held[0].try_take) is not None:
+                    try:  # queued at the server: granted the moment the holder lets go
+                        if await trio.to_thread.run_sync(held[0].try_take, WAIT_SLICE):
                             return held[0]
                     except StoreError as error:  # the store went away: a new connection
                         eliot.log_message(
                             message_type="wa_trio:lease:store_failing", error=error.message
                         )
                         held[0].close()
+                        await trio.sleep(RETRY_EVERY)
                         try:
                             held[0] = await _open(store, account)
                         except StoreError:
@@ -119,8 +120,9 @@ async def take_lease(
             epoch=lease.epoch,
             inherited_from=lease.inherited_from,
         )
-        if lease.inherited_from:
-            await trio.sleep(TAKEOVER_GRACE)
+        grace = takeover_grace(lease.inherited_from, held[0].silent_for)
+        metrics.takeover_grace.set(grace)
+        await trio.sleep(grace)
     except BaseException:  # cancelled (a stop) or failed: the lock goes with the connection
         held[0].close()
         raise

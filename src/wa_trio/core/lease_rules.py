@@ -11,9 +11,15 @@ The order that keeps a session from being live twice:
 2. The server releases the lock when the connection ends: at once when the holder's process
    dies (its kernel closes the socket), else when the server's TCP keepalives give up:
    ``SERVER_DROPS_AFTER`` s of silence, longer than ``FENCED_WITHIN``.
-3. A standby tries the lock every ``RETRY_EVERY`` s; once it has it, it waits
-   ``TAKEOVER_GRACE`` (>= ``FENCED_WITHIN``) before connecting the client and consuming, for
-   a holder whose connection was cut by the server while it still ran.
+3. A standby queues for the lock (``WAIT_SLICE`` s at a time, so a stop ends it promptly):
+   the server grants it the moment the holder's connection ends or releases it, so a
+   hand-off (SIGTERM: the holder drains, then releases) and a kill -9 need no polling. Once it
+   has it, a taker whose last holder did not release it waits ``takeover_grace``: what is
+   left of ``FENCED_WITHIN`` since that holder's last heartbeat (the server's clock), for a
+   holder whose connection the server ended while it still ran. A holder cut off by the
+   network is dropped by the server only after ``SERVER_DROPS_AFTER`` s of silence, long after
+   it fenced itself: no grace then; a holder killed -9 is dropped at once: at most
+   ``FENCED_WITHIN`` s.
 4. Belt and braces: each ledger write checks the lease epoch under a row lock; a holder that
    somehow still runs cannot start a send once the epoch moved on.
 """
@@ -23,9 +29,10 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-RETRY_EVERY = 2.0  # a standby tries the lease this often (the issue's figure)
-PING_EVERY = 0.5
-FENCE_AFTER = 1.5  # no good ping for this long: fence
+RETRY_EVERY = 2.0  # a replica whose store failed tries again after this long
+WAIT_SLICE = 1.0  # a standby queues for the lock this long at a time (a stop waits at most this)
+PING_EVERY = 0.25
+FENCE_AFTER = 0.75  # no good ping for this long: fence
 FENCED_WITHIN = FENCE_AFTER + PING_EVERY
 TAKEOVER_GRACE = FENCED_WITHIN
 
@@ -36,6 +43,17 @@ SERVER_DROPS_AFTER = SERVER_KEEPALIVE_IDLE + SERVER_KEEPALIVE_INTERVAL * SERVER_
 
 #: advisory locks of wa-trio: (LOCK_NAMESPACE, lease id); (LOCK_NAMESPACE, 0) guards migrations
 LOCK_NAMESPACE = int.from_bytes(hashlib.blake2b(b"wa-trio", digest_size=4).digest()) >> 1
+
+
+def takeover_grace(inherited_from: str | None, silent_for: float | None) -> float:
+    """Seconds a taker waits before it sends: none after a clean release (``inherited_from``
+    None); else what is left of ``FENCED_WITHIN`` since the last holder's last heartbeat
+    (``silent_for``; unknown: all of it)."""
+    if inherited_from is None:
+        return 0.0
+    if silent_for is None:
+        return FENCED_WITHIN
+    return min(FENCED_WITHIN, max(0.0, FENCED_WITHIN - silent_for))
 
 
 def must_fence(last_good_ping: float, now: float) -> bool:

@@ -15,11 +15,29 @@ from wa_trio.core import lease_rules as rules
 def test_the_holder_fences_itself_before_the_server_can_release_its_lock() -> None:
     # a holder cut off from the server stops before anyone else may take the account
     assert rules.SERVER_DROPS_AFTER > rules.FENCED_WITHIN
-    # a taker waits out the longest a cut-off holder may still run
+    # a taker waits out the longest a holder the server dropped may still run
     assert rules.TAKEOVER_GRACE >= rules.FENCED_WITHIN
-    assert rules.RETRY_EVERY == 2.0  # the figure
-    # a failover after kill -9 (lock free at once): at most a retry and the grace
-    assert rules.RETRY_EVERY + rules.TAKEOVER_GRACE < 5.0
+    # a failover after kill -9 (the lock granted at once to the queued standby): the grace,
+    # with room under the 2 s for the worker's start
+    assert rules.TAKEOVER_GRACE <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("inherited_from", "silent_for", "grace"),
+    [
+        (None, None, 0.0),  # a clean hand-off: the holder released after its drain
+        (None, 0.1, 0.0),
+        ("host:1", None, rules.FENCED_WITHIN),  # unknown: all of it
+        ("host:1", 0.0, rules.FENCED_WITHIN),  # killed right after a heartbeat
+        ("host:1", 0.25, rules.FENCED_WITHIN - 0.25),  # killed between two
+        ("host:1", rules.SERVER_DROPS_AFTER, 0.0),  # cut off: dropped long after it fenced
+        ("host:1", -5.0, rules.FENCED_WITHIN),  # a heartbeat "in the future": never more
+    ],
+)
+def test_the_takeover_grace(
+    inherited_from: str | None, silent_for: float | None, grace: float
+) -> None:
+    assert rules.takeover_grace(inherited_from, silent_for) == pytest.approx(grace)
 
 
 @pytest.mark.parametrize(

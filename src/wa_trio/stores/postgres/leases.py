@@ -28,33 +28,53 @@ class LeaseConnection:
         self._db = connect(url, purpose=f"lease {account}")
         self.epoch = 0
         self.inherited_from: str | None = None
+        self.silent_for: float | None = None
 
-    def try_take(self) -> int | None:
-        """The lease's new epoch, or None while another connection holds it. Sets
+    def try_take(self, wait: float = 0.0) -> int | None:
+        """The lease's new epoch, or None while another connection holds it (``wait``: queue
+        for the lock up to that many seconds: the server grants it the moment its holder's
+        connection ends or releases it, so a hand-off needs no polling). Sets
         ``inherited_from``: the previous holder when it did not release the lease (it died,
-        or was cut off: the taker waits ``lease_rules.TAKEOVER_GRACE`` before sending)."""
+        or was cut off), and ``silent_for``: seconds since that holder's last heartbeat, by
+        the server's clock (``lease_rules.takeover_grace``)."""
         with store_errors("take a lease"):
             self._db.execute(
                 "INSERT INTO wa_trio_leases (account) VALUES (%s) ON CONFLICT DO NOTHING",
                 (self.account,),
             )
             row = self._db.execute(
-                "SELECT id, holder FROM wa_trio_leases WHERE account = %s", (self.account,)
+                "SELECT id FROM wa_trio_leases WHERE account = %s", (self.account,)
             ).fetchone()
             assert row is not None
-            lock = (LOCK_NAMESPACE, int(row[0]))
-            got = self._db.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
-            if not (got and got[0]):
+            if not self._lock((LOCK_NAMESPACE, int(row[0])), wait):
                 return None
+            before = self._db.execute(
+                "SELECT holder, extract(epoch FROM now() - coalesce(seen_at, taken_at))::float8 "
+                "FROM wa_trio_leases WHERE account = %s",
+                (self.account,),
+            ).fetchone()
             bumped = self._db.execute(
                 "UPDATE wa_trio_leases SET epoch = epoch + 1, holder = %s, taken_at = now() "
                 "WHERE account = %s RETURNING epoch",
                 (holder_name(), self.account),
             ).fetchone()
-            assert bumped is not None
-            self.inherited_from = row[1]
+            assert before is not None and bumped is not None
+            self.inherited_from, self.silent_for = before[0], before[1]
             self.epoch = int(bumped[0])
             return self.epoch
+
+    def _lock(self, lock: tuple[int, int], wait: float) -> bool:
+        if wait <= 0:
+            got = self._db.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
+            return bool(got and got[0])
+        self._db.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait * 1000)}",))
+        try:
+            self._db.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            self._db.execute("SELECT set_config('lock_timeout', '0', false)")
+        return True
 
     def ping(self, state: str | None = None, linked: str | None = None) -> None:
         """The holder's heartbeat: a round trip on the lease's connection that records the
