@@ -251,6 +251,21 @@ def compare(ref: str, n: int, rounds: int, tmp: Path) -> dict[str, Any]:
             "this_over_baseline": this / base}
 
 
+def quorum_cost(n: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """WHATSAPP_QUEUE_TYPE=quorum against classic (issue 34), alternating ``rounds`` times at
+    prefetch 100 in one run: medians of jobs/s and CPU per job, and quorum/classic."""
+    runs: dict[str, list[dict[str, float]]] = {"classic": [], "quorum": []}
+    for _ in range(rounds):
+        for kind in runs:
+            runs[kind].append(bench_worker(n, 100, tmp, WHATSAPP_QUEUE_TYPE=kind))
+    med = {kind: {m: statistics.median(r[m] for r in rs) for m in ("jobs_per_s", "cpu_us_per_job")}
+           for kind, rs in runs.items()}
+    return {"runs": runs, "median": med,
+            "quorum_over_classic_rate": med["quorum"]["jobs_per_s"] / med["classic"]["jobs_per_s"],
+            "quorum_over_classic_cpu":
+                med["quorum"]["cpu_us_per_job"] / med["classic"]["cpu_us_per_job"]}
+
+
 API_KEY = "bench-key-0123456789abcdefghijkl"
 
 
@@ -672,6 +687,8 @@ def main() -> None:
     parser.add_argument("--cloud", action="store_true",
                         help="only the Cloud API route at Meta's top tier against bare httpx "
                              "(bench/cloud.py)")
+    parser.add_argument("--quorum", action="store_true",
+                        help="only quorum queues against classic, alternating --rounds times")
     parser.add_argument("--replicas", action="store_true",
                         help="only two replicas on PostgreSQL: rolling restarts and kills -9 "
                              "under load (bench/replicas.py)")
@@ -680,6 +697,10 @@ def main() -> None:
     if args.quick:
         args.jobs, args.latency_seconds = min(args.jobs, 3000), 3.0
     n = args.jobs
+    if args.quorum:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            print(json.dumps(quorum_cost(n, args.rounds, Path(tmpdir)), indent=2))
+        return
     if args.replicas:
         import replicas  # bench/replicas.py
 

@@ -94,3 +94,50 @@ def test_the_budget_is_a_quarter_of_the_server_and_at_least_one_connect_per_acco
     limit = int(row[0])
     assert connect_budget(store, 1) == max(2, limit // 4)
     assert connect_budget(store, limit) == limit + 1
+
+
+def _count(url: str, statement: str, *params: Any) -> int:
+    with contextlib.closing(psycopg.connect(url, autocommit=True)) as db:
+        row: Any = db.execute(statement, params).fetchone()
+    return int(row[0])
+
+
+def test_a_fenced_holders_neonize_cannot_write_the_session_the_taker_uses(store: str) -> None:
+    """Issue 34: the fence reaches whatsmeow's tables. neonize's real client (lib/pq) opens
+    the session with the holder's lease epoch in its URL (``wa_trio.epoch``); migration 8's
+    trigger, put by the holder on each table of the session schema, refuses a write from a
+    connection whose epoch is over. Shown with whatsmeow's own first write, its schema upgrade
+    in a fresh account's schema: from the replica that lost the lease (epoch 1) it is refused
+    and rolled back; from the taker (epoch 2) it goes through."""
+    from wa_trio.stores.postgres.db import session_url
+    from wa_trio.stores.postgres.leases import LeaseConnection
+
+    ensure_session_schema(store, "shop")
+    schema = session_schema("shop")
+    with contextlib.closing(psycopg.connect(store, autocommit=True)) as db:  # whatsmeow's layout
+        db.execute(f"CREATE TABLE {schema}.whatsmeow_version (version INTEGER, compat INTEGER)")
+    first = LeaseConnection(store, "shop")
+    assert first.try_take() == 1  # taking it fences the tables there
+    first.close()  # the holder is cut off; another replica takes the account
+    taker = LeaseConnection(store, "shop")
+    try:
+        assert taker.try_take() == 2
+        proxy = f"http://127.0.0.1:{closed_port()}"
+        tables = "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s"
+        create_session_store(session_url(store, "shop", epoch=1), proxy)  # the stale holder
+        assert _count(store, tables, schema) == 1  # refused: whatsmeow's upgrade rolled back
+        assert _count(store, f"SELECT count(*) FROM {schema}.whatsmeow_version") == 0
+        create_session_store(session_url(store, "shop", epoch=2), proxy)  # the holder
+        assert _count(store, tables, schema) > 10
+        assert _count(store, f"SELECT count(*) FROM {schema}.whatsmeow_version") == 1
+        assert taker.fence() > 10  # whatsmeow's new tables, fenced at the holder's next look
+        assert taker.fence() == 0
+        # a connection without an epoch (wa-trio session import, an operator) is not fenced
+        with contextlib.closing(psycopg.connect(store, autocommit=True)) as db:
+            db.execute(f"UPDATE {schema}.whatsmeow_version SET compat = compat")
+        stale = f"{store}?options=-c%20wa_trio.epoch%3D1"
+        refused = pytest.raises(psycopg.errors.InsufficientPrivilege, match="lease epoch 1")
+        with contextlib.closing(psycopg.connect(stale, autocommit=True)) as db, refused:
+            db.execute(f"UPDATE {schema}.whatsmeow_version SET compat = compat")
+    finally:
+        taker.close()

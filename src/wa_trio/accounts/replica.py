@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 import eliot
 import trio
 
@@ -91,7 +92,8 @@ async def _hold(
                 raise StartupError(error.message) from None
             await _store_failing(run, error.message)
             return
-        used = transport if transport is not None else build_transport(settings)
+        leased = attrs.evolve(settings, lease_epoch=lease.epoch)  # neonize's writes: fenced
+        used = transport if transport is not None else build_transport(leased)
         await run_once(run, used, ledger, lease.keep, task_status or trio.TASK_STATUS_IGNORED)
         clean = True
     except* LeaseLost as group:

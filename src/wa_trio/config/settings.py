@@ -288,8 +288,8 @@ class Settings:
     #: the account these settings are for (``for_account``; "" before it: the process, or
     #: the one account); not an environment variable
     account: str = attrs.field(default="")
-    #: the accounts of WHATSAPP_ACCOUNTS that name their transport (``name:cloud-api``)
-    account_transports: tuple[tuple[str, str], ...] = attrs.field(default=())
+    account_transports: tuple[tuple[str, str], ...] = attrs.field(default=())  # name:transport
+    lease_epoch: int = attrs.field(default=0)  # the lease held (PostgreSQL): neonize's URL
     #: with several accounts: the process's session folder (the opt-out list every account
     #: shares lives there); None with one account
     shared_session_path: Path | None = attrs.field(default=None)
@@ -353,7 +353,7 @@ class Settings:
             return str(self.session_db)
         from wa_trio.core.lease_rules import session_store_url
 
-        return session_store_url(self.store, self.account_name)
+        return session_store_url(self.store, self.account_name, self.lease_epoch)
 
     @property
     def ledger_db(self) -> Path:

@@ -61,17 +61,25 @@ def must_fence(last_good_ping: float, now: float) -> bool:
     return now - last_good_ping >= FENCE_AFTER
 
 
+#: the run-time setting that carries a session connection's lease epoch
+EPOCH_GUC = "wa_trio.epoch"
+
+
 def session_schema(account: str) -> str:
     """The PostgreSQL schema of an account's WhatsApp session (names are ``[a-z0-9-]``:
     ``-`` becomes ``_``, which names never hold, so two accounts never share one)."""
     return f"wa_trio_session_{account.replace('-', '_')}"
 
 
-def session_store_url(store: str, account: str) -> str:
+def session_store_url(store: str, account: str, epoch: int = 0) -> str:
     """The URL neonize (whatsmeow, lib/pq) opens for ``account``'s session: the store's, with
-    ``search_path`` set to the account's schema (lib/pq passes unknown parameters to the
-    server as run-time settings)."""
+    ``search_path`` set to the account's schema and, under a lease, ``wa_trio.epoch`` to its
+    epoch (lib/pq sends every parameter it does not know itself to the server as a run-time
+    setting: lib/pq ``conn.go``, ``startup``): the fence on whatsmeow's tables refuses the
+    writes of a connection whose epoch is over (migration 8)."""
     parts = urlsplit(store)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"search_path", EPOCH_GUC}]
     query.append(("search_path", session_schema(account)))
+    if epoch:
+        query.append((EPOCH_GUC, str(epoch)))
     return urlunsplit(("postgres", parts.netloc, parts.path, urlencode(query), ""))

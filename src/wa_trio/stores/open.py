@@ -149,7 +149,7 @@ def session_database(settings: Settings) -> str:
         return str(settings.session_db)
     from wa_trio.stores.postgres.db import session_url
 
-    return session_url(settings.store, settings.account_name)
+    return session_url(settings.store, settings.account_name, settings.lease_epoch)
 
 
 def session_connect_budget(settings: Settings) -> int | None:

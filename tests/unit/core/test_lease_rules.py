@@ -70,6 +70,8 @@ def test_the_session_url_keeps_the_stores_and_names_the_accounts_schema() -> Non
         "sslmode": ["disable"],
         "search_path": ["wa_trio_session_team_a"],
     }
+    leased = rules.session_store_url(url + "&wa_trio.epoch=3", "team-a", epoch=7)
+    assert parse_qs(urlsplit(leased).query)["wa_trio.epoch"] == ["7"]  # one, the holder's
 
 
 def test_whatsapp_store_is_sqlite_or_a_postgresql_url() -> None:

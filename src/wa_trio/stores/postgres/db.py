@@ -125,6 +125,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "seen_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (account, key))",
         "CREATE INDEX wa_trio_webhook_seen_at ON wa_trio_webhook_seen (seen_at)",
     ),
+    8: (  # the fence on whatsmeow's tables (issue 34): a write from a connection carrying an
+        # older lease epoch (``wa_trio.epoch``, set in neonize's URL) is refused; the holder
+        # puts it on each table of its session schema (``leases.LeaseConnection.fence``)
+        "CREATE FUNCTION wa_trio_fence() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path FROM CURRENT AS $$ "
+        "DECLARE mine text := current_setting('wa_trio.epoch', true); "
+        "BEGIN "
+        "IF coalesce(mine, '') <> '' AND mine::bigint IS DISTINCT FROM "
+        "(SELECT epoch FROM wa_trio_leases WHERE account = TG_ARGV[0]) THEN "
+        "RAISE EXCEPTION 'wa-trio: account % moved past lease epoch %', TG_ARGV[0], mine "
+        "USING ERRCODE = '42501'; "
+        "END IF; "
+        "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; "
+        "RETURN NEW; "
+        "END $$",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 
@@ -165,7 +181,7 @@ def store_errors(doing: str) -> Iterator[None]:
 LIB_PQ_SSLMODES = frozenset({"disable", "require", "verify-ca", "verify-full"})
 
 
-def session_url(url: str, account: str) -> str:
+def session_url(url: str, account: str, epoch: int = 0) -> str:
     """The URL neonize opens for ``account``'s session, with an ``sslmode`` both drivers take.
 
     Without one (or with libpq's ``prefer``/``allow``, which lib/pq refuses), psycopg tries TLS
@@ -173,7 +189,7 @@ def session_url(url: str, account: str) -> str:
     ledger and the leases and never for the session. So ask the server the way psycopg does and
     pin what it negotiated (``require`` over TLS, else ``disable``)."""
     mode = dict(parse_qsl(urlsplit(url).query)).get("sslmode")
-    session = session_store_url(url, account)
+    session = session_store_url(url, account, epoch)
     if mode in LIB_PQ_SSLMODES:
         return session
     with contextlib.closing(connect(url, purpose="sslmode")) as db, store_errors("connect"):

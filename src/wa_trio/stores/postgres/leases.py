@@ -10,9 +10,13 @@ import socket
 
 import attrs
 import psycopg
+from psycopg import sql
 
-from wa_trio.core.lease_rules import LOCK_NAMESPACE
+from wa_trio.core.lease_rules import LOCK_NAMESPACE, session_schema
 from wa_trio.stores.postgres.db import LeaseLost, connect, store_errors
+
+#: pings between two looks for whatsmeow tables without the fence (15 s)
+FENCE_LOOK_EVERY = 60
 
 
 def holder_name() -> str:
@@ -29,6 +33,7 @@ class LeaseConnection:
         self.epoch = 0
         self.inherited_from: str | None = None
         self.silent_for: float | None = None
+        self._pings = 0
 
     def try_take(self, wait: float = 0.0) -> int | None:
         """The lease's new epoch, or None while another connection holds it (``wait``: queue
@@ -61,7 +66,35 @@ class LeaseConnection:
             assert before is not None and bumped is not None
             self.inherited_from, self.silent_for = before[0], before[1]
             self.epoch = int(bumped[0])
+            self.fence()
             return self.epoch
+
+    def fence(self) -> int:
+        """Put the fence (migration 8's ``wa_trio_fence``) on each table of the account's
+        session schema that lacks it: whatsmeow creates its tables at the first connect, so
+        the holder looks again now and then (``ping``). The tables fenced now."""
+        schema = session_schema(self.account)
+        with store_errors("fence a session"):
+            bare = self._db.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM "
+                "pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'wa_trio_fence')",
+                (schema,),
+            ).fetchall()
+            home = self._db.execute("SELECT current_schema()").fetchone()
+            assert home is not None
+            for (table,) in bare:
+                self._db.execute(
+                    sql.SQL(
+                        "CREATE OR REPLACE TRIGGER wa_trio_fence BEFORE INSERT OR UPDATE OR "
+                        "DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}({})"
+                    ).format(
+                        sql.Identifier(schema, table),
+                        sql.Identifier(home[0], "wa_trio_fence"),
+                        sql.Literal(self.account),
+                    )
+                )
+        return len(bare)
 
     def _lock(self, lock: tuple[int, int], wait: float) -> bool:
         if wait <= 0:
@@ -84,6 +117,9 @@ class LeaseConnection:
             StoreError: the connection is gone.
             LeaseLost: the account's epoch is no longer ours.
         """
+        self._pings += 1
+        if self._pings % FENCE_LOOK_EVERY == 0:  # tables whatsmeow made since
+            self.fence()
         with store_errors("keep a lease"):
             cursor = self._db.execute(
                 "UPDATE wa_trio_leases SET state = %s, linked = %s, seen_at = now() "
