@@ -61,8 +61,9 @@ class OwnBroker:
         ).stdout
 
 
-@pytest.fixture(scope="session")
-def own_broker() -> Iterator[OwnBroker]:
+@contextlib.contextmanager
+def start_node() -> Iterator[OwnBroker]:
+    """A RabbitMQ node of the suite's own on free ports, stopped and removed afterwards."""
     port = _free_port_pair()
     node = f"wa-trio-test-{uuid.uuid4().hex[:8]}@localhost"
     base = Path(tempfile.mkdtemp(prefix="wa-trio-rabbit-"))
@@ -104,6 +105,12 @@ def own_broker() -> Iterator[OwnBroker]:
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             broker.ctl("stop", timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def own_broker() -> Iterator[OwnBroker]:
+    with start_node() as broker:
+        yield broker
 
 
 @pytest.fixture
