@@ -80,10 +80,20 @@ class Relay:
         self._listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = self._listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._serve, self._listeners)
+            accepting = trio.CancelScope()
+
+            async def accept() -> None:
+                with accepting:
+                    await trio.serve_listeners(
+                        self._serve, self._listeners, handler_nursery=nursery
+                    )
+
+            nursery.start_soon(accept)
             task_status.started()
             await self._cut.wait()
-            for listener in self._listeners:  # refused from now on
+            accepting.cancel()  # refused from now on (the listeners closed once it stopped)
+            await trio.sleep(0.1)
+            for listener in self._listeners:
                 await listener.aclose()
             await trio.sleep_forever()  # the open connections stay, silent
 
