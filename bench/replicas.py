@@ -73,14 +73,19 @@ async def _events(procs: list[subprocess.Popen[bytes]], envs: list[dict[str, str
     return out
 
 
-def bench_replicas(tmp: Path, handoffs: int = 5, kills: int = 10) -> dict[str, Any]:
+def bench_replicas(tmp: Path, handoffs: int = 5, kills: int = 10, accounts: int = 1
+                   ) -> dict[str, Any]:
+    """``accounts`` > 1: each replica runs that many accounts (WHATSAPP_ACCOUNTS) and the jobs
+    go to the pool; a rolling restart then hands every account over."""
     name = f"wa_trio_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
     store = f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
     queue = f"bench.{uuid.uuid4().hex[:8]}.replicas"
+    names = ",".join(f"a{n:02d}" for n in range(accounts)) if accounts > 1 else "default"
     env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
-                  WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1")
+                  WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1",
+                  WHATSAPP_ACCOUNTS=names)
     settings = Settings.from_env(env)
     path = Path(env["WHATSAPP_DRY_RUN_FILE"])
     envs = [env, {**env, "HTTP_PORT": str(free_port()),
@@ -111,7 +116,7 @@ def bench_replicas(tmp: Path, handoffs: int = 5, kills: int = 10) -> dict[str, A
             db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     keys = [r["job_key"] for r in sent]
     gaps, takeovers = events["handoff_gap_s"], events["takeover_s"]
-    return {"jobs": jobs, "handoffs": handoffs, "kills": kills, **events,
+    return {"jobs": jobs, "accounts": accounts, "handoffs": handoffs, "kills": kills, **events,
             "handoff_gap_median_s": statistics.median(gaps) if gaps else None,
             "handoff_gap_max_s": max(gaps, default=None),
             "takeover_median_s": statistics.median(takeovers) if takeovers else None,
@@ -120,6 +125,10 @@ def bench_replicas(tmp: Path, handoffs: int = 5, kills: int = 10) -> dict[str, A
 
 
 def table(r: dict[str, Any]) -> list[str]:
+    if not r["takeover_s"]:
+        return [f"{r['accounts']} accounts, {r['jobs']:,} jobs, {r['handoffs']} rolling restarts: "
+                f"hand-off gap median {r['handoff_gap_median_s']:.2f} s, max "
+                f"{r['handoff_gap_max_s']:.2f} s; sent twice {r['sent_twice']}, lost {r['lost']}"]
     return [
         f"Replicas on PostgreSQL, {r['jobs']:,} jobs at {RATE:.0f}/s, {r['handoffs']} rolling "
         f"restarts then {r['kills']} kills -9", "",

@@ -706,6 +706,9 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmpdir:
             result = replicas.bench_replicas(Path(tmpdir))
+            print(json.dumps(result, indent=2))
+            print("\n".join(replicas.table(result)))
+            result = replicas.bench_replicas(Path(tmpdir), handoffs=4, kills=0, accounts=20)
         print(json.dumps(result, indent=2))
         print("\n".join(replicas.table(result)))
         return

@@ -170,3 +170,40 @@ async def test_an_account_going_down_sends_its_pool_jobs_elsewhere_and_keeps_its
     assert await dead_codes() == ["opted_out"]
     assert len(sent_records(settings.dry_run_file)) == sent_now
     accounts.stop()
+
+
+async def test_a_process_with_no_account_connected_leaves_the_pool_to_the_others(
+    three: Settings, nursery: trio.Nursery
+) -> None:
+    """A replica standing by for every account (or with all of them down) must not hold a pool
+    job in its router: before, it kept one unacked until it got an account (found by the
+    rolling-restart bench: one job of 6,600 waited there for the whole run)."""
+    settings = attrs.evolve(three, accounts=("a", "b"))
+    clients: list[FakeClient] = []
+    transports: dict[str, Transport] = {
+        name: fake_neonize_transport(
+            attrs.evolve(settings.for_account(name), transport="neonize"), clients
+        )
+        for name in ("a", "b")
+    }
+    accounts: Accounts = await nursery.start(
+        lambda task_status: run_accounts(
+            settings,
+            run_worker,
+            transports=transports,
+            handle_signals=False,
+            task_status=task_status,
+        )
+    )
+    await wait_for(lambda: len(clients) == 2, what="both clients")
+    await publish_many(settings, [job_body(1, destination="+5511977770001")])
+    await trio.sleep(2.5)  # the router looks once a second
+
+    async def ready() -> int:
+        return await queue_count(settings, settings.queue_name)
+
+    assert await ready() == 1  # in the pool, ready for another replica's router
+    await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
+    await wait_for(lambda: sum(len(c.sent) for c in clients) == 1, what="sent once up")
+    assert await ready() == 0
+    accounts.stop()

@@ -11,7 +11,10 @@ only inside the recipient's customer-service window, which the account's safety 
 the messages the person sends). The copy is published to the exchange with the account's
 routing key (confirmed, mandatory), then the original is acked: a crash in between sends a
 second copy to the same account, whose ledger sees the same ``message_id`` and sends it once.
-With no account connected the router waits (the job stays in the pool, unacked at most one).
+With no account of this process connected the router does not consume at all (a replica
+standing by for every account leaves the pool to the replicas that hold accounts; the job in
+hand when the last one went down goes back to the pool), and starts again when one connects.
+A job that only accounts not connected now could send waits in hand.
 A job the router cannot read goes to its hash of "" (an account's validation dead-letters it
 with the real reason).
 """
@@ -81,6 +84,14 @@ class PoolRouter:
         self.address = BrokerAddress.from_settings(settings)
         self.forwarded: collections.Counter[str] = collections.Counter()
 
+    def any_connected(self) -> bool:
+        """Whether an account of this process is connected (whatever it can send)."""
+        return any(t.state is ConnectionState.CONNECTED for t in self.transports.values())
+
+    async def _until_connected(self) -> None:
+        while not self.any_connected():  # noqa: ASYNC110 - a transport's state has no event
+            await trio.sleep(WAIT_FOR_ACCOUNT)
+
     def connected(self, needs: Needs | None = None, destination: str = "") -> list[str]:
         """The accounts connected now that can send a job of ``needs`` to ``destination``."""
         needs = needs or Needs()
@@ -120,20 +131,25 @@ class PoolRouter:
         async def serve(connection: amqp.Connection) -> None:
             nonlocal started
             await amqp.declare_topology(connection, self.settings)
-            async with (
-                amqp.consume_channel(connection, prefetch=1) as channel,
-                amqp.consume(channel, self.settings.queue_name) as deliveries,
-            ):
-                backoff.reset()
-                if not started:
-                    started = True
-                    task_status.started()
-                async for delivery in deliveries:
-                    await self._route(channel, delivery)
+            backoff.reset()
+            if not started:
+                started = True
+                task_status.started()
+            while True:  # consume only while an account of this process is connected
+                await self._until_connected()
+                async with (
+                    amqp.consume_channel(connection, prefetch=1) as channel,
+                    amqp.consume(channel, self.settings.queue_name) as deliveries,
+                ):
+                    async for delivery in deliveries:
+                        if not await self._route(channel, delivery):
+                            break  # its channel closes: the job goes back to the pool
 
         await keep_connected(self.address, serve, what="wa_trio:pool", backoff=backoff)
 
-    async def _route(self, channel: Channel, delivery: Delivery) -> None:
+    async def _route(self, channel: Channel, delivery: Delivery) -> bool:
+        """Forward (or dead-letter) one job; False, leaving it unacked, when no account of
+        this process is connected any more (a standby replica's, or all of them down)."""
         named, destination, needs = _fields(delivery.body)
         while True:
             decision = route(
@@ -145,10 +161,12 @@ class PoolRouter:
             )
             if decision.account is not None or decision.code is not None:
                 break
-            await trio.sleep(WAIT_FOR_ACCOUNT)  # no account connected: the job waits
+            if not self.any_connected():
+                return False
+            await trio.sleep(WAIT_FOR_ACCOUNT)  # none of those connected can send it: it waits
         if decision.code is not None:
             await self._dead_letter(channel, delivery, decision)
-            return
+            return True
         assert decision.account is not None
         clean, notes = h.encodable(delivery.properties.headers)
         clean.update(h.notes_header(notes))
@@ -162,6 +180,7 @@ class PoolRouter:
         await delivery.ack()
         self.forwarded[decision.account] += 1
         self.metrics.pool_forwarded.labels(decision.account).inc()
+        return True
 
     async def _dead_letter(self, channel: Channel, delivery: Delivery, decision: Route) -> None:
         assert decision.code is not None
