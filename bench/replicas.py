@@ -50,7 +50,8 @@ def _gap_around(times: list[float], at: float) -> float:
 async def _events(procs: list[subprocess.Popen[bytes]], envs: list[dict[str, str]],
                   path: Path, handoffs: int, kills: int) -> dict[str, list[float]]:
     """The rolling restarts, then the kills; ``procs[0]`` holds the lease at each event."""
-    out: dict[str, list[float]] = {"handoff_gap_s": [], "takeover_s": []}
+    out: dict[str, list[float]] = {"handoff_gap_s": [], "takeover_s": [], "exit_s": [],
+                                   "first_send_after_exit_s": []}
     for n in range(handoffs + kills):
         await trio.sleep(3.0)  # both up, the standby queued
         holder, standby = procs
@@ -61,8 +62,12 @@ async def _events(procs: list[subprocess.Popen[bytes]], envs: list[dict[str, str
         else:
             holder.send_signal(signal.SIGTERM)
         await trio.to_thread.run_sync(holder.wait)
+        exited = time.time()
+        out["exit_s"].append(exited - at)  # the drain and the releases (SIGTERM)
         await trio.sleep(4.0)
         times = _sends(path)
+        later = [t for t in times if t > exited]
+        out["first_send_after_exit_s"].append(later[0] - exited if later else float("nan"))
         if kill:
             after = [t for t in times if t > at]
             out["takeover_s"].append(after[0] - at if after else float("nan"))
