@@ -9,14 +9,28 @@ import os
 import socket
 
 import attrs
+import eliot
 import psycopg
 from psycopg import sql
 
 from wa_trio.core.lease_rules import LOCK_NAMESPACE, session_schema
-from wa_trio.stores.postgres.db import LeaseLost, connect, store_errors
+from wa_trio.stores.postgres.db import LeaseLost, StoreError, connect, store_errors
 
-#: pings between two looks for whatsmeow tables without the fence (15 s)
+#: pings between two looks for whatsmeow tables without the fence (15 s), the tables fenced
+#: at a look and how long each may wait for its table's lock: at most 0.4 s inside a ping,
+#: well under ``lease_rules.FENCE_AFTER``
 FENCE_LOOK_EVERY = 60
+FENCE_AT_A_LOOK = 4
+FENCE_WAIT_MS = 100
+
+
+def _trigger(schema: str, table: str, home: str, account: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER wa_trio_fence BEFORE INSERT OR UPDATE OR DELETE ON {} "
+        "FOR EACH ROW EXECUTE FUNCTION {}({})"
+    ).format(
+        sql.Identifier(schema, table), sql.Identifier(home, "wa_trio_fence"), sql.Literal(account)
+    )
 
 
 def holder_name() -> str:
@@ -69,32 +83,40 @@ class LeaseConnection:
             self.fence()
             return self.epoch
 
-    def fence(self) -> int:
-        """Put the fence (migration 8's ``wa_trio_fence``) on each table of the account's
-        session schema that lacks it: whatsmeow creates its tables at the first connect, so
-        the holder looks again now and then (``ping``). The tables fenced now."""
+    def fence(self, *, most: int | None = None, wait_ms: int = 1000) -> int:
+        """Put the fence (migration 8's ``wa_trio_fence``) on the tables of the account's
+        session schema that lack it (``most`` at a time), each trigger waiting ``wait_ms`` at
+        most for its table's lock (a table busy now is fenced at a later look): whatsmeow
+        creates its tables at the first connect, so the holder looks again now and then
+        (``ping``). The tables fenced now; never raises (the fence is belt and braces: a store
+        that refuses it must not stop the account)."""
         schema = session_schema(self.account)
-        with store_errors("fence a session"):
-            bare = self._db.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM "
-                "pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'wa_trio_fence')",
-                (schema,),
-            ).fetchall()
-            home = self._db.execute("SELECT current_schema()").fetchone()
-            assert home is not None
-            for (table,) in bare:
-                self._db.execute(
-                    sql.SQL(
-                        "CREATE OR REPLACE TRIGGER wa_trio_fence BEFORE INSERT OR UPDATE OR "
-                        "DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}({})"
-                    ).format(
-                        sql.Identifier(schema, table),
-                        sql.Identifier(home[0], "wa_trio_fence"),
-                        sql.Literal(self.account),
-                    )
-                )
-        return len(bare)
+        done = 0
+        try:
+            with store_errors("fence a session"):
+                bare = self._db.execute(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON "
+                    "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' AND NOT "
+                    "EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND "
+                    "t.tgname = 'wa_trio_fence')",
+                    (schema,),
+                ).fetchall()[:most]
+                home = self._db.execute("SELECT current_schema()").fetchone()
+                assert home is not None
+                self._db.execute("SELECT set_config('lock_timeout', %s, false)", (str(wait_ms),))
+                try:
+                    for (table,) in bare:
+                        with contextlib.suppress(psycopg.errors.LockNotAvailable):
+                            self._db.execute(_trigger(schema, table, home[0], self.account))
+                            done += 1
+                finally:
+                    self._db.execute("SELECT set_config('lock_timeout', '0', false)")
+        except StoreError as error:
+            eliot.log_message(
+                message_type="wa_trio:lease:fence_failed", account=self.account,
+                error=error.message,
+            )  # fmt: skip
+        return done
 
     def _lock(self, lock: tuple[int, int], wait: float) -> bool:
         if wait <= 0:
@@ -118,8 +140,8 @@ class LeaseConnection:
             LeaseLost: the account's epoch is no longer ours.
         """
         self._pings += 1
-        if self._pings % FENCE_LOOK_EVERY == 0:  # tables whatsmeow made since
-            self.fence()
+        if self._pings % FENCE_LOOK_EVERY == 0:  # tables whatsmeow made since: a few, quickly
+            self.fence(most=FENCE_AT_A_LOOK, wait_ms=FENCE_WAIT_MS)
         with store_errors("keep a lease"):
             cursor = self._db.execute(
                 "UPDATE wa_trio_leases SET state = %s, linked = %s, seen_at = now() "
