@@ -27,6 +27,8 @@ def shown_settings(settings: Settings) -> dict[str, str]:
             text = "sqlite"
         if isinstance(value, tuple):
             text = ",".join(_shown(item) for item in value)
+        if field.env == "WHATSAPP_ACCOUNTS":  # each with the transport it sends through
+            text = ",".join(f"{name}:{settings.transport_of(name)}" for name in value)
         if isinstance(value, bool):
             text = ("on" if value else "off") if field.parse is g.on_off else str(value).lower()
         shown[field.env] = redact_value(field.env, text)

@@ -115,6 +115,13 @@ def test_password_part_is_redacted_in_check_output() -> None:
     assert shown["RABBITMQ_PASSWORD"] == "***"
 
 
+def test_check_shows_each_account_with_its_transport() -> None:
+    many = Settings.from_env({"WHATSAPP_ACCOUNTS": "shop,bot:dry-run"}).as_redacted_dict()
+    assert many["WHATSAPP_ACCOUNTS"] == "shop:neonize,bot:dry-run"
+    one = Settings.from_env({}).as_redacted_dict()
+    assert one["WHATSAPP_ACCOUNTS"] == "default:neonize"  # reads back as it is written
+
+
 def test_redact_url_leaves_passwordless_urls() -> None:
     assert redact_url("amqp://host:5672/") == "amqp://host:5672/"
 
