@@ -22,13 +22,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import trio
 
-from run import cleanup, env_for, free_port, publish, records, stop  # bench/run.py
+from run import (  # bench/run.py
+    env_for,
+    free_port,
+    publish,
+    records,
+    scratch_store,
+    stop_and_clean,
+)
 from wa_trio.config.settings import Settings
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 RATE = 200.0  # jobs a second offered throughout
 
 
@@ -82,43 +87,35 @@ def bench_replicas(tmp: Path, handoffs: int = 5, kills: int = 10, accounts: int 
                    ) -> dict[str, Any]:
     """``accounts`` > 1: each replica runs that many accounts (WHATSAPP_ACCOUNTS) and the jobs
     go to the pool; a rolling restart then hands every account over."""
-    name = f"wa_trio_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    store = f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
     queue = f"bench.{uuid.uuid4().hex[:8]}.replicas"
     names = ",".join(f"a{n:02d}" for n in range(accounts)) if accounts > 1 else "default"
-    env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
-                  WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1",
-                  WHATSAPP_ACCOUNTS=names)
-    settings = Settings.from_env(env)
-    path = Path(env["WHATSAPP_DRY_RUN_FILE"])
-    envs = [env, {**env, "HTTP_PORT": str(free_port()),
-                  "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}]
-    procs = [_spawn(envs[0])]
-    time.sleep(2.0)  # the first takes the lease
-    procs.append(_spawn(envs[1]))
     seconds = (handoffs + kills) * 7.0 + 5.0
     jobs = int(RATE * seconds)
+    with scratch_store() as store:
+        env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
+                      WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1",
+                      WHATSAPP_ACCOUNTS=names)
+        settings = Settings.from_env(env)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        envs = [env, {**env, "HTTP_PORT": str(free_port()),
+                      "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}]
+        procs = [_spawn(envs[0])]
+        time.sleep(2.0)  # the first takes the lease
+        procs.append(_spawn(envs[1]))
 
-    async def run() -> dict[str, list[float]]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: publish(settings, jobs, rate=RATE))
-            return await _events(procs, envs, path, handoffs, kills)
+        async def run() -> dict[str, list[float]]:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: publish(settings, jobs, rate=RATE))
+                return await _events(procs, envs, path, handoffs, kills)
 
-    try:
-        events = trio.run(run)
-        deadline = time.monotonic() + 120
-        while len(records(path)) < jobs and time.monotonic() < deadline:
-            time.sleep(0.5)
-        sent = records(path)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                stop(proc)
-        trio.run(cleanup, settings)
-        with psycopg.connect(ADMIN, autocommit=True) as db:
-            db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        try:
+            events = trio.run(run)
+            deadline = time.monotonic() + 120
+            while len(records(path)) < jobs and time.monotonic() < deadline:
+                time.sleep(0.5)
+            sent = records(path)
+        finally:
+            stop_and_clean(procs, settings)
     keys = [r["job_key"] for r in sent]
     gaps, takeovers = events["handoff_gap_s"], events["takeover_s"]
     return {"jobs": jobs, "accounts": accounts, "handoffs": handoffs, "kills": kills, **events,

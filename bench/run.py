@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -622,49 +624,67 @@ def accounts_rss(counts: tuple[int, ...], tmp: Path) -> dict[str, float]:
     return out
 
 
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+
+@contextlib.contextmanager
+def scratch_store() -> Iterator[str]:
+    """A database of the bench's own on the machine's PostgreSQL (its WHATSAPP_STORE URL),
+    dropped afterwards."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def stop_and_clean(procs: list[subprocess.Popen[bytes]], settings: Settings) -> None:
+    """Stop the workers still running, then delete the queues of every account."""
+    for proc in procs:
+        if proc.poll() is None:
+            stop(proc)
+    for name in settings.accounts if settings.multi_account else ():
+        trio.run(cleanup, settings.for_account(name))
+    trio.run(cleanup, settings)
+
+
 def failover_postgres(jobs: int, tmp: Path) -> dict[str, float]:
     """Two replicas on a PostgreSQL store of their own (the machine's server), one account,
     ``jobs`` jobs paced at 400/s; kill -9 of the holder after a quarter: seconds to the
     standby's first send, jobs sent twice, jobs lost."""
-    import psycopg
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-    with psycopg.connect(admin, autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    store = f"postgresql://postgres@127.0.0.1:5432/{name}?sslmode=disable"
-    queue = f"bench.{uuid.uuid4().hex[:8]}.failover"
-    env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
-                  WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1")
-    settings = Settings.from_env(env)
-    path = Path(env["WHATSAPP_DRY_RUN_FILE"])
-    first, _ = start_worker(env)
-    second_env = {**env, "HTTP_PORT": str(free_port()),
-                  "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}
-    second = subprocess.Popen([sys.executable, "-m", "wa_trio", "run"],
-                              env={**os.environ, **second_env}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(2)
-        trio.run(publish, settings, jobs)
-        while count_sent(path) < jobs // 4:
-            time.sleep(0.01)
-        first.kill()
-        killed = time.time()
-        first.wait()
-        at_kill = count_sent(path)
-        deadline = time.monotonic() + 300
-        while count_sent(path) < jobs and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
-        sent = records(path)
-    finally:
-        for proc in (first, second):
-            if proc.poll() is None:
-                stop(proc)
-        trio.run(cleanup, settings)
-        with psycopg.connect(admin, autocommit=True) as db:
-            db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_store() as store:
+        queue = f"bench.{uuid.uuid4().hex[:8]}.failover"
+        env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_PREFETCH_COUNT="10",
+                      WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1")
+        settings = Settings.from_env(env)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        first, _ = start_worker(env)
+        second_env = {**env, "HTTP_PORT": str(free_port()),
+                      "WHATSAPP_SESSION_PATH": env["WHATSAPP_SESSION_PATH"] + "-b"}
+        second = subprocess.Popen([sys.executable, "-m", "wa_trio", "run"],
+                                  env={**os.environ, **second_env}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)
+            trio.run(publish, settings, jobs)
+            while count_sent(path) < jobs // 4:
+                time.sleep(0.01)
+            first.kill()
+            killed = time.time()
+            first.wait()
+            at_kill = count_sent(path)
+            deadline = time.monotonic() + 300
+            while count_sent(path) < jobs and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1)
+            sent = records(path)
+        finally:
+            stop_and_clean([first, second], settings)
     keys = [r["job_key"] for r in sent]
     after = [r["sent_at"] for r in sent[at_kill:]]
     return {"jobs": jobs, "takeover_s": (min(after) - killed) if after else float("nan"),

@@ -130,10 +130,16 @@ async def delete_topology(settings: Settings, extra_queues: Iterable[str] = ()) 
         ):
             delays = [amqp.retry_queue_name(settings, d) for d in set(settings.retry_delays)]
             delays += [amqp.wait_queue_name(settings, d) for d in LADDER]
-            for queue in (settings.queue_name, settings.dlq_name, *extra_queues, *delays):
+            taps = [EventTap(settings, key).queue for key in _tapped(settings)]  # if any
+            for queue in (settings.queue_name, settings.dlq_name, *extra_queues, *delays, *taps):
                 await channel.queue_delete(queue)
             for exchange in (settings.exchange, settings.dlx):
                 await channel.exchange_delete(exchange)
+
+
+def _tapped(settings: Settings) -> list[str]:
+    """The routing keys an ``EventTap`` of these settings may have listened to."""
+    return [key for key in (settings.status_routing_key, settings.inbound_routing_key) if key]
 
 
 async def serve_app(app: Any, *, task_status: trio.TaskStatus[int]) -> None:

@@ -53,6 +53,30 @@ async def three(
     await delete_topology(settings)
 
 
+async def _with_neonize(
+    settings: Settings, nursery: trio.Nursery, names: tuple[str, ...]
+) -> tuple[Accounts, list[FakeClient], dict[str, Transport]]:
+    """``settings``' accounts running, those of ``names`` on the neonize adapter over the client
+    double (the clients it creates, in order; the transports by name), the others dry-run."""
+    clients: list[FakeClient] = []
+    transports: dict[str, Transport] = {
+        name: fake_neonize_transport(
+            attrs.evolve(settings.for_account(name), transport="neonize"), clients
+        )
+        for name in names
+    }
+    accounts: Accounts = await nursery.start(
+        lambda task_status: run_accounts(
+            settings,
+            run_worker,
+            transports=transports,
+            handle_signals=False,
+            task_status=task_status,
+        )
+    )
+    return accounts, clients, transports
+
+
 async def test_pool_pinned_and_unknown_routing(three: Settings, nursery: trio.Nursery) -> None:
     settings = three
     accounts: Accounts = await nursery.start(
@@ -103,20 +127,8 @@ async def test_an_account_going_down_sends_its_pool_jobs_elsewhere_and_keeps_its
     three: Settings, nursery: trio.Nursery
 ) -> None:
     settings = attrs.evolve(three, accounts=("a", "b"))
-    clients: list[FakeClient] = []
-    b = fake_neonize_transport(
-        attrs.evolve(settings.for_account("b"), transport="neonize"), clients
-    )
-    transports: dict[str, Transport] = {"b": b}
-    accounts: Accounts = await nursery.start(
-        lambda task_status: run_accounts(
-            settings,
-            run_worker,
-            transports=transports,
-            handle_signals=False,
-            task_status=task_status,
-        )
-    )
+    accounts, clients, transports = await _with_neonize(settings, nursery, ("b",))
+    b = transports["b"]
     await wait_for(lambda: bool(clients) and clients[0].connects >= 1, what="b's client")
     await trio.to_thread.run_sync(clients[0].fire, ConnectedEv())
     await wait_for(lambda: b.state is S.CONNECTED and len(accounts.workers) == 2, what="both up")
@@ -179,22 +191,7 @@ async def test_a_process_with_no_account_connected_leaves_the_pool_to_the_others
     job in its router: before, it kept one unacked until it got an account (found by the
     rolling-restart bench: one job of 6,600 waited there for the whole run)."""
     settings = attrs.evolve(three, accounts=("a", "b"))
-    clients: list[FakeClient] = []
-    transports: dict[str, Transport] = {
-        name: fake_neonize_transport(
-            attrs.evolve(settings.for_account(name), transport="neonize"), clients
-        )
-        for name in ("a", "b")
-    }
-    accounts: Accounts = await nursery.start(
-        lambda task_status: run_accounts(
-            settings,
-            run_worker,
-            transports=transports,
-            handle_signals=False,
-            task_status=task_status,
-        )
-    )
+    accounts, clients, _ = await _with_neonize(settings, nursery, ("a", "b"))
     await wait_for(lambda: len(clients) == 2, what="both clients")
     await publish_many(settings, [job_body(1, destination="+5511977770001")])
     await trio.sleep(2.5)  # the router looks once a second

@@ -14,7 +14,7 @@ import pytest
 import trio
 from neonize.events import ConnectedEv, DisconnectedEv, LoggedOutEv
 
-from tests.fake_graph import NUMBER_ID, TOKEN, FakeGraph, dump
+from tests.fake_graph import FakeGraph, dump
 from tests.fakes import FakeClient, fake_neonize_transport
 from tests.helpers import (
     EventTap,
@@ -26,7 +26,7 @@ from tests.helpers import (
     queue_count,
     wait_for,
 )
-from tests.integration.test_cloud_api import APP_SECRET, VERIFY, meta_body, post_signed
+from tests.integration.test_cloud_api import _settings, meta_body, post_signed
 from tests.integration.test_status_events import SCHEMA
 from wa_trio.accounts.multi import Accounts, run_accounts
 from wa_trio.config.settings import Settings
@@ -47,17 +47,12 @@ async def graph(nursery: trio.Nursery) -> FakeGraph:
 async def mixed(
     make_env: Callable[..., dict[str, str]], graph: FakeGraph
 ) -> AsyncIterator[Settings]:
-    settings = Settings.from_env(
-        make_env(
-            WHATSAPP_ACCOUNTS="shop:neonize,api:cloud-api",
-            WHATSAPP_FALLBACK="cloud-api",
-            WHATSAPP_CLOUD_API_URL=graph.base_url,
-            WHATSAPP_CLOUD_PHONE_NUMBER_ID=NUMBER_ID,
-            WHATSAPP_CLOUD_ACCESS_TOKEN=TOKEN,
-            WHATSAPP_CLOUD_APP_SECRET=APP_SECRET,
-            WHATSAPP_CLOUD_VERIFY_TOKEN=VERIFY,
-            WHATSAPP_RATE_LIMIT="off",
-        )
+    settings = _settings(
+        make_env,
+        graph,
+        WHATSAPP_ACCOUNTS="shop:neonize,api:cloud-api",  # each names its own transport
+        WHATSAPP_FALLBACK="cloud-api",
+        WHATSAPP_RATE_LIMIT="off",
     )
     yield settings
     for name in settings.accounts:
