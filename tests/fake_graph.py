@@ -104,6 +104,13 @@ class FakeGraph:
                 self.accepted.append(wamid)
             return result
 
+        self._stats_route()
+
+    def _stats_route(self) -> None:
+        @self.app.get("/_stats")
+        async def stats() -> Any:  # what a test in another process reads back
+            return {"over_throughput": self.over_throughput, "accepted": len(self.accepted)}
+
     def _over_throughput(self) -> bool:
         """Meta's rule: at most ``throughput`` messages in any one-second window."""
         if self.throughput is None:
@@ -141,6 +148,22 @@ class FakeGraph:
         async with trio.open_nursery() as nursery:
             self.port = await nursery.start(serve_app, self.app)
             task_status.started()
+
+
+async def _serve_alone(throughput: int, level: str, port_file: str) -> None:
+    graph = FakeGraph()
+    graph.throughput, graph.level = throughput, level
+    async with trio.open_nursery() as nursery:
+        await nursery.start(graph.serve)
+        with open(port_file, "w") as out:
+            out.write(str(graph.port))
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.fake_graph THROUGHPUT LEVEL PORT_FILE``: the fake in a process of its
+    own, so that the times it counts sends at are not those of a busy test process (a test's
+    trio loop stalled under coverage hands it a bunch at once that left it spread out)."""
+    trio.run(_serve_alone, int(argv[0]), argv[1], argv[2])
 
 
 def _error_body(status: int, code: int, details: str) -> tuple[dict[str, Any], int]:
@@ -189,3 +212,9 @@ def _shape_problem(body: Any) -> str | None:
 
 def dump(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

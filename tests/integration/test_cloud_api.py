@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import httpx
@@ -43,7 +43,14 @@ VERIFY = "verify-token-0123456789"
 ADMIN = "operator-token-0123456789"
 
 
-def _settings(make_env: Callable[..., dict[str, str]], graph: FakeGraph, **over: str) -> Settings:
+class _Graph(Protocol):
+    """A fake Graph API, here or in a process of its own: where it answers."""
+
+    @property
+    def base_url(self) -> str: ...
+
+
+def _settings(make_env: Callable[..., dict[str, str]], graph: _Graph, **over: str) -> Settings:
     return Settings.from_env(
         make_env(
             WHATSAPP_TRANSPORT="cloud-api",
