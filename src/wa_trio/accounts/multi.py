@@ -6,7 +6,9 @@ here as its standby with WHATSAPP_STANDBY=on while the others run), ledger, paci
 cache, safety, queue ``<WHATSAPP_QUEUE_NAME>.<account>``, status events and metrics registry.
 Beside them: the pool router (``pool.py``) on the main queue, and the process's one HTTP server
 (``web.create_accounts_app``: health and readiness per account, /metrics with an ``account``
-label, /login?account=NAME). A stop (signal or ``stop()``) drains every account.
+label, /login?account=NAME). The accounts share the process's AMQP connections (channels on
+a pair of connections per 50 accounts, ``bus.shared``). A stop (signal or ``stop()``) drains
+every account.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import eliot
 import trio
 
 from wa_trio.accounts.pool import PoolRouter
+from wa_trio.bus.address import BrokerAddress
+from wa_trio.bus.shared import ACCOUNTS_PER_CONNECTION, SHARED, SharedConnections, share
 from wa_trio.config.settings import Settings
 from wa_trio.core.envelope import WhatsAppEnvelope, parse_envelope
 from wa_trio.log import Redactor
@@ -44,6 +48,7 @@ class Accounts:
     metrics: Metrics  # the process's own (the pool's counters)
     http_urls: list[str]
     _stop: trio.Event = attrs.field(alias="stop_event")
+    connections: SharedConnections | None = None  # the AMQP connections its accounts share
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,7 +92,8 @@ async def run_accounts(
 
     async def one(name: str) -> None:
         """One account's worker, for as long as it runs (started without waiting: an account
-        waiting as a standby must not hold the others back)."""
+        waiting as a standby must not hold the others back), on its group's connections."""
+        share(hub, settings.accounts.index(name) // ACCOUNTS_PER_CONNECTION)
         with trio.CancelScope() as scopes[name]:
             await run_worker(
                 settings.for_account(name),
@@ -99,7 +105,10 @@ async def run_accounts(
 
     token = admin_token(settings)
     api = await trio.to_thread.run_sync(build_api, settings, metrics, _validator(settings))
+    hub = SharedConnections(BrokerAddress.from_settings(settings), len(settings.accounts))
     async with trio.open_nursery() as root:
+        await root.start(hub.run)  # before the accounts, cancelled after them
+        marked = share(hub, 0)  # the router and the API, from here on
         if api is not None:
             await root.start(api.run)
         async with trio.open_nursery() as accounts_nursery:
@@ -133,7 +142,7 @@ async def run_accounts(
             eliot.log_message(
                 message_type="wa_trio:accounts:start", accounts=list(settings.accounts)
             )
-            task_status.started(Accounts(settings, workers, router, metrics, urls, stop))
+            task_status.started(Accounts(settings, workers, router, metrics, urls, stop, hub))
             await stop.wait()
             for name in settings.accounts:
                 if name in workers:
@@ -141,6 +150,7 @@ async def run_accounts(
                 elif name in scopes:
                     scopes[name].cancel()  # still a standby: nothing in flight
         http_shutdown.set()
+        SHARED.reset(marked)  # run_worker's caller awaited this in its own task
         root.cancel_scope.cancel()
 
 

@@ -9,8 +9,7 @@ Why serena and how it is used: docs/decisions.md. Things the rest of wa-trio rel
   keep serena's buffer large (so a multi-frame message can never wedge the connection's reader)
   and send our own ``basic.qos`` with WHATSAPP_PREFETCH_COUNT right after opening the consume
   channel; ``rabbitmqctl list_channels prefetch_count`` shows it (tested).
-- Publishes use publisher confirms (serena enables confirm mode on every channel) and
-  ``mandatory``: a message the broker cannot route raises instead of vanishing.
+- Publishes use confirms (serena's default) and ``mandatory``: an unroutable message raises.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ __all__ = [
     "publish",
     "queue_message_count",
     "retry_queue_name",
+    "translate",
     "wait_queue_name",
 ]
 
@@ -74,7 +74,7 @@ class EncodeError(WaTrioError):
     code = "unencodable"
 
 
-Connection = AMQPConnection
+Connection = AMQPConnection  # opened by ``connect``, or borrowed (``bus.shared``)
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +94,7 @@ async def connect(
         if where is not None:  # a failure to open was said by _open_first
             if _is_broker_failure(error):
                 NODES.lost(address)  # the next connect starts at the following node
-            _fail(error, where)
+            translate(error, where)
         raise
 
 
@@ -126,7 +126,7 @@ async def _open_first(
         except BaseException as error:
             _refused(error, where)
             if last or not _is_broker_failure(error):
-                _fail(error, where)
+                translate(error, where)
                 raise
             eliot.log_message(
                 message_type="wa_trio:broker:node_unreachable", node=f"{where.host}:{where.port}"
@@ -149,7 +149,7 @@ def _is_broker_failure(error: BaseException) -> bool:
     return bool(found) and all(isinstance(leaf, _BROKER_FAILURES) for leaf in found)
 
 
-def _fail(error: BaseException, address: BrokerAddress) -> None:
+def translate(error: BaseException, address: BrokerAddress) -> None:
     """Raise what ``error`` means for us (one line, naming the broker), if anything."""
     _refused(error, address)
     try:

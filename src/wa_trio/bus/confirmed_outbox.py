@@ -107,7 +107,7 @@ class BusOutbox:
                     await self._wake.wait()
                     self._wake = trio.Event()
 
-        await keep_connected(self.address, serve, what=self._what, backoff=backoff)
+        await keep_connected(self.address, serve, what=self._what, backoff=backoff, role="events")
 
     async def _publish_window(self, channels: list[amqp.Channel]) -> None:
         """Publish the oldest ``WINDOW`` events over the lanes; drop them once all confirmed."""

@@ -125,9 +125,8 @@ class LivePublisher:
                     self._channel, self._up = None, trio.Event()
                 raise amqp.BrokerError("a publish failed: reconnecting")
 
-        await keep_connected(
-            BrokerAddress.from_settings(self.settings), serve, what="wa_trio:api", backoff=backoff
-        )
+        address = BrokerAddress.from_settings(self.settings)
+        await keep_connected(address, serve, what="wa_trio:api", backoff=backoff, role="events")
 
     async def publish(
         self, body: bytes, message_id: str, headers: dict[str, object] | None = None

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import eliot
 import trio
 
-from wa_trio.bus.amqp import BrokerAddress, BrokerError, Connection, connect
+from wa_trio.bus.amqp import BrokerAddress, BrokerError, Connection
+from wa_trio.bus.shared import Role, connection_for
 from wa_trio.core.retry import Backoff
 
 
@@ -21,18 +22,21 @@ async def keep_connected(
     backoff: Backoff,
     stop: trio.Event | None = None,
     on_down: Callable[[], None] | None = None,
+    role: Role = "jobs",
 ) -> None:
     """The one reconnect loop (pipeline, broker monitor, status events): connect, run
     ``serve(connection)``; on a broker failure call ``on_down``, log ``<what>:disconnected``
     (the redacted broker, the reason, the delay), wait a capped, jittered backoff (``serve``
-    resets it once it is healthy) and connect again. Returns once ``stop`` is set.
+    resets it once it is healthy) and connect again. Returns once ``stop`` is set. In a task
+    that shares the process's connections (``bus.shared``), the connection is borrowed, for
+    ``role``.
 
     Raises:
         TopologyError: the broker refused a declaration made by ``serve``.
     """
     while stop is None or not stop.is_set():
         try:
-            async with connect(address) as connection:
+            async with connection_for(address, role) as connection:
                 await serve(connection)
         except BrokerError as error:
             if on_down is not None:
