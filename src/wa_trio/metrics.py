@@ -260,6 +260,22 @@ class Metrics:
             "itself (0: it released the lease).",
             registry=r,
         )
+        self.replicas_alive = Gauge(
+            "wa_trio_replicas_alive",
+            "Replicas of this configuration (queue and accounts) alive in the store's registry, "
+            "this one included (several accounts on PostgreSQL).",
+            registry=r,
+        )
+        self.accounts_held = Gauge(
+            "wa_trio_accounts_held",
+            "Accounts whose lease this process holds (several accounts on PostgreSQL).",
+            registry=r,
+        )
+        self.rebalance_moves = Counter(
+            "wa_trio_rebalance_moves",
+            "Accounts this process gave back to spread them over the replicas.",
+            registry=r,
+        )
         self.leases_lost = Counter(
             "wa_trio_leases_lost_total",
             "Times this worker fenced itself: its account's lease connection failed.",

@@ -12,7 +12,7 @@ Above every layer it composes: nothing imports this module but the CLI (and test
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -25,6 +25,9 @@ from wa_trio.transport import Transport
 from wa_trio.worker.app import Run, Worker, run_once
 from wa_trio.worker.startup import build_transport, check_media_tools, load_templates
 
+if TYPE_CHECKING:
+    from wa_trio.accounts.balance import Balancer
+
 
 async def run_worker(
     settings: Settings,
@@ -33,12 +36,14 @@ async def run_worker(
     handle_signals: bool = True,
     serve_http: bool = True,
     on_running: Callable[[Worker | None], None] | None = None,
+    balancer: Balancer | None = None,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the worker until stopped; returns normally after a graceful stop. With several
     accounts (WHATSAPP_ACCOUNTS), one worker per account and the pool router (``accounts.py``).
     With WHATSAPP_STORE=postgresql, the account's lease comes first (``_run_replica``).
-    ``on_running`` hears of each (re)start of the worker, and None when it stops sending."""
+    ``on_running`` hears of each (re)start of the worker, and None when it stops sending;
+    ``balancer``: an account of several on PostgreSQL, spread over the replicas."""
     if settings.multi_account and not settings.account:
         from wa_trio.accounts.multi import run_accounts
 
@@ -57,7 +62,7 @@ async def run_worker(
     if settings.store is not None:
         from wa_trio.accounts.replica import run_replica
 
-        await run_replica(run, settings.store, transport, task_status)
+        await run_replica(run, settings.store, transport, task_status, balancer)
         return
     session_lock = await trio.to_thread.run_sync(try_lock_session, settings.session_path)
     if session_lock is None:

@@ -161,6 +161,7 @@ _STORE_READERS = {
     "run.py",  # a replica (a lease) or a local worker
     "accounts/replica.py",  # PostgreSQL only
     "accounts/lease.py",  # PostgreSQL only
+    "accounts/balance.py",  # PostgreSQL only (the replica registry)
     "cli/accounts.py",  # `wa-trio accounts`: the lease table, or the session folders
     "cli/session_backup.py",  # whatsmeow's tables in either store
 }

@@ -80,11 +80,18 @@ class Lease:
 
 
 async def take_lease(
-    settings: Settings, store: str, metrics: Metrics, *, serve_http: bool
+    settings: Settings,
+    store: str,
+    metrics: Metrics,
+    *,
+    serve_http: bool,
+    may_queue: Callable[[], bool] = lambda: True,
 ) -> Lease:
     """The account's lease: at once when it is free, else as a standby queued for it at the
-    server. When its last holder did not release it (killed, cut off), wait
-    ``takeover_grace`` more: a holder cut off by the server has fenced itself by then.
+    server (while ``may_queue``; else tried every ``WAIT_SLICE``: a replica at its share of
+    the accounts, ``core.balance``). When its last holder did not release it (killed, cut
+    off), wait ``takeover_grace`` more: a holder cut off by the server has fenced itself by
+    then.
 
     Raises:
         StoreError: the store cannot be reached at all when starting (one line).
@@ -96,9 +103,12 @@ async def take_lease(
 
             async def retry() -> LeaseConnection:
                 while True:
+                    wait = WAIT_SLICE if may_queue() else 0.0
                     try:  # queued at the server: granted the moment the holder lets go
-                        if await trio.to_thread.run_sync(held[0].try_take, WAIT_SLICE):
+                        if await trio.to_thread.run_sync(held[0].try_take, wait):
                             return held[0]
+                        if not wait:
+                            await trio.sleep(WAIT_SLICE)
                     except StoreError as error:  # the store went away: a new connection
                         eliot.log_message(
                             message_type="wa_trio:lease:store_failing", error=error.message

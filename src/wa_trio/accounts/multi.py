@@ -21,13 +21,16 @@ import attrs
 import eliot
 import trio
 
+from wa_trio.accounts.balance import Balancer
 from wa_trio.accounts.pool import PoolRouter
 from wa_trio.bus.address import BrokerAddress
 from wa_trio.bus.shared import ACCOUNTS_PER_CONNECTION, SHARED, SharedConnections, share
 from wa_trio.config.settings import Settings
+from wa_trio.core import balance
 from wa_trio.core.envelope import WhatsAppEnvelope, parse_envelope
 from wa_trio.log import Redactor
 from wa_trio.metrics import Metrics
+from wa_trio.stores import open as stores
 from wa_trio.stores.files import StartupError, write_http_address
 from wa_trio.transport import Transport
 from wa_trio.web.accounts_app import create_accounts_app
@@ -101,6 +104,7 @@ async def run_accounts(
                 handle_signals=False,
                 serve_http=False,
                 on_running=partial(running, name),
+                balancer=balancer,
             )
 
     token = admin_token(settings)
@@ -108,6 +112,9 @@ async def run_accounts(
     hub = SharedConnections(BrokerAddress.from_settings(settings), len(settings.accounts))
     async with trio.open_nursery() as root:
         await root.start(hub.run)  # before the accounts, cancelled after them
+        balancer = _balancer(settings, metrics, workers)
+        if balancer is not None:  # its first beat says how many replicas share the accounts
+            await root.start(balancer.run)
         marked = share(hub, 0)  # the router and the API, from here on
         if api is not None:
             await root.start(api.run)
@@ -144,14 +151,34 @@ async def run_accounts(
             )
             task_status.started(Accounts(settings, workers, router, metrics, urls, stop, hub))
             await stop.wait()
-            for name in settings.accounts:
-                if name in workers:
-                    workers[name].stop()  # drains: the send in hand finishes
-                elif name in scopes:
-                    scopes[name].cancel()  # still a standby: nothing in flight
+            _stop_all(settings.accounts, workers, scopes)
         http_shutdown.set()
         SHARED.reset(marked)  # run_worker's caller awaited this in its own task
         root.cancel_scope.cancel()
+
+
+def _stop_all(
+    accounts: tuple[str, ...], workers: dict[str, Worker], scopes: dict[str, trio.CancelScope]
+) -> None:
+    for name in accounts:
+        if name in workers:
+            workers[name].stop()  # drains: the send in hand finishes
+        elif name in scopes:
+            scopes[name].cancel()  # still a standby: nothing in flight
+
+
+def _balancer(settings: Settings, metrics: Metrics, workers: dict[str, Worker]) -> Balancer | None:
+    """On the PostgreSQL store, the accounts are spread over the replicas that run them."""
+    store = stores.postgres(settings)
+    if store is None:
+        return None
+    return Balancer(
+        store,
+        balance.configuration(settings.queue_name, settings.accounts),
+        len(settings.accounts),
+        metrics,
+        busy=lambda: [name for name, worker in workers.items() if worker.pipeline.sending],
+    )
 
 
 def _window_open(workers: dict[str, Worker], account: str, destination: str) -> bool:

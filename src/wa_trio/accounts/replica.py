@@ -11,6 +11,7 @@ import attrs
 import eliot
 import trio
 
+from wa_trio.accounts.balance import Balancer
 from wa_trio.accounts.lease import Lease, take_lease
 from wa_trio.core.errors import first_leaf
 from wa_trio.core.lease_rules import RETRY_EVERY
@@ -27,11 +28,14 @@ async def run_replica(
     store: str,
     transport: Transport | None,
     task_status: trio.TaskStatus[Worker],
+    balancer: Balancer | None = None,
 ) -> None:
     """One account on the PostgreSQL store: migrate, then take the account's lease (a standby
     until it is free), run the worker while the lease holds; a lost lease fences the worker
     (cancelled at once: the WhatsApp client stopped, unacked jobs back to the broker) and this
-    replica stands by again. The timings: ``lease_rules``."""
+    replica stands by again. The timings: ``lease_rules``. With a ``balancer`` (an account of
+    several), it queues for the lease only under the process's share, and an account the
+    balancer moves is drained, released and stood by for again."""
     settings = run.settings
     account = settings.account_name
     try:
@@ -43,7 +47,7 @@ async def run_replica(
     first = True
     while not run.stop.is_set():
         try:
-            lease = await _stand_by(run, store)
+            lease = await _stand_by(run, store, balancer)
         except StoreError as error:
             if first:  # cannot start at all: one line
                 raise StartupError(error.message) from None
@@ -51,11 +55,46 @@ async def run_replica(
             continue
         if lease is None:
             return
-        await _hold(run, store, transport, lease, task_status if first else None)
+        status = task_status if first else None
+        if balancer is None:
+            await _hold(run, store, transport, lease, status)
+        else:
+            await _hold_balanced(run, store, transport, lease, status, balancer)
         first = False
 
 
-async def _stand_by(run: Run, store: str) -> Lease | None:
+async def _hold_balanced(
+    run: Run,
+    store: str,
+    transport: Transport | None,
+    lease: Lease,
+    task_status: trio.TaskStatus[Worker] | None,
+    balancer: Balancer,
+) -> None:
+    """``_hold`` under its own stop: set by a stop of the account (which then stops the
+    replica too) or by the balancer moving the account (which does not: it stands by again).
+    Draining is the worker's graceful stop: the send in hand finishes and is recorded."""
+    account = run.settings.account_name
+    moved = balancer.holding(account)
+    held = attrs.evolve(run, stop=trio.Event())
+    try:
+        async with trio.open_nursery() as watching:
+            watching.start_soon(_set_on, run.stop, held.stop)
+            watching.start_soon(_set_on, moved, held.stop)
+            await _hold(held, store, transport, lease, task_status)
+            watching.cancel_scope.cancel()
+    finally:
+        balancer.released(account)
+    if held.stop.is_set() and not moved.is_set():
+        run.stop.set()  # Worker.stop() on this hold's handle: a stop of the account
+
+
+async def _set_on(event: trio.Event, then: trio.Event) -> None:
+    await event.wait()
+    then.set()
+
+
+async def _stand_by(run: Run, store: str, balancer: Balancer | None = None) -> Lease | None:
     """The account's lease, once free; None when a stop came first (it ends a standby at
     once). Raises StoreError (bare, not in a nursery's group)."""
     lease: Lease | None = None
@@ -63,7 +102,13 @@ async def _stand_by(run: Run, store: str) -> Lease | None:
     async with trio.open_nursery() as waiting:
         waiting.start_soon(_cancel_on, run.stop, waiting.cancel_scope)
         try:
-            lease = await take_lease(run.settings, store, run.metrics, serve_http=run.serve_http)
+            lease = await take_lease(
+                run.settings,
+                store,
+                run.metrics,
+                serve_http=run.serve_http,
+                may_queue=balancer.may_queue if balancer is not None else lambda: True,
+            )
         except StoreError as error:
             failed = error
         waiting.cancel_scope.cancel()

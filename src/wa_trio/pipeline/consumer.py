@@ -132,6 +132,11 @@ class Pipeline:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def sending(self) -> bool:
+        """A send is in flight (an account is never moved to another replica then)."""
+        return self._sender.in_flight
+
     # ----------------------------------------------------------------------------- lifecycle
 
     def stop(self) -> None:

@@ -53,6 +53,11 @@ class Sender:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def in_flight(self) -> bool:
+        """A send is in flight now (WhatsApp may be taking it)."""
+        return bool(self._protected_scopes)
+
     def set_hard_deadline(self, deadline: float) -> None:
         """The shutdown deadline (trio time): protected sends are cancelled at it, not before."""
         self._hard_deadline = deadline

@@ -5,6 +5,7 @@ importer** (this package). Blocking (psycopg 3, sync): call it from a worker thr
   account's session schema;
 - ``leases``: an account's lease (advisory lock + epoch) on a dedicated connection;
 - ``ledger``: the send ledger, fenced by the lease epoch;
+- ``replicas``: the replicas of one configuration (how many share its accounts);
 - ``contacts``: the opt-out list (shared by every account and replica), unanswered counts,
   the "is it on WhatsApp" cache.
 """
@@ -21,6 +22,7 @@ from wa_trio.stores.postgres.db import (
 from wa_trio.stores.postgres.leases import LeaseConnection, holder_name, lease_table
 from wa_trio.stores.postgres.ledger import PgLedger
 from wa_trio.stores.postgres.outbox import PgOutbox
+from wa_trio.stores.postgres.replicas import ReplicaRegistry
 
 __all__ = [
     "MIGRATIONS",
@@ -30,6 +32,7 @@ __all__ = [
     "PgLedger",
     "PgNumberCache",
     "PgOutbox",
+    "ReplicaRegistry",
     "StoreError",
     "connect",
     "ensure_session_schema",

@@ -141,6 +141,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "RETURN NEW; "
         "END $$",
     ),
+    9: (  # replicas of one configuration, to spread its accounts over them (issue 34)
+        "CREATE TABLE wa_trio_replicas (replica TEXT PRIMARY KEY, configuration TEXT NOT NULL, "
+        "started_at TIMESTAMPTZ NOT NULL, seen_at TIMESTAMPTZ NOT NULL)",
+    ),
 }
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 
