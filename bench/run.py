@@ -712,6 +712,9 @@ def main() -> None:
     parser.add_argument("--replicas", action="store_true",
                         help="only two replicas on PostgreSQL: rolling restarts and kills -9 "
                              "under load (bench/replicas.py)")
+    parser.add_argument("--rebalance", action="store_true",
+                        help="only 20 accounts over 3 replicas: joins, a leave, a rejoin under "
+                             "load, and the connections per replica (bench/rebalance.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
@@ -726,11 +729,16 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmpdir:
             result = replicas.bench_replicas(Path(tmpdir))
-            print(json.dumps(result, indent=2))
-            print("\n".join(replicas.table(result)))
-            result = replicas.bench_replicas(Path(tmpdir), handoffs=4, kills=0, accounts=20)
         print(json.dumps(result, indent=2))
         print("\n".join(replicas.table(result)))
+        return
+    if args.rebalance:
+        import rebalance  # bench/rebalance.py
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = rebalance.bench_rebalance(Path(tmpdir))
+        print(json.dumps(result, indent=2))
+        print("\n".join(rebalance.table(result)))
         return
     if args.cloud:
         import cloud  # bench/cloud.py (it imports this module's helpers)

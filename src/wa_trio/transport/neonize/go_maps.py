@@ -259,7 +259,9 @@ async def connect_registered(
     async def hold(*, task_status: trio.TaskStatus[None]) -> None:
         async with GO_MAPS.writing():
             task_status.started()
-            with trio.move_on_after(REGISTER_WINDOW):
+            # shielded: a start cancelled while its abandoned thread may still be in Neonize
+            # (writing the maps) keeps the writer, so the stop that follows cannot meet it
+            with trio.CancelScope(shield=True), trio.move_on_after(REGISTER_WINDOW):
                 await registered.wait()
         if not (returned.is_set() or reads.reads_seen or reads.qr_shown):
             await reads.hold()  # given back at event 0, a QR code, or connect() returning
@@ -269,6 +271,7 @@ async def connect_registered(
             reads.let_go()
 
     returned = trio.Event()
+    abandoned = False
     await nursery.start(hold)
     try:
         # a limiter of its own: connect() holds its thread for the session's whole life, and
@@ -279,6 +282,7 @@ async def connect_registered(
                 connect, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1)
             )
         except trio.Cancelled:
+            abandoned = True
             raise  # abandoned: its thread may still be about to read the maps
         except BaseException:
             reads.settled.set()  # connect() itself ended: nothing of it reads any more
@@ -286,7 +290,8 @@ async def connect_registered(
         reads.settled.set()
     finally:
         returned.set()
-        registered.set()
+        if not abandoned:  # else the writer is kept until the client registered (bounded)
+            registered.set()
         reads.let_go()
 
 

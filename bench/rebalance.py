@@ -1,0 +1,206 @@
+"""Many accounts over several replicas (issue 34): ``python bench/run.py --rebalance``.
+
+Three ``wa-trio run`` processes of the same 20 dry-run accounts on a PostgreSQL database of
+the bench's own, pool jobs to 400 recipients at 200/s throughout (about 10 a second per
+account). In turn: replica 1 alone (it takes all 20); replica 2 joins (10 + 10); replica 3
+joins (7 + 7 + 6); replica 2 stops by SIGTERM (10 + 10); replica 2 starts again (7 + 7 + 6).
+Measured: the time from each event until the replicas hold their shares (``wa_trio_accounts_held``
+from each one's /metrics), the longest pause any account had in its sends around each event
+(a move is a drain, a release and a start elsewhere), the jobs sent twice and lost over the
+run, and the connections each replica holds once balanced (AMQP and PostgreSQL sockets from
+/proc, open files). Then one process with 200 dry-run accounts on the SQLite files: its AMQP
+connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from run import env_for, free_port, records, scratch_store, stop_and_clean  # bench/run.py
+from wa_trio.bus import amqp
+from wa_trio.bus.amqp import BrokerAddress, Properties
+from wa_trio.config.settings import Settings
+
+RATE = 200.0
+ACCOUNTS = 20
+RECIPIENTS = 400
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "wa_trio", "run"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def publish_spread(settings: Settings, n: int, rate: float) -> None:
+    """``n`` pool jobs at ``rate`` a second, to ``RECIPIENTS`` recipients in turn."""
+    async with amqp.connect(BrokerAddress.from_settings(settings)) as conn:
+        await amqp.declare_topology(conn, settings)
+        async with conn.open_channel() as channel:
+            start = trio.current_time()
+            for i in range(n):
+                await trio.sleep_until(start + i / rate)
+                body = json.dumps({"user_id": "6b1d5e9c-2c1a-4d8c-9b8e-0a1b2c3d4e5f",
+                                   "text_message": f"job {i}",
+                                   "destination": f"+55119{i % RECIPIENTS:08d}"})
+                await amqp.publish(channel, settings.exchange, settings.routing_key,
+                                   body.encode(), Properties(message_id=f"r-{i}"))
+
+
+async def _held(port: int) -> int | None:
+    try:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
+    except httpx.HTTPError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("wa_trio_accounts_held")]
+    return int(sum(values)) if values else None
+
+
+async def _until(ports: list[int], shares: list[int], timeout: float = 60.0) -> float:
+    """Seconds until the replicas on ``ports`` hold ``shares`` (in any order)."""
+    start = time.time()
+    with trio.move_on_after(timeout):
+        while True:
+            held = [await _held(port) for port in ports]
+            if None not in held and sorted(held, reverse=True) == shares:  # type: ignore[type-var]
+                return time.time() - start
+            await trio.sleep(0.05)
+    return float("nan")
+
+
+def _pauses(path: Path, since: float, until: float) -> list[float]:
+    """Per account: its longest pause between two sends within [since, until]."""
+    by_account: dict[str, list[float]] = defaultdict(list)
+    for record in records(path):
+        if since <= record["sent_at"] <= until:
+            by_account[record["account"]].append(record["sent_at"])
+    return [max((b - a for a, b in zip(sorted(t), sorted(t)[1:], strict=False)), default=0.0)
+            for t in by_account.values()]
+
+
+def sockets(pid: int, port: int) -> int:
+    """Established TCP connections of process ``pid`` to a server on ``port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def _connections(proc: subprocess.Popen[bytes]) -> dict[str, int]:
+    return {"amqp": sockets(proc.pid, 5672), "postgresql": sockets(proc.pid, 5432),
+            "open_files": len(os.listdir(f"/proc/{proc.pid}/fd"))}
+
+
+def bench_rebalance(tmp: Path) -> dict[str, Any]:
+    queue = f"bench.{uuid.uuid4().hex[:8]}.spread"
+    names = ",".join(f"a{n:02d}" for n in range(ACCOUNTS))
+    jobs = int(RATE * 75)
+    out: dict[str, Any] = {"jobs": jobs, "accounts": ACCOUNTS}
+    with scratch_store() as store:
+        env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_ACCOUNTS=names,
+                      WHATSAPP_PREFETCH_COUNT="10", WHATSAPP_RATE_LIMIT="400/s",
+                      WHATSAPP_RATE_BURST="1")
+        settings = Settings.from_env(env)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        envs = [{**env, "HTTP_PORT": str(free_port()),
+                 "WHATSAPP_SESSION_PATH": f"{env['WHATSAPP_SESSION_PATH']}-{n}"} for n in range(3)]
+        ports = [int(e["HTTP_PORT"]) for e in envs]
+        procs: list[subprocess.Popen[bytes]] = []
+
+        async def event(name: str, live: list[int], shares: list[int]) -> None:
+            at = time.time()
+            out[f"{name}_s"] = await _until([ports[n] for n in live], shares)
+            await trio.sleep(1.0)
+            pauses = _pauses(path, at - 0.5, time.time())
+            out[f"{name}_pause_max_s"] = max(pauses, default=float("nan"))
+            out[f"{name}_pause_median_s"] = statistics.median(pauses) if pauses else float("nan")
+
+        async def run() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_spread, settings, jobs, RATE)
+                procs.append(_spawn(envs[0]))
+                out["alone_s"] = await _until([ports[0]], [20])
+                await trio.sleep(3.0)
+                procs.append(_spawn(envs[1]))
+                await event("join_2", [0, 1], [10, 10])
+                await trio.sleep(3.0)
+                procs.append(_spawn(envs[2]))
+                await event("join_3", [0, 1, 2], [7, 7, 6])
+                await trio.sleep(2.0)
+                out["connections"] = [_connections(p) for p in procs]
+                procs[1].send_signal(signal.SIGTERM)
+                await event("leave", [0, 2], [10, 10])
+                await trio.to_thread.run_sync(procs[1].wait)
+                await trio.sleep(3.0)
+                procs[1] = _spawn(envs[1])
+                await event("rejoin", [0, 1, 2], [7, 7, 6])
+
+        try:
+            trio.run(run)
+            deadline = time.monotonic() + 120
+            while len(records(path)) < jobs and time.monotonic() < deadline:
+                time.sleep(0.5)
+            keys = [r["text_message"] for r in records(path)]
+        finally:
+            stop_and_clean(procs, settings)
+    out["sent_twice"] = len(keys) - len(set(keys))
+    out["lost"] = jobs - len(set(keys))
+    out["many_accounts_one_process"] = _many_accounts(tmp, 200)
+    return out
+
+
+def _many_accounts(tmp: Path, accounts: int) -> dict[str, int]:
+    """One process with ``accounts`` dry-run accounts on the SQLite files, 10 s after start:
+    its AMQP connections and open files."""
+    queue = f"bench.{uuid.uuid4().hex[:8]}.many"
+    names = ",".join(f"m{n:03d}" for n in range(accounts))
+    env = env_for(queue, tmp, WHATSAPP_ACCOUNTS=names)
+    settings = Settings.from_env(env)
+    proc = _spawn(env)
+    try:
+        time.sleep(10.0)
+        return {"accounts": accounts, **_connections(proc)}
+    finally:
+        stop_and_clean([proc], settings)
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    lines = [f"{r['accounts']} accounts over 3 replicas, {r['jobs']:,} pool jobs at "
+             f"{RATE:.0f}/s", "",
+             "| Event | balanced after | longest pause of an account (max / median) |",
+             "|---|---:|---:|"]
+    for name, said in (("join_2", "replica 2 joins: 20 -> 10 + 10"),
+                       ("join_3", "replica 3 joins: -> 7 + 7 + 6"),
+                       ("leave", "replica 2 stops (SIGTERM): -> 10 + 10"),
+                       ("rejoin", "replica 2 starts again: -> 7 + 7 + 6")):
+        lines.append(f"| {said} | {r[name + '_s']:.2f} s | {r[name + '_pause_max_s']:.2f} s / "
+                     f"{r[name + '_pause_median_s']:.2f} s |")
+    lines += ["", f"sent twice {r['sent_twice']}, lost {r['lost']}; connections once balanced "
+              f"(per replica): {r['connections']}; one process of 200 accounts: "
+              f"{r['many_accounts_one_process']}"]
+    return lines
