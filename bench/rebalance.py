@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 import trio
-
 from run import env_for, free_port, records, scratch_store, stop_and_clean  # bench/run.py
+
 from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.config.settings import Settings
@@ -40,8 +40,10 @@ RECIPIENTS = 400
 
 
 def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A replica; its stderr appended to ``<session>.stderr`` (read it when one exits)."""
+    log = open(f"{env['WHATSAPP_SESSION_PATH']}.stderr", "ab")  # noqa: SIM115 - the child's
     return subprocess.Popen([sys.executable, "-m", "wa_trio", "run"], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=log)
 
 
 async def publish_spread(settings: Settings, n: int, rate: float) -> None:
@@ -145,13 +147,22 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
                 nursery.start_soon(publish_spread, settings, jobs, RATE)
                 procs.append(_spawn(envs[0]))
                 out["alone_s"] = await _until([ports[0]], [20])
-                await trio.sleep(3.0)
+                quiet = time.time()
+                await trio.sleep(4.0)  # the baseline: no event
+                steady = _pauses(path, quiet, time.time())
+                out["steady_pause_max_s"] = max(steady, default=float("nan"))
+                out["steady_pause_median_s"] = statistics.median(steady) if steady else 0.0
                 procs.append(_spawn(envs[1]))
                 await event("join_2", [0, 1], [10, 10])
                 await trio.sleep(3.0)
                 procs.append(_spawn(envs[2]))
                 await event("join_3", [0, 1, 2], [7, 7, 6])
                 await trio.sleep(2.0)
+                exited = [(n, p.returncode) for n, p in enumerate(procs) if p.poll() is not None]
+                if exited:
+                    for n, _ in exited:
+                        print(Path(f"{envs[n]['WHATSAPP_SESSION_PATH']}.stderr").read_text()[-3000:])
+                    raise RuntimeError(f"replicas exited: {exited}")
                 out["connections"] = [_connections(p) for p in procs]
                 procs[1].send_signal(signal.SIGTERM)
                 await event("leave", [0, 2], [10, 10])
@@ -194,6 +205,8 @@ def table(r: dict[str, Any]) -> list[str]:
              f"{RATE:.0f}/s", "",
              "| Event | balanced after | longest pause of an account (max / median) |",
              "|---|---:|---:|"]
+    lines.append(f"| none (replica 1 alone, 4 s) | | {r['steady_pause_max_s']:.2f} s / "
+                 f"{r['steady_pause_median_s']:.2f} s |")
     for name, said in (("join_2", "replica 2 joins: 20 -> 10 + 10"),
                        ("join_3", "replica 3 joins: -> 7 + 7 + 6"),
                        ("leave", "replica 2 stops (SIGTERM): -> 10 + 10"),

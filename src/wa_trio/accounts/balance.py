@@ -36,6 +36,8 @@ class Balancer:
     replicas: int = 1
     rank: int = 0  # among the replicas alive, by age
     held: set[str] = attrs.field(factory=set)
+    #: the accounts some replica held at the last beat (None: not known yet)
+    taken: set[str] | None = None
     moves: int = 0
     _move_signals: dict[str, trio.Event] = attrs.field(factory=dict)
     _moving: tuple[str, float] | None = None
@@ -47,6 +49,13 @@ class Balancer:
     def may_queue(self) -> bool:
         """Whether to queue for one more lease now (else only try it: ``core.balance``)."""
         return balance.may_queue(len(self.held), self.share)
+
+    def free(self, account: str) -> bool:
+        """Whether to try ``account`` now: nobody held it at the last beat (its holder died
+        or stopped) and this replica is not over its share (it would only move it again)."""
+        if len(self.held) > self.share:
+            return False
+        return self.taken is None or account not in self.taken
 
     def holding(self, account: str) -> trio.Event:
         """This process took ``account``; the event is set when it should move it."""
@@ -88,6 +97,7 @@ class Balancer:
     async def _beat(self, registry: ReplicaRegistry) -> None:
         try:
             replicas, rank = await trio.to_thread.run_sync(registry.beat)
+            self.taken = await trio.to_thread.run_sync(registry.held_now)
         except StoreError as error:
             eliot.log_message(message_type="wa_trio:balance:store_failing", error=error.message)
             return
@@ -108,12 +118,13 @@ class Balancer:
         if self._moving is not None:
             account, since = self._moving
             taken = False
+            back = account in self.held and not self._move_signals[account].is_set()
             if account not in self.held:  # drained and released: is it held elsewhere?
                 try:
                     taken = await trio.to_thread.run_sync(registry.held, account)
                 except StoreError:
                     taken = False
-            if not balance.move_done(taken, since, now):
+            if not balance.move_done(taken=taken, back=back, since=since, now=now):
                 return
             eliot.log_message(
                 message_type="wa_trio:balance:moved",

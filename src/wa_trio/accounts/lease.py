@@ -86,43 +86,48 @@ async def take_lease(
     *,
     serve_http: bool,
     may_queue: Callable[[], bool] = lambda: True,
+    is_free: Callable[[], bool] = lambda: True,
 ) -> Lease:
     """The account's lease: at once when it is free, else as a standby queued for it at the
-    server (while ``may_queue``; else tried every ``WAIT_SLICE``: a replica at its share of
-    the accounts, ``core.balance``). When its last holder did not release it (killed, cut
-    off), wait ``takeover_grace`` more: a holder cut off by the server has fenced itself by
-    then.
+    server. With several replicas sharing the accounts (``core.balance``), only while
+    ``may_queue``; else (at its share) it holds no connection and tries every ``WAIT_SLICE``
+    when ``is_free`` says nobody holds the account. When its last holder did not release it
+    (killed, cut off), wait ``takeover_grace`` more: a holder cut off by the server has
+    fenced itself by then.
 
     Raises:
         StoreError: the store cannot be reached at all when starting (one line).
     """
     account = settings.account_name
-    held = [await _open(store, account)]  # the connection in use (closed unless returned)
+    held: list[LeaseConnection | None] = [None]  # the connection in use (closed unless returned)
     try:
-        if await trio.to_thread.run_sync(held[0].try_take) is None:
+        taken = held[0] = await _open(store, account)
+        if await trio.to_thread.run_sync(taken.try_take) is None:
 
             async def retry() -> LeaseConnection:
                 while True:
-                    wait = WAIT_SLICE if may_queue() else 0.0
+                    queue = may_queue()
                     try:  # queued at the server: granted the moment the holder lets go
-                        if await trio.to_thread.run_sync(held[0].try_take, wait):
-                            return held[0]
-                        if not wait:
+                        if queue or is_free():
+                            connection = held[0] = held[0] or await _open(store, account)
+                            if await trio.to_thread.run_sync(
+                                connection.try_take, WAIT_SLICE if queue else 0.0
+                            ):
+                                return connection
+                        if not queue:  # at its share: no connection while it waits
+                            _close(held)
                             await trio.sleep(WAIT_SLICE)
                     except StoreError as error:  # the store went away: a new connection
                         eliot.log_message(
                             message_type="wa_trio:lease:store_failing", error=error.message
                         )
-                        held[0].close()
+                        _close(held)
                         await trio.sleep(RETRY_EVERY)
-                        try:
-                            held[0] = await _open(store, account)
-                        except StoreError:
-                            continue
 
             reason = f"standby: another replica holds account {account}"
-            await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
-        lease = Lease(held[0])
+            taken = await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
+            held[0] = taken
+        lease = Lease(taken)
         metrics.lease_epoch.set(lease.epoch)
         eliot.log_message(
             message_type="wa_trio:lease:taken",
@@ -130,13 +135,19 @@ async def take_lease(
             epoch=lease.epoch,
             inherited_from=lease.inherited_from,
         )
-        grace = takeover_grace(lease.inherited_from, held[0].silent_for)
+        grace = takeover_grace(lease.inherited_from, taken.silent_for)
         metrics.takeover_grace.set(grace)
         await trio.sleep(grace)
     except BaseException:  # cancelled (a stop) or failed: the lock goes with the connection
-        held[0].close()
+        _close(held)
         raise
     return lease
+
+
+def _close(held: list[LeaseConnection | None]) -> None:
+    if held[0] is not None:
+        held[0].close()
+        held[0] = None
 
 
 async def _open(store: str, account: str) -> LeaseConnection:

@@ -6,6 +6,7 @@ is waited out. The lease itself: ``lease.py``; its timings: ``lease_rules.py``."
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import attrs
 import eliot
@@ -108,6 +109,9 @@ async def _stand_by(run: Run, store: str, balancer: Balancer | None = None) -> L
                 run.metrics,
                 serve_http=run.serve_http,
                 may_queue=balancer.may_queue if balancer is not None else lambda: True,
+                is_free=partial(balancer.free, run.settings.account_name)
+                if balancer is not None
+                else lambda: True,
             )
         except StoreError as error:
             failed = error

@@ -22,7 +22,7 @@ from wa_trio.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_O
 from wa_trio.cli.parser import parser as _parser
 from wa_trio.config.settings import ConfigError, Settings, config_problems
 from wa_trio.core.envelope import ValidationError, parse_envelope
-from wa_trio.core.errors import TopologyError, WaTrioError
+from wa_trio.core.errors import TopologyError, WaTrioError, first_leaf
 from wa_trio.stores.files import StartupError
 
 
@@ -248,6 +248,10 @@ def _run(settings: Settings) -> int:
     try:
         trio.run(run_worker, settings)
     except BaseExceptionGroup as group:
+        # an account of several that cannot start: its one line (main prints it), not a group
+        startup = group.split((StartupError, TopologyError))[0]
+        if startup is not None:
+            raise first_leaf(startup) from None
         # a second signal while stopping raises KeyboardInterrupt inside the root nursery:
         # it arrives wrapped in a group; the operator asked for it, so no traceback
         rest = group.split(KeyboardInterrupt)[1]

@@ -60,9 +60,10 @@ def to_move(held: Sequence[str], share: int, *, moving: bool, busy: Collection[s
     return idle[-1] if idle else None
 
 
-def move_done(taken_elsewhere: bool, since: float, now: float) -> bool:
-    """A move is over when another replica holds the account, or after ``MOVE_WITHIN`` s."""
-    return taken_elsewhere or now - since >= MOVE_WITHIN
+def move_done(*, taken: bool, back: bool, since: float, now: float) -> bool:
+    """A move is over when another replica holds the account (``taken``), when this one took
+    it back (``back``: nobody queued for it when it was released), or after ``MOVE_WITHIN``."""
+    return taken or back or now - since >= MOVE_WITHIN
 
 
 __all__ = [

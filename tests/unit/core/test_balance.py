@@ -61,17 +61,18 @@ def test_one_idle_account_moves_at_a_time_while_over_the_share(
 
 
 @pytest.mark.parametrize(
-    ("taken", "since", "now", "done"),
+    ("taken", "back", "since", "now", "done"),
     [
-        (True, 0.0, 0.1, True),  # another replica holds it
-        (False, 0.0, 1.0, False),  # still on its way
-        (False, 0.0, balance.MOVE_WITHIN, True),  # nobody took it: the next may go
+        (True, False, 0.0, 0.1, True),  # another replica holds it
+        (False, True, 0.0, 0.1, True),  # this one took it back: nobody queued for it
+        (False, False, 0.0, 1.0, False),  # still on its way
+        (False, False, 0.0, balance.MOVE_WITHIN, True),  # nobody took it: the next may go
     ],
 )
-def test_a_move_is_over_when_taken_elsewhere_or_after_its_bound(
-    taken: bool, since: float, now: float, done: bool
+def test_a_move_is_over_when_taken_elsewhere_or_back_or_after_its_bound(
+    taken: bool, back: bool, since: float, now: float, done: bool
 ) -> None:
-    assert balance.move_done(taken, since, now) is done
+    assert balance.move_done(taken=taken, back=back, since=since, now=now) is done
 
 
 def test_the_configuration_is_the_queue_and_the_set_of_accounts() -> None:

@@ -51,6 +51,20 @@ class ReplicaRegistry:
         names = [str(row[0]) for row in alive]
         return max(1, len(names)), names.index(self.name) if self.name in names else 0
 
+    def held_now(self) -> set[str]:
+        """The accounts whose lease a connection holds now.
+
+        Raises:
+            StoreError: the store cannot be reached.
+        """
+        with store_errors("look at the leases"):
+            rows = self._db.execute(
+                "SELECT l.account FROM wa_trio_leases l JOIN pg_locks p ON p.objid = l.id "
+                "WHERE p.locktype = 'advisory' AND p.classid = %s AND p.granted",
+                (LOCK_NAMESPACE,),
+            ).fetchall()
+        return {str(row[0]) for row in rows}
+
     def held(self, account: str) -> bool:
         """Whether a connection holds ``account``'s lease now (after this replica released
         it: another one).
