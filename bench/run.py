@@ -30,8 +30,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -253,19 +253,31 @@ def compare(ref: str, n: int, rounds: int, tmp: Path) -> dict[str, Any]:
             "this_over_baseline": this / base}
 
 
-def quorum_cost(n: int, rounds: int, tmp: Path) -> dict[str, Any]:
+def quorum_cost(n: int, rounds: int, tmp: Path, **extra: str) -> dict[str, Any]:
     """WHATSAPP_QUEUE_TYPE=quorum against classic (issue 34), alternating ``rounds`` times at
-    prefetch 100 in one run: medians of jobs/s and CPU per job, and quorum/classic."""
+    prefetch 100 in one run: medians of jobs/s and CPU per job, and quorum/classic. ``extra``:
+    more settings (RABBITMQ_URL of a cluster: ``cluster_quorum_cost``)."""
     runs: dict[str, list[dict[str, float]]] = {"classic": [], "quorum": []}
     for _ in range(rounds):
         for kind in runs:
-            runs[kind].append(bench_worker(n, 100, tmp, WHATSAPP_QUEUE_TYPE=kind))
+            runs[kind].append(bench_worker(n, 100, tmp, WHATSAPP_QUEUE_TYPE=kind, **extra))
     med = {kind: {m: statistics.median(r[m] for r in rs) for m in ("jobs_per_s", "cpu_us_per_job")}
            for kind, rs in runs.items()}
     return {"runs": runs, "median": med,
             "quorum_over_classic_rate": med["quorum"]["jobs_per_s"] / med["classic"]["jobs_per_s"],
             "quorum_over_classic_cpu":
                 med["quorum"]["cpu_us_per_job"] / med["classic"]["cpu_us_per_job"]}
+
+
+def cluster_quorum_cost(n: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """``quorum_cost`` on a three-node cluster of the bench's own (the fault tests' fixture,
+    free ports, never the machine's broker): a quorum queue replicated to three nodes against
+    a classic queue on one, the worker given every node in RABBITMQ_URL."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fault.cluster import three_nodes
+
+    with three_nodes() as cluster:
+        return {"nodes": 3, **quorum_cost(n, rounds, tmp, RABBITMQ_URL=cluster.url)}
 
 
 API_KEY = "bench-key-0123456789abcdefghijkl"
@@ -510,7 +522,7 @@ def bench_media_fanout(recipients: int, tmp: Path) -> dict[str, float]:
     hits = [0]
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             hits[0] += 1
             self.send_response(200)
             self.send_header("Content-Length", str(len(png)))
@@ -709,6 +721,8 @@ def main() -> None:
                              "(bench/cloud.py)")
     parser.add_argument("--quorum", action="store_true",
                         help="only quorum queues against classic, alternating --rounds times")
+    parser.add_argument("--cluster", action="store_true",
+                        help="with --quorum: on a three-node cluster the bench starts itself")
     parser.add_argument("--replicas", action="store_true",
                         help="only two replicas on PostgreSQL: rolling restarts and kills -9 "
                              "under load (bench/replicas.py)")
@@ -722,7 +736,8 @@ def main() -> None:
     n = args.jobs
     if args.quorum:
         with tempfile.TemporaryDirectory() as tmpdir:
-            print(json.dumps(quorum_cost(n, args.rounds, Path(tmpdir)), indent=2))
+            cost = cluster_quorum_cost if args.cluster else quorum_cost
+            print(json.dumps(cost(n, args.rounds, Path(tmpdir)), indent=2))
         return
     if args.replicas:
         import replicas  # bench/replicas.py
