@@ -84,10 +84,28 @@ async def _until(ports: list[int], shares: list[int], timeout: float = 60.0) -> 
     return float("nan")
 
 
-def _pauses(path: Path, since: float, until: float) -> list[float]:
+def _all(paths: list[Path]) -> list[dict[str, Any]]:
+    return [record for path in paths for record in records(path)]
+
+
+def handoffs(paths: list[Path]) -> list[float]:
+    """Per move of an account between replicas (each replica writes its own dry-run file):
+    the old holder's last send of it before the new holder's first, to that first."""
+    sends = sorted((r["sent_at"], r["account"], n) for n, path in enumerate(paths)
+                   for r in records(path))
+    last: dict[str, tuple[float, int]] = {}
+    gaps = []
+    for at, account, replica in sends:
+        if account in last and last[account][1] != replica:
+            gaps.append(at - last[account][0])
+        last[account] = (at, replica)
+    return gaps
+
+
+def _pauses(paths: list[Path], since: float, until: float) -> list[float]:
     """Per account: its longest pause between two sends within [since, until]."""
     by_account: dict[str, list[float]] = defaultdict(list)
-    for record in records(path):
+    for record in _all(paths):
         if since <= record["sent_at"] <= until:
             by_account[record["account"]].append(record["sent_at"])
     return [max((b - a for a, b in zip(sorted(t), sorted(t)[1:], strict=False)), default=0.0)
@@ -128,9 +146,10 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
                       WHATSAPP_PREFETCH_COUNT="10", WHATSAPP_RATE_LIMIT="400/s",
                       WHATSAPP_RATE_BURST="1")
         settings = Settings.from_env(env)
-        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
         envs = [{**env, "HTTP_PORT": str(free_port()),
+                 "WHATSAPP_DRY_RUN_FILE": f"{env['WHATSAPP_DRY_RUN_FILE']}-{n}",
                  "WHATSAPP_SESSION_PATH": f"{env['WHATSAPP_SESSION_PATH']}-{n}"} for n in range(3)]
+        paths = [Path(e["WHATSAPP_DRY_RUN_FILE"]) for e in envs]
         ports = [int(e["HTTP_PORT"]) for e in envs]
         procs: list[subprocess.Popen[bytes]] = []
 
@@ -138,7 +157,7 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
             at = time.time()
             out[f"{name}_s"] = await _until([ports[n] for n in live], shares)
             await trio.sleep(1.0)
-            pauses = _pauses(path, at - 0.5, time.time())
+            pauses = _pauses(paths, at - 0.5, time.time())
             out[f"{name}_pause_max_s"] = max(pauses, default=float("nan"))
             out[f"{name}_pause_median_s"] = statistics.median(pauses) if pauses else float("nan")
 
@@ -149,7 +168,7 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
                 out["alone_s"] = await _until([ports[0]], [20])
                 quiet = time.time()
                 await trio.sleep(4.0)  # the baseline: no event
-                steady = _pauses(path, quiet, time.time())
+                steady = _pauses(paths, quiet, time.time())
                 out["steady_pause_max_s"] = max(steady, default=float("nan"))
                 out["steady_pause_median_s"] = statistics.median(steady) if steady else 0.0
                 procs.append(_spawn(envs[1]))
@@ -174,11 +193,16 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
         try:
             trio.run(run)
             deadline = time.monotonic() + 120
-            while len(records(path)) < jobs and time.monotonic() < deadline:
+            while len(_all(paths)) < jobs and time.monotonic() < deadline:
                 time.sleep(0.5)
-            keys = [r["text_message"] for r in records(path)]
+            keys = [r["text_message"] for r in _all(paths)]
+            gaps = handoffs(paths)
         finally:
             stop_and_clean(procs, settings)
+    out["handoffs"] = len(gaps)
+    out["handoff_median_s"] = statistics.median(gaps) if gaps else float("nan")
+    out["handoff_p90_s"] = sorted(gaps)[int(0.9 * (len(gaps) - 1))] if gaps else float("nan")
+    out["handoff_max_s"] = max(gaps, default=float("nan"))
     out["sent_twice"] = len(keys) - len(set(keys))
     out["lost"] = jobs - len(set(keys))
     out["many_accounts_one_process"] = _many_accounts(tmp, 200)
@@ -213,7 +237,10 @@ def table(r: dict[str, Any]) -> list[str]:
                        ("rejoin", "replica 2 starts again: -> 7 + 7 + 6")):
         lines.append(f"| {said} | {r[name + '_s']:.2f} s | {r[name + '_pause_max_s']:.2f} s / "
                      f"{r[name + '_pause_median_s']:.2f} s |")
-    lines += ["", f"sent twice {r['sent_twice']}, lost {r['lost']}; connections once balanced "
+    lines += ["", f"{r['handoffs']} hand-offs of an account (its old holder's last send -> its "
+              f"new holder's first): median {r['handoff_median_s']:.3f} s, p90 "
+              f"{r['handoff_p90_s']:.3f} s, max {r['handoff_max_s']:.3f} s",
+              "", f"sent twice {r['sent_twice']}, lost {r['lost']}; connections once balanced "
               f"(per replica): {r['connections']}; one process of 200 accounts: "
               f"{r['many_accounts_one_process']}"]
     return lines

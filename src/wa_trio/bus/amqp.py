@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -289,8 +289,7 @@ class Properties:
         )
 
 
-def _text(value: Any) -> Any:
-    """AMQP long strings arrive as bytes; give them back as str when they are UTF-8."""
+def _text(value: Any) -> Any:  # AMQP long strings arrive as bytes: str when UTF-8
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -360,11 +359,12 @@ async def consume(channel: Channel, queue: str) -> AsyncIterator[AsyncIterator[D
     """Consume ``queue`` with manual acks; leaving the block cancels the consumer only."""
     async with channel.basic_consume(queue, auto_ack=False) as messages:
 
-        async def deliveries() -> AsyncIterator[Delivery]:
+        async def deliveries() -> AsyncGenerator[Delivery]:
             async for message in messages:
                 yield _delivery(message, channel)
 
-        yield deliveries()
+        async with contextlib.aclosing(deliveries()) as iterator:  # closed, not left to the GC
+            yield iterator
 
 
 async def publish(
