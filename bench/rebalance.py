@@ -28,11 +28,14 @@ from typing import Any
 
 import httpx
 import trio
-from run import env_for, free_port, records, scratch_store, stop_and_clean  # bench/run.py
+from run import ROOT, env_for, free_port, records, scratch_store, stop_and_clean  # bench/run.py
 
 from wa_trio.bus import amqp
 from wa_trio.bus.amqp import BrokerAddress, Properties
 from wa_trio.config.settings import Settings
+
+sys.path.insert(0, str(ROOT))
+from tests.helpers import tcp_peers  # noqa: E402 - the repository's root, just put on the path
 
 RATE = 200.0
 ACCOUNTS = 20
@@ -112,27 +115,8 @@ def _pauses(paths: list[Path], since: float, until: float) -> list[float]:
             for t in by_account.values()]
 
 
-def sockets(pid: int, port: int) -> int:
-    """Established TCP connections of process ``pid`` to a server on ``port``."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            f = line.split()
-            if f[9] in inodes and f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
-
-
 def _connections(proc: subprocess.Popen[bytes]) -> dict[str, int]:
-    return {"amqp": sockets(proc.pid, 5672), "postgresql": sockets(proc.pid, 5432),
+    return {"amqp": len(tcp_peers(proc.pid, 5672)), "postgresql": len(tcp_peers(proc.pid, 5432)),
             "open_files": len(os.listdir(f"/proc/{proc.pid}/fd"))}
 
 

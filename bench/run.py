@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -703,6 +703,15 @@ def failover_postgres(jobs: int, tmp: Path) -> dict[str, float]:
             "sent_twice": len(keys) - len(set(keys)), "lost": jobs - len(set(keys))}
 
 
+def report(bench: Callable[[Path], dict[str, Any]],
+           table: Callable[[dict[str, Any]], list[str]]) -> None:
+    """Run one bench of its own in a scratch folder; print its figures and its table."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        result = bench(Path(tmpdir))
+    print(json.dumps(result, indent=2))
+    print("\n".join(table(result)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -742,26 +751,17 @@ def main() -> None:
     if args.replicas:
         import replicas  # bench/replicas.py
 
-        with tempfile.TemporaryDirectory() as tmpdir:
-            result = replicas.bench_replicas(Path(tmpdir))
-        print(json.dumps(result, indent=2))
-        print("\n".join(replicas.table(result)))
+        report(replicas.bench_replicas, replicas.table)
         return
     if args.rebalance:
         import rebalance  # bench/rebalance.py
 
-        with tempfile.TemporaryDirectory() as tmpdir:
-            result = rebalance.bench_rebalance(Path(tmpdir))
-        print(json.dumps(result, indent=2))
-        print("\n".join(rebalance.table(result)))
+        report(rebalance.bench_rebalance, rebalance.table)
         return
     if args.cloud:
         import cloud  # bench/cloud.py (it imports this module's helpers)
 
-        with tempfile.TemporaryDirectory() as tmpdir:
-            result = cloud.bench_cloud(n, Path(tmpdir))
-        print(json.dumps(result, indent=2))
-        print("\n".join(cloud.table(result)))
+        report(functools.partial(cloud.bench_cloud, n), cloud.table)
         return
     if args.api:
         with tempfile.TemporaryDirectory() as tmpdir:

@@ -6,9 +6,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,40 @@ def require_tool(*names: str, how: str) -> str:
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(f"{reason}; CI must have it")
     pytest.skip(reason)
+
+
+def run_once(env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``wa-trio run`` in a process of its own (``env`` over this one's) until it exits: the
+    start-up failures that must be one line and an exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "wa_trio", "run"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def tcp_peers(pid: int, port: int) -> set[int]:
+    """The local ports of process ``pid``'s established TCP connections to a server on
+    ``port`` (its sockets by inode in /proc/<pid>/fd, matched in /proc/<pid>/net/tcp{,6})."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from functools import partial
 
 import pytest
 import trio
+
+from tests.helpers import run_once
 
 
 @pytest.mark.parametrize(
@@ -23,16 +21,7 @@ import trio
 async def test_a_refused_login_or_vhost_is_one_line_and_exit_2(
     make_env: Callable[..., dict[str, str]], url: str, said: str
 ) -> None:
-    env = {**os.environ, **make_env(RABBITMQ_URL=url, HTTP_PORT="0")}
-    run = partial(
-        subprocess.run,
-        [sys.executable, "-m", "wa_trio", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    done = await trio.to_thread.run_sync(run)
+    done = await trio.to_thread.run_sync(run_once, make_env(RABBITMQ_URL=url, HTTP_PORT="0"))
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.startswith("wa-trio: ")]
     assert lines[-1].startswith("wa-trio: the broker at 127.0.0.1:5672 ")

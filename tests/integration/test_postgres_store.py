@@ -23,6 +23,7 @@ from tests.helpers import (
     job_body,
     pg_query,
     publish_many,
+    run_once,
     sample,
     sent_records,
     terminate_backends,
@@ -433,21 +434,27 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
 
 
 def test_a_start_without_the_store_is_one_line(make_env: Callable[..., dict[str, str]]) -> None:
-    import subprocess
-    import sys
-
     env = make_env(WHATSAPP_STORE="postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2")
-    done = subprocess.run(
-        [sys.executable, "-m", "wa_trio", "run"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_once(env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("wa-trio: cannot connect to WHATSAPP_STORE")
+
+
+async def test_several_accounts_without_their_store_is_one_line_and_exit_2(
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    """The store refusing at start reaches the CLI through the accounts' nurseries: one line
+    (before, a multi-account process printed the exception group's traceback)."""
+    from tests.conftest import closed_port
+
+    store = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere?sslmode=disable"
+    env = make_env(WHATSAPP_STORE=store, WHATSAPP_ACCOUNTS="a,b")
+    done = await trio.to_thread.run_sync(run_once, env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("wa-trio: ")]
+    assert lines[-1].startswith("wa-trio: cannot connect to WHATSAPP_STORE")
 
 
 class _SlowDryRun(DryRunTransport):

@@ -100,32 +100,3 @@ async def test_replicas_spread_the_accounts_and_move_them_one_at_a_time_without_
     print(f"\nrebalance: 1 -> 2 replicas {two_replicas:.2f} s, 2 -> 3 {three_replicas:.2f} s")
     first.stop()
     third.stop()
-
-
-async def test_several_accounts_without_their_store_is_one_line_and_exit_2(
-    make_env: Callable[..., dict[str, str]],
-) -> None:
-    """The store refusing at start reaches the CLI through the accounts' nurseries: one line
-    (before, a multi-account process printed the exception group's traceback)."""
-    import os
-    import subprocess
-    import sys
-    from functools import partial
-
-    from tests.conftest import closed_port
-
-    store = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere?sslmode=disable"
-    env = {**os.environ, **make_env(WHATSAPP_STORE=store, WHATSAPP_ACCOUNTS="a,b")}
-    run = partial(
-        subprocess.run,
-        [sys.executable, "-m", "wa_trio", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    done = await trio.to_thread.run_sync(run)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("wa-trio: ")]
-    assert lines[-1].startswith("wa-trio: cannot connect to WHATSAPP_STORE")

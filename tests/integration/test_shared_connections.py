@@ -9,13 +9,19 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
-from tests.helpers import delete_topology, job_body, publish_many, rabbitmqctl, sent_records
+from tests.helpers import (
+    delete_topology,
+    job_body,
+    publish_many,
+    rabbitmqctl,
+    sent_records,
+    tcp_peers,
+)
 from tests.helpers import wait_for as _wait_for
 from wa_trio.accounts.multi import Accounts
 from wa_trio.bus import amqp
@@ -29,24 +35,8 @@ AMQP_PORT = 5672
 
 
 def our_amqp_ports() -> set[int]:
-    """The local ports of this process's established TCP connections to the broker (its
-    sockets by inode in /proc/self/fd, matched in /proc/self/net/tcp{,6})."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-            if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == AMQP_PORT:
-                ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
+    """The local ports of this process's connections to the broker."""
+    return tcp_peers(os.getpid(), AMQP_PORT)
 
 
 def broker_connections(ports: set[int]) -> dict[int, tuple[str, int]]:

@@ -38,7 +38,6 @@ class Balancer:
     held: set[str] = attrs.field(factory=set)
     #: the accounts some replica held at the last beat (None: not known yet)
     taken: set[str] | None = None
-    moves: int = 0
     _move_signals: dict[str, trio.Event] = attrs.field(factory=dict)
     _moving: tuple[str, float] | None = None
 
@@ -121,7 +120,7 @@ class Balancer:
             back = account in self.held and not self._move_signals[account].is_set()
             if account not in self.held:  # drained and released: is it held elsewhere?
                 try:
-                    taken = await trio.to_thread.run_sync(registry.held, account)
+                    taken = account in await trio.to_thread.run_sync(registry.held_now)
                 except StoreError:
                     taken = False
             if not balance.move_done(taken=taken, back=back, since=since, now=now):
@@ -140,7 +139,6 @@ class Balancer:
 
     def _move(self, account: str, now: float) -> None:
         self._moving = (account, now)
-        self.moves += 1
         self.metrics.rebalance_moves.inc()
         eliot.log_message(
             message_type="wa_trio:balance:move",

@@ -1,6 +1,6 @@
 """The replicas of one configuration (``core.balance``): each beats in ``wa_trio_replicas``
-(migration 9) so the others know how many share the accounts; and whether an account's lease
-is held now (a move is over once another replica holds it)."""
+(migration 9) so the others know how many share the accounts; and which accounts' leases are
+held now (a move is over once another replica holds it)."""
 
 from __future__ import annotations
 
@@ -64,22 +64,6 @@ class ReplicaRegistry:
                 (LOCK_NAMESPACE,),
             ).fetchall()
         return {str(row[0]) for row in rows}
-
-    def held(self, account: str) -> bool:
-        """Whether a connection holds ``account``'s lease now (after this replica released
-        it: another one).
-
-        Raises:
-            StoreError: the store cannot be reached.
-        """
-        with store_errors("look at a lease"):
-            row = self._db.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks p JOIN wa_trio_leases l ON "
-                "p.objid = l.id WHERE p.locktype = 'advisory' AND p.classid = %s "
-                "AND p.granted AND l.account = %s)",
-                (LOCK_NAMESPACE, account),
-            ).fetchone()
-        return bool(row and row[0])
 
     def leave(self) -> None:
         """Remove this replica's row (a clean stop: the others count without it at once)."""
