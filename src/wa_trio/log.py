@@ -121,4 +121,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> Logg
     # logging; our eliot messages already say what happened, so keep only its CRITICAL lines
     # (its channel-deadlock warning) on stderr.
     logging.getLogger("serena").setLevel(logging.CRITICAL)
+    # psycopg_pool warns at each failed background connect; a statement that cannot get a
+    # connection fails with its own error (a store error, logged where it happens)
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     return LoggingHandle(destinations, files)

@@ -400,7 +400,7 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
         await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 20, what="20 sent")
         # the ledger's connection goes first: the next record of a send WhatsApp took fails
         # and is retried inside its shield; the fence must still cut it (it once hung here)
-        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio ledger")
+        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio stores")
         await wait_for(
             lambda: worker.pipeline.statistics().ledger_problem is not None,
             what="the ledger failing",
@@ -471,6 +471,7 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
     """A send WhatsApp took is recorded inside a shield, retried while the ledger fails; when
     the ledger's connection died mid-send and then the lease is lost, the fence must still stop
     the worker at once (the record stays ``sending``: the taker's ambiguous window)."""
+    from tests.helpers import pg_admin
     from wa_trio.log import Redactor
 
     settings = Settings.from_env(make_env(WHATSAPP_STORE=pg_store))
@@ -482,15 +483,25 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
         )
         await wait_for(lambda: len(sent_records(settings.dry_run_file)) >= 1, what="a send")
         await trio.sleep(0.1)  # the next send is in flight now
-        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio ledger")
-        await wait_for(
-            lambda: worker.pipeline.statistics().ledger_problem is not None,
-            what="the record failing",
+        # the store pool cannot connect again (a pooled connection would take the record)
+        database = pg_store.rsplit("/", 1)[1].split("?", 1)[0]
+        await trio.to_thread.run_sync(
+            pg_admin, f"ALTER DATABASE {database} ALLOW_CONNECTIONS false"
         )
-        cut_at = trio.current_time()
-        await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio lease")
-        await wait_for(lambda: None in workers, timeout=10, what="the fence")
-        assert trio.current_time() - cut_at < 5
+        try:
+            await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio stores")
+            await wait_for(
+                lambda: worker.pipeline.statistics().ledger_problem is not None,
+                what="the record failing",
+            )
+            cut_at = trio.current_time()
+            await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio lease")
+            await wait_for(lambda: None in workers, timeout=10, what="the fence")
+            assert trio.current_time() - cut_at < 5
+        finally:
+            await trio.to_thread.run_sync(
+                pg_admin, f"ALTER DATABASE {database} ALLOW_CONNECTIONS true"
+            )
         rows = pg_query(pg_store, "SELECT count(*) FROM wa_trio_sends WHERE state = 'sending'")
         assert rows[0][0] >= 1  # the send it could not record: ambiguous for the taker
     finally:

@@ -20,7 +20,7 @@ import trio
 from wa_trio.core import balance
 from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError
-from wa_trio.stores.postgres import ReplicaRegistry, StoreError, migrate
+from wa_trio.stores.postgres import LeaseLines, ReplicaRegistry, StoreError, migrate
 
 
 @attrs.define(eq=False)
@@ -38,6 +38,10 @@ class Balancer:
     held: set[str] = attrs.field(factory=set)
     #: the accounts some replica held at the last beat (None: not known yet)
     taken: set[str] | None = None
+    #: the connections this process's accounts hold their leases on (shared: issue 34)
+    lines: LeaseLines = attrs.field(
+        default=attrs.Factory(lambda self: LeaseLines(self.store), takes_self=True)
+    )
     _move_signals: dict[str, trio.Event] = attrs.field(factory=dict)
     _moving: tuple[str, float] | None = None
 
@@ -51,9 +55,12 @@ class Balancer:
 
     def free(self, account: str) -> bool:
         """Whether to try ``account`` now: nobody held it at the last beat (its holder died
-        or stopped) and this replica is not over its share (it would only move it again)."""
+        or stopped), this replica is not over its share (it would only move it again) and
+        is not moving it away."""
         if len(self.held) > self.share:
             return False
+        if self._moving is not None and self._moving[0] == account:
+            return False  # moved away from here: another replica's to take
         return self.taken is None or account not in self.taken
 
     def holding(self, account: str) -> trio.Event:

@@ -5,22 +5,26 @@ released. The timings and why they are safe: ``lease_rules``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import eliot
 import trio
 
 from wa_trio.accounts.standby import wait_as_standby
 from wa_trio.config.settings import Settings
+from wa_trio.core.errors import first_leaf
 from wa_trio.core.lease_rules import (
     FENCE_AFTER,
     PING_EVERY,
     RETRY_EVERY,
+    TRY_EVERY,
     WAIT_SLICE,
     must_fence,
     takeover_grace,
 )
 from wa_trio.metrics import Metrics
-from wa_trio.stores.postgres import LeaseConnection, LeaseLost, StoreError
+from wa_trio.stores.postgres import LeaseConnection, LeaseLines, LeaseLost, StoreError
+from wa_trio.stores.postgres.leases import FENCE_LOOK_EVERY
 
 
 class Lease:
@@ -45,10 +49,19 @@ class Lease:
         epoch moved on, or none has answered for ``FENCE_AFTER`` s; ``on_lost`` runs first
         (the worker stops what a cancel cannot reach: its shielded sends)."""
         try:
-            await self._keep(describe, task_status)
-        except LeaseLost:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._look_again)
+                await self._keep(describe, task_status)
+        except* LeaseLost as group:
             on_lost()
-            raise
+            raise first_leaf(group) from None
+
+    async def _look_again(self) -> None:
+        """Fence the session's tables whatsmeow made since (beside the pings: a look waits
+        for the store pool and for table locks, a ping must not)."""
+        while True:
+            await trio.sleep(FENCE_LOOK_EVERY)
+            await trio.to_thread.run_sync(self.connection.look_again, abandon_on_cancel=True)
 
     async def _keep(
         self,
@@ -85,15 +98,17 @@ async def take_lease(
     metrics: Metrics,
     *,
     serve_http: bool,
+    lines: LeaseLines | None = None,
     may_queue: Callable[[], bool] = lambda: True,
     is_free: Callable[[], bool] = lambda: True,
 ) -> Lease:
-    """The account's lease: at once when it is free, else as a standby queued for it at the
-    server. With several replicas sharing the accounts (``core.balance``), only while
-    ``may_queue``; else (at its share) it holds no connection and tries every ``WAIT_SLICE``
-    when ``is_free`` says nobody holds the account. When its last holder did not release it
-    (killed, cut off), wait ``takeover_grace`` more: a holder cut off by the server has
-    fenced itself by then.
+    """The account's lease: at once when it is free, else as a standby. Alone in its process
+    (``lines`` None) the standby queues for it at the server on a connection of its own. An
+    account of several (``lines``: the process's shared lease connections) tries it on its
+    line every ``TRY_EVERY`` s while ``may_queue`` (the process is under its share:
+    ``core.balance``), else only when ``is_free`` says nobody holds it. When its last holder
+    did not release it (killed, cut off), wait ``takeover_grace`` more: a holder cut off by
+    the server has fenced itself by then.
 
     Raises:
         StoreError: the store cannot be reached at all when starting (one line).
@@ -101,29 +116,10 @@ async def take_lease(
     account = settings.account_name
     held: list[LeaseConnection | None] = [None]  # the connection in use (closed unless returned)
     try:
-        taken = held[0] = await _open(store, account)
-        if await trio.to_thread.run_sync(taken.try_take) is None:
-
-            async def retry() -> LeaseConnection:
-                while True:
-                    queue = may_queue()
-                    try:  # queued at the server: granted the moment the holder lets go
-                        if queue or is_free():
-                            connection = held[0] = held[0] or await _open(store, account)
-                            if await trio.to_thread.run_sync(
-                                connection.try_take, WAIT_SLICE if queue else 0.0
-                            ):
-                                return connection
-                        if not queue:  # at its share: no connection while it waits
-                            _close(held)
-                            await trio.sleep(WAIT_SLICE)
-                    except StoreError as error:  # the store went away: a new connection
-                        eliot.log_message(
-                            message_type="wa_trio:lease:store_failing", error=error.message
-                        )
-                        _close(held)
-                        await trio.sleep(RETRY_EVERY)
-
+        taken = held[0] = await _open(store, account, lines)
+        first = lines is None or may_queue() or is_free()  # a share's move is not undone
+        if not first or await trio.to_thread.run_sync(taken.try_take) is None:
+            retry = partial(_retry, held, store, account, lines, may_queue, is_free)
             reason = f"standby: another replica holds account {account}"
             taken = await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
             held[0] = taken
@@ -144,17 +140,45 @@ async def take_lease(
     return lease
 
 
+async def _retry(
+    held: list[LeaseConnection | None],
+    store: str,
+    account: str,
+    lines: LeaseLines | None,
+    may_queue: Callable[[], bool],
+    is_free: Callable[[], bool],
+) -> LeaseConnection:
+    """Try the lease until it is ours (``take_lease``); a store that went away: a new
+    connection."""
+    while True:
+        queue = may_queue()
+        try:
+            if queue or is_free():
+                connection = held[0] = held[0] or await _open(store, account, lines)
+                wait = WAIT_SLICE if queue and lines is None else 0.0
+                if await trio.to_thread.run_sync(connection.try_take, wait):
+                    return connection
+            if lines is None and not queue:  # at its share: no connection while it waits
+                _close(held)
+            if lines is not None or not queue:
+                await trio.sleep(TRY_EVERY if lines is not None else WAIT_SLICE)
+        except StoreError as error:
+            eliot.log_message(message_type="wa_trio:lease:store_failing", error=error.message)
+            _close(held)
+            await trio.sleep(RETRY_EVERY)
+
+
 def _close(held: list[LeaseConnection | None]) -> None:
     if held[0] is not None:
         held[0].close()
         held[0] = None
 
 
-async def _open(store: str, account: str) -> LeaseConnection:
+async def _open(store: str, account: str, lines: LeaseLines | None) -> LeaseConnection:
     """A lease connection; shielded while it is made (a cancel then would drop an open
     connection on the floor); ``connect_timeout`` bounds it."""
     with trio.CancelScope(shield=True):
-        connection = await trio.to_thread.run_sync(LeaseConnection, store, account)
+        connection = await trio.to_thread.run_sync(LeaseConnection, store, account, lines)
     return connection
 
 

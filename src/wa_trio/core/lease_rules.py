@@ -32,6 +32,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 RETRY_EVERY = 2.0  # a replica whose store failed tries again after this long
 WAIT_SLICE = 1.0  # a standby queues for the lock this long at a time (a stop waits at most this)
 PING_EVERY = 0.25
+#: an account of several tries a lease it waits for this often (on its process's shared lease
+#: connection: it never queues there, which would hold up the other accounts' pings)
+TRY_EVERY = 0.1
 FENCE_AFTER = 0.75  # no good ping for this long: fence
 FENCED_WITHIN = FENCE_AFTER + PING_EVERY
 TAKEOVER_GRACE = FENCED_WITHIN

@@ -9,13 +9,14 @@ import threading
 import psycopg
 
 from wa_trio.stores.api_requests import Accepted
-from wa_trio.stores.postgres.db import connect, store_errors
+from wa_trio.stores.postgres.db import store_errors
+from wa_trio.stores.postgres.pool import Pooled
 
 
 class PgApiRequests:
     def __init__(self, url: str) -> None:
         self._lock = threading.Lock()
-        self._db = connect(url, purpose="api requests")
+        self._db = Pooled(url)
 
     def accept(self, job_key: str, body_hash: str, client: str, now: float) -> Accepted | None:
         with self._lock, store_errors("record an API request"):

@@ -15,13 +15,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import psycopg
 
 from wa_trio.stores.contacts import RECENT, OptOut, Snapshot
 from wa_trio.stores.numbers import Resolution
-from wa_trio.stores.postgres.db import connect, store_errors
+from wa_trio.stores.postgres.db import store_errors
+from wa_trio.stores.postgres.pool import Pooled
 
 _BUMP = "UPDATE wa_trio_changes SET version = version + 1 WHERE name = 'contacts' RETURNING version"
 
@@ -30,7 +30,7 @@ class PgContactStore:
     def __init__(self, url: str, account: str) -> None:
         self.account = account
         self._lock = threading.Lock()
-        self._db = connect(url, purpose=f"contacts {account}")
+        self._db = Pooled(url)
         self._seen = self._version()
         self._dirty = False
         self._token = 0
@@ -42,7 +42,7 @@ class PgContactStore:
             ).fetchone()
         return int(row[0]) if row else 0
 
-    def _bump(self, db: psycopg.Connection[Any]) -> None:
+    def _bump(self, db: Pooled) -> None:
         row = db.execute(_BUMP).fetchone()
         version = int(row[0]) if row else 0
         if version != self._seen + 1:  # someone else wrote since we last looked
@@ -139,7 +139,7 @@ class PgNumberCache:
         self.account = account
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._db = connect(url, purpose="number cache")
+        self._db = Pooled(url)
 
     def get(self, number: str, now: float | None = None) -> Resolution | None:
         now = time.time() if now is None else now

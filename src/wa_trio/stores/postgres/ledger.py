@@ -16,6 +16,7 @@ from wa_trio.core.outcome import Found, begin_writes
 from wa_trio.core.story import LedgerRow
 from wa_trio.stores.ledger import Begin, Entry, LedgerError, Mark, Shortcuts
 from wa_trio.stores.postgres.db import LeaseLost, StoreError, connect, one_line
+from wa_trio.stores.postgres.pool import Pooled
 
 _UPSERT = (
     "INSERT INTO wa_trio_sends (account, key, state, whatsapp_id, updated_at, user_id, "
@@ -42,7 +43,7 @@ class PgLedger(Shortcuts):
         self.epoch = epoch
         self._lock = threading.Lock()
         try:
-            self._db = connect(url, purpose=f"ledger {account}")
+            self._db = Pooled(url)
         except StoreError as error:
             raise LedgerError(error.message) from None
 

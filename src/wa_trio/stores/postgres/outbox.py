@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 
 from wa_trio.stores.outbox import Pending
-from wa_trio.stores.postgres.db import connect, store_errors
+from wa_trio.stores.postgres.db import store_errors
+from wa_trio.stores.postgres.pool import Pooled
 
 
 class PgOutbox:
@@ -26,7 +27,7 @@ class PgOutbox:
         self.account = account
         self._max = max_pending
         self._lock = threading.Lock()
-        self._db = connect(url, purpose=f"webhooks {account}")
+        self._db = Pooled(url)
 
     def add_relayed(self, items: list[tuple[str, bytes, float]]) -> int:
         """Events (job key, body, created) moved from a local outbox, in one transaction; the

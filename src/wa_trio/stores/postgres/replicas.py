@@ -11,8 +11,9 @@ import psycopg
 
 from wa_trio.core.balance import ALIVE_WITHIN
 from wa_trio.core.lease_rules import LOCK_NAMESPACE
-from wa_trio.stores.postgres.db import connect, store_errors
+from wa_trio.stores.postgres.db import store_errors
 from wa_trio.stores.postgres.leases import holder_name
+from wa_trio.stores.postgres.pool import Pooled
 
 #: rows of replicas gone this long are removed by whoever beats
 FORGET_AFTER = 3600.0
@@ -24,7 +25,7 @@ class ReplicaRegistry:
     def __init__(self, url: str, configuration: str) -> None:
         self.configuration = configuration
         self.name = f"{holder_name()}:{uuid.uuid4().hex[:8]}"  # two in one process: two rows
-        self._db = connect(url, purpose="replicas")
+        self._db = Pooled(url)
 
     def beat(self) -> tuple[int, int]:
         """Say this replica is alive; how many replicas of its configuration are alive now

@@ -6,14 +6,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from wa_trio.stores.postgres.db import connect, store_errors
+from wa_trio.stores.postgres.db import store_errors
+from wa_trio.stores.postgres.pool import Pooled
 
 
 class PgSeen:
     def __init__(self, url: str, account: str) -> None:
         self._lock = threading.Lock()
         self._account = account
-        self._db = connect(url, purpose="webhook de-duplication")
+        self._db = Pooled(url)
 
     def recent(self, since: float, limit: int) -> list[str]:
         with self._lock, store_errors("read the webhook items seen"):
