@@ -74,15 +74,29 @@ def session_schema(account: str) -> str:
     return f"wa_trio_session_{account.replace('-', '_')}"
 
 
-def session_store_url(store: str, account: str, epoch: int = 0) -> str:
+#: the server ends a session connection idle this long (ms; PostgreSQL 14's
+#: ``idle_session_timeout``): whatsmeow opens a pool at every connect and never closes it, so
+#: without it each connect held a backend for the life of the process; lib/pq takes the
+#: server's FATAL as ``driver.ErrBadConn`` and database/sql retries on a new connection
+#: (lib/pq ``error.go``, ``errRecover``), so whatsmeow never sees it
+SESSION_IDLE_MS = 5000
+IDLE_GUC = "idle_session_timeout"
+IDLE_SINCE_SERVER = 140000  # server_version_num that knows it (older ones refuse the setting)
+
+
+def session_store_url(store: str, account: str, epoch: int = 0, *, idle_ms: int = 0) -> str:
     """The URL neonize (whatsmeow, lib/pq) opens for ``account``'s session: the store's, with
-    ``search_path`` set to the account's schema and, under a lease, ``wa_trio.epoch`` to its
-    epoch (lib/pq sends every parameter it does not know itself to the server as a run-time
-    setting: lib/pq ``conn.go``, ``startup``): the fence on whatsmeow's tables refuses the
-    writes of a connection whose epoch is over (migration 8)."""
+    ``search_path`` set to the account's schema, under a lease ``wa_trio.epoch`` to its epoch
+    and, when the server knows it, ``idle_session_timeout`` to ``idle_ms`` (lib/pq sends every
+    parameter it does not know itself to the server as a run-time setting: lib/pq
+    ``conn.go``, ``startup``): the fence on whatsmeow's tables refuses the writes of a
+    connection whose epoch is over (migration 8)."""
     parts = urlsplit(store)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"search_path", EPOCH_GUC}]
+    ours = {"search_path", EPOCH_GUC, IDLE_GUC}
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ours]
     query.append(("search_path", session_schema(account)))
     if epoch:
         query.append((EPOCH_GUC, str(epoch)))
+    if idle_ms:
+        query.append((IDLE_GUC, str(idle_ms)))
     return urlunsplit(("postgres", parts.netloc, parts.path, urlencode(query), ""))

@@ -153,8 +153,8 @@ def session_database(settings: Settings) -> str:
 
 
 def session_connect_budget(settings: Settings) -> int | None:
-    """neonize connects this process may make before it restarts (None: no bound, SQLite; see
-    ``stores.postgres.db.connect_budget``)."""
+    """neonize connects this process may make before it restarts (None: no bound, SQLite or a
+    server that ends idle sessions; see ``stores.postgres.db.connect_budget``)."""
     if settings.store is None:
         return None
     from wa_trio.stores.postgres.db import connect_budget

@@ -72,6 +72,9 @@ def test_the_session_url_keeps_the_stores_and_names_the_accounts_schema() -> Non
     }
     leased = rules.session_store_url(url + "&wa_trio.epoch=3", "team-a", epoch=7)
     assert parse_qs(urlsplit(leased).query)["wa_trio.epoch"] == ["7"]  # one, the holder's
+    assert "idle_session_timeout" not in leased  # a server that does not know it refuses it
+    idle = rules.session_store_url(url + "&idle_session_timeout=9", "team-a", idle_ms=5000)
+    assert parse_qs(urlsplit(idle).query)["idle_session_timeout"] == ["5000"]
 
 
 def test_whatsapp_store_is_sqlite_or_a_postgresql_url() -> None:

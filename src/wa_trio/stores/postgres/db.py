@@ -20,10 +20,12 @@ import psycopg
 
 from wa_trio.core.errors import WaTrioError
 from wa_trio.core.lease_rules import (
+    IDLE_SINCE_SERVER,
     LOCK_NAMESPACE,
     SERVER_KEEPALIVE_COUNT,
     SERVER_KEEPALIVE_IDLE,
     SERVER_KEEPALIVE_INTERVAL,
+    SESSION_IDLE_MS,
     session_schema,
     session_store_url,
 )
@@ -186,35 +188,42 @@ LIB_PQ_SSLMODES = frozenset({"disable", "require", "verify-ca", "verify-full"})
 
 
 def session_url(url: str, account: str, epoch: int = 0) -> str:
-    """The URL neonize opens for ``account``'s session, with an ``sslmode`` both drivers take.
+    """The URL neonize opens for ``account``'s session, with an ``sslmode`` both drivers take
+    and the server's idle timeout where it has one (``lease_rules.SESSION_IDLE_MS``).
 
-    Without one (or with libpq's ``prefer``/``allow``, which lib/pq refuses), psycopg tries TLS
-    and falls back to plain while lib/pq demands TLS: a server without TLS then works for the
-    ledger and the leases and never for the session. So ask the server the way psycopg does and
-    pin what it negotiated (``require`` over TLS, else ``disable``)."""
+    Without an ``sslmode`` (or with libpq's ``prefer``/``allow``, which lib/pq refuses),
+    psycopg tries TLS and falls back to plain while lib/pq demands TLS: a server without TLS
+    then works for the ledger and the leases and never for the session. So ask the server the
+    way psycopg does and pin what it negotiated (``require`` over TLS, else ``disable``)."""
     mode = dict(parse_qsl(urlsplit(url).query)).get("sslmode")
-    session = session_store_url(url, account, epoch)
+    with contextlib.closing(connect(url, purpose="session url")) as db, store_errors("connect"):
+        tls = bool(db.pgconn.ssl_in_use)
+        idle = db.pgconn.server_version >= IDLE_SINCE_SERVER
+    session = session_store_url(url, account, epoch, idle_ms=SESSION_IDLE_MS if idle else 0)
     if mode in LIB_PQ_SSLMODES:
         return session
-    with contextlib.closing(connect(url, purpose="sslmode")) as db, store_errors("connect"):
-        tls = bool(db.pgconn.ssl_in_use)
     parts = urlsplit(session)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "sslmode"]
     query.append(("sslmode", "require" if tls else "disable"))
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
-def connect_budget(url: str, accounts: int) -> int:
-    """How many neonize connects this process may make on the store before it restarts.
+def connect_budget(url: str, accounts: int) -> int | None:
+    """How many neonize connects this process may make on the store before it restarts
+    (None: no bound).
 
     whatsmeow opens a new connection pool at each client's connect and neonize never closes
     it: one server backend per connect, held until the process exits (measured: 4 connects,
-    4 backends). A quarter of the server's ``max_connections``, but never fewer than one
-    connect per account and one spare."""
+    4 backends) unless the server ends idle sessions (PostgreSQL 14 and later:
+    ``session_url`` sets ``idle_session_timeout``; a left pool's backend goes 5 s after its
+    last use, measured). On an older server: a quarter of its ``max_connections``, but never
+    fewer than one connect per account and one spare."""
     with (
         contextlib.closing(connect(url, purpose="budget")) as db,
         store_errors("read max_connections"),
     ):
+        if db.pgconn.server_version >= IDLE_SINCE_SERVER:
+            return None
         row = db.execute("SHOW max_connections").fetchone()
     limit = int(row[0]) if row else 100
     return max(accounts + 1, limit // 4)

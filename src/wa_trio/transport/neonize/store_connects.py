@@ -17,7 +17,8 @@ class StoreConnects:
     test_neonize_postgres.py). Every account draws on one budget (``stores.open.
     session_connect_budget``); the connect past it raises, and the process ends for a clean
     restart while the server still has room, instead of filling ``max_connections`` and
-    fencing every account."""
+    fencing every account. A server that ends idle sessions (PostgreSQL 14 and later,
+    ``lease_rules.SESSION_IDLE_MS``) frees a left pool's backend: no bound then."""
 
     limit: int | None = None
     made: int = 0
