@@ -189,23 +189,87 @@ def bench_rebalance(tmp: Path) -> dict[str, Any]:
     out["handoff_max_s"] = max(gaps, default=float("nan"))
     out["sent_twice"] = len(keys) - len(set(keys))
     out["lost"] = jobs - len(set(keys))
-    out["many_accounts_one_process"] = _many_accounts(tmp, 200)
+    out["many_accounts_one_process"] = many_accounts(tmp, 200)
     return out
 
 
-def _many_accounts(tmp: Path, accounts: int) -> dict[str, int]:
-    """One process with ``accounts`` dry-run accounts on the SQLite files, 10 s after start:
-    its AMQP connections and open files."""
+def many_accounts(tmp: Path, accounts: int, rate: float = 50.0, seconds: float = 20.0
+                  ) -> dict[str, Any]:
+    """One process with ``accounts`` dry-run accounts on the PostgreSQL store: how long until
+    every account consumes, then ``seconds`` of pool jobs at ``rate``/s: its AMQP and
+    PostgreSQL connections at their most (sampled every 0.25 s, from /proc and from the
+    server by ``application_name``), its open files, its CPU per job, every job sent once."""
     queue = f"bench.{uuid.uuid4().hex[:8]}.many"
-    names = ",".join(f"m{n:03d}" for n in range(accounts))
-    env = env_for(queue, tmp, WHATSAPP_ACCOUNTS=names)
-    settings = Settings.from_env(env)
-    proc = _spawn(env)
-    try:
-        time.sleep(10.0)
-        return {"accounts": accounts, **_connections(proc)}
-    finally:
-        stop_and_clean([proc], settings)
+    names = [f"m{n:03d}" for n in range(accounts)]
+    jobs = int(rate * seconds)
+    with scratch_store() as store:
+        env = env_for(queue, tmp, WHATSAPP_STORE=store, WHATSAPP_ACCOUNTS=",".join(names),
+                      WHATSAPP_RATE_LIMIT="400/s", WHATSAPP_RATE_BURST="1")
+        settings = Settings.from_env(env)
+        path = Path(env["WHATSAPP_DRY_RUN_FILE"])
+        started = time.monotonic()
+        proc = _spawn(env)
+        most: dict[str, Any] = {"amqp": 0, "postgresql": 0, "open_files": 0}
+        by_name: dict[str, int] = {}
+        out: dict[str, Any] = {"accounts": accounts, "jobs": jobs, "rate": rate}
+
+        async def sample() -> None:
+            while True:
+                now = _connections(proc)
+                for key in most:
+                    most[key] = max(most[key], now[key])
+                server = await trio.to_thread.run_sync(_backends_by_name, store)
+                if sum(server.values()) >= sum(by_name.values()):
+                    by_name.clear()
+                    by_name.update(server)
+                await trio.sleep(0.25)
+
+        async def run() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample)
+                wanted = {f"{queue}.{name}" for name in names}
+                while len(wanted & await trio.to_thread.run_sync(_consumed)) < accounts:
+                    await trio.sleep(0.5)
+                out["all_consuming_after_s"] = round(time.monotonic() - started, 1)
+                cpu = _cpu_seconds(proc)
+                await publish_spread(settings, jobs, rate)
+                deadline = trio.current_time() + 120
+                while len(records(path)) < jobs and trio.current_time() < deadline:
+                    await trio.sleep(0.5)
+                out["cpu_per_job_ms"] = round((_cpu_seconds(proc) - cpu) / jobs * 1000, 2)
+                nursery.cancel_scope.cancel()
+
+        try:
+            trio.run(run)
+            keys = [r["text_message"] for r in records(path)]
+        finally:
+            stop_and_clean([proc], settings)
+    return {**out, "sent_once": len(set(keys)), "sent_twice": len(keys) - len(set(keys)),
+            **{f"most_{k}": v for k, v in most.items()}, "server_backends_at_most": by_name}
+
+
+def _consumed() -> set[str]:
+    """The queues of the machine's broker that have a consumer."""
+    listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "name", "consumers"],
+                            capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in listed.splitlines()
+            if len(line.split()) == 2 and line.split()[1] != "0"}
+
+
+def _cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backends_by_name(store: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(store, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    return {str(name): int(n) for name, n in rows}
 
 
 def table(r: dict[str, Any]) -> list[str]:
@@ -225,6 +289,6 @@ def table(r: dict[str, Any]) -> list[str]:
               f"new holder's first): median {r['handoff_median_s']:.3f} s, p90 "
               f"{r['handoff_p90_s']:.3f} s, max {r['handoff_max_s']:.3f} s",
               "", f"sent twice {r['sent_twice']}, lost {r['lost']}; connections once balanced "
-              f"(per replica): {r['connections']}; one process of 200 accounts: "
+              f"(per replica): {r['connections']}; one process of 200 accounts on the PostgreSQL store: "
               f"{r['many_accounts_one_process']}"]
     return lines

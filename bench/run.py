@@ -738,6 +738,9 @@ def main() -> None:
     parser.add_argument("--rebalance", action="store_true",
                         help="only 20 accounts over 3 replicas: joins, a leave, a rejoin under "
                              "load, and the connections per replica (bench/rebalance.py)")
+    parser.add_argument("--many", action="store_true",
+                        help="only one process of 200 accounts on PostgreSQL under load: its "
+                             "connections at their most (bench/rebalance.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
@@ -752,6 +755,12 @@ def main() -> None:
         import replicas  # bench/replicas.py
 
         report(replicas.bench_replicas, replicas.table)
+        return
+    if args.many:
+        import rebalance  # bench/rebalance.py
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            print(json.dumps(rebalance.many_accounts(Path(tmpdir), 200), indent=2))
         return
     if args.rebalance:
         import rebalance  # bench/rebalance.py

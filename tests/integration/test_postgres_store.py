@@ -42,6 +42,7 @@ from wa_trio.stores.postgres import (
     LeaseLost,
     PgLedger,
     StoreError,
+    apply_migrations,
     connect,
     lease_table,
     migrate,
@@ -92,7 +93,7 @@ def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store:
 
     def one() -> None:
         try:
-            versions.append(migrate(pg_store))
+            versions.append(apply_migrations(pg_store))
         except BaseException as error:
             errors.append(error)
 
@@ -103,6 +104,18 @@ def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store:
         thread.join(60)
     assert errors == []
     assert versions == [max(MIGRATIONS)] * 6
+
+
+def test_a_process_migrates_a_store_once(pg_store: str) -> None:
+    assert migrate(pg_store) == max(MIGRATIONS)
+    # what a second migration would apply is gone; the process does not look again
+    db = connect(pg_store, purpose="test")
+    try:
+        db.execute("DELETE FROM wa_trio_schema")
+    finally:
+        db.close()
+    assert migrate(pg_store) == max(MIGRATIONS)
+    assert apply_migrations(pg_store) == max(MIGRATIONS)  # a new process would apply them
     rows = pg_query(pg_store, "SELECT version FROM wa_trio_schema ORDER BY version")
     assert [r[0] for r in rows] == sorted(MIGRATIONS)  # each version applied exactly once
     assert migrate(pg_store) == max(MIGRATIONS)  # and again: nothing to do

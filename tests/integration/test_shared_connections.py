@@ -7,6 +7,7 @@ The machine's broker, queues of the test's own."""
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -152,6 +153,36 @@ async def test_a_channel_error_of_one_borrower_leaves_the_others_alone(
         assert message is not None and message.body == b"still here"
     statistics = hub.statistics()
     assert (statistics.open, statistics.opened, statistics.borrows) == (1, 1, 0)
+    nursery.cancel_scope.cancel()
+
+
+async def test_channels_given_up_while_opening_leave_the_shared_connection_whole(
+    settings: Settings, nursery: trio.Nursery
+) -> None:
+    """Accounts stopped while opening their channel (a lease lost, a move): the broker
+    opened what serena forgot, then its open-ok ended the connection's reader with KeyError
+    (the process of 200 accounts with it) or the id's next open was refused. The patched
+    open closes what it gave up: the connection stays, and its ids are free again."""
+    hub = SharedConnections(BrokerAddress.from_settings(settings))
+    await nursery.start(hub.run)
+    rng = random.Random(34)
+    given_up = 0
+    async with hub.borrow("jobs", 0) as connection:
+        for _ in range(200):
+            with trio.move_on_after(rng.uniform(0, 0.003)) as scope:
+                async with connection.open_channel():
+                    await trio.sleep(0.01)
+            given_up += scope.cancelled_caught
+        await trio.sleep(0.3)  # the open-oks and close-oks of the last ones come in
+        async with connection.open_channel() as channel:
+            queue = await amqp.listen(channel, "amq.topic", "test.shared.given-up")
+            await amqp.publish(channel, "amq.topic", "test.shared.given-up", b"x", Properties())
+            message = await amqp.get(channel, queue, auto_ack=True)
+            assert message is not None and message.body == b"x"
+            assert channel.id <= 2  # the given-up ids were freed, not leaked
+    assert given_up >= 20  # the race was run, not missed
+    statistics = hub.statistics()
+    assert (statistics.open, statistics.opened) == (1, 1)
     nursery.cancel_scope.cancel()
 
 

@@ -17,6 +17,7 @@ import attrs
 import eliot
 import trio
 
+from wa_trio.accounts.heartbeat import Heartbeats
 from wa_trio.core import balance
 from wa_trio.metrics import Metrics
 from wa_trio.stores.files import StartupError
@@ -38,9 +39,10 @@ class Balancer:
     held: set[str] = attrs.field(factory=set)
     #: the accounts some replica held at the last beat (None: not known yet)
     taken: set[str] | None = None
-    #: the connections this process's accounts hold their leases on (shared: issue 34)
-    lines: LeaseLines = attrs.field(
-        default=attrs.Factory(lambda self: LeaseLines(self.store), takes_self=True)
+    #: the connections this process's accounts hold their leases on (shared: issue 34), and
+    #: their heartbeats (run beside the balancer)
+    heartbeats: Heartbeats = attrs.field(
+        default=attrs.Factory(lambda self: Heartbeats(LeaseLines(self.store)), takes_self=True)
     )
     _move_signals: dict[str, trio.Event] = attrs.field(factory=dict)
     _moving: tuple[str, float] | None = None
@@ -87,18 +89,23 @@ class Balancer:
         except StoreError as error:
             raise StartupError(error.message) from None
         try:
-            await self._beat(registry)
-            task_status.started()
-            last_beat = trio.current_time()
-            while True:
-                await trio.sleep(balance.LOOK_EVERY if self._moving else balance.BEAT_EVERY)
-                if trio.current_time() - last_beat >= balance.BEAT_EVERY:
-                    await self._beat(registry)
-                    last_beat = trio.current_time()
-                await self._look(registry)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.heartbeats.run)
+                await self._beat(registry)
+                task_status.started()
+                await self._balance(registry)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(registry.leave)
+
+    async def _balance(self, registry: ReplicaRegistry) -> None:
+        last_beat = trio.current_time()
+        while True:
+            await trio.sleep(balance.LOOK_EVERY if self._moving else balance.BEAT_EVERY)
+            if trio.current_time() - last_beat >= balance.BEAT_EVERY:
+                await self._beat(registry)
+                last_beat = trio.current_time()
+            await self._look(registry)
 
     async def _beat(self, registry: ReplicaRegistry) -> None:
         try:

@@ -10,6 +10,7 @@ from functools import partial
 import eliot
 import trio
 
+from wa_trio.accounts.heartbeat import Heartbeats
 from wa_trio.accounts.standby import wait_as_standby
 from wa_trio.config.settings import Settings
 from wa_trio.core.errors import first_leaf
@@ -28,10 +29,12 @@ from wa_trio.stores.postgres.leases import FENCE_LOOK_EVERY
 
 
 class Lease:
-    """A held lease: its connection and epoch."""
+    """A held lease: its connection and epoch (``heartbeats``: its process's, when it is held
+    on a shared line)."""
 
-    def __init__(self, connection: LeaseConnection) -> None:
+    def __init__(self, connection: LeaseConnection, heartbeats: Heartbeats | None = None) -> None:
         self.connection = connection
+        self.heartbeats = heartbeats
         self.account = connection.account
         self.epoch = connection.epoch
         self.inherited_from = connection.inherited_from
@@ -51,7 +54,10 @@ class Lease:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._look_again)
-                await self._keep(describe, task_status)
+                if self.heartbeats is None:
+                    await self._keep(describe, task_status)
+                else:
+                    await self._keep_beaten(self.heartbeats, describe, task_status)
         except* LeaseLost as group:
             on_lost()
             raise first_leaf(group) from None
@@ -62,6 +68,29 @@ class Lease:
         while True:
             await trio.sleep(FENCE_LOOK_EVERY)
             await trio.to_thread.run_sync(self.connection.look_again, abandon_on_cancel=True)
+
+    async def _keep_beaten(
+        self,
+        heartbeats: Heartbeats,
+        describe: Callable[[], tuple[str | None, str | None]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """``_keep`` on a shared line: its process's ``Heartbeats`` ping it with the others;
+        the same rules (a failed or moved beat, or none for ``FENCE_AFTER`` s, fences)."""
+        beat = heartbeats.join(self.connection, describe)
+        task_status.started()
+        try:
+            while True:
+                lost = await beat.wait_lost()
+                if lost is not None:
+                    raise LeaseLost(lost)
+                if beat.must_fence():
+                    raise LeaseLost(
+                        f"lease of {self.account} lost: no answer from the store for "
+                        f"{FENCE_AFTER} s"
+                    )
+        finally:
+            heartbeats.leave(self.connection)
 
     async def _keep(
         self,
@@ -98,13 +127,13 @@ async def take_lease(
     metrics: Metrics,
     *,
     serve_http: bool,
-    lines: LeaseLines | None = None,
+    heartbeats: Heartbeats | None = None,
     may_queue: Callable[[], bool] = lambda: True,
     is_free: Callable[[], bool] = lambda: True,
 ) -> Lease:
     """The account's lease: at once when it is free, else as a standby. Alone in its process
-    (``lines`` None) the standby queues for it at the server on a connection of its own. An
-    account of several (``lines``: the process's shared lease connections) tries it on its
+    (``heartbeats`` None) the standby queues for it at the server on a connection of its own.
+    An account of several (``heartbeats``: its process's shared lease lines) tries it on its
     line every ``TRY_EVERY`` s while ``may_queue`` (the process is under its share:
     ``core.balance``), else only when ``is_free`` says nobody holds it. When its last holder
     did not release it (killed, cut off), wait ``takeover_grace`` more: a holder cut off by
@@ -114,6 +143,7 @@ async def take_lease(
         StoreError: the store cannot be reached at all when starting (one line).
     """
     account = settings.account_name
+    lines = heartbeats.lines if heartbeats is not None else None
     held: list[LeaseConnection | None] = [None]  # the connection in use (closed unless returned)
     try:
         taken = held[0] = await _open(store, account, lines)
@@ -123,7 +153,7 @@ async def take_lease(
             reason = f"standby: another replica holds account {account}"
             taken = await wait_as_standby(settings, metrics, retry, reason, serve_http=serve_http)
             held[0] = taken
-        lease = Lease(taken)
+        lease = Lease(taken, heartbeats)
         metrics.lease_epoch.set(lease.epoch)
         eliot.log_message(
             message_type="wa_trio:lease:taken",

@@ -108,7 +108,7 @@ async def _stand_by(run: Run, store: str, balancer: Balancer | None = None) -> L
                 store,
                 run.metrics,
                 serve_http=run.serve_http,
-                lines=balancer.lines if balancer is not None else None,
+                heartbeats=balancer.heartbeats if balancer is not None else None,
                 may_queue=balancer.may_queue if balancer is not None else lambda: True,
                 is_free=partial(balancer.free, run.settings.account_name)
                 if balancer is not None

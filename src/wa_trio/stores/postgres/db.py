@@ -4,7 +4,8 @@
   holder cut off from the server loses its lock once the server has missed its probes
   (``lease_rules.SERVER_DROPS_AFTER``), later than the holder fences itself (``lease_rules``).
 - ``migrate``: our tables, versioned (``wa_trio_schema``), applied at start-up under a
-  transaction-level advisory lock, so replicas starting together apply each version once.
+  transaction-level advisory lock, so replicas starting together apply each version once
+  (and once per process: its accounts start together).
 - ``ensure_session_schema``: the schema whatsmeow keeps the account's WhatsApp session in
   (neonize opens ``Settings.session_database``, whose ``search_path`` names it).
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -151,7 +153,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 _MIGRATION_LOCK = (LOCK_NAMESPACE, 0)  # the accounts' leases use ids from 1
 
 
+_migrated: dict[str, int] = {}  # url -> version, of the stores this process has migrated
+_migrating = threading.Lock()
+
+
 def migrate(url: str) -> int:
+    """``apply_migrations`` once per process and store: the accounts of a process start
+    together (200 of them each migrating held 200 threads on the advisory lock)."""
+    with _migrating:
+        if url not in _migrated:
+            _migrated[url] = apply_migrations(url)
+        return _migrated[url]
+
+
+def apply_migrations(url: str) -> int:
     """Apply the versions this database lacks, under an advisory lock (replicas starting at
     once wait for each other); the schema version now."""
     with contextlib.closing(connect(url, purpose="migrate")) as db, store_errors("migrate"):

@@ -59,6 +59,24 @@ class LeaseLine:
     def broken(self) -> bool:
         return self.db.closed or self.db.broken
 
+    def beat(self, rows: list[tuple[str, int, str | None, str | None]]) -> set[str]:
+        """The heartbeat of every lease held on this line, in one statement: (account, epoch,
+        state, masked linked number) each; the accounts whose epoch is still theirs.
+
+        Raises:
+            StoreError: the connection is gone.
+        """
+        accounts, epochs, states, linked = (list(column) for column in zip(*rows, strict=True))
+        with self.lock, store_errors("keep a lease"):
+            kept = self.db.execute(
+                "UPDATE wa_trio_leases l SET state = v.state, linked = v.linked, seen_at = now() "
+                "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[]) "
+                "AS v(account, epoch, state, linked) "
+                "WHERE l.account = v.account AND l.epoch = v.epoch RETURNING l.account",
+                (accounts, epochs, states, linked),
+            ).fetchall()
+        return {str(row[0]) for row in kept}
+
     def close(self) -> None:
         """Ends the connection (the server releases its locks at once); waits a bounded time
         for a statement in flight on it (its thread then owns it)."""
@@ -84,6 +102,7 @@ class LeaseLines:
         self.url = url
         self.per_line = per_line
         self._lines: list[LeaseLine] = []
+        self._opened = 0
         self._guard = threading.Lock()
 
     def join(self) -> LeaseLine:
@@ -97,7 +116,8 @@ class LeaseLines:
                 if line.users < self.per_line and not line.broken:
                     line.users += 1
                     return line
-            line = LeaseLine(self.url, f"leases {len(self._lines) + 1}")
+            self._opened += 1
+            line = LeaseLine(self.url, f"leases {self._opened}")
             self._lines.append(line)
             return line
 
@@ -137,6 +157,10 @@ class LeaseConnection:
         self.epoch = 0
         self.inherited_from: str | None = None
         self.silent_for: float | None = None
+
+    @property
+    def line(self) -> LeaseLine:
+        return self._line
 
     @property
     def _db(self) -> psycopg.Connection[Any]:
