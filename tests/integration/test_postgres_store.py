@@ -21,6 +21,7 @@ import trio
 from tests.helpers import (
     delete_topology,
     job_body,
+    pg_admin,
     pg_query,
     publish_many,
     run_once,
@@ -107,18 +108,16 @@ def test_migrations_run_once_under_a_lock_when_replicas_start_together(pg_store:
 
 
 def test_a_process_migrates_a_store_once(pg_store: str) -> None:
+    """Its accounts start together: the first migrates, the others do not connect again."""
     assert migrate(pg_store) == max(MIGRATIONS)
-    # what a second migration would apply is gone; the process does not look again
-    db = connect(pg_store, purpose="test")
+    database = pg_store.rsplit("/", 1)[1].split("?", 1)[0]
+    pg_admin(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
     try:
-        db.execute("DELETE FROM wa_trio_schema")
+        assert migrate(pg_store) == max(MIGRATIONS)  # no connection: it could not have made one
+        with pytest.raises(StoreError, match=r"cannot migrate|cannot connect"):
+            apply_migrations(pg_store)  # what a new process would do
     finally:
-        db.close()
-    assert migrate(pg_store) == max(MIGRATIONS)
-    assert apply_migrations(pg_store) == max(MIGRATIONS)  # a new process would apply them
-    rows = pg_query(pg_store, "SELECT version FROM wa_trio_schema ORDER BY version")
-    assert [r[0] for r in rows] == sorted(MIGRATIONS)  # each version applied exactly once
-    assert migrate(pg_store) == max(MIGRATIONS)  # and again: nothing to do
+        pg_admin(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
 
 
 def test_the_ledger_keeps_the_sqlite_ledgers_semantics(pg_store: str) -> None:
@@ -401,7 +400,6 @@ async def test_a_replica_outlives_a_store_outage_and_goes_on(
     """The store refuses every connection for a while (as when PostgreSQL restarts): the
     holder fences itself, keeps trying, takes its account back when the store returns and
     sends the rest; nothing is lost."""
-    from tests.helpers import pg_admin
 
     env = make_env(WHATSAPP_STORE=pg_store, WHATSAPP_RATE_LIMIT="100/s", WHATSAPP_RATE_BURST="1")
     settings = Settings.from_env(env)
@@ -484,7 +482,6 @@ async def test_the_fence_cuts_a_record_the_store_cannot_take(
     """A send WhatsApp took is recorded inside a shield, retried while the ledger fails; when
     the ledger's connection died mid-send and then the lease is lost, the fence must still stop
     the worker at once (the record stays ``sending``: the taker's ambiguous window)."""
-    from tests.helpers import pg_admin
     from wa_trio.log import Redactor
 
     settings = Settings.from_env(make_env(WHATSAPP_STORE=pg_store))

@@ -162,6 +162,7 @@ _STORE_READERS = {
     "accounts/replica.py",  # PostgreSQL only
     "accounts/lease.py",  # PostgreSQL only
     "accounts/balance.py",  # PostgreSQL only (the replica registry)
+    "accounts/heartbeat.py",  # PostgreSQL only (the shared lease lines' heartbeats)
     "cli/accounts.py",  # `wa-trio accounts`: the lease table, or the session folders
     "cli/session_backup.py",  # whatsmeow's tables in either store
 }
