@@ -78,10 +78,11 @@ async def test_the_numbers_tier_is_held_for_ten_seconds(
     # the client starts at most 77 sends in any second (3 % under the tier); the fake counts
     # arrivals, and on a loaded CI machine under coverage a stall of the test's process
     # between a send's start and its bytes on the wire can land a few of them in one second
-    # (seen: 81 and 82 in a second, twice in a dozen CI runs). Meta answers those 130429 and
-    # the transport backs off and sends them again in place: at most a few, each answered so.
-    # A pacing fault (no bucket, a burst of 10) is dozens to hundreds over, and fails here.
-    assert stats["over_throughput"] <= 3, stats
+    # (seen: 81 and 82 in a second, twice in a dozen CI runs; 6 over in all on a machine busy
+    # with another suite). Meta answers those 130429 and the transport backs off and sends them
+    # again in place: at most 1 % of the sends, each answered so. A pacing fault (no bucket, a
+    # burst of 10) is dozens to hundreds over, and fails here.
+    assert stats["over_throughput"] <= total // 100, stats
     assert transport.throttled == stats["over_throughput"]
     assert stats["accepted"] == total
     rate = (total - 1) / took
