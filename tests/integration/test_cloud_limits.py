@@ -64,25 +64,36 @@ async def test_the_numbers_tier_is_held_for_ten_seconds(
     assert transport.mps == 80
     total, senders = 800, 40  # about 10 s at the tier
     started = trio.current_time()
+    stalled = 0.0  # the longest the test's own loop was late (a stall bunches sends in flight)
 
     async def sender(first: int) -> None:
         for n in range(first, total, senders):
             await transport.send(OutgoingMessage(f"+55119{n:08d}", f"m{n}", UID, f"k{n}"))
 
+    async def watch() -> None:
+        nonlocal stalled
+        while True:
+            before = trio.current_time()
+            await trio.sleep(0.01)
+            stalled = max(stalled, trio.current_time() - before - 0.01)
+
     async with trio.open_nursery() as many:
-        for first in range(senders):
-            many.start_soon(sender, first)
+        many.start_soon(watch)
+        async with trio.open_nursery() as sending:
+            for first in range(senders):
+                sending.start_soon(sender, first)
+        many.cancel_scope.cancel()
     took = trio.current_time() - started
     async with httpx.AsyncClient() as http:
         stats = (await http.get(f"http://127.0.0.1:{graph.port}/_stats")).json()
     # the client starts at most 77 sends in any second (3 % under the tier); the fake counts
-    # arrivals, and on a loaded CI machine under coverage a stall of the test's process
-    # between a send's start and its bytes on the wire can land a few of them in one second
-    # (seen: 81 and 82 in a second, twice in a dozen CI runs; 6 over in all on a machine busy
-    # with another suite). Meta answers those 130429 and the transport backs off and sends them
-    # again in place: at most 1 % of the sends, each answered so. A pacing fault (no bucket, a
-    # burst of 10) is dozens to hundreds over, and fails here.
-    assert stats["over_throughput"] <= total // 100, stats
+    # arrivals. A stall of the test's process between a send's start and its bytes on the wire
+    # lands the sends in flight (at most one per sender) in one second: on a loaded CI machine
+    # under coverage, 81-82 in a second twice in a dozen runs, and once 37 over after a stall.
+    # Meta answers those 130429 and the transport backs off and sends them again in place. A
+    # pacing fault (no bucket, a burst of 10) is hundreds over, and fails here either way.
+    bunched = senders if stalled >= 0.1 else 3
+    assert stats["over_throughput"] <= bunched, (stats, round(stalled, 3))
     assert transport.throttled == stats["over_throughput"]
     assert stats["accepted"] == total
     rate = (total - 1) / took
