@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from tests.helpers import pg_query, terminate_backends
+from tests.helpers import pg_query, terminate_backends, wait_for
 from wa_trio.accounts.heartbeat import Heartbeats
 from wa_trio.accounts.lease import Lease
 from wa_trio.core.lease_rules import FENCE_AFTER, FENCED_WITHIN
@@ -36,9 +36,14 @@ async def held(pg_store: str) -> AsyncIterator[tuple[Heartbeats, list[Lease]]]:
             await trio.to_thread.run_sync(lease.connection.close)
 
 
-async def _keep_all(
-    heartbeats: Heartbeats, leases: list[Lease], lost: dict[str, float], nursery: trio.Nursery
-) -> None:
+@pytest.fixture
+async def lost(
+    held: tuple[Heartbeats, list[Lease]], nursery: trio.Nursery
+) -> AsyncIterator[dict[str, float]]:
+    """The three leases kept (their heartbeats running) for half a second: when each was
+    lost (``time.monotonic``), as it happens."""
+    heartbeats, leases = held
+    lost: dict[str, float] = {}
     nursery.start_soon(heartbeats.run)
 
     async def keep(lease: Lease) -> None:
@@ -49,53 +54,35 @@ async def _keep_all(
 
     for lease in leases:
         nursery.start_soon(keep, lease)
-
-
-async def test_a_late_event_loop_fences_nobody(
-    held: tuple[Heartbeats, list[Lease]], nursery: trio.Nursery
-) -> None:
-    heartbeats, leases = held
-    lost: dict[str, float] = {}
-    await _keep_all(heartbeats, leases, lost, nursery)
     await trio.sleep(0.5)
+    yield lost
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_late_event_loop_fences_nobody(lost: dict[str, float]) -> None:
     for _ in range(3):  # the loop held up, three times, longer than FENCE_AFTER
         time.sleep(FENCE_AFTER * 2)  # the point: a loop that is late
         await trio.sleep(0.3)
     assert lost == {}
-    nursery.cancel_scope.cancel()
 
 
 async def test_a_cut_line_fences_its_accounts_within_the_rules(
-    held: tuple[Heartbeats, list[Lease]], pg_store: str, nursery: trio.Nursery
+    lost: dict[str, float], pg_store: str
 ) -> None:
-    heartbeats, leases = held
-    lost: dict[str, float] = {}
-    await _keep_all(heartbeats, leases, lost, nursery)
-    await trio.sleep(0.5)
     cut = time.monotonic()
     await trio.to_thread.run_sync(terminate_backends, pg_store, "wa-trio leases 1")
-    with trio.fail_after(5):
-        while len(lost) < 3:
-            await trio.sleep(0.05)
+    await wait_for(lambda: len(lost) == 3, timeout=5, what="the three fenced")
     assert max(lost.values()) - cut <= FENCED_WITHIN
-    nursery.cancel_scope.cancel()
 
 
 async def test_an_epoch_moved_on_fences_that_account_only(
-    held: tuple[Heartbeats, list[Lease]], pg_store: str, nursery: trio.Nursery
+    lost: dict[str, float], pg_store: str
 ) -> None:
-    heartbeats, leases = held
-    lost: dict[str, float] = {}
-    await _keep_all(heartbeats, leases, lost, nursery)
-    await trio.sleep(0.5)
     await trio.to_thread.run_sync(
         pg_query,
         pg_store,
         "UPDATE wa_trio_leases SET epoch = epoch + 1 WHERE account = 'h2' RETURNING account",
     )
-    with trio.fail_after(5):
-        while "h2" not in lost:
-            await trio.sleep(0.05)
+    await wait_for(lambda: "h2" in lost, timeout=5, what="h2 fenced")
     await trio.sleep(FENCE_AFTER * 2)
     assert set(lost) == {"h2"}
-    nursery.cancel_scope.cancel()

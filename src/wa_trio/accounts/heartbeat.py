@@ -46,18 +46,18 @@ class Beat:
             self.lost = why
             self.token.run_sync_soon(self.lost_event.set)
 
-    def silent_for(self) -> float:
+    async def until_lost(self) -> str:
+        """Why the lease is lost: a beat said so, or none answered for ``FENCE_AFTER`` s."""
+        while not must_fence(self.last_good, time.monotonic()):
+            with trio.move_on_at(trio.current_time() + FENCE_AFTER - self._silent_for()):
+                await self.lost_event.wait()
+                return self.lost or f"lease of {self.connection.account} lost"
+        return (
+            f"lease of {self.connection.account} lost: no answer from the store for {FENCE_AFTER} s"
+        )
+
+    def _silent_for(self) -> float:
         return time.monotonic() - self.last_good
-
-    def must_fence(self) -> bool:
-        return must_fence(self.last_good, time.monotonic())
-
-    async def wait_lost(self) -> str | None:
-        """Until lost (its reason) or silent for ``FENCE_AFTER`` s (None)."""
-        with trio.move_on_after(max(0.0, FENCE_AFTER - self.silent_for())):
-            await self.lost_event.wait()
-            return self.lost
-        return None
 
 
 @attrs.define(eq=False)
@@ -69,7 +69,6 @@ class Heartbeats:
     _beats: dict[LeaseConnection, Beat] = attrs.field(factory=dict)
     _guard: threading.Lock = attrs.field(factory=threading.Lock)  # _beats, from the pumps
     _pumped: set[LeaseLine] = attrs.field(factory=set)
-    _stop: threading.Event = attrs.field(factory=threading.Event)
     #: threads of their own: never queued behind the sends' statements in trio's default
     #: limiter (40 threads, all of them waiting for the pool at a peak); one per line
     _threads: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(math.inf))
@@ -87,7 +86,7 @@ class Heartbeats:
             self._beats.pop(connection, None)
 
     async def run(self) -> None:
-        self._stop = stop = threading.Event()
+        stop = threading.Event()
         async with trio.open_nursery() as nursery:
             try:
                 while True:

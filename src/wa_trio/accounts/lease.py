@@ -80,15 +80,7 @@ class Lease:
         beat = heartbeats.join(self.connection, describe)
         task_status.started()
         try:
-            while True:
-                lost = await beat.wait_lost()
-                if lost is not None:
-                    raise LeaseLost(lost)
-                if beat.must_fence():
-                    raise LeaseLost(
-                        f"lease of {self.account} lost: no answer from the store for "
-                        f"{FENCE_AFTER} s"
-                    )
+            raise LeaseLost(await beat.until_lost())
         finally:
             heartbeats.leave(self.connection)
 
