@@ -5,6 +5,7 @@ spending the job's retries, and 131050 opts the person out."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -55,30 +56,26 @@ async def _graph_alone(
 
 
 async def test_the_numbers_tier_is_held_for_ten_seconds(
-    make_env: Callable[..., dict[str, str]], nursery: trio.Nursery, tmp_path: Path
+    make_env: Callable[..., dict[str, str]],
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     graph = await _graph_alone(nursery, tmp_path, throughput=80, level="STANDARD")
     transport = CloudApiTransport(_settings(make_env, graph), Redactor(True))
     await nursery.start(transport.run)
     await wait_for(lambda: transport.state is ConnectionState.CONNECTED, what="connected")
     assert transport.mps == 80
+    timing = _Timing.around(transport, monkeypatch)
     total, senders = 800, 40  # about 10 s at the tier
     started = trio.current_time()
-    stalled = 0.0  # the longest the test's own loop was late (a stall bunches sends in flight)
 
     async def sender(first: int) -> None:
         for n in range(first, total, senders):
             await transport.send(OutgoingMessage(f"+55119{n:08d}", f"m{n}", UID, f"k{n}"))
 
-    async def watch() -> None:
-        nonlocal stalled
-        while True:
-            before = trio.current_time()
-            await trio.sleep(0.01)
-            stalled = max(stalled, trio.current_time() - before - 0.01)
-
     async with trio.open_nursery() as many:
-        many.start_soon(watch)
+        many.start_soon(timing.watch_the_loop)
         async with trio.open_nursery() as sending:
             for first in range(senders):
                 sending.start_soon(sender, first)
@@ -86,18 +83,76 @@ async def test_the_numbers_tier_is_held_for_ten_seconds(
     took = trio.current_time() - started
     async with httpx.AsyncClient() as http:
         stats = (await http.get(f"http://127.0.0.1:{graph.port}/_stats")).json()
-    # the client starts at most 77 sends in any second (3 % under the tier); the fake counts
-    # arrivals. A stall of the test's process between a send's start and its bytes on the wire
-    # lands the sends in flight (at most one per sender) in one second: on a loaded CI machine
-    # under coverage, 81-82 in a second twice in a dozen runs, and once 37 over after a stall.
-    # Meta answers those 130429 and the transport backs off and sends them again in place. A
-    # pacing fault (no bucket, a burst of 10) is hundreds over, and fails here either way.
-    bunched = senders if stalled >= 0.1 else 3
-    assert stats["over_throughput"] <= bunched, (stats, round(stalled, 3))
+    # The client starts at most 77 sends in any second (3 % under the tier), on its clock.
+    assert timing.most_in_a_second() <= 77, timing.most_in_a_second()
+    # The fake counts arrivals, which trail the starts by up to the longest request: a loaded
+    # machine that holds a request back for 0.1 s can land sends started in 1.1 s in one
+    # second there (a CI run once saw 37 over after a stall). Meta answers those 130429 and
+    # the transport backs off and sends them again in place. A pacing fault (no bucket, a
+    # burst of 10) is hundreds over and fails here either way.
+    bunched = 3 + math.ceil(77 * timing.longest_request)
+    assert stats["over_throughput"] <= bunched, (stats, timing.longest_request)
     assert transport.throttled == stats["over_throughput"]
     assert stats["accepted"] == total
+    # Not over the tier in the whole run, and using it: at the tier's pace in the time the
+    # process could send. The bucket holds no burst, so the seconds a loaded machine kept the
+    # process from running (11.1 s instead of 10.4 s in a CI run) and the number's back-offs
+    # after a 130429 are not made up; a pacer at a lower level (the shared number's 20, or a
+    # margin of a tenth and more) is under 72 either way.
     rate = (total - 1) / took
-    assert 76.0 <= rate <= 84.0, rate  # within 5 % of the tier
+    assert rate <= 84.0, rate
+    could_send = took - timing.late - 0.25 * stats["over_throughput"]
+    assert (total - 1) / max(could_send, 0.001) >= 72.0, (rate, timing.late, stats)
+
+
+@attrs.define
+class _Timing:
+    """When the transport starts each request and how long each takes (wrapped around its
+    pacer and its HTTP call), and how late the test's own event loop ran."""
+
+    starts: list[float] = attrs.field(factory=list)
+    longest_request: float = 0.0
+    late: float = 0.0  # the time the loop was late: seconds in which the process could not send
+    _started: dict[trio.lowlevel.Task, float] = attrs.field(factory=dict)
+
+    @classmethod
+    def around(cls, transport: CloudApiTransport, monkeypatch: pytest.MonkeyPatch) -> _Timing:
+        timing = cls()
+        paced, call = transport._paced, transport._call
+
+        async def started() -> None:
+            await paced()
+            now = transport._window[-1]  # the time the pacer counted this start at
+            timing.starts.append(now)
+            timing._started[trio.lowlevel.current_task()] = now
+
+        async def answered(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                began = timing._started.get(trio.lowlevel.current_task())
+                if began is not None:
+                    took = trio.current_time() - began
+                    timing.longest_request = max(timing.longest_request, took)
+
+        monkeypatch.setattr(transport, "_paced", started)
+        monkeypatch.setattr(transport, "_call", answered)
+        return timing
+
+    async def watch_the_loop(self) -> None:
+        while True:
+            before = trio.current_time()
+            await trio.sleep(0.01)
+            behind = trio.current_time() - before - 0.01
+            self.late += behind if behind >= 0.005 else 0.0
+
+    def most_in_a_second(self) -> int:
+        most, first = 0, 0
+        for last, at in enumerate(self.starts):
+            while at - self.starts[first] >= 1.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
 
 async def test_a_130429_backs_the_number_off_and_the_send_goes_through_in_place(
