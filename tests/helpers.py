@@ -38,6 +38,18 @@ def job_body(n: int = 0, **fields: Any) -> bytes:
     return json.dumps(job).encode()
 
 
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` that fall in any span of ``window`` seconds."""
+    times = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 async def wait_for(
     predicate: Callable[[], bool | Awaitable[bool]],
     timeout: float = 30.0,

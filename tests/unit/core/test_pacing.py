@@ -9,18 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import max_in_window
 from wa_trio.core.pacing import Pacer, parse_rate
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def run_burst(pacer: Pacer, recipients: list[str], now: float = 0.0) -> list[float]:
